@@ -1,0 +1,66 @@
+"""Allocation tracking through a TorchDispatchMode: every op output with a new storage is an
+allocation of `storage.nbytes()`; a weakref finalizer on the storage reports its free.
+
+Used on CPU (where it is the allocator of record) and as the fallback on CUDA.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tracers.session import TraceSession
+
+
+class DispatchAllocTracker(TorchDispatchMode):
+    """Sees every storage created by an aten op while active."""
+
+    def __init__(self, session: "TraceSession"):
+        super().__init__()
+        self.session = session
+        self._known: dict[int, int] = {}  # id(storage) -> allocation id
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.track(leaf, None, None)
+        return out
+
+    def track(self, tensor: torch.Tensor, category: str | None, name: str | None) -> int | None:
+        """Record the tensor's storage if unseen; return its allocation id (None for empty/meta)."""
+        if tensor.device.type == "meta":
+            return None
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        nbytes = storage.nbytes()
+        if nbytes == 0:
+            return None
+        alloc_id = self.session.record_alloc(nbytes, category, name)
+        self._known[key] = alloc_id
+        # Storage Python objects are preserved while the C++ storage lives, so this fires at its free.
+        weakref.finalize(storage, self._freed, key, alloc_id)
+        return alloc_id
+
+    def _freed(self, key: int, alloc_id: int) -> None:
+        if self._known.get(key) == alloc_id:
+            del self._known[key]
+        self.session.record_free(alloc_id)
+
+    def allocation_of(self, tensor: torch.Tensor) -> int | None:
+        """Allocation id of a tracked tensor's storage, or None."""
+        if tensor.device.type == "meta":
+            return None
+        return self._known.get(id(tensor.untyped_storage()))
+
+    def forget_all(self) -> Callable[[], None]:
+        """Stop reporting frees (the session is closed); returns nothing useful."""
+        self._known.clear()
+        return lambda: None

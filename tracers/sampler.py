@@ -1,0 +1,66 @@
+"""NVML device sampler: a thread that samples device and per-process memory and utilization."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+
+class DeviceSampler:
+    """Samples GPU `index` every `interval_s` and hands each sample to `emit`.
+
+    Absent NVML or a GPU, `available` is False and `reason` says why (one line for the user).
+    """
+
+    def __init__(self, index: int, emit: Callable[[dict], None], interval_s: float = 0.1):
+        self.index = index
+        self.emit = emit
+        self.interval_s = interval_s
+        self.available = False
+        self.reason = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.available = True
+        except Exception as exc:  # pynvml raises NVMLError_* subclasses, ImportError, OSError
+            self.reason = f"device sampler off: NVML unavailable ({type(exc).__name__}: {exc})"
+
+    def _sample(self, t0: float) -> dict:
+        nv = self._nvml
+        mem = nv.nvmlDeviceGetMemoryInfo(self._handle)
+        util = nv.nvmlDeviceGetUtilizationRates(self._handle).gpu
+        proc = 0
+        try:
+            for p in nv.nvmlDeviceGetComputeRunningProcesses(self._handle):
+                if p.pid == os.getpid() and p.usedGpuMemory is not None:
+                    proc = int(p.usedGpuMemory)
+        except nv.NVMLError:
+            proc = -1  # per-process accounting is not permitted in some containers
+        return {"t": time.perf_counter_ns() - t0, "used": int(mem.used), "proc": proc, "util": int(util)}
+
+    def start(self, t0_perf_ns: int) -> None:
+        if not self.available:
+            return
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.emit(self._sample(t0_perf_ns))
+                except Exception as exc:  # a failing NVML read must not kill the rollout
+                    self.reason = f"device sampler stopped: {type(exc).__name__}: {exc}"
+                    return
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, name="kvprof-nvml", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)

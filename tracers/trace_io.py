@@ -1,0 +1,264 @@
+"""The trace folder of DESIGN section 7: an append-only event log while running, Parquet once closed.
+
+Layout of `traces/<run-id>/`:
+  meta.json         schema, run id, command, method, config, device, versions, status, error
+  events.jsonl      one JSON record a line, appended while the run is live (removed once closed)
+  <table>.parquet   allocations, spans, samples, counters, kv: written when the trace closes
+  summary.json      written by kvprof's analyses after close
+
+Every record has a kind `k`:
+  b  span begin   {id, p (parent), n (name), i (index|null), t, q}
+  e  span end     {id, t, q, ms (host ms)}
+  a  allocation   {id, t, q, b (bytes), c (category), s (span), n (name|null)}
+  f  free         {id, t, q}
+  r  retag        {id, c, n}          (category/name for the allocation's whole life)
+  m  counter      {t, q, s, alloc, reserved}  (allocator counters at a stage boundary, CUDA)
+  d  device       {t, used, proc, util}       (NVML sample)
+  kv kv bytes     {t, chunk, logical, stored, resident}
+  x  device ms    {id, dms}           (stage device time, resolved after the run)
+`q` orders records exactly (time stamps of different clocks may tie or drift).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+SCHEMA_VERSION = "1.0"
+EVENTS_FILE = "events.jsonl"
+META_FILE = "meta.json"
+SUMMARY_FILE = "summary.json"
+TABLES = ("allocations", "spans", "samples", "counters", "kv")
+STATUSES = ("running", "complete", "oom", "interrupted", "failed")
+
+
+class TraceError(ValueError):
+    """A trace folder that cannot be read; the message names the file and what is wrong."""
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class EventLog:
+    """Append-only JSON-lines writer; thread safe (weakref finalizers and the sampler write too)."""
+
+    def __init__(self, path: Path, flush_interval_s: float = 0.25):
+        self.path = path
+        self._file = open(path, "a", buffering=1 << 16)
+        self._lock = threading.Lock()
+        self._flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
+        self.records: list[dict[str, Any]] = []  # kept in memory to build the tables at close
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (a whole line)."""
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            self.records.append(record)
+            if self._file is None:
+                return
+            self._file.write(line)
+            now = time.monotonic()
+            if now - self._last_flush > self._flush_interval_s:
+                self._file.flush()
+                self._last_flush = now
+
+    def flush(self) -> None:
+        """Make everything written so far visible to followers."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file; later writes are kept in memory only."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                self._file.close()
+                self._file = None
+
+
+def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """Parse an event log up to its last whole record; return (records, torn_tail)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
+    records: list[dict[str, Any]] = []
+    torn = False
+    lines = raw.split(b"\n")
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if n == len(lines) - 1 or all(not rest.strip() for rest in lines[n + 1 :]):
+                torn = True  # a torn final record of a live or crashed run: recover what precedes it
+                break
+            raise TraceError(f"{path}: line {n + 1} is not a JSON record (corrupted trace)") from None
+        if not isinstance(rec, dict) or "k" not in rec:
+            raise TraceError(f"{path}: line {n + 1} is not an event record (no field 'k')")
+        records.append(rec)
+    return records, torn
+
+
+_ALLOC_COLUMNS = ["id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "category", "span_id", "name"]
+_SPAN_COLUMNS = ["id", "parent", "name", "index", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_ms", "device_ms"]
+_SAMPLE_COLUMNS = ["t_ns", "device_used_bytes", "process_used_bytes", "util_percent"]
+_COUNTER_COLUMNS = ["t_ns", "q", "span_id", "allocated_bytes", "reserved_bytes"]
+_KV_COLUMNS = ["t_ns", "chunk", "logical_bytes", "stored_bytes", "resident_bytes"]
+
+NO_FREE = -1  # q_free / t_free_ns of an allocation still live when the trace ended
+
+
+def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Fold event records into the five columnar tables (live allocations get q_free = -1)."""
+    allocs: dict[int, dict[str, Any]] = {}
+    spans: dict[int, dict[str, Any]] = {}
+    samples: list[tuple] = []
+    counters: list[tuple] = []
+    kv: list[tuple] = []
+    for r in records:
+        k = r.get("k")
+        try:
+            if k == "a":
+                allocs[r["id"]] = {
+                    "id": r["id"], "q_alloc": r["q"], "q_free": NO_FREE, "t_alloc_ns": r["t"],
+                    "t_free_ns": NO_FREE, "bytes": r["b"], "category": r["c"], "span_id": r["s"],
+                    "name": r.get("n"),
+                }
+            elif k == "f":
+                a = allocs.get(r["id"])
+                if a is not None:
+                    a["q_free"], a["t_free_ns"] = r["q"], r["t"]
+            elif k == "r":
+                a = allocs.get(r["id"])
+                if a is not None:
+                    a["category"] = r["c"]
+                    if r.get("n"):
+                        a["name"] = r["n"]
+            elif k == "b":
+                spans[r["id"]] = {
+                    "id": r["id"], "parent": r["p"], "name": r["n"], "index": r.get("i"),
+                    "q_start": r["q"], "q_end": NO_FREE, "t_start_ns": r["t"], "t_end_ns": NO_FREE,
+                    "host_ms": float("nan"), "device_ms": float("nan"),
+                }
+            elif k == "e":
+                s = spans.get(r["id"])
+                if s is not None:
+                    s["q_end"], s["t_end_ns"], s["host_ms"] = r["q"], r["t"], r["ms"]
+            elif k == "x":
+                s = spans.get(r["id"])
+                if s is not None:
+                    s["device_ms"] = r["dms"]
+            elif k == "m":
+                counters.append((r["t"], r["q"], r["s"], r["alloc"], r["reserved"]))
+            elif k == "d":
+                samples.append((r["t"], r["used"], r["proc"], r["util"]))
+            elif k == "kv":
+                kv.append((r["t"], r["chunk"], r["logical"], r["stored"], r["resident"]))
+        except (KeyError, TypeError) as exc:
+            raise TraceError(f"event record of kind {k!r} lacks field {exc} ({str(r)[:120]})") from None
+    alloc_df = pd.DataFrame(list(allocs.values()), columns=_ALLOC_COLUMNS)
+    span_df = pd.DataFrame(list(spans.values()), columns=_SPAN_COLUMNS)
+    for col in ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "span_id"):
+        alloc_df[col] = alloc_df[col].astype("int64")
+    for col in ("id", "parent", "q_start", "q_end", "t_start_ns", "t_end_ns"):
+        span_df[col] = span_df[col].astype("int64")
+    span_df["index"] = span_df["index"].astype("Int64")
+    alloc_df["category"] = alloc_df["category"].astype("string")
+    alloc_df["name"] = alloc_df["name"].astype("string")
+    span_df["name"] = span_df["name"].astype("string")
+    return {
+        "allocations": alloc_df,
+        "spans": span_df,
+        "samples": pd.DataFrame(samples, columns=_SAMPLE_COLUMNS),
+        "counters": pd.DataFrame(counters, columns=_COUNTER_COLUMNS),
+        "kv": pd.DataFrame(kv, columns=_KV_COLUMNS),
+    }
+
+
+def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """Write each table as `<name>.parquet` atomically."""
+    for name, df in tables.items():
+        tmp = folder / f"{name}.parquet.tmp"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, folder / f"{name}.parquet")
+
+
+@dataclass
+class RawTrace:
+    """A trace folder as read from disk: metadata, tables, summary (None until written)."""
+
+    path: Path
+    meta: dict[str, Any]
+    tables: dict[str, pd.DataFrame]
+    summary: dict[str, Any] | None
+    live: bool  # tables came from the event log, not from Parquet
+    torn_tail: bool  # the event log ended in a partial record that was skipped
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """Read and check meta.json: present, JSON, a schema this reader understands."""
+    meta_path = folder / META_FILE
+    if not folder.is_dir():
+        raise TraceError(f"{folder}: not a trace folder (no such directory)")
+    if not meta_path.is_file():
+        raise TraceError(f"{folder}: not a trace folder (no {META_FILE}); traces are written by 'kvprof trace'")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TraceError(f"{meta_path}: unreadable or truncated JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise TraceError(f"{meta_path}: expected a JSON object")
+    version = str(meta.get("schema_version", ""))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise TraceError(f"{meta_path}: field 'schema_version' is missing or malformed ({version!r})") from None
+    ours = int(SCHEMA_VERSION.split(".")[0])
+    if major > ours:
+        raise TraceError(
+            f"{meta_path}: schema {version} is newer than this kvprof reads ({SCHEMA_VERSION}); upgrade kvprof"
+        )
+    if meta.get("status") not in STATUSES:
+        raise TraceError(f"{meta_path}: field 'status' is {meta.get('status')!r}; expected one of {', '.join(STATUSES)}")
+    return meta
+
+
+def read_raw_trace(folder: str | Path) -> RawTrace:
+    """Read a finished (Parquet) or live (event log) trace folder."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    summary = None
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise TraceError(f"{summary_path}: unreadable or truncated JSON ({exc})") from None
+    parquet = [folder / f"{t}.parquet" for t in TABLES]
+    events = folder / EVENTS_FILE
+    if all(p.is_file() for p in parquet) and not events.is_file():
+        tables = {}
+        for name, p in zip(TABLES, parquet):
+            try:
+                tables[name] = pd.read_parquet(p)
+            except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+                raise TraceError(f"{p}: unreadable Parquet table ({type(exc).__name__}: {exc})") from None
+        return RawTrace(folder, meta, tables, summary, live=False, torn_tail=False)
+    if events.is_file():
+        records, torn = read_event_lines(events)
+        return RawTrace(folder, meta, tables_from_records(records), summary, live=True, torn_tail=torn)
+    raise TraceError(f"{folder}: trace has neither {EVENTS_FILE} nor its Parquet tables (empty or damaged trace)")
