@@ -1,0 +1,116 @@
+"""Reading traces for analyses, the TUI and reports: `load_trace(path) -> Trace`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tracers.trace_io import RawTrace, TraceError, read_raw_trace
+
+__all__ = ["Trace", "TraceError", "load_trace", "list_traces"]
+
+
+@dataclass
+class Trace:
+    """A trace with derived columns: each span's path, its kind path, each allocation's stage."""
+
+    raw: RawTrace
+
+    @property
+    def path(self) -> Path:
+        return self.raw.path
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.raw.meta
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        return self.raw.summary
+
+    @property
+    def status(self) -> str:
+        return str(self.raw.meta.get("status"))
+
+    @property
+    def allocations(self) -> pd.DataFrame:
+        return self.raw.tables["allocations"]
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self.raw.tables["samples"]
+
+    @property
+    def counters(self) -> pd.DataFrame:
+        return self.raw.tables["counters"]
+
+    @property
+    def kv(self) -> pd.DataFrame:
+        return self.raw.tables["kv"]
+
+    @cached_property
+    def spans(self) -> pd.DataFrame:
+        """Spans with `path` ('rollout/chunk[1]/refresh/layer[0]/kv_read'), `kind_path` (indices
+        dropped), `depth`, and for each span its enclosing `chunk` and `pass_name` where known."""
+        spans = self.raw.tables["spans"].copy()
+        elem: dict[int, str] = {}
+        parent: dict[int, int] = {}
+        names: dict[int, str] = {}
+        idx: dict[int, Any] = {}
+        for sid, par, name, index in zip(spans["id"], spans["parent"], spans["name"], spans["index"]):
+            sid, par = int(sid), int(par)
+            names[sid] = str(name)
+            idx[sid] = None if pd.isna(index) else int(index)
+            elem[sid] = str(name) if idx[sid] is None else f"{name}[{idx[sid]}]"
+            parent[sid] = par
+        paths: dict[int, str] = {}
+        kinds: dict[int, str] = {}
+        depth: dict[int, int] = {}
+        chunk: dict[int, Any] = {}
+        pass_name: dict[int, Any] = {}
+        for sid in elem:  # parents have smaller ids, so they are resolved first
+            par = parent[sid]
+            if par in paths:
+                paths[sid] = paths[par] + "/" + elem[sid]
+                kinds[sid] = kinds[par] + "/" + names[sid]
+                depth[sid] = depth[par] + 1
+                chunk[sid], pass_name[sid] = chunk[par], pass_name[par]
+            else:
+                paths[sid], kinds[sid], depth[sid] = elem[sid], names[sid], 0
+                chunk[sid], pass_name[sid] = None, None
+            if names[sid] == "chunk":
+                chunk[sid] = idx[sid]
+            if names[sid] in ("denoise", "refresh"):
+                pass_name[sid] = elem[sid]
+        spans["path"] = spans["id"].map(paths).astype("string")
+        spans["kind_path"] = spans["id"].map(kinds).astype("string")
+        spans["depth"] = spans["id"].map(depth).astype("int64")
+        spans["chunk"] = spans["id"].map(chunk).astype("Int64")
+        spans["pass_name"] = spans["id"].map(pass_name).astype("string")
+        return spans
+
+    @cached_property
+    def allocations_with_stage(self) -> pd.DataFrame:
+        """Allocations joined with the path / kind path / pass of the stage that made them."""
+        spans = self.spans[["id", "path", "kind_path", "chunk", "pass_name"]].rename(columns={"id": "span_id"})
+        out = self.allocations.merge(spans, on="span_id", how="left")
+        out["path"] = out["path"].fillna("(outside stages)")
+        out["kind_path"] = out["kind_path"].fillna("(outside stages)")
+        return out
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Load a finished or live trace folder; TraceError with a clear message otherwise."""
+    return Trace(read_raw_trace(path))
+
+
+def list_traces(root: str | Path = "traces") -> list[Path]:
+    """Trace folders directly under `root` (those with a meta.json), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
