@@ -1,0 +1,231 @@
+"""The `kvprof` command line: a thin layer over kvprof's runner and analyses."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from kvprof.errors import UsageError
+from kvprof.units import fmt_bytes, parse_size
+
+EXIT_USAGE = 2
+EXIT_RUN_FAILED = 1
+EXIT_OOM = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments with our one-line rule (exit 2, a hint, no traceback)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def _param(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param {text!r} must be name=value")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kvprof", description="Profile GPU memory and time of quantized KV caches in Self-Forcing rollouts.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    t = sub.add_parser("trace", help="run a traced Self-Forcing rollout and write a trace")
+    t.add_argument("--method", default="bf16", help="KV-cache method (see 'kvprof methods'); default bf16")
+    t.add_argument("--integration", default="study", help="study (the published hook) or staged; default study")
+    t.add_argument("--codes", default=None, help="code storage: int8 (study default), int16, packed (staged default)")
+    t.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE", help="override a method parameter")
+    t.add_argument("--config", default=None, help="model config: tiny (CPU default) or wan-1.3b (GPU default)")
+    t.add_argument("--dtype", default=None, help="override the config dtype: float32 or bfloat16")
+    t.add_argument("--frames", type=int, default=None, help="latent frames, a multiple of 3 (default 42 on GPU, 12 on CPU)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when present)")
+    t.add_argument("--out", type=Path, default=Path("traces"), help="output folder (default traces/)")
+    t.add_argument("--run-id", default=None, help="trace folder name (default: time-method-integration-config)")
+    t.add_argument("--rolling", type=int, default=None, metavar="W", help="rolling cache of W frames instead of all frames")
+    t.add_argument("--sink", type=int, default=0, metavar="S", help="sink frames kept by a rolling cache")
+    t.add_argument("--no-decode", dest="decode", action="store_false", help="skip the VAE decode")
+    t.add_argument("--free-cache-before-decode", action="store_true", help="release the KV cache before the VAE decode")
+    t.add_argument("--checkpoint", type=Path, default=None, help="Wan / Self-Forcing DiT state dict to load")
+    t.add_argument("--vae", type=Path, default=None, help="local diffusers Wan VAE directory with real weights")
+    t.add_argument("--prompt-embeds", type=Path, default=None, help="UMT5 prompt embeddings [n, 4096] (torch.save file)")
+    t.add_argument("--budget", default=None, help="memory budget, e.g. 24GiB: a smaller card (GPU cap, or simulated OOM on CPU)")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    t.add_argument("--quiet", action="store_true", help="no progress display")
+
+    m = sub.add_parser("methods", help="list the KV-cache methods, or show one")
+    m.add_argument("name", nargs="?")
+    m.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("summary", help="print the summary of a trace")
+    s.add_argument("trace", type=Path)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kvprof.runner import TraceRequest, run_trace
+
+    req = TraceRequest(
+        method=args.method, integration=args.integration, codes=args.codes, params=dict(args.param),
+        config=args.config, dtype=args.dtype, frames=args.frames, seed=args.seed, device=args.device,
+        out=args.out, run_id=args.run_id, rolling=args.rolling, sink=args.sink, decode=args.decode,
+        free_cache_before_decode=args.free_cache_before_decode, checkpoint=args.checkpoint, vae=args.vae,
+        prompt_embeds=args.prompt_embeds, budget_bytes=parse_size(args.budget, "--budget") if args.budget else None,
+        command=["kvprof", *sys.argv[1:]],
+    )
+    err = Console(stderr=True)
+    quiet = args.quiet or args.json
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[where]}"),
+                        TimeElapsedColumn(), console=err, disable=quiet, transient=True)
+    task = progress.add_task("rollout", total=None, where="setup")
+
+    def on_progress(p: Any) -> None:
+        progress.update(task, total=p.num_chunks, completed=p.chunk + (1 if p.pass_name in ("decode", "done") else 0),
+                        where=f"chunk {p.chunk + 1}/{p.num_chunks} · {p.pass_name}")
+
+    with progress:
+        outcome = run_trace(req, on_progress=on_progress)
+    if args.json:
+        print(json.dumps({"trace": str(outcome.path), **outcome.summary}, indent=2, default=str))
+    else:
+        print_summary(outcome.path, outcome.summary)
+    if outcome.status == "oom":
+        err.print(f"[red]out of memory[/red]: {outcome.error}. The trace up to the failure is in {outcome.path} "
+                  f"(status oom); 'kvprof summary {outcome.path}' shows what was live.")
+        return EXIT_OOM
+    if outcome.status == "interrupted":
+        err.print(f"interrupted: the trace up to now is in {outcome.path} (status interrupted)")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def print_summary(path: Path, summary: dict[str, Any]) -> None:
+    """The human summary of a trace: peak (when, what), KV bytes, time per stage, reconciliation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    peak = summary.get("peak")
+    con.print(f"[bold]trace[/bold] {path}  status [bold]{summary.get('status')}[/bold]")
+    if not peak:
+        con.print("no allocations recorded")
+        return
+    con.print(f"[bold]peak[/bold] {fmt_bytes(peak['bytes'])} ({peak['bytes']:,} B) during [cyan]{peak['stage']}[/cyan]")
+    cats = Table(title="live at the peak, by category", show_edge=False)
+    cats.add_column("category")
+    cats.add_column("bytes", justify="right")
+    cats.add_column("share", justify="right")
+    for cat, n in sorted(peak["by_category"].items(), key=lambda kv: -kv[1]):
+        cats.add_row(cat, fmt_bytes(n), f"{100 * n / peak['bytes']:.1f}%")
+    con.print(cats)
+    stages = Table(title="live at the peak, by stage of origin", show_edge=False)
+    stages.add_column("stage (kind path)")
+    stages.add_column("bytes", justify="right")
+    for st, n in list(peak["by_stage"].items())[:10]:
+        stages.add_row(st, fmt_bytes(n))
+    con.print(stages)
+    kv = summary.get("kv")
+    if kv:
+        con.print(
+            f"[bold]KV[/bold] logical {fmt_bytes(kv['logical_bytes'])} · stored {fmt_bytes(kv['stored_bytes'])} · "
+            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {kv['ratio_stored']:.2f}x, "
+            f"logical/resident {kv['ratio_resident']:.2f}x"
+        )
+    times = Table(title="time per stage kind", show_edge=False)
+    for col in ("stage", "count", "host ms", "device ms"):
+        times.add_column(col, justify="right" if col != "stage" else "left")
+    for row in summary.get("stage_times", [])[:12]:
+        times.add_row(str(row["stage"]), str(row["count"]), f"{row['host_ms']:.1f}", f"{row['device_ms']:.1f}")
+    con.print(times)
+    rec = summary.get("reconciliation", {})
+    if "peak_gap_bytes" in rec:
+        con.print(
+            f"[bold]reconciliation[/bold] trace peak {rec['trace_peak_bytes']:,} B vs torch.cuda.max_memory_allocated "
+            f"{rec['max_memory_allocated_bytes']:,} B (gap {rec['peak_gap_bytes']:,} B); max gap at stage boundaries "
+            f"{rec.get('max_abs_gap_bytes', 0):,} B over {rec.get('boundaries', 0)} boundaries"
+        )
+    else:
+        unattr = peak["by_category"].get("unattributed", 0)
+        con.print(f"[bold]reconciliation[/bold] {rec.get('note', '')}; unattributed at peak {fmt_bytes(unattr)}")
+    for note in summary.get("notes", []):
+        con.print(f"[dim]{note}[/dim]")
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from methods import get_method_class, method_names
+
+    con = Console()
+    if args.name:
+        try:
+            cls = get_method_class(args.name)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        info = {"name": cls.name, "family": cls.family, "key_bits": cls.key_bits, "value_bits": cls.value_bits,
+                "policy": cls.policy, "cadence": cls.cadence, "summary": cls.summary,
+                "params": {k: {"default": p.default, "help": p.help} for k, p in cls.params.items()}}
+        if args.json:
+            print(json.dumps(info, indent=2, default=str))
+            return 0
+        con.print(f"[bold]{cls.name}[/bold] ({cls.family}): {cls.summary}")
+        con.print(f"keys {cls.key_bits} bit · values {cls.value_bits} bit · policy {cls.policy} · cadence {cls.cadence}")
+        table = Table("parameter", "default", "meaning", show_edge=False)
+        for k, p in cls.params.items():
+            table.add_row(k, str(p.default), p.help)
+        con.print(table if cls.params else "no parameters")
+        return 0
+    rows = [get_method_class(n) for n in method_names()]
+    if args.json:
+        print(json.dumps([{"name": c.name, "family": c.family, "key_bits": c.key_bits, "value_bits": c.value_bits,
+                           "policy": c.policy, "summary": c.summary} for c in rows], indent=2))
+        return 0
+    table = Table("#", "name", "family", "K bits", "V bits", "policy", "what", show_edge=False)
+    for i, c in enumerate(rows, 1):
+        table.add_row(str(i), c.name, c.family, c.key_bits, c.value_bits, c.policy, c.summary)
+    con.print(table)
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from kvprof.analysis import summarize
+    from kvprof.trace import TraceError, load_trace
+
+    try:
+        trace = load_trace(args.trace)
+    except TraceError as exc:
+        raise UsageError(str(exc)) from None
+    summary = trace.summary or summarize(trace)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print_summary(args.trace, summary)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `kvprof` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = {"trace": _cmd_trace, "methods": _cmd_methods, "summary": _cmd_summary}[args.command]
+        return handler(args)
+    except UsageError as exc:
+        print(f"kvprof: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
