@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan
+from torch import nn
 
 from tracers import stage, tag, tag_tensor
 
@@ -84,7 +85,14 @@ def build_vae(
     with torch.random.fork_rng(devices=fork_devices), device:
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(**VAE_PRESETS[preset])
-    return vae.to(dtype=dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        if vae._keep_in_fp32_modules:
+            vae.to(dtype=dtype)
+        else:
+            # ModelMixin.to warns about fp32-pinned modules on every dtype cast even when there
+            # are none (AutoencoderKLWan pins none); the plain cast is then the same thing.
+            nn.Module.to(vae, dtype=dtype)
+    return vae.eval().requires_grad_(False)
 
 
 def decoded_shape(vae: AutoencoderKLWan, latent_shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
