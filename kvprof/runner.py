@@ -49,6 +49,7 @@ class TraceRequest:
     prompt_embeds: Path | None = None
     budget_bytes: int | None = None
     dtype: str | None = None
+    live: bool = False  # a follower (TUI) reads the trace while it runs: drain allocations per chunk
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -215,7 +216,8 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
     if req.budget_bytes is not None and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, req.budget_bytes / total), device)
-    session = TraceSession(folder, meta, device, budget_bytes=req.budget_bytes if device.type == "cpu" else None)
+    session = TraceSession(folder, meta, device, budget_bytes=req.budget_bytes if device.type == "cpu" else None,
+                           drain_at_checkpoints=req.live)
     error: BaseException | None = None
     with _TermAsInterrupt():
         session.start()
@@ -264,8 +266,13 @@ def _traced_body(session, req, device, cfg, spec, method_cls, storage, params, o
         if spec.decode:
             from kvprof.vae import build_vae
 
-            with tag("weights"):
-                vae = build_vae(cfg.vae, seed=req.seed, device=device, dtype=cfg.torch_dtype, path=req.vae)
+            from kvprof.vae import VaeError
+
+            try:
+                with tag("weights"):
+                    vae = build_vae(cfg.vae, seed=req.seed, device=device, dtype=cfg.torch_dtype, path=req.vae)
+            except VaeError as exc:
+                raise UsageError(str(exc)) from None
         with tag("activations"):
             embeds = text_embeddings(cfg, req.seed, req.prompt_embeds, device)
         caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params), device)
@@ -280,3 +287,4 @@ def _traced_body(session, req, device, cfg, spec, method_cls, storage, params, o
     if result.caches:
         logical, stored, resident = cache_bytes(result.caches)
         session.record_kv_bytes(spec.num_chunks, logical, stored, resident)
+    session.checkpoint(force=True)  # while weights and cache are alive: learn their true block sizes

@@ -94,7 +94,23 @@ class CudaHistoryTracker:
             else:
                 self.oom_events.append({k: v for k, v in e.items() if k != "frames"} | {"ctx": ctx})
         self._apply_retags(before_ctx=None)
+        self._correct_block_sizes(snap.get("segments", []))
         self._enable()
+
+    def _correct_block_sizes(self, segments: list[dict[str, Any]]) -> None:
+        """Replace rounded request sizes by the allocator's real block sizes for live blocks.
+
+        A block handed out unsplit is larger than its rounded request, and memory_allocated()
+        counts the whole block; the snapshot's segments give each live block's true size.
+        """
+        for seg in segments:
+            addr = seg["address"]
+            for block in seg.get("blocks", []):
+                if block.get("state") == "active_allocated":
+                    alloc_id = self._live.get(addr)
+                    if alloc_id is not None:
+                        self.session.record_size(alloc_id, int(block["size"]))
+                addr += block["size"]
 
     def stop(self) -> None:
         self.drain()

@@ -55,7 +55,8 @@ class TraceSession:
         budget_bytes: int | None = None,
         tracker: str = "auto",
         sample_interval_s: float = 0.1,
-        counter_depth: int | None = None,
+        counter_depth: int | None = 4,
+        drain_at_checkpoints: bool = True,
     ):
         self.folder = Path(folder)
         self.device = torch.device(device)
@@ -63,7 +64,10 @@ class TraceSession:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.meta: dict[str, Any] = dict(meta or {})
         self.budget_bytes = budget_bytes
+        # Allocator counters cost ~80 us each on CUDA: read them down to layer boundaries only.
         self.counter_depth = counter_depth
+        self.drain_at_checkpoints = drain_at_checkpoints
+        self.tracer_seconds = 0.0  # time spent draining the allocator history (tracer overhead)
         use_history = tracker == "allocator" or (tracker == "auto" and self.device.type == "cuda")
         self.tracker_kind = "cuda-allocator-history" if use_history else "dispatch"
         self._lock = threading.RLock()
@@ -179,6 +183,7 @@ class TraceSession:
         self.meta["ended_unix_ns"] = time.time_ns()
         self.meta["wall_s"] = (time.perf_counter_ns() - self._t0_perf) / 1e9
         self.meta["notes"] = self.notes
+        self.meta["tracer_drain_s"] = self.tracer_seconds
         tables = tables_from_records(self._log.records)
         write_tables(self.folder, tables)
         write_json_atomic(self.folder / META_FILE, self.meta)
@@ -244,11 +249,12 @@ class TraceSession:
             return
         if self.counter_depth is not None and len(self._span_stack) > self.counter_depth:
             return
+        stats = torch.cuda.memory_stats(self.device)
         self._write(
             {
                 "k": "m", "t": self._now(), "q": self._q(), "s": span_id,
-                "alloc": torch.cuda.memory_allocated(self.device),
-                "reserved": torch.cuda.memory_reserved(self.device),
+                "alloc": stats.get("allocated_bytes.all.current", 0),
+                "reserved": stats.get("reserved_bytes.all.current", 0),
             }
         )
 
@@ -327,6 +333,16 @@ class TraceSession:
             return self._now()
         return int(t_unix_us) * 1000 - self._t0_unix_ns
 
+    def record_size(self, alloc_id: int, nbytes: int) -> None:
+        """Correct the byte size of allocation `alloc_id` for its whole life (allocator block size)."""
+        with self._lock:
+            old = self._alloc_bytes.get(alloc_id)
+            if old is None or old == nbytes:
+                return
+            self._alloc_bytes[alloc_id] = nbytes
+            self.live_bytes += nbytes - old
+            self._write({"k": "z", "id": alloc_id, "b": nbytes})
+
     def record_retag(self, alloc_id: int, category: str, name: str | None) -> None:
         """Set the category (and name) of allocation `alloc_id` for its whole life."""
         record = {"k": "r", "id": alloc_id, "c": category}
@@ -367,10 +383,13 @@ class TraceSession:
                 alloc_id = self.record_alloc(allocator_block_size(storage.nbytes()), category, name)
                 self._cuda.adopt(storage.data_ptr(), alloc_id)
 
-    def checkpoint(self) -> None:
-        """Make everything so far visible to followers (drains the CUDA allocator history)."""
-        if self._cuda is not None:
+    def checkpoint(self, force: bool = False) -> None:
+        """Make everything so far visible to followers (drains the CUDA allocator history when
+        `drain_at_checkpoints` or `force`; a drain also learns the true block sizes of live blocks)."""
+        if self._cuda is not None and (self.drain_at_checkpoints or force):
+            t = time.perf_counter()
             self._cuda.drain()
+            self.tracer_seconds += time.perf_counter() - t
         if self._log is not None:
             self._log.flush()
 

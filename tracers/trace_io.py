@@ -12,6 +12,7 @@ Every record has a kind `k`:
   a  allocation   {id, t, q, b (bytes), c (category), s (span), n (name|null)}
   f  free         {id, t, q}
   r  retag        {id, c, n}          (category/name for the allocation's whole life)
+  z  resize       {id, b}             (the allocator's real block size, for its whole life)
   m  counter      {t, q, s, alloc, reserved}  (allocator counters at a stage boundary, CUDA)
   d  device       {t, used, proc, util}       (NVML sample)
   kv kv bytes     {t, chunk, logical, stored, resident}
@@ -148,6 +149,10 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
                     a["category"] = r["c"]
                     if r.get("n"):
                         a["name"] = r["n"]
+            elif k == "z":
+                a = allocs.get(r["id"])
+                if a is not None:
+                    a["bytes"] = r["b"]
             elif k == "b":
                 spans[r["id"]] = {
                     "id": r["id"], "parent": r["p"], "name": r["n"], "index": r.get("i"),
