@@ -228,15 +228,16 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
             session.close("complete")
         except torch.OutOfMemoryError as exc:
             error = exc
-            session.meta["oom"] = {"stage": session.stage_path(), "message": str(exc).splitlines()[0][:500],
+            session.meta["oom"] = {"stage": session.failure_stage or session.stage_path(), "message": str(exc).splitlines()[0][:500],
                                    "requested_bytes": getattr(exc, "requested", None)}
             session.close("oom", exc)
         except KeyboardInterrupt as exc:
             error = exc
+            session.meta["interrupted_stage"] = session.failure_stage
             session.close("interrupted", exc)
         except Exception as exc:  # any failure still closes the trace, marked failed, then re-raises
             error = exc
-            session.meta["failed_stage"] = session.stage_path()
+            session.meta["failed_stage"] = session.failure_stage or session.stage_path()
             session.close("failed", exc)
     trace = load_trace(folder)
     summary = summarize(trace)

@@ -91,6 +91,7 @@ class TraceSession:
         self._t0_perf = 0
         self._t0_unix_ns = 0
         self._hist_pos = (-1, 0)
+        self.failure_stage: str | None = None
         self._armed = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -184,6 +185,7 @@ class TraceSession:
         self.meta["wall_s"] = (time.perf_counter_ns() - self._t0_perf) / 1e9
         self.meta["notes"] = self.notes
         self.meta["tracer_drain_s"] = self.tracer_seconds
+        self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
         tables = tables_from_records(self._log.records)
         write_tables(self.folder, tables)
         write_json_atomic(self.folder / META_FILE, self.meta)
@@ -234,6 +236,10 @@ class TraceSession:
         self._timer.begin(span_id, self.stage_path())
         try:
             yield
+        except BaseException:
+            if self.failure_stage is None:
+                self.failure_stage = self.stage_path()  # the innermost stage the error left
+            raise
         finally:
             self._timer.end(span_id)
             with self._lock:
