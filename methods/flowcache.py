@@ -1,7 +1,9 @@
 """FlowCache: chunk-level cache policies (#26-#31) and residual reuse (#32-#33).
 
-A chunk here is one latent frame (`call.tokens_per_frame` tokens); C = chunks present in the
-tensor the method is given (the last one may be partial). Layer budget b_l runs linearly from
+A chunk here is one latent frame (`call.tokens_per_frame` tokens); C = chunks present: those
+holding the tensor's written data [0, min(call.written, L)) (the last one may be partial), so C
+grows as the rollout writes chunks even when the whole preallocated buffer is passed. Tokens
+past the written data hold no data: they are not stored and read back as zeros. Layer budget b_l runs linearly from
 `budget_first` at the first layer to `budget_last` at the last. The last
 max(1, round(min(r * b_l, 1) * C)) chunks are recent (4-bit); the older chunks are classed by
 the policy: `hybrid` (all 2-bit), `adaptive` (important 4-bit, rest 2-bit), `prune` (important
@@ -132,14 +134,15 @@ class FlowCache(PartitionMethod):
         return self.policy_kind != "hybrid"
 
     def plan(self, k: torch.Tensor, v: torch.Tensor, call: KVCall) -> Plan:
-        n, tpc = k.shape[1], call.tokens_per_frame
+        tpc = call.tokens_per_frame
+        n = min(max(call.written, 0), k.shape[1])  # the written data; the rest is not stored
         c = -(-n // tpc)
         budget = layer_budget(call.layer, call.num_layers, self["budget_first"], self["budget_last"])
         scores = None
         if self.uses_scores:
             with self.marks.category("kv_scratch"):
-                scores = chunk_scores(k, v, tpc)
-        key = (c, n, tpc, k.device)
+                scores = chunk_scores(k[:, :n], v[:, :n], tpc)
+        key = (c, n, k.shape[1], tpc, k.device)
         cached = self._plans.get(call.layer)
         if cached is None or cached.key != key:
             with self.marks.category("kv_meta"):
@@ -193,6 +196,7 @@ class FlowCache(PartitionMethod):
             pooled = PooledScheme(tpc)
             parts.append(Part("pooled", TokenSet(n_ev * tpc, index="idx_pooled"), pooled, pooled))
         facts = {
+            "written_tokens": n,
             "chunks": c,
             "budget": budget,
             "recent_chunks": n_recent,

@@ -121,6 +121,17 @@ def test_encode_decode_contract(name, storage):
 
 
 @pytest.mark.parametrize("name", TABLE)
+def test_init_call_on_the_zero_buffer(name):
+    # The study integration encodes the zero buffer first, with nothing written yet.
+    zeros = torch.zeros(1, 96, 2, 32, dtype=torch.bfloat16)
+    call = KVCall(0, 2, -1, "init", None, 0, 0, 0, 96, TPF)
+    m = get_method_class(name)(storage="packed")
+    kd, vd = m.decode(m.encode(zeros, zeros, call), call)
+    assert kd.shape == zeros.shape and kd.dtype == torch.bfloat16
+    assert torch.equal(kd, zeros) and torch.equal(vd, zeros)
+
+
+@pytest.mark.parametrize("name", TABLE)
 def test_packed_and_int16_decode_like_int8(name):
     k, v = _kv(96, 75)
     call = _call(75)
@@ -339,6 +350,21 @@ def test_flowcache_prune_counts_and_evicted_chunks_read_zeros():
     for chunk, cls in enumerate(plan.tolist()):
         part = kd[:, chunk * tpf : (chunk + 1) * tpf]
         assert bool(torch.all(part == 0)) == (cls == EVICTED)
+
+
+def test_flowcache_chunks_present_follow_written_data():
+    tpf = 4
+    k, v = _kv(96, 30)  # the study's whole buffer: 30 tokens written, C = ceil(30 / 4) = 8
+    m = get_method_class("flowcache_prune_int4")()
+    state = m.encode(k, v, _call(30, tpf=tpf))
+    assert state.extra["chunks"] == 8 and state.tensors["chunk_plan"].numel() == 8
+    assert state.extra["recent_chunks"] == recent_count(8, 0.25, 0.75)
+    kd, _ = m.decode(state, _call(30, tpf=tpf))
+    assert kd.shape == k.shape and torch.all(kd[:, 30:] == 0)
+    plan = state.tensors["chunk_plan"].tolist()
+    assert not torch.all(kd[:, 28:30] == 0) and plan[-1] == HIGH  # the partial chunk is recent
+    state = m.encode(k, v, _call(48, tpf=tpf))  # C changed: a new plan
+    assert state.extra["chunks"] == 12
 
 
 def test_flowcache_soft_prune_reads_back_the_pooled_mean():
