@@ -150,16 +150,39 @@ class PartitionMethod(KVMethod):
         return out[0], out[1]
 
     def decode_range(self, state: EncodedKV, call: KVCall, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        single = self._single(state)
-        if single is None:
-            return super().decode_range(state, call, start, end)
         codec = self.codec(state.head_dim)
         dtype, n = state.extra["dtype"], state.num_tokens
-        k, v = (
-            single.scheme(role).decode(state.tensors, role, single.stem(role), codec, n, dtype, "kv_dequant", start, end)
-            for role in ("k", "v")
-        )
-        return k, v
+        single = self._single(state)
+        if single is not None:
+            k, v = (
+                single.scheme(role).decode(state.tensors, role, single.stem(role), codec, n, dtype, "kv_dequant", start, end)
+                for role in ("k", "v")
+            )
+            return k, v
+        parts = state.extra["parts"]
+        if any(p.tokens.index is not None for p in parts):  # index lists: decode all, then slice
+            return super().decode_range(state, call, start, end)
+        # Host ranges only (recent windows): decode just the overlap of each range with [start, end).
+        shape = (state.extra["batch"], end - start, state.heads, state.head_dim)
+        out = []
+        for role in ("k", "v"):
+            with self.marks.stage("scatter"), self.marks.category("kv_dequant"):
+                buf = torch.zeros(shape, dtype=dtype, device=state.extra["device"])
+            for part in parts:
+                offset = 0  # position of the range's first token in the part's gather order
+                for a, b in part.tokens.ranges:
+                    lo, hi = max(a, start), min(b, end)
+                    if lo < hi:
+                        vals = part.scheme(role).decode(
+                            state.tensors, role, part.stem(role), codec, part.tokens.count, dtype, "kv_scratch",
+                            offset + lo - a, offset + hi - a,
+                        )
+                        with self.marks.stage("scatter"):
+                            buf[:, lo - start : hi - start].copy_(vals)
+                        del vals
+                    offset += b - a
+            out.append(buf)
+        return out[0], out[1]
 
 
 class UniformMethod(PartitionMethod):

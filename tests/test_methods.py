@@ -231,6 +231,9 @@ def test_recent_window_counts_back_from_written():
     kd, _ = m.decode(state, _call(60, tpf=tpf))
     assert torch.equal(kd[:, 36:60], k[:, 36:60]) and not torch.equal(kd[:, :36], k[:, :36])
     assert torch.all(kd[:, 60:] == 0)
+    for a, b in ((0, 96), (30, 40), (40, 70), (59, 61), (70, 96)):  # ranges across the window's edges
+        kr, _ = m.decode_range(state, _call(60, tpf=tpf), a, b)
+        assert torch.equal(kr, kd[:, a:b])
     whole = get_method_class("quarot_kv_int4_recent2")().encode(k, v, _call(0, tpf=tpf))  # nothing written yet
     assert "k_recent" not in whole.tensors
 
