@@ -311,13 +311,18 @@ class LayerKVCache:
         return [s.state for s in self.segments]
 
     def byte_counts(self) -> tuple[int, int, int]:
-        """(logical, stored, resident) bytes of this layer's cache now (METHODS.md)."""
+        """(logical, stored, resident) bytes of this layer's cache now (METHODS.md).
+
+        Logical counts the represented tokens at the model's element size (BF16 on the GPU
+        config), so that the uncompressed method has logical = stored = resident on any config.
+        """
         if self.method.lossless:
             n = sum(t.numel() * t.element_size() for t in (self.buffer_k, self.buffer_v))
             return n, n, n
+        elem = torch.empty((), dtype=self.dtype).element_size()
         logical = stored = resident = 0
         for st in self.states():
-            logical += st.logical_bytes()
+            logical += 2 * st.num_tokens * st.heads * st.head_dim * elem
             stored += st.stored_bytes()
             resident += st.resident_bytes()
         for t in (self.stage_k, self.stage_v):

@@ -194,22 +194,21 @@ def alloc_codes(shape: tuple[int, ...], bits: int, storage: str, device: torch.d
 
 
 # ---------------------------------------------------------------- Hadamard rotation
-_HADAMARD: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
-
-
 def hadamard_matrix(d: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    """The normalized Walsh-Hadamard matrix [d, d] (entries +-1/sqrt(d), its own inverse), cached."""
+    """The normalized Walsh-Hadamard matrix [d, d] (entries +-1/sqrt(d), its own inverse).
+
+    Built on the device per call from H[i, j] = (-1)^popcount(i & j) / sqrt(d): a few tiny
+    kernels, no host transfer, and no hidden long-lived tensor that the cache's resident bytes
+    would not account for (it is kv_scratch, freed with the call).
+    """
     if d < 1 or d & (d - 1):
         raise ValueError(f"the Hadamard rotation needs a power-of-two head_dim, got {d}")
-    key = (d, torch.device(device), dtype)
-    h = _HADAMARD.get(key)
-    if h is None:
-        m = torch.ones(1, 1, dtype=torch.float64)
-        while m.shape[0] < d:  # Sylvester doubling: log2(d) steps, once per (d, device, dtype)
-            m = torch.cat([torch.cat([m, m], 1), torch.cat([m, -m], 1)], 0)
-        h = (m / math.sqrt(d)).to(device=device, dtype=dtype)
-        _HADAMARD[key] = h
-    return h
+    idx = torch.arange(d, device=device)
+    both = idx[:, None] & idx[None, :]
+    parity = torch.zeros_like(both)
+    for bit in range(max(1, d.bit_length() - 1)):  # log2(d) steps over bit positions, not elements
+        parity ^= (both >> bit) & 1
+    return ((1 - 2 * parity).to(dtype) / math.sqrt(d)).to(dtype)
 
 
 def rotate(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

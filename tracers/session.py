@@ -401,4 +401,6 @@ class TraceSession:
 
     def record_kv_bytes(self, chunk: int, logical: int, stored: int, resident: int) -> None:
         """KV byte accounting of the cache after a chunk."""
-        self._write({"k": "kv", "t": self._now(), "chunk": chunk, "logical": logical, "stored": stored, "resident": resident})
+        with self._lock:
+            self._write({"k": "kv", "t": self._now(), "q": self._q(), "chunk": chunk, "logical": logical,
+                         "stored": stored, "resident": resident})

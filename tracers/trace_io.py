@@ -15,7 +15,7 @@ Every record has a kind `k`:
   z  resize       {id, b}             (the allocator's real block size, for its whole life)
   m  counter      {t, q, s, alloc, reserved}  (allocator counters at a stage boundary, CUDA)
   d  device       {t, used, proc, util}       (NVML sample)
-  kv kv bytes     {t, chunk, logical, stored, resident}
+  kv kv bytes     {t, q, chunk, logical, stored, resident}
   x  device ms    {id, dms}           (stage device time, resolved after the run)
 `q` orders records exactly (time stamps of different clocks may tie or drift).
 """
@@ -118,7 +118,7 @@ _ALLOC_COLUMNS = ["id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes",
 _SPAN_COLUMNS = ["id", "parent", "name", "index", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_ms", "device_ms"]
 _SAMPLE_COLUMNS = ["t_ns", "device_used_bytes", "process_used_bytes", "util_percent"]
 _COUNTER_COLUMNS = ["t_ns", "q", "span_id", "allocated_bytes", "reserved_bytes"]
-_KV_COLUMNS = ["t_ns", "chunk", "logical_bytes", "stored_bytes", "resident_bytes"]
+_KV_COLUMNS = ["t_ns", "q", "chunk", "logical_bytes", "stored_bytes", "resident_bytes"]
 
 NO_FREE = -1  # q_free / t_free_ns of an allocation still live when the trace ended
 
@@ -172,7 +172,7 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
             elif k == "d":
                 samples.append((r["t"], r["used"], r["proc"], r["util"]))
             elif k == "kv":
-                kv.append((r["t"], r["chunk"], r["logical"], r["stored"], r["resident"]))
+                kv.append((r["t"], r.get("q", -1), r["chunk"], r["logical"], r["stored"], r["resident"]))
         except (KeyError, TypeError) as exc:
             raise TraceError(f"event record of kind {k!r} lacks field {exc} ({str(r)[:120]})") from None
     alloc_df = pd.DataFrame(list(allocs.values()), columns=_ALLOC_COLUMNS)
