@@ -241,7 +241,7 @@ class QuaRotScheme(RTNScheme):
 
     @staticmethod
     def _matrix(d: int, device: torch.device, dtype: torch.dtype, marks: Marks) -> torch.Tensor:
-        with marks.category("kv_meta"):  # built once per (d, device, dtype) and kept
+        with marks.category("kv_scratch"):  # built per call on the device, freed with it
             return hadamard_matrix(d, device, dtype)
 
     def encode(self, x, role, sb, stem):
