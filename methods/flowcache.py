@@ -9,7 +9,8 @@ max(1, round(min(r * b_l, 1) * C)) chunks are recent (4-bit); the older chunks a
 the policy: `hybrid` (all 2-bit), `adaptive` (important 4-bit, rest 2-bit), `prune` (important
 4-bit, retained at the variant's bits, the rest evicted: read back as zeros) and `soft_prune`
 (evicted chunks keep one pooled BF16 token). Plans are cached per layer and recomputed only
-when C changes; chunk scores keep the previous call's per-layer values as state.
+when C changes; chunk scores keep the previous call's per-layer values as state (the latest
+scores, [C, H] float32, are also in the encoded state as `chunk_scores`).
 """
 from __future__ import annotations
 
@@ -57,21 +58,17 @@ def prune_counts(num_old: int, rho_imp: float, rho_ret: float, budget: float) ->
     return n_imp, n_ret, rest - n_ret
 
 
-def chunk_scores(k: torch.Tensor, v: torch.Tensor, tokens_per_chunk: int) -> torch.Tensor:
-    """s[c, h] = mean|K| + mean|V| over chunk c's tokens (batch, tokens, channels): [C, H] float32."""
-
-    def mean_abs(x: torch.Tensor) -> torch.Tensor:
-        b, n, h, d = x.shape
-        full = n // tokens_per_chunk
-        parts = [
-            x[:, : full * tokens_per_chunk].reshape(b, full, tokens_per_chunk, h, d)
-            .abs().mean(dim=(0, 2, 4), dtype=torch.float32)
-        ]
-        if n > full * tokens_per_chunk:  # the partial last chunk
-            parts.append(x[:, full * tokens_per_chunk :].abs().mean(dim=(0, 1, 3), dtype=torch.float32)[None])
-        return torch.cat(parts, 0)
-
-    return mean_abs(k) + mean_abs(v)
+def chunk_mean_abs(x: torch.Tensor, tokens_per_chunk: int) -> torch.Tensor:
+    """mean|x| per chunk and head over the chunk's tokens, batch and channels: [C, H] float32."""
+    b, n, h, d = x.shape
+    full = n // tokens_per_chunk
+    parts = [
+        x[:, : full * tokens_per_chunk].reshape(b, full, tokens_per_chunk, h, d)
+        .abs().mean(dim=(0, 2, 4), dtype=torch.float32)
+    ]
+    if n > full * tokens_per_chunk:  # the partial last chunk
+        parts.append(x[:, full * tokens_per_chunk :].abs().mean(dim=(0, 1, 3), dtype=torch.float32)[None])
+    return torch.cat(parts, 0)
 
 
 def score_change(s: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -141,17 +138,23 @@ class FlowCache(PartitionMethod):
         scores = None
         if self.uses_scores:
             with self.marks.category("kv_scratch"):
-                scores = chunk_scores(k[:, :n], v[:, :n], tpc)
+                mean_k, mean_v = chunk_mean_abs(k[:, :n], tpc), chunk_mean_abs(v[:, :n], tpc)
+            with self.marks.category("kv_meta"):
+                scores = mean_k + mean_v  # s[c, h] = mean|K| + mean|V|
+            del mean_k, mean_v
         key = (c, n, k.shape[1], tpc, k.device)
         cached = self._plans.get(call.layer)
         if cached is None or cached.key != key:
             with self.marks.category("kv_meta"):
                 plan = self._new_plan(n, tpc, c, budget, scores, self._history.get(call.layer), k.device)
             cached = self._plans[call.layer] = _CachedPlan(key, plan)
-        if scores is not None:
-            with self.marks.category("kv_meta"):
-                self._history[call.layer] = scores
-        return cached.plan
+        if scores is None:
+            return cached.plan
+        # The scores are the next call's history: they live on as state of this layer, so the
+        # state carries them (kv_meta) and resident bytes account for them.
+        self._history[call.layer] = scores
+        plan = cached.plan
+        return Plan(plan.parts, {**plan.meta, "chunk_scores": scores}, plan.facts)
 
     def _old_classes(self, n_old: int, budget: float, change: torch.Tensor | None, device) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Class of every old chunk and the (high, low, evicted) counts among them."""
