@@ -411,6 +411,9 @@ def test_flowcache_scores_use_the_previous_call_of_the_same_layer():
     plan = state.tensors["chunk_plan"].tolist()
     assert plan[2] == HIGH and plan.count(HIGH) == 3 and plan[-2:] == [HIGH, HIGH]
     assert state.extra["important_chunks"] == 1
+    scores = state.tensors["chunk_scores"]  # the next call's history, accounted as state
+    assert scores.shape == (11, 2) and state.categories["chunk_scores"] == "kv_meta"
+    assert math.isclose(scores[2, 0].item(), 11.0) and math.isclose(scores[0, 0].item(), 2.0)
 
 
 def test_flowcache_native_is_lossless_bf16_storage():
