@@ -1,0 +1,164 @@
+"""Phase analyses shared by reports and diagnose: which phase each allocation belongs to, the
+peak of live bytes within each phase, retained allocations, and a timeline downsampler that
+keeps the peak.
+
+A *phase* is the top-level kind of work a byte was allocated in: `setup`, `text_embed`,
+`cross_kv`, `denoise`, `refresh`, `chunk` (chunk work outside its passes), `decode`, `rollout`
+(rollout work outside chunks) or `(outside stages)`. Like every analysis here these are functions
+of the trace's tables returning DataFrames.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kvprof.analysis import memory_events, timeline
+from kvprof.trace import Trace
+from tracers.categories import CATEGORIES
+from tracers.trace_io import NO_FREE
+
+__all__ = [
+    "PHASE_NAMES",
+    "OUTSIDE",
+    "span_phases",
+    "allocation_phases",
+    "phase_peaks",
+    "retained_mask",
+    "envelope",
+    "downsampled_timeline",
+    "pass_bands",
+    "cache_categories",
+]
+
+PHASE_NAMES: tuple[str, ...] = ("setup", "text_embed", "cross_kv", "denoise", "refresh", "decode")
+OUTSIDE = "(outside stages)"
+# The cache's persistent state, what `--free-cache-before-decode` releases: the self-attention
+# KV cache (full precision, codes, metadata) and the text K/V. Dequantized copies and scratch are
+# per-call temporaries, not cache state.
+CACHE_CATEGORIES: tuple[str, ...] = ("kv_fp", "kv_codes", "kv_meta", "cross_kv")
+
+
+def cache_categories() -> tuple[str, ...]:
+    """The categories of the KV cache's persistent state and the cross-attention K/V."""
+    return CACHE_CATEGORIES
+
+
+def span_phases(trace: Trace) -> pd.DataFrame:
+    """Per span: `phase` (see module doc) and `phase_span` (id of the span that opened the phase)."""
+    s = trace.spans
+    phase: dict[int, str] = {}
+    phase_span: dict[int, int] = {}
+    for sid, par, name in zip(s["id"], s["parent"], s["name"]):  # parents precede children
+        sid, par, name = int(sid), int(par), str(name)
+        if name in PHASE_NAMES:
+            phase[sid], phase_span[sid] = name, sid
+        elif par in phase and phase[par] not in ("rollout", "chunk"):
+            phase[sid], phase_span[sid] = phase[par], phase_span[par]
+        elif name == "chunk":
+            phase[sid], phase_span[sid] = "chunk", sid
+        elif par in phase:
+            phase[sid], phase_span[sid] = phase[par], phase_span[par]
+        else:
+            phase[sid], phase_span[sid] = name, sid
+    return pd.DataFrame({"id": list(phase), "phase": list(phase.values()), "phase_span": list(phase_span.values())})
+
+
+def allocation_phases(trace: Trace) -> pd.Series:
+    """The phase each allocation was made in, indexed by allocation id."""
+    ph = span_phases(trace).set_index("id")["phase"]
+    a = trace.allocations
+    out = a["span_id"].map(ph).fillna(OUTSIDE).astype(str)
+    out.index = a["id"].to_numpy()
+    return out
+
+
+def phase_peaks(trace: Trace) -> pd.DataFrame:
+    """The peak of live bytes within each phase: the maximum of live bytes right after any
+    allocation made in that phase (live bytes only rise at allocations, so this is exact).
+
+    Columns: phase, peak_bytes, q, t_ns, alloc_id, one column per category (live bytes by
+    category at that instant), `cache_bytes` (kv_fp + kv_codes + kv_meta + cross_kv) and `first_q` (phase order).
+    """
+    cols = ["phase", "peak_bytes", "q", "t_ns", "alloc_id", *CATEGORIES, "cache_bytes", "first_q"]
+    ev = memory_events(trace)
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    wide = timeline(trace)
+    phases = allocation_phases(trace)
+    is_alloc = ev["delta"].to_numpy() > 0
+    ev_phase = np.where(is_alloc, ev["alloc_id"].map(phases).fillna(OUTSIDE).to_numpy(dtype=object), None)
+    rows = []
+    live = ev["live"].to_numpy()
+    for name in pd.unique(ev_phase[is_alloc]):
+        idx = np.flatnonzero(ev_phase == name)
+        best = idx[int(np.argmax(live[idx]))]
+        row = {"phase": str(name), "peak_bytes": int(live[best]), "q": int(ev["q"].iat[best]),
+               "t_ns": int(ev["t_ns"].iat[best]), "alloc_id": int(ev["alloc_id"].iat[best])}
+        for cat in CATEGORIES:
+            row[cat] = int(wide[cat].iat[best])
+        row["cache_bytes"] = sum(row[c] for c in CACHE_CATEGORIES)
+        row["first_q"] = int(ev["q"].iat[idx[0]])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols).sort_values("first_q").reset_index(drop=True)
+
+
+def retained_mask(trace: Trace, live: pd.DataFrame, q: int) -> pd.Series:
+    """For allocations `live` at order key `q`: True where the stage that made them ended before `q`
+    (the allocation outlived its stage, DESIGN section 5)."""
+    s = trace.spans.set_index("id")["q_end"]
+    end = live["span_id"].map(s)
+    return end.notna() & (end != NO_FREE) & (end < q)
+
+
+def envelope(df: pd.DataFrame, x: str, y: str, buckets: int) -> pd.DataFrame:
+    """Downsample rows ordered by `x` to at most 2 * buckets + 2 rows: per bucket of equal width
+    in `x`, the rows where `y` is smallest and largest, plus the first and last rows.
+
+    Every kept row is a real row (so stacked columns stay consistent), and the row holding the
+    global maximum of `y` is always kept (it is the maximum of its bucket), as is the minimum.
+    """
+    if buckets < 1:
+        raise ValueError("buckets must be >= 1")
+    n = len(df)
+    if n <= 2 * buckets + 2:
+        return df.reset_index(drop=True)
+    xs = df[x].to_numpy(dtype=np.float64)
+    lo, hi = float(np.nanmin(xs)), float(np.nanmax(xs))
+    width = (hi - lo) / buckets if hi > lo else 1.0
+    bucket = np.clip(((xs - lo) / width).astype(np.int64), 0, buckets - 1)
+    ys = df[y].to_numpy()
+    pos = np.arange(n)
+    frame = pd.DataFrame({"b": bucket, "y": ys, "pos": pos})
+    g = frame.groupby("b")["y"]
+    keep = np.concatenate([
+        pos[g.idxmax().to_numpy()], pos[g.idxmin().to_numpy()], [0, n - 1],
+    ])
+    keep = np.unique(keep)  # sorted: original order preserved
+    return df.iloc[keep].reset_index(drop=True)
+
+
+def downsampled_timeline(trace: Trace, buckets: int = 1500) -> pd.DataFrame:
+    """The wide timeline (live bytes per category and `total` after every event) reduced with
+    `envelope` on `total` over time; adds `t_s` (seconds since the trace started)."""
+    wide = timeline(trace)
+    if wide.empty:
+        return wide.assign(t_s=pd.Series(dtype=float))
+    wide = envelope(wide, "t_ns", "total", buckets)
+    return wide.assign(t_s=wide["t_ns"] / 1e9)
+
+
+def pass_bands(trace: Trace) -> pd.DataFrame:
+    """Time bands of the passes and the decode, for timelines: kind, label, chunk, start_s, end_s."""
+    s = trace.spans
+    cols = ["kind", "label", "chunk", "start_s", "end_s"]
+    if s.empty:
+        return pd.DataFrame(columns=cols)
+    end_default = int(max(s["t_end_ns"].max(), s["t_start_ns"].max()))
+    sel = s[s["name"].isin(["denoise", "refresh", "decode", "chunk"])]
+    ends = sel["t_end_ns"].where(sel["t_end_ns"] != NO_FREE, end_default)
+    labels = sel["path"].str.rsplit("/", n=1).str[-1]
+    out = pd.DataFrame({
+        "kind": sel["name"].astype(str), "label": labels.astype(str),
+        "chunk": sel["chunk"], "start_s": sel["t_start_ns"] / 1e9, "end_s": ends / 1e9,
+    })
+    return out.reset_index(drop=True)
