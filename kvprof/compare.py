@@ -1,0 +1,226 @@
+"""`kvprof compare TRACE...`: one row per trace, as a DataFrame; text, JSON and CSV views of it.
+
+Every value comes from the trace: meta.json (method, config, rollout, wall time), the peak of
+the allocation table (or summary.json's copy of it), the KV table and the stage spans.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from kvprof.analysis import find_peak, kv_bytes, stage_times
+from kvprof.errors import UsageError
+from kvprof.trace import Trace, TraceError, load_trace
+from kvprof.units import fmt_bytes
+
+__all__ = ["open_trace", "open_traces", "trace_label", "trace_row", "compare_table", "format_compare", "TEXT_COLUMNS", "FORMATS"]
+
+# Stage kinds whose device time gets its own column in the text view (all kinds are in JSON/CSV).
+TEXT_STAGE_KINDS: tuple[str, ...] = ("denoise", "refresh", "kv_read", "kv_write", "attention", "decode")
+TEXT_COLUMNS: tuple[str, ...] = (
+    "trace", "method", "integration", "codes", "config", "frames", "status", "peak_bytes", "peak_stage",
+    "resident_kv_bytes", "stored_kv_bytes", "ratio_stored", "ratio_resident", "wall_s",
+    *(f"ms_{k}" for k in TEXT_STAGE_KINDS),
+)
+DELTA_COLUMNS: tuple[str, ...] = ("peak_delta_bytes", "peak_vs_baseline", "resident_kv_delta_bytes", "wall_delta_s")
+FORMATS: tuple[str, ...] = ("table", "json", "csv")
+
+
+def open_trace(path: str | Path | Trace) -> Trace:
+    """A loaded trace; UsageError naming the folder when it cannot be read."""
+    if isinstance(path, Trace):
+        return path
+    try:
+        return load_trace(path)
+    except TraceError as exc:
+        raise UsageError(f"{exc}; pass a folder written by 'kvprof trace' (see 'ls traces/')") from None
+
+
+def open_traces(paths: Iterable[str | Path | Trace]) -> list[Trace]:
+    """Load several traces; at least one is required."""
+    traces = [open_trace(p) for p in paths]
+    if not traces:
+        raise UsageError("no trace given; pass one or more trace folders (e.g. traces/*)")
+    return traces
+
+
+def trace_label(trace: Trace) -> str:
+    """Short human label: method/integration/codes (config, frames)."""
+    m = trace.meta
+    cfg = (m.get("config") or {}).get("name", "?")
+    frames = (m.get("rollout") or {}).get("frames", "?")
+    return f"{m.get('method', '?')}/{m.get('integration', '?')}/{m.get('codes', '?')} ({cfg}, {frames}f)"
+
+
+def _peak_facts(trace: Trace) -> dict[str, Any]:
+    summary = trace.summary or {}
+    if summary.get("peak") and summary.get("status") == trace.status:
+        p = summary["peak"]
+        return {"peak_bytes": int(p["bytes"]), "peak_stage": p["stage"], "peak_t_s": p["t_ns"] / 1e9}
+    peak = find_peak(trace)
+    if peak is None:
+        return {"peak_bytes": None, "peak_stage": None, "peak_t_s": None}
+    return {"peak_bytes": peak.bytes, "peak_stage": peak.stage, "peak_t_s": peak.t_ns / 1e9}
+
+
+def _quality(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """Numeric quality metrics of summary.json, flattened to `quality_<name>` (missing ones are absent)."""
+    out: dict[str, Any] = {}
+    q = (summary or {}).get("quality")
+    if not isinstance(q, dict):
+        return out
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, (int, float)):
+            out[prefix] = float(value)
+        elif isinstance(value, dict):
+            if "value" in value and isinstance(value["value"], (int, float)) and not isinstance(value["value"], bool):
+                out[prefix] = float(value["value"])
+                return
+            for k, v in value.items():
+                walk(f"{prefix}_{k}", v)
+
+    for name, value in q.items():
+        walk(f"quality_{name}", value)
+    return out
+
+
+def trace_row(trace: Trace) -> dict[str, Any]:
+    """The comparison row of one trace (raw numbers: bytes in bytes, times in ms / s)."""
+    m = trace.meta
+    cfg = m.get("config") or {}
+    rollout = m.get("rollout") or {}
+    row: dict[str, Any] = {
+        "trace": trace.path.name,
+        "path": str(trace.path),
+        "method": m.get("method"),
+        "integration": m.get("integration"),
+        "codes": m.get("codes"),
+        "config": cfg.get("name"),
+        "dtype": cfg.get("dtype"),
+        "frames": rollout.get("frames"),
+        "seed": rollout.get("seed"),
+        "device": (m.get("environment") or {}).get("device_name"),
+        "tracker": m.get("tracker"),
+        "status": trace.status,
+    }
+    row.update(_peak_facts(trace))
+    kv = kv_bytes(trace)
+    row.update(
+        logical_kv_bytes=kv["logical_bytes"] if kv else None,
+        stored_kv_bytes=kv["stored_bytes"] if kv else None,
+        resident_kv_bytes=kv["resident_bytes"] if kv else None,
+        ratio_stored=kv["ratio_stored"] if kv else None,
+        ratio_resident=kv["ratio_resident"] if kv else None,
+    )
+    row["wall_s"] = m.get("wall_s")
+    times = stage_times(trace)
+    for stage, ms in zip(times["stage"], times["device_ms"]):
+        row[f"ms_{stage}"] = float(ms)
+    row.update(_quality(trace.summary))
+    return row
+
+
+def compare_table(
+    traces: Sequence[str | Path | Trace],
+    sort: str | None = None,
+    baseline: str | Path | Trace | None = None,
+) -> pd.DataFrame:
+    """One row per trace. `sort` names any column (prefix '-' for descending). With a
+    `baseline` trace, adds peak_delta_bytes, peak_vs_baseline (ratio), resident_kv_delta_bytes
+    and wall_delta_s, each the row's value minus (or over) the baseline's."""
+    loaded = open_traces(traces)
+    rows = [trace_row(t) for t in loaded]
+    df = pd.DataFrame(rows)
+    ms_cols = sorted(c for c in df.columns if c.startswith("ms_"))
+    q_cols = sorted(c for c in df.columns if c.startswith("quality_"))
+    base_cols = [c for c in df.columns if not c.startswith(("ms_", "quality_"))]
+    df = df[base_cols + ms_cols + q_cols]
+    if baseline is not None:
+        b = trace_row(open_trace(baseline))
+
+        def diff(col: str) -> pd.Series:
+            if b.get(col) is None:
+                return pd.Series([None] * len(df), index=df.index, dtype="float64")
+            return pd.to_numeric(df[col], errors="coerce") - b[col]
+
+        df["baseline"] = b["trace"]
+        df["peak_delta_bytes"] = diff("peak_bytes").astype("Int64")
+        df["peak_vs_baseline"] = pd.to_numeric(df["peak_bytes"], errors="coerce") / b["peak_bytes"] if b.get("peak_bytes") else None
+        df["resident_kv_delta_bytes"] = diff("resident_kv_bytes").astype("Int64")
+        df["wall_delta_s"] = diff("wall_s")
+    for col in ("peak_bytes", "logical_kv_bytes", "stored_kv_bytes", "resident_kv_bytes"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    if sort:
+        desc = sort.startswith("-")
+        col = sort.lstrip("-")
+        if col not in df.columns:
+            raise UsageError(
+                f"--sort {sort!r}: no such column; columns: {', '.join(df.columns)} (prefix '-' to sort descending)"
+            )
+        df = df.sort_values(col, ascending=not desc, kind="stable", na_position="last")
+    return df.reset_index(drop=True)
+
+
+def _cell(col: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "-"
+    if col.endswith("_bytes"):
+        return ("+" if col.endswith("delta_bytes") and value > 0 else "") + fmt_bytes(int(value))
+    if col.startswith("ratio") or col == "peak_vs_baseline":
+        return f"{float(value):.2f}x"
+    if col.startswith("ms_"):
+        return f"{float(value):.1f}"
+    if col in ("wall_s", "wall_delta_s"):
+        return f"{float(value):.2f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _header(col: str) -> str:
+    names = {"peak_bytes": "peak", "resident_kv_bytes": "resident KV", "stored_kv_bytes": "stored KV",
+             "logical_kv_bytes": "logical KV", "ratio_stored": "log/stored", "ratio_resident": "log/resident",
+             "peak_delta_bytes": "Δ peak", "peak_vs_baseline": "peak/base", "resident_kv_delta_bytes": "Δ resident",
+             "wall_delta_s": "Δ wall s", "wall_s": "wall s", "peak_stage": "peak stage"}
+    if col.startswith("ms_"):
+        return col[3:] + " ms"
+    return names.get(col, col)
+
+
+def text_table(df: pd.DataFrame, columns: Sequence[str]) -> str:
+    """A plain fixed-width table (numbers right-aligned) of `columns` of df."""
+    cols = [c for c in columns if c in df.columns]
+    cells = [[_cell(c, v) for c, v in zip(cols, row)] for row in df[cols].itertuples(index=False)]
+    heads = [_header(c) for c in cols]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in cols]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = [line(heads), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def format_compare(df: pd.DataFrame, fmt: str = "table") -> str:
+    """Render a comparison table: 'table' (main columns, human units), 'json' (all columns,
+    raw numbers, one object per trace) or 'csv' (all columns)."""
+    if fmt == "json":
+        records = json.loads(df.to_json(orient="records"))
+        return json.dumps(records, indent=2)
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt != "table":
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    cols = list(TEXT_COLUMNS)
+    cols += [c for c in DELTA_COLUMNS if c in df.columns]
+    cols += [c for c in df.columns if c.startswith("quality_")]
+    return text_table(df, cols)
