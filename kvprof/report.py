@@ -1,0 +1,370 @@
+"""`kvprof report TRACE... -o FILE`: memory timelines, peak breakdowns, stage times and a
+comparison of several traces, as one self-contained HTML page (JavaScript inlined), PNG, SVG or
+PDF (vl-convert) or markdown tables.
+
+Charts are built from the analyses' tables (kvprof.analysis, kvprof.phases, kvprof.compare),
+never from the raw events. Timelines are reduced with `kvprof.phases.envelope`, which keeps
+the minimum and maximum of every time bucket, so the plotted peak is the exact peak.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import html
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from kvprof.analysis import find_peak, stage_times
+from kvprof.compare import TEXT_COLUMNS, _cell, _header, compare_table, open_trace, open_traces, trace_label
+from kvprof.diagnose import md_table
+from kvprof.errors import UsageError
+from kvprof.phases import downsampled_timeline, pass_bands, phase_peaks
+from kvprof.trace import Trace
+from kvprof.units import fmt_bytes
+from tracers.categories import CATEGORIES
+
+__all__ = [
+    "SUFFIXES", "CATEGORY_COLORS", "timeline_chart", "peak_breakdown_chart", "stage_time_chart",
+    "comparison_chart", "trace_chart", "report_chart", "write_report", "render_chart", "markdown_report",
+    "html_report",
+]
+
+SUFFIXES: tuple[str, ...] = (".html", ".png", ".svg", ".pdf", ".md")
+DEFAULT_BUCKETS = 1500  # time buckets of a timeline; each keeps its min and max row
+TIMELINE_WIDTH, TIMELINE_HEIGHT = 900, 260
+BAR_WIDTH = 420
+# One fixed color per category, the same in every chart and report (Tableau 20 order).
+CATEGORY_COLORS: dict[str, str] = dict(zip(CATEGORIES, (
+    "#9d9d9d", "#1f77b4", "#d62728", "#ff9896", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#9467bd",
+    "#8c564b", "#000000",
+)))
+BAND_COLORS = {"denoise": "#c7c7c7", "refresh": "#f7b6d2", "decode": "#c5b0d5"}
+KV_MEASURES = ("peak", "logical KV", "stored KV", "resident KV")
+
+
+def _alt():
+    import altair as alt  # presentation stays optional for the core (DESIGN: reports only)
+
+    alt.data_transformers.disable_max_rows()
+    return alt
+
+
+def _unit(n_bytes: float) -> tuple[str, int]:
+    """Display unit for a chart whose largest value is n_bytes."""
+    for name, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n_bytes >= size:
+            return name, size
+    return "B", 1
+
+
+def _present_categories(wide: pd.DataFrame) -> list[str]:
+    return [c for c in CATEGORIES if c in wide.columns and (wide[c] != 0).any()]
+
+
+def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str, int] | None = None,
+                   width: int = TIMELINE_WIDTH, height: int = TIMELINE_HEIGHT):
+    """Live bytes stacked by category over time, pass/decode bands behind, the peak marked."""
+    alt = _alt()
+    wide = downsampled_timeline(trace, buckets)
+    peak = find_peak(trace)
+    uname, usize = unit or _unit(peak.bytes if peak else 0)
+    cats = _present_categories(wide)
+    title = f"{trace_label(trace)}: live memory by category ({trace.status})"
+    if wide.empty or not cats:
+        return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no allocations recorded").properties(
+            width=width, height=height, title=title)
+    data = wide[["t_s", *cats]].copy()
+    order = json.dumps(cats)
+    area = alt.Chart(data).transform_fold(cats, as_=["category", "bytes"]).transform_calculate(
+        value=f"datum.bytes / {usize}", stack_order=f"indexof({order}, datum.category)",
+    ).mark_area(interpolate="step-after").encode(
+        x=alt.X("t_s:Q", title="time (s)"),
+        y=alt.Y("value:Q", stack="zero", title=f"live ({uname})"),
+        color=alt.Color("category:N", title="category",
+                        scale=alt.Scale(domain=cats, range=[CATEGORY_COLORS[c] for c in cats])),
+        order=alt.Order("stack_order:Q"),
+        tooltip=[alt.Tooltip("t_s:Q", format=".4f"), "category:N", alt.Tooltip("value:Q", format=",.3f", title=uname)],
+    )
+    layers = []
+    bands = pass_bands(trace)
+    band_rows = bands[bands["kind"].isin(list(BAND_COLORS))]
+    if not band_rows.empty:
+        kinds = [k for k in BAND_COLORS if k in set(band_rows["kind"])]
+        layers.append(alt.Chart(band_rows).mark_rect(opacity=0.35).encode(
+            x="start_s:Q", x2="end_s:Q",
+            color=alt.Color("kind:N", title="pass", scale=alt.Scale(domain=kinds, range=[BAND_COLORS[k] for k in kinds])),
+            tooltip=["label:N", "chunk:Q", alt.Tooltip("start_s:Q", format=".4f"), alt.Tooltip("end_s:Q", format=".4f")],
+        ))
+    chunks = bands[bands["kind"] == "chunk"]
+    if not chunks.empty and len(chunks) <= 30:
+        chunks = chunks.assign(short="c" + chunks["chunk"].astype(str))
+        layers.append(alt.Chart(chunks).mark_text(align="left", baseline="top", dx=2, fontSize=9, color="#555").encode(
+            x="start_s:Q", y=alt.value(2), text="short:N", tooltip=["label:N"]))
+    layers.append(area)
+    if peak is not None:
+        pk = pd.DataFrame([{"t_s": peak.t_ns / 1e9, "value": peak.bytes / usize,
+                            "label": f"peak {fmt_bytes(peak.bytes)} in {peak.stage}"}])
+        layers.append(alt.Chart(pk).mark_rule(color="#d62728", strokeDash=[4, 3]).encode(x="t_s:Q"))
+        layers.append(alt.Chart(pk).mark_point(color="#d62728", filled=True, size=50).encode(x="t_s:Q", y="value:Q"))
+        layers.append(alt.Chart(pk).mark_text(align="right", dx=-6, dy=-6, color="#d62728", fontSize=11).encode(
+            x="t_s:Q", y="value:Q", text="label:N"))
+    return alt.layer(*layers).resolve_scale(color="independent").properties(width=width, height=height, title=title)
+
+
+def peak_breakdown_chart(trace: Trace, unit: tuple[str, int] | None = None, top_stages: int = 12):
+    """Bytes live at the peak by category and by stage of origin (two bar charts side by side)."""
+    alt = _alt()
+    peak = find_peak(trace)
+    if peak is None:
+        return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no allocations recorded")
+    uname, usize = unit or _unit(peak.bytes)
+    cats = pd.DataFrame([{"category": c, "value": b / usize, "bytes": fmt_bytes(b)}
+                         for c, b in sorted(peak.by_category.items(), key=lambda kv: -kv[1])])
+    stages = pd.DataFrame([{"stage": s, "value": b / usize, "bytes": fmt_bytes(b)}
+                           for s, b in list(peak.by_stage.items())[:top_stages]])
+    present = list(cats["category"])
+    by_cat = alt.Chart(cats).mark_bar().encode(
+        y=alt.Y("category:N", sort="-x", title=None), x=alt.X("value:Q", title=f"live at the peak ({uname})"),
+        color=alt.Color("category:N", legend=None, scale=alt.Scale(domain=present, range=[CATEGORY_COLORS.get(c, "#777") for c in present])),
+        tooltip=["category:N", "bytes:N"],
+    ).properties(width=BAR_WIDTH // 2 + 60, title="by category")
+    by_stage = alt.Chart(stages).mark_bar(color="#4c78a8").encode(
+        y=alt.Y("stage:N", sort="-x", title=None, axis=alt.Axis(labelLimit=360)),
+        x=alt.X("value:Q", title=f"live at the peak ({uname})"), tooltip=["stage:N", "bytes:N"],
+    ).properties(width=BAR_WIDTH // 2 + 60, title="by stage of origin")
+    return alt.hconcat(by_cat, by_stage).resolve_scale(color="independent").properties(
+        title=f"peak {fmt_bytes(peak.bytes)} during {peak.stage}")
+
+
+def stage_time_chart(trace: Trace, top: int = 16):
+    """Device time per stage kind (inclusive of nested stages; host time on CPU runs)."""
+    alt = _alt()
+    times = stage_times(trace).head(top)
+    if times.empty:
+        return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no stages recorded")
+    where = "device" if trace.meta.get("tracker") == "cuda-allocator-history" else "host (CPU run)"
+    return alt.Chart(times).mark_bar(color="#72b7b2").encode(
+        y=alt.Y("stage:N", sort="-x", title=None), x=alt.X("device_ms:Q", title=f"{where} ms, inclusive"),
+        tooltip=["stage:N", "count:Q", alt.Tooltip("device_ms:Q", format=",.1f"), alt.Tooltip("host_ms:Q", format=",.1f")],
+    ).properties(width=BAR_WIDTH, title="time per stage kind")
+
+
+def _unique_labels(traces: Sequence[Trace]) -> list[str]:
+    labels = [trace_label(t) for t in traces]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if labels.count(lab) == 1 else f"{lab} #{seen[lab]}")
+    return out
+
+
+def comparison_frame(traces: Sequence[Trace]) -> pd.DataFrame:
+    """Long table for the comparison chart: label, measure (peak / logical / stored / resident KV), bytes."""
+    df = compare_table(list(traces))
+    labels = _unique_labels(traces)
+    rows = []
+    for label, r in zip(labels, df.itertuples(index=False)):
+        for measure, col in zip(KV_MEASURES, ("peak_bytes", "logical_kv_bytes", "stored_kv_bytes", "resident_kv_bytes")):
+            v = getattr(r, col)
+            if v is not None and not pd.isna(v):
+                rows.append({"trace": label, "method": r.method, "measure": measure, "bytes": int(v)})
+    return pd.DataFrame(rows, columns=["trace", "method", "measure", "bytes"])
+
+
+def comparison_chart(traces: Sequence[Trace], unit: tuple[str, int] | None = None):
+    """Peak vs logical / stored / resident KV per trace, the bf16 peak as a reference line."""
+    alt = _alt()
+    data = comparison_frame(traces)
+    uname, usize = unit or _unit(data["bytes"].max() if not data.empty else 0)
+    data = data.assign(value=data["bytes"] / usize, size=data["bytes"].map(fmt_bytes))
+    bars = alt.Chart(data).mark_bar().encode(
+        x=alt.X("trace:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30, labelLimit=260)),
+        xOffset=alt.XOffset("measure:N", sort=list(KV_MEASURES)),
+        y=alt.Y("value:Q", title=uname),
+        color=alt.Color("measure:N", sort=list(KV_MEASURES), title=None,
+                        scale=alt.Scale(domain=list(KV_MEASURES), range=["#4c78a8", "#bab0ac", "#f58518", "#e45756"])),
+        tooltip=["trace:N", "measure:N", "size:N"],
+    )
+    layers = [bars]
+    ref = data[(data["method"] == "bf16") & (data["measure"] == "peak")]
+    if not ref.empty:
+        r = ref.iloc[0]
+        line = pd.DataFrame([{"value": r["value"], "label": f"bf16 peak {r['size']}"}])
+        layers.append(alt.Chart(line).mark_rule(color="#d62728", strokeDash=[6, 3]).encode(y="value:Q"))
+        layers.append(alt.Chart(line).mark_text(align="left", dy=-6, x=4, color="#d62728").encode(y="value:Q", text="label:N"))
+    width = max(360, 70 * data["trace"].nunique())
+    return alt.layer(*layers).properties(width=width, height=260, title="peak vs KV bytes per trace")
+
+
+def trace_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS):
+    """One trace: timeline on top, peak breakdown and stage times below."""
+    alt = _alt()
+    peak = find_peak(trace)
+    unit = _unit(peak.bytes if peak else 0)
+    return alt.vconcat(
+        timeline_chart(trace, buckets, unit),
+        alt.hconcat(peak_breakdown_chart(trace, unit), stage_time_chart(trace)).resolve_scale(color="independent"),
+    ).resolve_scale(color="independent")
+
+
+def report_chart(traces: Sequence[Trace], buckets: int = DEFAULT_BUCKETS):
+    """The whole report as one chart: comparison (several traces), then each trace."""
+    alt = _alt()
+    parts = []
+    if len(traces) > 1:
+        parts.append(comparison_chart(traces))
+    parts += [trace_chart(t, buckets) for t in traces]
+    return parts[0] if len(parts) == 1 else alt.vconcat(*parts).resolve_scale(color="independent")
+
+
+def render_chart(chart, fmt: str, scale: float = 1.0) -> bytes:
+    """PNG / SVG / PDF bytes of an altair chart through vl-convert (no browser, no network)."""
+    import vl_convert as vlc
+
+    spec = chart.to_dict()
+    if fmt == "png":
+        return vlc.vegalite_to_png(spec, scale=scale)
+    if fmt == "svg":
+        return vlc.vegalite_to_svg(spec).encode()
+    if fmt == "pdf":
+        return vlc.vegalite_to_pdf(spec, scale=scale)
+    raise UsageError(f"unknown image format {fmt!r}; choose png, svg or pdf")
+
+
+@functools.lru_cache(maxsize=1)
+def _js_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed in one script (from vl-convert, no network)."""
+    import vl_convert as vlc
+
+    return vlc.javascript_bundle()
+
+
+def _compare_view(traces: Sequence[Trace]) -> pd.DataFrame:
+    df = compare_table(list(traces))
+    cols = [c for c in TEXT_COLUMNS if c in df.columns]
+    view = pd.DataFrame({_header(c): [_cell(c, v) for v in df[c]] for c in cols})
+    return view
+
+
+def _trace_tables(trace: Trace) -> dict[str, pd.DataFrame]:
+    """The tables shown under each trace's charts (human units)."""
+    peak = find_peak(trace)
+    out: dict[str, pd.DataFrame] = {}
+    if peak is not None:
+        out["live at the peak by category"] = pd.DataFrame(
+            [{"category": c, "bytes": fmt_bytes(b), "share": f"{100 * b / peak.bytes:.1f}%"}
+             for c, b in sorted(peak.by_category.items(), key=lambda kv: -kv[1])])
+        out["live at the peak by stage of origin"] = pd.DataFrame(
+            [{"stage": s, "bytes": fmt_bytes(b)} for s, b in list(peak.by_stage.items())[:15]])
+        out["largest allocations live at the peak"] = pd.DataFrame(
+            [{"bytes": fmt_bytes(a["bytes"]), "category": a["category"], "name": a["name"] or "", "made in": a["stage"]}
+             for a in peak.top_allocations])
+        pp = phase_peaks(trace)
+        out["phase peaks"] = pd.DataFrame({"phase": pp["phase"], "peak": pp["peak_bytes"].map(fmt_bytes),
+                                           "cache live (kv_fp, kv_codes, kv_meta, cross_kv)": pp["cache_bytes"].map(fmt_bytes)})
+    times = stage_times(trace).head(15)
+    out["time per stage kind"] = pd.DataFrame({
+        "stage": times["stage"], "count": times["count"], "host ms": times["host_ms"].map(lambda v: f"{v:.1f}"),
+        "device ms": times["device_ms"].map(lambda v: f"{v:.1f}")})
+    return out
+
+
+def _trace_facts(trace: Trace) -> list[str]:
+    m = trace.meta
+    peak = find_peak(trace)
+    facts = [f"trace `{trace.path}`", f"status {trace.status}" + (f" ({m.get('error')})" if m.get("error") else "")]
+    if peak is not None:
+        facts.append(f"peak {fmt_bytes(peak.bytes)} ({peak.bytes:,} B) during {peak.stage} at {peak.t_ns / 1e9:.3f} s")
+    env = m.get("environment") or {}
+    facts.append(f"device {env.get('device_name', '?')} · torch {env.get('torch', '?')} · tracker {m.get('tracker', '?')}")
+    if m.get("wall_s") is not None:
+        facts.append(f"wall {m['wall_s']:.2f} s")
+    return facts
+
+
+def markdown_report(traces: Sequence[Trace]) -> str:
+    """The report as markdown tables (for papers and issues)."""
+    out = [f"# kvprof report ({len(traces)} trace{'s' if len(traces) != 1 else ''})", ""]
+    if len(traces) > 1:
+        out += ["## Comparison", "", md_table(_compare_view(traces)), ""]
+    for t in traces:
+        out += [f"## {trace_label(t)}", ""]
+        out += [f"- {f}" for f in _trace_facts(t)]
+        out.append("")
+        for title, df in _trace_tables(t).items():
+            out += [f"### {title[0].upper() + title[1:]}", "", md_table(df) if not df.empty else "(none)", ""]
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:14px;margin-bottom:4px}
+table{border-collapse:collapse;font-size:12px;margin:6px 0 14px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#f4f4f4}.facts{font-size:13px;color:#444}.tables{display:flex;flex-wrap:wrap;gap:24px}
+code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _script_json(spec: dict[str, Any]) -> str:
+    """JSON safe to embed inside a <script> element."""
+    return json.dumps(spec).replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def html_report(traces: Sequence[Trace], buckets: int = DEFAULT_BUCKETS) -> str:
+    """One self-contained HTML page: every script inlined, no network needed to view it."""
+    charts: list[tuple[str, dict[str, Any]]] = []
+    body = [f"<h1>kvprof report</h1><p class='facts'>{len(traces)} trace(s), generated "
+            f"{html.escape(dt.datetime.now().isoformat(timespec='seconds'))}. Timelines keep the minimum and maximum "
+            f"of each of {buckets} time buckets, so the marked peak is exact.</p>"]
+    if len(traces) > 1:
+        body.append("<h2>Comparison</h2>")
+        body.append(_compare_view(traces).to_html(index=False, border=0, escape=True))
+        charts.append(("cmp", comparison_chart(traces).to_dict()))
+        body.append("<div id='cmp'></div>")
+    for i, t in enumerate(traces):
+        body.append(f"<h2>{html.escape(trace_label(t))}</h2>")
+        body.append("<p class='facts'>" + "<br>".join(html.escape(f) for f in _trace_facts(t)) + "</p>")
+        peak = find_peak(t)
+        unit = _unit(peak.bytes if peak else 0)
+        for name, chart in ((f"tl{i}", timeline_chart(t, buckets, unit)), (f"pk{i}", peak_breakdown_chart(t, unit)),
+                            (f"st{i}", stage_time_chart(t))):
+            charts.append((name, chart.to_dict()))
+            body.append(f"<div id='{name}'></div>")
+        body.append("<div class='tables'>")
+        for title, df in _trace_tables(t).items():
+            body.append(f"<div><h3>{html.escape(title)}</h3>{df.to_html(index=False, border=0, escape=True)}</div>")
+        body.append("</div>")
+    embeds = "\n".join(
+        f"vegaEmbed('#{name}', {_script_json(spec)}, {{actions: false, renderer: 'svg'}});" for name, spec in charts)
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>kvprof report</title>"
+        f"<style>{_CSS}</style>\n<script>{_js_bundle()}</script>\n</head><body>\n" + "\n".join(body)
+        + f"\n<script>\n{embeds}\n</script>\n</body></html>\n"
+    )
+
+
+def write_report(traces: Sequence[str | Path | Trace], out: str | Path, *, buckets: int = DEFAULT_BUCKETS,
+                 scale: float = 1.0) -> Path:
+    """Write the report of `traces` to `out`; the format follows the suffix (.html, .png, .svg,
+    .pdf, .md). Works on incomplete traces (oom, failed, interrupted, still running)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UsageError(f"-o {out}: unknown report format {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
+    if buckets < 1:
+        raise UsageError(f"--buckets {buckets}: must be at least 1")
+    loaded = open_traces(traces)
+    if out.parent and not out.parent.exists():
+        raise UsageError(f"-o {out}: folder {out.parent} does not exist; create it first")
+    if suffix == ".html":
+        out.write_text(html_report(loaded, buckets), encoding="utf-8")
+    elif suffix == ".md":
+        out.write_text(markdown_report(loaded), encoding="utf-8")
+    else:
+        out.write_bytes(render_chart(report_chart(loaded, buckets), suffix[1:], scale))
+    return out
+
