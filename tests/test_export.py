@@ -1,0 +1,160 @@
+"""kvprof export: Perfetto / Chrome trace-event JSON, CSV and Parquet tables, and the PyTorch
+allocator snapshot rebuilt for GPU traces."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kvprof.analysis import find_peak
+from kvprof.errors import UsageError
+from kvprof.export import SNAPSHOT_NOTE, allocator_snapshot, export, perfetto_trace, table_frames
+from kvprof.trace import load_trace
+from tracers.trace_io import NO_FREE
+
+NUMBER = (int, float)
+
+
+def _validate_trace_events(data: dict) -> list[dict]:
+    """The trace-event format's required fields, per phase type."""
+    assert isinstance(data["traceEvents"], list)
+    for e in data["traceEvents"]:
+        assert e["ph"] in ("X", "C", "M", "i"), e
+        assert isinstance(e["pid"], int) and isinstance(e["tid"], int), e
+        assert isinstance(e["name"], str) and e["name"], e
+        if e["ph"] == "X":
+            assert isinstance(e["ts"], NUMBER) and isinstance(e["dur"], NUMBER) and e["dur"] >= 0, e
+        elif e["ph"] == "C":
+            assert isinstance(e["ts"], NUMBER) and e["args"] and all(isinstance(v, NUMBER) for v in e["args"].values()), e
+        elif e["ph"] == "M":
+            assert e["name"] in ("process_name", "thread_name") and "name" in e["args"], e
+        else:
+            assert isinstance(e["ts"], NUMBER) and e["s"] in ("g", "p", "t"), e
+    return data["traceEvents"]
+
+
+def _check_nesting(events: list[dict]) -> None:
+    """Complete slices of one thread must nest (Perfetto drops overlapping ones)."""
+    xs = sorted((e for e in events if e["ph"] == "X"), key=lambda e: (e["tid"], e["ts"], -e["dur"]))
+    stack: list[float] = []
+    eps = 1e-3  # one nanosecond, in microseconds
+    for e in xs:
+        end = e["ts"] + e["dur"]
+        while stack and stack[-1] <= e["ts"] + eps:
+            stack.pop()
+        assert not stack or end <= stack[-1] + eps, e
+        stack.append(end)
+
+
+def test_perfetto_json_validates_and_counters_reach_the_peak(bf16_trace, tmp_path):
+    trace = load_trace(bf16_trace)
+    peak = find_peak(trace)
+    out = export(bf16_trace, "perfetto", tmp_path / "t.json")
+    events = _validate_trace_events(json.loads(out.read_text()))
+    _check_nesting(events)
+    slices = [e for e in events if e["ph"] == "X"]
+    assert len(slices) == len(trace.spans)
+    assert {"rollout", "decode", "chunk[0]", "denoise[0]", "refresh", "layer[0]"} <= {e["name"] for e in slices}
+    totals = [e["args"]["bytes"] for e in events if e["ph"] == "C" and e["name"] == "live bytes: total"]
+    assert max(totals) == peak.bytes
+    # replay the per-category tracks: at every total update they add up to it, so their stack reaches the peak
+    current: dict[str, int] = {}
+    best = 0
+    for e in events:
+        if e["ph"] != "C":
+            continue
+        if e["name"] == "live bytes: total":
+            assert sum(current.values()) == e["args"]["bytes"]
+            best = max(best, sum(current.values()))
+        else:
+            current[e["name"]] = e["args"]["bytes"]
+    assert best == peak.bytes
+    assert {f"live bytes: {c}" for c in peak.by_category} <= set(current)
+    instants = [e for e in events if e["ph"] == "i"]
+    assert instants[0]["args"]["bytes"] == peak.bytes
+    # a large trace is reduced with the envelope, the peak still exact
+    reduced = perfetto_trace(trace, max_counter_rows=40)
+    totals = [e["args"]["bytes"] for e in reduced["traceEvents"] if e.get("name") == "live bytes: total"]
+    assert len(totals) <= 42 and max(totals) == peak.bytes
+    gz = export(bf16_trace, "perfetto", tmp_path / "t.json.gz")
+    assert gz.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def _same_column(back: pd.Series, orig: pd.Series, what: str) -> None:
+    """CSV keeps values, not dtypes: numbers compare as floats (NA as NaN), the rest as text."""
+    if pd.api.types.is_numeric_dtype(orig) and not pd.api.types.is_bool_dtype(orig):
+        a = pd.to_numeric(back, errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(orig, errors="coerce").astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+        assert np.allclose(a, b, equal_nan=True, rtol=1e-12, atol=0), what
+    else:
+        assert list(back.fillna("").astype(str)) == list(orig.astype(object).where(orig.notna(), "").astype(str)), what
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_tables_round_trip(bf16_trace, tmp_path, fmt):
+    trace = load_trace(bf16_trace)
+    out = export(bf16_trace, fmt, tmp_path / fmt)
+    frames = table_frames(trace)
+    for name, df in frames.items():
+        path = out / f"{name}.{fmt}"
+        back = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        assert list(back.columns) == list(df.columns)
+        assert len(back) == len(df)
+        if fmt == "parquet":
+            pd.testing.assert_frame_equal(back, df.reset_index(drop=True))
+        else:
+            for col in df.columns:
+                _same_column(back[col], df[col].reset_index(drop=True), f"{name}.{col}")
+    allocs = pd.read_csv(out / "allocations.csv") if fmt == "csv" else pd.read_parquet(out / "allocations.parquet")
+    for col in ("id", "q_alloc", "q_free", "bytes", "span_id"):
+        assert (allocs[col].to_numpy() == trace.allocations[col].to_numpy()).all()
+    assert list(allocs["category"].astype(str)) == list(trace.allocations["category"].astype(str))
+    assert {"path", "kind_path", "phase"} <= set(allocs.columns)
+
+
+def test_snapshot_needs_a_gpu_trace(bf16_trace, tmp_path):
+    with pytest.raises(UsageError, match="needs a GPU trace"):
+        export(bf16_trace, "snapshot", tmp_path / "s.pickle")
+    with pytest.raises(UsageError, match="unknown export format"):
+        export(bf16_trace, "speedscope", tmp_path / "s")
+
+
+def test_snapshot_of_a_gpu_trace(bf16_trace, tmp_path):
+    # A GPU trace differs from a CPU one only in its tracker (same tables): relabel a copy.
+    gpu = tmp_path / "gpu"
+    shutil.copytree(bf16_trace, gpu)
+    meta = json.loads((gpu / "meta.json").read_text())
+    meta["tracker"] = "cuda-allocator-history"
+    (gpu / "meta.json").write_text(json.dumps(meta))
+    trace = load_trace(gpu)
+    out = export(gpu, "snapshot", tmp_path / "s.pickle")
+    snap = pickle.loads(out.read_bytes())
+    assert snap["kvprof"]["reconstructed"] is True and snap["kvprof"]["note"] == SNAPSHOT_NOTE
+    entries = snap["device_traces"][0]
+    a = trace.allocations
+    assert sum(e["action"] == "alloc" for e in entries) == len(a)
+    assert sum(e["action"] == "free_completed" for e in entries) == int((a["q_free"] != NO_FREE).sum())
+    live, best = 0, 0
+    for e in entries:
+        live += e["size"] if e["action"] == "alloc" else -e["size"] if e["action"] == "free_completed" else 0
+        best = max(best, live)
+    assert best == find_peak(trace).bytes
+    live_end = a.loc[a["q_free"] == NO_FREE, "bytes"]
+    blocks = [b for s in snap["segments"] for b in s["blocks"] if b["state"] == "active_allocated"]
+    assert len(blocks) == len(live_end) and sum(b["requested_size"] for b in blocks) == int(live_end.sum())
+    for seg in snap["segments"]:
+        assert sum(b["size"] for b in seg["blocks"]) == seg["total_size"]
+    # PyTorch's own readers of the snapshot format accept it
+    from torch.cuda import _memory_viz
+
+    summary = _memory_viz.segsum(snap)
+    assert "segments: 1" in summary
+    text = _memory_viz.trace(snap)
+    assert f"{len(entries)} entries" in text
+    assert {e["user_metadata"] for e in entries} >= {"weights", "kv_fp", "decode"}
+    assert allocator_snapshot(trace)["segments"][0]["address"] % 512 == 0
+    assert np.all(np.diff([b["address"] for b in blocks]) > 0)
