@@ -136,21 +136,28 @@ def allocator_snapshot(trace: Trace, device: int | None = None) -> dict[str, Any
     padded = (sizes + _ALIGN - 1) // _ALIGN * _ALIGN
     addrs = _ADDRESS_BASE + np.concatenate([[0], np.cumsum(padded)[:-1]]) if len(a) else np.array([], dtype=np.int64)
     t0_us = int(trace.meta.get("started_unix_ns", 0)) // 1000
+    # One shared frame list per (stage, category, name): the pickle stores each once.
+    frame_cache: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     frames_of: list[list[dict[str, Any]]] = []
-    for r in a.itertuples(index=False):
-        name = "" if pd.isna(r.name) else f" {r.name}"
-        frames_of.append([
-            {"filename": f"kvprof stage {r.path}", "line": 0, "name": f"[{r.category}]{name}"},
-        ])
+    cats = a["category"].astype(str).tolist()
+    names = a["name"].astype(object).where(a["name"].notna(), "").tolist()
+    for path, cat, name in zip(a["path"].astype(str).tolist(), cats, names):
+        key = (path, cat, name)
+        if key not in frame_cache:
+            label = f"[{cat}] {name}" if name else f"[{cat}]"
+            frame_cache[key] = [{"filename": f"kvprof stage {path}", "line": 0, "name": label}]
+        frames_of.append(frame_cache[key])
+    q_alloc, q_free = a["q_alloc"].to_numpy(), a["q_free"].to_numpy()
+    t_alloc = t0_us + a["t_alloc_ns"].to_numpy() // 1000
+    t_free = t0_us + a["t_free_ns"].to_numpy() // 1000
     entries: list[tuple[int, int, dict[str, Any]]] = []
-    for i, r in enumerate(a.itertuples(index=False)):
+    for i in range(len(a)):
         base = {"addr": int(addrs[i]), "size": int(sizes[i]), "stream": 0, "frames": frames_of[i],
-                "user_metadata": str(r.category), "compile_context": ""}
-        entries.append((int(r.q_alloc), 0, {"action": "alloc", "time_us": t0_us + int(r.t_alloc_ns) // 1000, **base}))
-        if int(r.q_free) != NO_FREE:
-            t = t0_us + int(r.t_free_ns) // 1000
-            entries.append((int(r.q_free), 1, {"action": "free_requested", "time_us": t, **base}))
-            entries.append((int(r.q_free), 2, {"action": "free_completed", "time_us": t, **base}))
+                "user_metadata": cats[i], "compile_context": ""}
+        entries.append((int(q_alloc[i]), 0, {"action": "alloc", "time_us": int(t_alloc[i]), **base}))
+        if int(q_free[i]) != NO_FREE:
+            entries.append((int(q_free[i]), 1, {"action": "free_requested", "time_us": int(t_free[i]), **base}))
+            entries.append((int(q_free[i]), 2, {"action": "free_completed", "time_us": int(t_free[i]), **base}))
     entries.sort(key=lambda e: (e[0], e[1]))
     trace_events = [e[2] for e in entries]
 

@@ -45,6 +45,13 @@ BAND_COLORS = {"denoise": "#c7c7c7", "refresh": "#f7b6d2", "decode": "#c5b0d5"}
 KV_MEASURES = ("peak", "logical KV", "stored KV", "resident KV")
 
 
+def _peak_of(trace: Trace):
+    """find_peak, computed once per loaded trace (several charts and tables of a report ask)."""
+    if "_report_peak" not in trace.__dict__:
+        trace.__dict__["_report_peak"] = find_peak(trace)
+    return trace.__dict__["_report_peak"]
+
+
 def _alt():
     import altair as alt  # presentation stays optional for the core (DESIGN: reports only)
 
@@ -69,7 +76,7 @@ def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str
     """Live bytes stacked by category over time, pass/decode bands behind, the peak marked."""
     alt = _alt()
     wide = downsampled_timeline(trace, buckets)
-    peak = find_peak(trace)
+    peak = _peak_of(trace)
     uname, usize = unit or _unit(peak.bytes if peak else 0)
     cats = _present_categories(wide)
     title = f"{trace_label(trace)}: live memory by category ({trace.status})"
@@ -117,7 +124,7 @@ def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str
 def peak_breakdown_chart(trace: Trace, unit: tuple[str, int] | None = None, top_stages: int = 12):
     """Bytes live at the peak by category and by stage of origin (two bar charts side by side)."""
     alt = _alt()
-    peak = find_peak(trace)
+    peak = _peak_of(trace)
     if peak is None:
         return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no allocations recorded")
     uname, usize = unit or _unit(peak.bytes)
@@ -203,7 +210,7 @@ def comparison_chart(traces: Sequence[Trace], unit: tuple[str, int] | None = Non
 def trace_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS):
     """One trace: timeline on top, peak breakdown and stage times below."""
     alt = _alt()
-    peak = find_peak(trace)
+    peak = _peak_of(trace)
     unit = _unit(peak.bytes if peak else 0)
     return alt.vconcat(
         timeline_chart(trace, buckets, unit),
@@ -252,7 +259,7 @@ def _compare_view(traces: Sequence[Trace]) -> pd.DataFrame:
 
 def _trace_tables(trace: Trace) -> dict[str, pd.DataFrame]:
     """The tables shown under each trace's charts (human units)."""
-    peak = find_peak(trace)
+    peak = _peak_of(trace)
     out: dict[str, pd.DataFrame] = {}
     if peak is not None:
         out["live at the peak by category"] = pd.DataFrame(
@@ -275,7 +282,7 @@ def _trace_tables(trace: Trace) -> dict[str, pd.DataFrame]:
 
 def _trace_facts(trace: Trace) -> list[str]:
     m = trace.meta
-    peak = find_peak(trace)
+    peak = _peak_of(trace)
     facts = [f"trace `{trace.path}`", f"status {trace.status}" + (f" ({m.get('error')})" if m.get("error") else "")]
     if peak is not None:
         facts.append(f"peak {fmt_bytes(peak.bytes)} ({peak.bytes:,} B) during {peak.stage} at {peak.t_ns / 1e9:.3f} s")
@@ -328,7 +335,7 @@ def html_report(traces: Sequence[Trace], buckets: int = DEFAULT_BUCKETS) -> str:
     for i, t in enumerate(traces):
         body.append(f"<h2>{html.escape(trace_label(t))}</h2>")
         body.append("<p class='facts'>" + "<br>".join(html.escape(f) for f in _trace_facts(t)) + "</p>")
-        peak = find_peak(t)
+        peak = _peak_of(t)
         unit = _unit(peak.bytes if peak else 0)
         for name, chart in ((f"tl{i}", timeline_chart(t, buckets, unit)), (f"pk{i}", peak_breakdown_chart(t, unit)),
                             (f"st{i}", stage_time_chart(t))):
