@@ -1,0 +1,98 @@
+"""Render the report of a GPU sweep: one comparison page and one PNG per trace.
+
+    python3 benchmarks/render_sweep_report.py traces/ --out benchmarks/sweep-report [--results benchmarks/RESULTS.md]
+
+Reads every trace folder directly under TRACES (those written by `kvprof trace` or
+benchmarks/sweep.py), keeps the GPU ones (meta tracker 'cuda-allocator-history'; --include-cpu
+keeps all), and writes into --out:
+  sweep.html            the comparison report, self-contained (scripts inlined, opens offline)
+  sweep.md              the same as markdown tables
+  compare.csv           one row per trace (kvprof compare --csv)
+  comparison.png        peak vs logical / stored / resident KV per trace, bf16 peak as reference
+  <run-id>.png          each trace: timeline by category with passes and the exact peak,
+                        peak breakdown, time per stage kind
+  <run-id>.diagnose.md  with --diagnose: each non-bf16 trace explained against the sweep's bf16
+With --results FILE, only traces whose folder name appears in FILE are rendered (the traces
+that RESULTS.md records). Prints one line per file written and the time it took.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kvprof.compare import compare_table, format_compare, open_trace  # noqa: E402
+from kvprof.diagnose import diagnose  # noqa: E402
+from kvprof.errors import UsageError  # noqa: E402
+from kvprof.report import comparison_chart, render_chart, trace_chart, write_report  # noqa: E402
+from kvprof.trace import list_traces  # noqa: E402
+
+GPU_TRACKER = "cuda-allocator-history"
+
+
+def select(root: Path, include_cpu: bool, results: Path | None) -> list:
+    """The traces to render, sorted by method then integration."""
+    folders = list_traces(root)
+    if results is not None:
+        text = results.read_text()
+        folders = [f for f in folders if f.name in text]
+    traces = []
+    for folder in folders:
+        try:
+            t = open_trace(folder)
+        except UsageError as exc:
+            print(f"skipped {folder}: {exc}", file=sys.stderr)
+            continue
+        if include_cpu or t.meta.get("tracker") == GPU_TRACKER:
+            traces.append(t)
+    return sorted(traces, key=lambda t: (t.meta.get("method") != "bf16", str(t.meta.get("method")),
+                                         str(t.meta.get("integration")), t.path.name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("traces", type=Path, help="folder holding trace folders (e.g. traces/)")
+    p.add_argument("--out", type=Path, default=Path("sweep-report"), help="output folder (created)")
+    p.add_argument("--results", type=Path, default=None, help="render only traces named in this file (RESULTS.md)")
+    p.add_argument("--include-cpu", action="store_true", help="also render CPU (dispatch-tracker) traces")
+    p.add_argument("--diagnose", action="store_true", help="write a diagnose page per non-bf16 trace")
+    p.add_argument("--buckets", type=int, default=1500, help="timeline time buckets (min and max kept per bucket)")
+    p.add_argument("--scale", type=float, default=1.5, help="PNG scale factor")
+    args = p.parse_args(argv)
+    try:
+        traces = select(args.traces, args.include_cpu, args.results)
+        if not traces:
+            raise UsageError(f"{args.traces}: no {'' if args.include_cpu else 'GPU '}traces found"
+                             + ("" if args.include_cpu else "; --include-cpu renders CPU traces too"))
+        args.out.mkdir(parents=True, exist_ok=True)
+
+        def timed(path: Path, make) -> None:
+            t0 = time.perf_counter()
+            make(path)
+            print(f"{path}  ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+        print(f"{len(traces)} traces from {args.traces}", flush=True)
+        timed(args.out / "compare.csv",
+              lambda p: p.write_text(format_compare(compare_table(traces, sort="method"), "csv")))
+        timed(args.out / "sweep.html", lambda p: write_report(traces, p, buckets=args.buckets))
+        timed(args.out / "sweep.md", lambda p: write_report(traces, p))
+        if len(traces) > 1:
+            timed(args.out / "comparison.png",
+                  lambda p: p.write_bytes(render_chart(comparison_chart(traces), "png", args.scale)))
+        for t in traces:
+            timed(args.out / f"{t.path.name}.png",
+                  lambda p, t=t: p.write_bytes(render_chart(trace_chart(t, args.buckets), "png", args.scale)))
+            if args.diagnose and t.meta.get("method") != "bf16":
+                timed(args.out / f"{t.path.name}.diagnose.md",
+                      lambda p, t=t: p.write_text(diagnose(t, traces_root=args.traces).to_markdown()))
+    except UsageError as exc:
+        print(f"render_sweep_report: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
