@@ -9,6 +9,7 @@ to 1 MiB larger than asked) make the two differ; that gap is measured at every b
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,7 +35,8 @@ class CudaHistoryTracker:
         self.session = session
         self.device = device
         self._live: dict[int, int] = {}  # block address -> allocation id
-        self._pending_retags: list[tuple[int, int, str, str | None]] = []  # (ctx, address, category, name)
+        # (ctx, address, category, name), in increasing ctx order (contexts only grow)
+        self._pending_retags: deque[tuple[int, int, str, str | None]] = deque()
         self.oom_events: list[dict[str, Any]] = []
 
     def _enable(self) -> None:
@@ -58,16 +60,13 @@ class CudaHistoryTracker:
         self._pending_retags.append((ctx, address, category, name))
 
     def _apply_retags(self, before_ctx: int | None) -> None:
-        keep = []
-        for item in self._pending_retags:
-            ctx, address, category, name = item
-            if before_ctx is not None and ctx > before_ctx:
-                keep.append(item)
-                continue
+        """Apply queued retags of contexts <= before_ctx (all when None), oldest first."""
+        pending = self._pending_retags
+        while pending and (before_ctx is None or pending[0][0] <= before_ctx):
+            _, address, category, name = pending.popleft()
             alloc_id = self._live.get(address)
             if alloc_id is not None:
                 self.session.record_retag(alloc_id, category, name)
-        self._pending_retags = keep
 
     def drain(self) -> None:
         """Turn the allocator events recorded since the last drain into records, then clear them."""
@@ -80,7 +79,7 @@ class CudaHistoryTracker:
             if action not in ("alloc", "free_requested", "oom"):
                 continue
             ctx = int(e.get("user_metadata") or 0)
-            if self._pending_retags:
+            if self._pending_retags and self._pending_retags[0][0] < ctx:
                 self._apply_retags(before_ctx=ctx - 1)
             if action == "alloc":
                 alloc_id = self.session.record_alloc(
