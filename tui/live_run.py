@@ -1,0 +1,44 @@
+"""LiveRun: the traced rollout in a thread beside the TUI (`kvprof trace --tui`)."""
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any, Callable
+
+
+class LiveRun:
+    """Runs `run()` in a daemon thread and keeps its result or exception for the caller."""
+
+    def __init__(self, run: Callable[[], Any]):
+        self._run = run
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="kvprof-rollout", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self.result = self._run()
+        except BaseException as exc:  # handed to the caller by outcome(), re-raised there
+            self.error = exc
+
+    def start(self) -> None:
+        self.thread.start()
+
+    @property
+    def done(self) -> bool:
+        return self.thread.ident is not None and not self.thread.is_alive()
+
+    def interrupt(self) -> None:
+        """Raise KeyboardInterrupt inside the run (as Ctrl-C would): a traced run closes as `interrupted`."""
+        ident = self.thread.ident
+        if ident is not None and self.thread.is_alive():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def outcome(self) -> Any:
+        """The run's return value; its exception is re-raised."""
+        if self.error is not None:
+            raise self.error
+        return self.result

@@ -1,0 +1,306 @@
+"""What the views show, computed once per trace snapshot from kvprof's analyses (no Textual here).
+
+`build_view(trace)` runs the analyses (memory events, exact peak, stage times, KV bytes) and
+reduces the memory timeline to at most `MAX_BUCKETS` points, each the highest point of its
+stretch of events, so that the peak is always one of them and a widget of any width draws it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kvprof.analysis import Peak, find_peak, kv_bytes, live_at, memory_events, stage_times
+from kvprof.trace import Trace
+from tracers.categories import CATEGORIES
+from tracers.trace_io import NO_FREE
+
+MAX_BUCKETS = 2048
+TOP_ALLOCATIONS = 50
+PASS_NAMES = ("denoise", "refresh")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The memory timeline sampled at bucket maxima; x is the event index (exact order q)."""
+
+    n_events: int
+    index: np.ndarray  # event index of each point (ascending)
+    q: np.ndarray
+    t_ns: np.ndarray
+    total: np.ndarray  # live bytes after that event
+    by_category: dict[str, np.ndarray]  # categories that ever hold bytes, in CATEGORIES order
+    stage_band: list[str]  # chunk / top-level stage in force at each point ('' outside)
+    pass_band: list[str]  # pass in force at each point ('' outside)
+
+    @property
+    def points(self) -> int:
+        return len(self.index)
+
+    def point_of_event(self, event: int) -> int:
+        """The point at or just before event index `event`."""
+        return max(0, int(np.searchsorted(self.index, event, side="right")) - 1)
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Live bytes at one moment, split by category, by stage of origin and by pass of origin."""
+
+    q: int
+    total: int
+    by_category: dict[str, int]
+    by_stage: dict[str, int]
+    by_pass: dict[str, int]
+
+
+@dataclass
+class TraceView:
+    """One trace as the views see it."""
+
+    trace: Trace
+    events_q: np.ndarray
+    events_t_ns: np.ndarray
+    events_live: np.ndarray
+    events_alloc_id: np.ndarray
+    timeline: Timeline
+    peak: Peak | None
+    peak_event: int | None
+    stage_times: pd.DataFrame
+    kv: dict[str, Any] | None
+    built_s: float = 0.0
+    _breakdowns: dict[int, Breakdown] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.trace.path
+
+    @property
+    def name(self) -> str:
+        return str(self.trace.meta.get("run_id") or self.trace.path.name)
+
+    @property
+    def status(self) -> str:
+        return self.trace.status
+
+    @property
+    def n_events(self) -> int:
+        return len(self.events_q)
+
+    @property
+    def quality(self) -> dict[str, Any] | None:
+        summary = self.trace.summary or {}
+        q = summary.get("quality")
+        return q if isinstance(q, dict) else None
+
+    def breakdown_at_event(self, event: int) -> Breakdown:
+        """What was live just after event `event` (cached: the cursor revisits points)."""
+        if event not in self._breakdowns:
+            if len(self._breakdowns) > 256:
+                self._breakdowns.clear()
+            self._breakdowns[event] = breakdown_at(self.trace, int(self.events_q[event]))
+        return self._breakdowns[event]
+
+    def stage_of_event(self, event: int) -> str:
+        """Stage path in which the allocation or free at `event` happened."""
+        a = self.trace.allocations_with_stage
+        row = a.loc[a["id"] == int(self.events_alloc_id[event]), "path"]
+        return str(row.iat[0]) if len(row) else "?"
+
+
+def breakdown_at(trace: Trace, q: int) -> Breakdown:
+    """Live bytes after the event with order key q, by category, stage kind path and pass."""
+    live = live_at(trace, q)
+    by_cat = {str(c): int(v) for c, v in live.groupby("category")["bytes"].sum().items() if v}
+    by_cat = dict(sorted(by_cat.items(), key=lambda kv: -kv[1]))
+    by_stage = {str(s): int(v) for s, v in live.groupby("kind_path")["bytes"].sum().sort_values(ascending=False).items() if v}
+    passes = live["pass_name"].fillna("outside chunks").astype(str).str.replace(r"\[\d+\]", "", regex=True)
+    by_pass = {str(s): int(v) for s, v in live.groupby(passes)["bytes"].sum().sort_values(ascending=False).items() if v}
+    return Breakdown(q, int(live["bytes"].sum()), by_cat, by_stage, by_pass)
+
+
+def _bucket_points(live: np.ndarray, buckets: int) -> np.ndarray:
+    """Event index of the (first) maximum of each of `buckets` equal stretches of events."""
+    n = len(live)
+    if n <= buckets:
+        return np.arange(n, dtype=np.int64)
+    starts = np.linspace(0, n, buckets + 1).astype(np.int64)[:-1]
+    starts = np.unique(starts)
+    maxima = np.maximum.reduceat(live, starts)
+    bucket_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    hits = np.flatnonzero(live == maxima[bucket_of])
+    _, first = np.unique(bucket_of[hits], return_index=True)
+    return hits[first].astype(np.int64)
+
+
+def _category_lines(categories: pd.Series, delta: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
+    """Live bytes per category at each point: one weighted bincount over the segments between points."""
+    codes, names = pd.factorize(categories, use_na_sentinel=False)
+    k = len(names)
+    if k == 0 or len(points) == 0:
+        return {}
+    segment = np.searchsorted(points, np.arange(len(delta)), side="left")  # event i counts from point segment[i]
+    keep = segment < len(points)
+    sums = np.bincount(segment[keep] * k + codes[keep], weights=delta[keep].astype(np.float64),
+                       minlength=len(points) * k).reshape(len(points), k)
+    lines = np.cumsum(np.rint(sums).astype(np.int64), axis=0)
+    order = [c for c in CATEGORIES if c in set(map(str, names))] + sorted(str(n) for n in names if str(n) not in CATEGORIES)
+    pos = {str(n): i for i, n in enumerate(names)}
+    return {c: lines[:, pos[c]] for c in order if lines[:, pos[c]].any()}
+
+
+def _bands(trace: Trace, q: np.ndarray) -> tuple[list[str], list[str]]:
+    """For each point, the chunk (or top-level stage) and the pass in force."""
+    spans = trace.spans
+    if spans.empty or len(q) == 0:
+        return [""] * len(q), [""] * len(q)
+    top = spans[((spans["depth"] == 1) & spans["kind_path"].str.startswith("rollout/"))
+                | ((spans["depth"] == 0) & (spans["name"] != "rollout"))]
+    passes = spans[spans["name"].isin(PASS_NAMES)]
+
+    def labels(sel: pd.DataFrame, label: pd.Series) -> list[str]:
+        if sel.empty:
+            return [""] * len(q)
+        sel = sel.assign(label=label).sort_values("q_start")
+        starts = sel["q_start"].to_numpy()
+        ends = sel["q_end"].to_numpy()
+        ends = np.where(ends == NO_FREE, np.iinfo(np.int64).max, ends)
+        names = sel["label"].astype(str).to_numpy()
+        i = np.searchsorted(starts, q, side="right") - 1
+        ok = (i >= 0) & (q <= ends[np.clip(i, 0, None)])
+        return [str(names[j]) if good else "" for j, good in zip(i, ok)]
+
+    top_label = top["name"].astype(str).where(top["name"] != "chunk", "chunk " + top["index"].astype(str))
+    pass_label = passes["name"].astype(str).where(passes["index"].isna(), passes["name"].astype(str) + " " + passes["index"].astype(str))
+    return labels(top, top_label), labels(passes, pass_label)
+
+
+def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
+    """Run the analyses the views need, once."""
+    t0 = time.perf_counter()
+    ev = memory_events(trace)
+    live = ev["live"].to_numpy(dtype=np.int64)
+    q = ev["q"].to_numpy(dtype=np.int64)
+    t_ns = ev["t_ns"].to_numpy(dtype=np.int64)
+    points = _bucket_points(live, buckets)
+    stage_band, pass_band = _bands(trace, q[points])
+    timeline = Timeline(
+        n_events=len(ev), index=points, q=q[points], t_ns=t_ns[points], total=live[points],
+        by_category=_category_lines(ev["category"], ev["delta"].to_numpy(dtype=np.int64), points),
+        stage_band=stage_band, pass_band=pass_band,
+    )
+    peak = find_peak(trace, top=TOP_ALLOCATIONS)
+    peak_event = None if peak is None else int(np.searchsorted(q, peak.q, side="left"))
+    return TraceView(
+        trace=trace, events_q=q, events_t_ns=t_ns, events_live=live,
+        events_alloc_id=ev["alloc_id"].to_numpy(dtype=np.int64), timeline=timeline, peak=peak,
+        peak_event=peak_event, stage_times=stage_times(trace), kv=kv_bytes(trace),
+        built_s=time.perf_counter() - t0,
+    )
+
+
+# ---------------------------------------------------------------------- several traces
+COMPARE_COLUMNS = ("trace", "method", "integration", "status", "peak_bytes", "peak_stage", "resident_kv_bytes",
+                   "ratio_resident", "time_s", "quality")
+
+
+def quality_headline(quality: dict[str, Any] | None) -> str:
+    """One short string for a quality dict ('not computed' when there is none)."""
+    if not quality:
+        return "not computed"
+    parts = []
+    for k, v in quality.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{k} {v:.4g}")
+        if len(parts) == 2:
+            break
+    return ", ".join(parts) if parts else "see quality panel"
+
+
+def compare_row(view: TraceView) -> dict[str, Any]:
+    """One row of the comparison view (raw values; the table formats them)."""
+    meta = view.trace.meta
+    kv = view.kv or {}
+    wall = meta.get("wall_s")
+    if wall is None and not view.stage_times.empty:
+        roll = view.stage_times[view.stage_times["stage"] == "rollout"]
+        wall = float(roll["device_ms"].sum()) / 1000 if len(roll) else None
+    return {
+        "trace": view.name, "method": meta.get("method"), "integration": meta.get("integration"),
+        "status": view.status, "peak_bytes": None if view.peak is None else view.peak.bytes,
+        "peak_stage": None if view.peak is None else view.peak.stage,
+        "resident_kv_bytes": kv.get("resident_bytes"), "ratio_resident": kv.get("ratio_resident"),
+        "time_s": wall, "quality": quality_headline(view.quality),
+    }
+
+
+@lru_cache(maxsize=512)
+def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
+    import json
+
+    from tracers.trace_io import TraceError, read_meta
+
+    row: dict[str, Any] = {"trace": path.name, "path": str(path), "method": None, "status": None, "peak_bytes": None,
+                           "started": None, "note": ""}
+    try:
+        meta = read_meta(path)
+    except TraceError as exc:
+        row["status"] = "unreadable"
+        row["note"] = str(exc)
+        return row
+    row.update(method=meta.get("method"), status=meta.get("status"))
+    started = meta.get("started_unix_ns")
+    if isinstance(started, int):
+        row["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started / 1e9))
+    summary = path / "summary.json"
+    if summary.is_file():
+        try:
+            peak = (json.loads(summary.read_text()).get("peak") or {})
+            row["peak_bytes"] = peak.get("bytes")
+        except ValueError:
+            row["note"] = "summary.json unreadable"
+    return row
+
+
+def trace_listing(paths: list[Path]) -> list[dict[str, Any]]:
+    """Rows for the trace list: name, method, status, start time, peak (from summary.json)."""
+    rows = []
+    for p in paths:
+        try:
+            mtime = (p / "meta.json").stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        rows.append(_listing(p, mtime))
+    return rows
+
+
+def column_points(timeline: Timeline, columns: int) -> np.ndarray:
+    """The point drawn in each of `columns` chart columns: the highest point of the column's share
+    of points (so the peak always shows), or, with fewer points than columns, points stretched."""
+    p = timeline.points
+    if p == 0 or columns <= 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = (np.arange(columns, dtype=np.int64) * p) // columns
+    if p <= columns:
+        return starts
+    ends = np.append(starts[1:], p)
+    total = timeline.total
+    maxima = np.maximum.reduceat(total, starts)
+    out = starts.copy()
+    for c in range(columns):  # first maximum in each share; shares are small (p / columns <= MAX_BUCKETS)
+        seg = total[starts[c]:ends[c]]
+        out[c] = starts[c] + int(np.argmax(seg == maxima[c]))
+    return out
+
+
+def column_of_point(timeline: Timeline, columns: int, point: int) -> int:
+    """The chart column whose share of points holds `point`."""
+    p = timeline.points
+    if p == 0 or columns <= 0:
+        return 0
+    starts = (np.arange(columns, dtype=np.int64) * p) // columns
+    return max(0, int(np.searchsorted(starts, point, side="right")) - 1)

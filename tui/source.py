@@ -1,0 +1,73 @@
+"""One opened trace: its follower, the latest view built from it, or the error that stopped it.
+
+`refresh()` runs off the UI thread (in the app's follow worker): it polls the folder and, when
+the trace changed, rebuilds the view. The UI thread only reads `view`, `error` and `state`,
+which are replaced whole, never mutated.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from kvprof.live import FollowState, TraceFollower
+from tracers.trace_io import TraceError, read_meta
+from tui.model import TraceView, build_view
+
+
+class TraceSource:
+    """A trace folder being read (once, or followed while it is written)."""
+
+    def __init__(self, path: str | Path, wait_for_start: bool = False):
+        self.path = Path(path)
+        self.wait_for_start = wait_for_start  # following: a folder without meta.json yet is "waiting"
+        self.follower = TraceFollower(self.path)
+        self.view: TraceView | None = None
+        self.error: str | None = None
+        self.state: FollowState = self.follower.state
+        self.build_s = 0.0
+        self.version = 0  # bumped each time `view` or `error` changes
+
+    @property
+    def name(self) -> str:
+        return self.view.name if self.view is not None else self.path.name
+
+    @property
+    def finished(self) -> bool:
+        """Nothing will change any more (closed with summary, or unreadable)."""
+        return self.error is not None or self.follower.finished
+
+    def refresh(self) -> bool:
+        """Poll the folder; rebuild the view when the trace changed. True when something changed."""
+        try:
+            changed = self.follower.poll()
+            if self.follower.phase == "waiting" and not self.wait_for_start:
+                read_meta(self.path)  # raises the reader's own message: no such folder, no meta.json
+        except TraceError as exc:
+            return self._fail(str(exc))
+        self.state = self.follower.state
+        if not changed:
+            return False
+        trace = self.follower.trace()
+        if trace is None:
+            return True
+        t0 = time.perf_counter()
+        try:
+            view = build_view(trace)
+        except (TraceError, KeyError, ValueError) as exc:  # a trace whose tables the analyses cannot use
+            return self._fail(f"{type(exc).__name__}: {exc}")
+        self.build_s = time.perf_counter() - t0
+        self.view = view
+        self.error = None
+        self.version += 1
+        return True
+
+    def _fail(self, message: str) -> bool:
+        if self.error == message:
+            return False
+        self.error = message
+        self.version += 1
+        return True
+
+    def age_s(self) -> float | None:
+        """Seconds since the newest event of the trace."""
+        return self.follower.wait_age_s()

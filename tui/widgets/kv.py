@@ -1,0 +1,35 @@
+"""KVPanel: KV bytes (logical / stored / resident) of the last cache state and compression ratios."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from kvprof.units import fmt_bytes
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+class KVPanel(Static):
+    """The KV-cache byte accounting, as text."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.text = ""
+
+    def show(self, kv: dict[str, Any] | None, meta: dict[str, Any]) -> None:
+        out = Text()
+        out.append("KV cache ", style="bold")
+        out.append(f"method {meta.get('method', '?')} · integration {meta.get('integration', '?')} · codes {meta.get('codes', '-')}\n")
+        if not kv:
+            out.append("no KV byte records yet (written after each chunk)", style="dim")
+        else:
+            out.append(f"after chunk {kv['chunk']}\n")
+            for label, key in (("logical (BF16)", "logical_bytes"), ("stored", "stored_bytes"), ("resident", "resident_bytes")):
+                out.append(f"  {label:<15}{fmt_bytes(kv[key]):>12}  ({kv[key]:,} B)\n")
+            out.append(f"  ratio logical/stored {_ratio(kv.get('ratio_stored'))} · logical/resident {_ratio(kv.get('ratio_resident'))}")
+        self.text = out.plain
+        self.update(out)
