@@ -1,0 +1,527 @@
+"""The Textual TUI (issue 4): every key, every view, follow mode, damaged folders; kvprof.live."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pytest
+import torch
+
+import tracers
+from kvprof.analysis import find_peak, stage_times, timeline
+from kvprof.live import TableFolder, TraceFollower
+from kvprof.trace import load_trace
+from kvprof.units import fmt_bytes
+from tracers import TraceSession
+from tracers.trace_io import EVENTS_FILE, tables_from_records
+from tui.app import VIEW_NAMES, KvprofApp
+from tui.live_run import LiveRun
+from tui.model import build_view, column_points
+from tui.screens.help import HelpScreen
+from tui.widgets.breakdown import BreakdownPanel
+from tui.widgets.cursor import CursorPanel
+from tui.widgets.kv import KVPanel
+from tui.widgets.message import MessagePanel
+from tui.widgets.quality import QualityPanel
+from tui.widgets.status import StatusLine
+from tui.widgets.table import FrameTable
+from tui.widgets.timeline import TimelineChart
+
+SIZE = (140, 45)
+asyncio_test = pytest.mark.asyncio
+
+
+# ---------------------------------------------------------------------- helpers
+async def wait_for(pilot, cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
+    """Let the app run until `cond()` holds (then one more redraw period)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+    await pilot.pause(0.15)
+
+
+async def opened(pilot, app: KvprofApp) -> None:
+    await wait_for(pilot, lambda: app.current_view() is not None and app.screen.is_mounted, what="the trace view")
+
+
+def table(app: KvprofApp, table_id: str) -> FrameTable:
+    return app.screen.query_one(f"#{table_id}", FrameTable)
+
+
+def status(app: KvprofApp) -> str:
+    return app.screen.query_one(StatusLine).text
+
+
+@pytest.fixture
+def trace_copy(bf16_trace: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bf16 trace (exports and summary edits go there)."""
+    dst = tmp_path / "traces" / bf16_trace.name
+    shutil.copytree(bf16_trace, dst)
+    return dst
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # exports that fall back to cwd land in the test's folder
+
+
+def write_small_trace(folder: Path, chunks: int = 3, gate: Callable[[int], None] | None = None) -> None:
+    """A real trace from TraceSession: setup weights, a growing kv_fp cache, freed activations."""
+    with TraceSession(folder, {"run_id": folder.name, "method": "bf16", "integration": "study"}) as s:
+        with tracers.stage("setup"), tracers.tag("weights"):
+            weights = torch.zeros(4096)
+        keep = [weights]
+        with tracers.stage("rollout"):
+            for c in range(chunks):
+                with tracers.stage("chunk", c):
+                    for step in range(2):
+                        with tracers.stage("denoise", step):
+                            with tracers.tag("activations"):
+                                tmp = torch.ones(8192 * (c + 1))
+                                del tmp
+                    with tracers.stage("refresh"), tracers.tag("kv_fp"):
+                        keep.append(torch.zeros(2048))
+                s.record_kv_bytes(c, 8192 * (c + 1), 8192 * (c + 1), 8192 * (c + 1))
+                s.checkpoint()
+                if gate is not None:
+                    gate(c)
+
+
+# ---------------------------------------------------------------------- kvprof.live
+def test_table_folder_equals_tables_from_records(tmp_path: Path) -> None:
+    session = TraceSession(tmp_path / "t", {"run_id": "t"})
+    with session:
+        with tracers.stage("setup"), tracers.tag("weights"):
+            w = torch.zeros(100)
+        with tracers.stage("rollout"), tracers.tag("activations"):
+            x = torch.ones(1000)
+            del x
+        tracers.tag_tensor(w, "latents", "renamed")
+    records = list(session._log.records)
+    folder = TableFolder()
+    folder.fold(records[:7])
+    folder.fold(records[7:])
+    ours, theirs = folder.tables(), tables_from_records(records)
+    for name in theirs:
+        pd.testing.assert_frame_equal(ours[name], theirs[name], check_dtype=True)
+
+
+def test_follower_reads_only_whole_new_lines(tmp_path: Path) -> None:
+    session = TraceSession(tmp_path / "src", {"run_id": "src"})
+    with session:
+        with tracers.stage("rollout"), tracers.tag("activations"):
+            kept = [torch.ones(256) for _ in range(5)]
+        del kept
+    lines = [json.dumps(r) + "\n" for r in session._log.records]
+    live = tmp_path / "live"
+    live.mkdir()
+    meta = json.loads((tmp_path / "src" / "meta.json").read_text())
+    (live / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+    events = live / EVENTS_FILE
+    events.write_text("")
+    follower = TraceFollower(live)
+    assert follower.poll()
+    blob = "".join(lines)
+    cut = len("".join(lines[:6])) + 10  # in the middle of line 7
+    with open(events, "a") as f:
+        f.write(blob[:cut])
+    assert follower.poll()
+    assert follower.state.records == 6 and follower.torn_tail
+    offset = follower.offset
+    assert not follower.poll() and follower.offset == offset  # nothing new: nothing parsed
+    with open(events, "a") as f:
+        f.write(blob[cut:])
+    assert follower.poll() and not follower.torn_tail
+    assert follower.state.records == len(lines)
+    pd.testing.assert_frame_equal(follower.trace().allocations, tables_from_records(session._log.records)["allocations"])
+
+
+def test_timeline_points_are_the_analysis_timeline_and_hold_the_peak(bf16_trace: Path) -> None:
+    trace = load_trace(bf16_trace)
+    view = build_view(trace, buckets=256)
+    wide = timeline(trace)
+    for cat, line in view.timeline.by_category.items():
+        assert (wide[cat].to_numpy()[view.timeline.index] == line).all(), cat
+    peak = find_peak(trace)
+    assert view.timeline.total.max() == peak.bytes
+    assert view.peak_event is not None and view.events_q[view.peak_event] == peak.q
+    for cols in (7, 80, 300):  # every chart width draws the peak
+        assert view.timeline.total[column_points(view.timeline, cols)].max() == peak.bytes
+
+
+# ---------------------------------------------------------------------- views on the tiny rollout
+@asyncio_test
+async def test_timeline_shows_peak_categories_and_stage(bf16_trace: Path) -> None:
+    peak = find_peak(load_trace(bf16_trace))
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        chart = app.screen.query_one(TimelineChart)
+        rendered = chart.render().plain
+        assert chart.peak_label == f"peak {fmt_bytes(peak.bytes)}"
+        assert f"peak {fmt_bytes(peak.bytes)} during {peak.stage}" in rendered
+        assert "▼" in rendered and "chunk 0" in rendered and "decode" in rendered
+        pass_row = next(line for line in rendered.splitlines() if line.strip().startswith("pass "))
+        assert "d0" in pass_row or "denoise 0" in pass_row
+        panel = app.screen.query_one(BreakdownPanel).text
+        for cat in peak.by_category:
+            assert cat in panel
+        assert fmt_bytes(peak.by_category["weights"]) in panel
+        info = app.screen.query_one(CursorPanel).text
+        assert peak.stage in info and f"{peak.bytes:,} B" in info
+        assert "complete" in status(app) and "last event" in status(app)
+
+
+@asyncio_test
+async def test_cursor_keys_move_through_events_and_p_returns_to_peak(bf16_trace: Path) -> None:
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        view = app.current_view()
+        assert app.cursor_event() == view.peak_event  # a finished trace opens at its peak
+        await pilot.press("left")
+        await pilot.pause(0.15)
+        left = app.cursor_event()
+        assert left < view.peak_event
+        await pilot.press("right")
+        await pilot.pause(0.15)
+        assert app.cursor_event() > left
+        await pilot.press("shift+left")
+        await pilot.pause(0.15)
+        one_back = app.cursor_event()
+        await pilot.press("shift+right")
+        await pilot.pause(0.15)
+        assert app.cursor_event() == one_back + 1
+        await pilot.press("home")
+        await pilot.pause(0.15)
+        assert app.cursor_event() == 0
+        assert app.screen.query_one(CursorPanel).text.startswith("cursor event 1 of")
+        assert "setup" in app.screen.query_one(CursorPanel).text
+        await pilot.press("end")
+        await pilot.pause(0.15)
+        assert app.cursor_event() == view.n_events - 1
+        await pilot.press("p")
+        await pilot.pause(0.15)
+        assert app.cursor_event() == view.peak_event
+        assert fmt_bytes(view.peak.bytes) in app.screen.query_one(CursorPanel).text
+
+
+@asyncio_test
+async def test_tab_shift_tab_and_number_keys_switch_views(bf16_trace: Path) -> None:
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        seen = [app.current_mode]
+        for _ in VIEW_NAMES:
+            await pilot.press("tab")
+            await pilot.pause(0.05)
+            seen.append(app.current_mode)
+        assert seen == [*VIEW_NAMES, VIEW_NAMES[0]]
+        await pilot.press("shift+tab")
+        await pilot.pause(0.05)
+        assert app.current_mode == VIEW_NAMES[-1]
+        for i, name in enumerate(VIEW_NAMES):
+            await pilot.press(str(i + 1))
+            await pilot.pause(0.05)
+            assert app.current_mode == name
+            assert type(app.screen).VIEW == name
+
+
+@asyncio_test
+async def test_breakdown_view_at_cursor_and_at_peak(bf16_trace: Path) -> None:
+    peak = find_peak(load_trace(bf16_trace))
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("2")
+        await wait_for(pilot, lambda: table(app, "peak-category").shown_rows, what="breakdown rows")
+        rows = {r[0]: r[1] for r in table(app, "peak-category").cell_texts()}
+        assert rows == {c: fmt_bytes(b) for c, b in peak.by_category.items()}
+        stages = [r[0] for r in table(app, "peak-stage").cell_texts()]
+        assert stages[0] == max(peak.by_stage, key=peak.by_stage.get) and "rollout/decode" in stages
+        assert [r[0] for r in table(app, "peak-pass").cell_texts()] == list(peak.by_pass)
+        assert {r[0] for r in table(app, "cursor-category").cell_texts()} == set(peak.by_category)
+        await pilot.press("home")
+        await wait_for(pilot, lambda: "event 1," in str(table(app, "cursor-category").border_title), what="cursor move")
+        at_start = {r[0] for r in table(app, "cursor-category").cell_texts()}
+        assert "decode" not in at_start  # nothing of the decode is live at the first event
+
+
+@asyncio_test
+async def test_allocations_stages_and_kv_views(trace_copy: Path) -> None:
+    trace = load_trace(trace_copy)
+    peak = find_peak(trace, top=50)
+    times = stage_times(trace)
+    app = KvprofApp([trace_copy])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: table(app, "allocations").shown_rows, what="allocation rows")
+        cells = table(app, "allocations").cell_texts()
+        assert len(cells) == len(peak.top_allocations)
+        assert cells[0][1] == fmt_bytes(peak.top_allocations[0]["bytes"]) and cells[0][4] == peak.top_allocations[0]["stage"]
+        await pilot.press("4")
+        await wait_for(pilot, lambda: table(app, "stages").shown_rows, what="stage rows")
+        by_stage = {r[0]: r for r in table(app, "stages").cell_texts()}
+        assert set(by_stage) == set(times["stage"])
+        assert by_stage["denoise"][1] == "16" and by_stage["refresh"][1] == "4"
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.screen.query_one(KVPanel).text, what="KV panel")
+        kv = trace.summary["kv"]
+        assert fmt_bytes(kv["resident_bytes"]) in app.screen.query_one(KVPanel).text
+        assert "ratio logical/stored 1.00x" in app.screen.query_one(KVPanel).text
+        assert "not computed" in app.screen.query_one(QualityPanel).text
+        assert len(table(app, "kv-table").shown_rows) == len(trace.kv)
+
+
+@asyncio_test
+async def test_quality_panel_shows_metrics_when_summary_has_them(trace_copy: Path) -> None:
+    summary = json.loads((trace_copy / "summary.json").read_text())
+    summary["quality"] = {"latent_psnr_db": 41.25, "lpips": {"missing": "backbone file not supplied"}}
+    (trace_copy / "summary.json").write_text(json.dumps(summary))
+    app = KvprofApp([trace_copy])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: app.screen.query_one(QualityPanel).text, what="quality panel")
+        text = app.screen.query_one(QualityPanel).text
+        assert "latent_psnr_db" in text and "41.25" in text and "backbone file not supplied" in text
+        assert "not computed" not in text
+
+
+@asyncio_test
+async def test_compare_view_sorts_by_any_column_and_selects(trace_copy: Path, tmp_path: Path) -> None:
+    small = tmp_path / "traces" / "small"
+    write_small_trace(small)
+    app = KvprofApp([trace_copy, small])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("6")
+        await wait_for(pilot, lambda: len(table(app, "compare").shown_rows) == 2
+                       and all(r.get("peak_bytes") for r in table(app, "compare").shown_rows), what="two compared traces")
+        t = table(app, "compare")
+        assert [r["trace"] for r in t.shown_rows] == [trace_copy.name, "small"]  # peak, largest first
+        await pilot.press("r")
+        await pilot.pause(0.05)
+        assert [r["trace"] for r in t.shown_rows] == ["small", trace_copy.name]
+        for col in t.cols:  # `s` walks every column; each sorts
+            await pilot.press("s")
+            await pilot.pause(0.02)
+            keys = [r.get(t.sort_key) for r in t.shown_rows if r.get(t.sort_key) is not None]
+            norm = keys if any(c.numeric for c in t.cols if c.key == t.sort_key) else [str(k).lower() for k in keys]
+            assert norm == sorted(norm, reverse=t.sort_reverse), t.sort_key
+        t.sort_by("trace", reverse=False)
+        await pilot.pause(0.05)
+        assert [r["trace"] for r in t.shown_rows] == sorted([trace_copy.name, "small"], key=str.lower)
+        t.focus()
+        t.move_cursor(row=[r["trace"] for r in t.shown_rows].index("small"))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.current_mode == "timeline", what="timeline of the selected trace")
+        assert app.current_source().path == small
+        await pilot.press("left_square_bracket")
+        await pilot.pause(0.15)
+        assert app.current_source().path == trace_copy
+
+
+@asyncio_test
+async def test_filter_keeps_matching_rows_and_categories(bf16_trace: Path) -> None:
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        before_mode, before_cursor = app.current_mode, app.cursor_event()
+        await pilot.press("slash")
+        await pilot.pause(0.05)
+        await pilot.press("q", "1", "left", "right", "backspace", "backspace", "k", "v", "underscore", "enter")  # typed, not keys of the app
+        await pilot.pause(0.2)
+        assert app.is_running and app.current_mode == before_mode and app.cursor_event() == before_cursor
+        assert app.filter_text == "kv_"
+        assert app.screen.query_one(TimelineChart).categories == ["kv_fp"]
+        panel = app.screen.query_one(BreakdownPanel).text
+        assert "kv_fp" in panel and "weights" not in panel
+        assert "filter 'kv_'" in status(app)
+        await pilot.press("4")
+        await wait_for(pilot, lambda: table(app, "stages").shown_rows, what="filtered stage rows")
+        assert {r["stage"] for r in table(app, "stages").shown_rows} == {"kv_write", "kv_read"}
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert app.filter_text == "" and len(table(app, "stages").shown_rows) > 2
+
+
+@asyncio_test
+async def test_export_writes_the_current_view_as_csv(trace_copy: Path, tmp_path: Path) -> None:
+    app = KvprofApp([trace_copy])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("e")
+        await pilot.pause(0.05)
+        assert app.last_export == trace_copy / "kvprof-tui-timeline.csv"
+        frame = pd.read_csv(app.last_export)
+        assert {"event", "t_ns", "total_bytes", "weights", "decode", "stage", "pass"} <= set(frame.columns)
+        assert frame["total_bytes"].max() == find_peak(load_trace(trace_copy)).bytes
+        await pilot.press("4", "e")
+        await pilot.pause(0.05)
+        assert set(pd.read_csv(app.last_export)["stage"]) >= {"denoise", "refresh", "decode"}
+        await pilot.press("2", "e")
+        await pilot.pause(0.05)
+        assert set(pd.read_csv(app.last_export)["where"]) == {"cursor", "peak"}
+        await pilot.press("6", "e")
+        await pilot.pause(0.05)
+        assert app.last_export == tmp_path / "kvprof-tui-compare.csv"  # several traces: cwd
+        assert pd.read_csv(app.last_export)["trace"].tolist() == [trace_copy.name]
+
+
+@asyncio_test
+async def test_help_lists_every_key_and_q_quits(bf16_trace: Path) -> None:
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("question_mark")
+        await pilot.pause(0.05)
+        assert isinstance(app.screen, HelpScreen)
+        text = app.screen.text
+        for key in ("q", "?", "tab", "shift+tab", "1", "7", "left", "right", "p", "/", "e", "[", "]"):
+            assert any(line.strip().startswith(key + " ") for line in text.splitlines()), key
+        for words in ("quit", "next view", "time cursor", "peak", "filter", "export", "CSV"):
+            assert words in text
+        await pilot.press("question_mark")
+        await pilot.pause(0.05)
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("q")
+        await pilot.pause(0.05)
+    assert app.return_value == 0
+
+
+@asyncio_test
+async def test_no_argument_lists_traces_and_enter_opens_one(trace_copy: Path) -> None:
+    app = KvprofApp([], root=trace_copy.parent)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.current_mode == "traces" and table(app, "traces").shown_rows, what="trace list")
+        rows = table(app, "traces").shown_rows
+        assert [r["trace"] for r in rows] == [trace_copy.name] and rows[0]["status"] == "complete"
+        await pilot.press("1")
+        await pilot.pause(0.15)
+        assert "No trace open" in app.screen.query_one(MessagePanel).text
+        await pilot.press("7")
+        await pilot.pause(0.1)
+        table(app, "traces").focus()
+        await pilot.press("enter")
+        await opened(pilot, app)
+        assert app.current_mode == "timeline"
+        assert app.screen.query_one(TimelineChart).peak_label.startswith("peak ")
+
+
+# ---------------------------------------------------------------------- damaged folders
+def _torn(folder: Path, src: Path) -> str:
+    shutil.copy(src / "meta.json", folder / "meta.json")
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "status": "failed"}))
+    lines = [json.dumps(r) for r in ({"k": "b", "id": 1, "p": 0, "n": "rollout", "i": None, "t": 1, "q": 1},
+                                     {"k": "a", "id": 1, "t": 2, "q": 2, "b": 4096, "c": "activations", "s": 1})]
+    (folder / EVENTS_FILE).write_text("\n".join(lines) + '\n{"k": "a", "id": 2, "t"')
+    return "torn last record skipped"
+
+
+def _corrupt(folder: Path, src: Path) -> str:
+    shutil.copy(src / "meta.json", folder / "meta.json")
+    (folder / EVENTS_FILE).write_text('{"k": "b", "id": 1, "p": 0, "n": "x", "i": null, "t": 1, "q": 1}\nnot json\n{"k": "e"}\n')
+    return "line 2 is not a JSON record"
+
+
+CASES: dict[str, Callable[[Path, Path], str]] = {
+    "empty": lambda folder, src: "no meta.json",
+    "missing": lambda folder, src: (folder.rmdir(), "no such directory")[1],
+    "truncated-meta": lambda folder, src: ((folder / "meta.json").write_text('{"schema_version": "1.0", "stat'),
+                                           "unreadable or truncated JSON")[1],
+    "no-tables": lambda folder, src: (shutil.copy(src / "meta.json", folder / "meta.json"), "neither events.jsonl")[1],
+    "torn": _torn,
+    "corrupt": _corrupt,
+}
+
+
+@asyncio_test
+async def test_damaged_folders_open_with_a_clear_message(bf16_trace: Path, tmp_path: Path) -> None:
+    folders, expected = [], []
+    for case, make in CASES.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        expected.append(make(folder, bf16_trace))
+        folders.append(folder)
+    app = KvprofApp(folders)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: all(s.error or s.view for s in app.sources), what="every folder read")
+        for i, (case, text) in enumerate(zip(CASES, expected)):
+            if i:
+                await pilot.press("right_square_bracket")
+            await wait_for(pilot, lambda: app.screen.query_one(StatusLine).text.count(folders[i].name) >= 1, what=case)
+            if case == "torn":
+                assert text in status(app) and "failed" in status(app)
+                assert app.current_view().n_events == 1
+                continue
+            message = app.screen.query_one(MessagePanel).text
+            assert message.startswith("Cannot open trace") and text in message, (case, message)
+            assert "unreadable" in status(app)
+            for key in ("left", "p", "2", "e", "1"):
+                await pilot.press(key)
+        await pilot.pause(0.15)
+        assert app.is_running
+
+
+# ---------------------------------------------------------------------- live traces
+@asyncio_test
+async def test_follow_shows_growth_and_completion(tmp_path: Path) -> None:
+    folder = tmp_path / "traces" / "live"
+    gates = [threading.Event() for _ in range(3)]
+
+    def gate(chunk: int) -> None:
+        assert gates[chunk].wait(20), "the test did not release the writer"
+
+    live = LiveRun(lambda: write_small_trace(folder, chunks=3, gate=gate))
+    app = KvprofApp([folder], follow=True, poll_s=0.1, live=live)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        assert "Waiting for the trace" in app.screen.query_one(MessagePanel).text or app.current_view() is not None
+        live.start()
+        await wait_for(pilot, lambda: app.current_view() is not None and app.current_view().kv, what="chunk 0")
+        first = app.current_view()
+        assert first.status == "running" and "running" in status(app) and "following" in status(app)
+        assert app.cursor_event() == first.n_events - 1  # a live trace's cursor follows the end
+        gates[0].set()
+        await wait_for(pilot, lambda: app.current_view().kv and app.current_view().kv["chunk"] == 1, what="chunk 1")
+        second = app.current_view()
+        assert second.n_events > first.n_events
+        assert second.timeline.total.max() > first.timeline.total.max()
+        assert app.cursor_event() == second.n_events - 1
+        rendered = app.screen.query_one(TimelineChart).render().plain
+        assert "chunk 1" in rendered
+        gates[1].set()
+        gates[2].set()
+        await wait_for(pilot, lambda: app.current_view().status == "complete", what="status complete")
+        await wait_for(pilot, lambda: "complete" in status(app), what="status line complete")
+        assert "following" not in status(app) and app.current_source().state.phase == "closed"
+        assert live.done and live.outcome() is None
+        final = app.current_view()
+        assert final.n_events > second.n_events and final.peak.bytes == find_peak(load_trace(folder)).bytes
+        await pilot.press("q")
+    live.join(5)
+
+
+@asyncio_test
+async def test_redraws_are_capped_at_ten_per_second(bf16_trace: Path) -> None:
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        start = len(app.redraws)
+        for _ in range(12):
+            await pilot.press("left")
+        await pilot.pause(0.3)
+        stamps = app.redraws[start:]
+        assert stamps, "no redraw after key presses"
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert all(g >= 0.099 for g in gaps), gaps
