@@ -14,10 +14,10 @@ import pandas as pd
 
 from kvprof.analysis import find_peak, kv_bytes, stage_times
 from kvprof.errors import UsageError
-from kvprof.trace import Trace, TraceError, load_trace
+from kvprof.trace import Trace, TraceError, list_traces, load_trace
 from kvprof.units import fmt_bytes
 
-__all__ = ["open_trace", "open_traces", "trace_label", "trace_row", "compare_table", "format_compare", "TEXT_COLUMNS", "FORMATS"]
+__all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_label", "trace_row", "compare_table", "format_compare", "TEXT_COLUMNS", "FORMATS"]
 
 # Stage kinds whose device time gets its own column in the text view (all kinds are in JSON/CSV).
 TEXT_STAGE_KINDS: tuple[str, ...] = ("denoise", "refresh", "kv_read", "kv_write", "attention", "decode")
@@ -40,9 +40,23 @@ def open_trace(path: str | Path | Trace) -> Trace:
         raise UsageError(f"{exc}; pass a folder written by 'kvprof trace' (see 'ls traces/')") from None
 
 
+def expand_trace_paths(paths: Iterable[str | Path | Trace]) -> list[str | Path | Trace]:
+    """A folder that is not a trace but holds traces (e.g. `traces/`) stands for those traces,
+    by name; everything else is kept as given."""
+    out: list[str | Path | Trace] = []
+    for p in paths:
+        if isinstance(p, Trace):
+            out.append(p)
+            continue
+        folder = Path(p)
+        inner = sorted(list_traces(folder), key=lambda f: f.name) if folder.is_dir() and not (folder / "meta.json").exists() else []
+        out.extend(inner if inner else [p])
+    return out
+
+
 def open_traces(paths: Iterable[str | Path | Trace]) -> list[Trace]:
-    """Load several traces; at least one is required."""
-    traces = [open_trace(p) for p in paths]
+    """Load several traces (a folder of traces counts as its traces); at least one is required."""
+    traces = [open_trace(p) for p in expand_trace_paths(paths)]
     if not traces:
         raise UsageError("no trace given; pass one or more trace folders (e.g. traces/*)")
     return traces

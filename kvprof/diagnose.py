@@ -33,6 +33,7 @@ from kvprof.phases import CACHE_CATEGORIES, allocation_phases, phase_peaks
 from kvprof.trace import Trace, list_traces
 from kvprof.units import fmt_bytes
 from tracers.categories import KV_CATEGORIES
+from tracers.session import Q_STRIDE
 from tracers.trace_io import NO_FREE
 
 __all__ = [
@@ -536,7 +537,9 @@ class _Context:
         live["phase"] = live["id"].map(self.alloc_phase).fillna("(outside stages)")
         owner = [self._layer_of.get(int(s), int(s)) for s in live["span_id"]]
         ends = np.array([self._span_end.get(o, NO_FREE) for o in owner], dtype=np.int64)
-        live["retained"] = (ends != NO_FREE) & (ends < q)
+        # Compare tracer contexts, not raw order keys: on CUDA the allocator's events of a context
+        # sort after the session's own records of it, so only an earlier context is surely "before".
+        live["retained"] = (ends != NO_FREE) & (ends // Q_STRIDE < q // Q_STRIDE)
         return live
 
     def packed_excess(self, live: pd.DataFrame) -> tuple[int, list[str], bool]:

@@ -15,6 +15,7 @@ import pandas as pd
 from kvprof.analysis import memory_events, timeline
 from kvprof.trace import Trace
 from tracers.categories import CATEGORIES
+from tracers.session import Q_STRIDE
 from tracers.trace_io import NO_FREE
 
 __all__ = [
@@ -104,10 +105,13 @@ def phase_peaks(trace: Trace) -> pd.DataFrame:
 
 def retained_mask(trace: Trace, live: pd.DataFrame, q: int) -> pd.Series:
     """For allocations `live` at order key `q`: True where the stage that made them ended before `q`
-    (the allocation outlived its stage, DESIGN section 5)."""
+    (the allocation outlived its stage, DESIGN section 5). Conservative on CUDA traces: a stage that
+    ended in the same tracer context as `q` does not count as ended."""
     s = trace.spans.set_index("id")["q_end"]
     end = live["span_id"].map(s)
-    return end.notna() & (end != NO_FREE) & (end < q)
+    # Tracer contexts, not raw order keys: on CUDA the allocator's events of a context sort after
+    # the session's own records of it (tracers.session), so only an earlier context is surely before.
+    return end.notna() & (end != NO_FREE) & (end // Q_STRIDE < q // Q_STRIDE)
 
 
 def envelope(df: pd.DataFrame, x: str, y: str, buckets: int) -> pd.DataFrame:

@@ -189,6 +189,9 @@ def test_compare_table_views(trace_factory):
 
     back = pd.read_csv(StringIO(format_compare(df, "csv")))
     assert list(back["peak_bytes"]) == list(df["peak_bytes"])
+    # a folder of traces stands for its traces
+    folder = compare_table([base.parent])
+    assert set(folder["trace"]) >= {base.name, prq.name}
     with pytest.raises(UsageError, match="no such column"):
         compare_table([base], sort="nope")
     with pytest.raises(UsageError, match="no trace given"):
