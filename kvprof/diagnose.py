@@ -16,6 +16,7 @@ Projections say which terms are measured and which come from the byte model.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -513,6 +514,11 @@ class _Context:
         self._layer_of = self._layer_ancestors(spans)
         self.alloc_phase = allocation_phases(trace)
 
+    @functools.cached_property
+    def wide(self) -> pd.DataFrame:
+        """Live bytes per category after every event (kvprof.analysis.timeline)."""
+        return timeline(self.trace)
+
     @staticmethod
     def _layer_ancestors(spans: pd.DataFrame) -> dict[int, int]:
         """span id -> id of its nearest `layer` ancestor-or-self (absent when none)."""
@@ -595,7 +601,7 @@ class _Context:
         if kv.empty:
             return None
         last = kv.iloc[-1]
-        wide = timeline(self.trace)
+        wide = self.wide
         t = np.maximum.accumulate(wide["t_ns"].to_numpy())
         i = int(np.searchsorted(t, int(last.t_ns), side="right")) - 1
         if i < 0:
@@ -819,7 +825,18 @@ def _project(ctx: _Context, phases: pd.DataFrame, lives: dict[str, pd.DataFrame]
             whole = 2 * geo.capacity_tokens * geo.token_bytes
             d += whole
             terms.append(f"+{fmt_bytes(whole)} whole-buffer dequantization of one layer (K,V x {geo.capacity_tokens} "
-                         f"tokens x {geo.token_bytes} B) [byte model, meta.json]; re-quantization scratch not included")
+                         f"tokens x {geo.token_bytes} B) [byte model, meta.json]")
+            scr_max = int(ctx.wide["kv_scratch"].max()) if not ctx.wide.empty else 0
+            if scr_max:
+                # Staged encodes one chunk per layer (the written prefix for position-dependent
+                # methods); the study re-encodes the whole buffer, its scratch scaling with tokens.
+                pos_dep = bool(getattr(ctx.cls, "position_dependent", False))
+                factor = 1.0 if pos_dep else geo.capacity_tokens / geo.chunk_tokens
+                scr = int(round(scr_max * factor))
+                d += scr
+                how = "the written prefix" if pos_dep else f"one chunk, x {geo.capacity_tokens}/{geo.chunk_tokens} tokens"
+                terms.append(f"+{fmt_bytes(scr)} re-quantization scratch of the whole buffer (largest kv_scratch of this "
+                             f"trace {fmt_bytes(scr_max)}, for {how}) [allocation table x byte model]")
         return d, terms, live
 
     def free_cache(row, live):
