@@ -300,3 +300,15 @@ def test_run_baseline_on_request(trace_factory, tmp_path):
     made = load_trace(diag.baseline["path"])
     assert made.meta["method"] == "bf16" and made.meta["rollout"]["frames"] == 3
     assert Path(diag.baseline["path"]).parent == root
+
+
+def test_integration_projections_track_the_real_runs(trace_factory):
+    """The byte-model projections land near the peak the other integration really has (tiny, no decode)."""
+    study = trace_factory(method="prq_int4", integration="study")
+    staged = trace_factory(method="prq_int4", integration="staged")
+    real_study, real_staged = diagnose(study).peak_bytes, diagnose(staged).peak_bytes
+    to_staged = {p.scenario: p for p in diagnose(study).projections}["staged integration (packed codes)"]
+    to_study = {p.scenario: p for p in diagnose(staged).projections}["study integration (int8 codes)"]
+    assert to_staged.estimate and to_study.estimate
+    assert abs(to_staged.peak_bytes - real_staged) <= 0.15 * real_staged
+    assert abs(to_study.peak_bytes - real_study) <= 0.15 * real_study
