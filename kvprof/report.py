@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from kvprof.analysis import find_peak, stage_times
-from kvprof.compare import TEXT_COLUMNS, _cell, _header, compare_table, open_trace, open_traces, trace_label
+from kvprof.compare import TEXT_COLUMNS, _cell, _header, compare_table, open_traces, trace_label
 from kvprof.diagnose import md_table
 from kvprof.errors import UsageError
 from kvprof.phases import downsampled_timeline, pass_bands, phase_peaks
