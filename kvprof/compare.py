@@ -182,7 +182,7 @@ def compare_table(
     return df.reset_index(drop=True)
 
 
-def _cell(col: str, value: Any) -> str:
+def format_cell(col: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "-"
     if col.endswith("_bytes"):
@@ -198,7 +198,7 @@ def _cell(col: str, value: Any) -> str:
     return str(value)
 
 
-def _header(col: str) -> str:
+def column_title(col: str) -> str:
     names = {"peak_bytes": "peak", "resident_kv_bytes": "resident KV", "stored_kv_bytes": "stored KV",
              "logical_kv_bytes": "logical KV", "ratio_stored": "log/stored", "ratio_resident": "log/resident",
              "peak_delta_bytes": "Δ peak", "peak_vs_baseline": "peak/base", "resident_kv_delta_bytes": "Δ resident",
@@ -211,8 +211,8 @@ def _header(col: str) -> str:
 def text_table(df: pd.DataFrame, columns: Sequence[str]) -> str:
     """A plain fixed-width table (numbers right-aligned) of `columns` of df."""
     cols = [c for c in columns if c in df.columns]
-    cells = [[_cell(c, v) for c, v in zip(cols, row)] for row in df[cols].itertuples(index=False)]
-    heads = [_header(c) for c in cols]
+    cells = [[format_cell(c, v) for c, v in zip(cols, row)] for row in df[cols].itertuples(index=False)]
+    heads = [column_title(c) for c in cols]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in cols]
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from kvprof.analysis import find_peak, stage_times
-from kvprof.compare import TEXT_COLUMNS, _cell, _header, compare_table, open_traces, trace_label
+from kvprof.compare import TEXT_COLUMNS, format_cell, column_title, compare_table, open_traces, trace_label
 from kvprof.diagnose import md_table
 from kvprof.errors import UsageError
 from kvprof.phases import downsampled_timeline, pass_bands, phase_peaks
@@ -253,7 +253,7 @@ def _js_bundle() -> str:
 def _compare_view(traces: Sequence[Trace]) -> pd.DataFrame:
     df = compare_table(list(traces))
     cols = [c for c in TEXT_COLUMNS if c in df.columns]
-    view = pd.DataFrame({_header(c): [_cell(c, v) for v in df[c]] for c in cols})
+    view = pd.DataFrame({column_title(c): [format_cell(c, v) for v in df[c]] for c in cols})
     return view
 
 
