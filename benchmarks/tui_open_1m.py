@@ -7,13 +7,15 @@ Builds a synthetic *closed* trace (Parquet tables with exactly the columns that
 weights, 14 chunks x 5 passes x 30 layers x 5 operations, a growing KV cache, dequantized K/V
 freed per layer, activations freed soon after they are made, and a VAE decode at the end.
 Then it opens the app headless and measures the time from constructing the app until the
-timeline view shows the peak (trace read, analyses, first draw), plus the pieces separately.
+timeline view shows the peak (trace read, analyses, first draw), the pieces separately, a
+cursor step and view switches; and a cold process (interpreter start and imports included).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -141,19 +143,46 @@ def build_synthetic_trace(folder: Path, n_allocs: int = 1_000_000, chunks: int =
     return folder
 
 
-async def _open_app(folder: Path) -> tuple[float, str]:
+async def _open_app(folder: Path, keys: bool = True) -> dict[str, float | str]:
+    """Open the app headless; time until the peak is drawn, then cursor steps and view switches."""
     from tui.app import KvprofApp
+    from tui.widgets.cursor import CursorPanel
     from tui.widgets.timeline import TimelineChart
 
+    out: dict[str, float | str] = {}
     t0 = time.perf_counter()
     app = KvprofApp([folder], follow=False)
     async with app.run_test(size=(160, 48)) as pilot:
-        while app.current_view() is None:
+        while app.current_view() is None or not app.screen.query_one(TimelineChart).peak_label:
             await pilot.pause(0.01)
-        await pilot.pause()
-        chart = app.screen.query_one(TimelineChart)
-        elapsed = time.perf_counter() - t0
-        return elapsed, chart.peak_label
+        out["open_s"] = time.perf_counter() - t0
+        out["peak"] = app.screen.query_one(TimelineChart).peak_label
+        if not keys:
+            return out
+        steps = []
+        for _ in range(10):
+            before = app.screen.query_one(CursorPanel).text
+            t = time.perf_counter()
+            await pilot.press("left")
+            while app.screen.query_one(CursorPanel).text == before:
+                await pilot.pause(0.005)
+            steps.append(time.perf_counter() - t)
+        out["cursor_step_s"] = sorted(steps)[len(steps) // 2]
+        for key, name in (("2", "breakdown"), ("3", "allocations"), ("4", "stages"), ("1", "timeline")):
+            t = time.perf_counter()
+            await pilot.press(key)
+            await pilot.pause(0.12)  # one redraw period
+            out[f"view_{name}_s"] = time.perf_counter() - t
+        return out
+
+
+def _cold(folder: Path) -> float:
+    """Wall time of a fresh process: interpreter start, imports, open, first draw, exit."""
+    code = ("import asyncio, sys; sys.path.insert(0, 'benchmarks'); from tui_open_1m import _open_app; "
+            f"asyncio.run(_open_app(__import__('pathlib').Path({str(folder)!r}), keys=False))")
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    return time.perf_counter() - t
 
 
 def _pieces(folder: Path) -> dict[str, float]:
@@ -186,9 +215,12 @@ def main() -> int:
         print(f"allocation events: {n:,}")
         for i in range(args.repeat):
             pieces = _pieces(folder)
-            elapsed, label = asyncio.run(_open_app(folder))
-            print(f"run {i + 1}: app open to peak drawn {elapsed:.2f} s ({label}); "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in pieces.items()))
+            res = asyncio.run(_open_app(folder))
+            print(f"run {i + 1}: app open to peak drawn {res['open_s']:.2f} s ({res['peak']}); "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in pieces.items()) + "; "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in res.items() if k not in ("open_s", "peak")))
+        for i in range(args.repeat):
+            print(f"cold process {i + 1} (python start + imports + open + first draw + exit): {_cold(folder):.2f} s")
     return 0
 
 

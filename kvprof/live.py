@@ -118,7 +118,7 @@ class FollowState:
 
     phase: str
     status: str | None
-    records: int
+    records: int  # event records parsed from the log (0 once the trace was loaded from Parquet)
     torn_tail: bool
     last_event_unix: float | None  # wall-clock time of the newest event seen (file time of the log)
 
@@ -236,7 +236,7 @@ class TraceFollower:
     @property
     def state(self) -> FollowState:
         status = None if self.meta is None else str(self.meta.get("status"))
-        records = self._folder.records if self._closed is None else len(self._closed.allocations)
+        records = self._folder.records if self._closed is None else 0
         return FollowState(self.phase, status, records, self.torn_tail, self.last_event_unix)
 
     @property
@@ -256,7 +256,7 @@ class TraceFollower:
             self._snapshot = Trace(raw)
         return self._snapshot
 
-    def wait_age_s(self, now: float | None = None) -> float | None:
+    def last_event_age_s(self, now: float | None = None) -> float | None:
         """Seconds since the newest event seen (None before any)."""
         if self.last_event_unix is None:
             return None

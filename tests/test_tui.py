@@ -199,6 +199,9 @@ async def test_cursor_keys_move_through_events_and_p_returns_to_peak(bf16_trace:
         await pilot.press("shift+right")
         await pilot.pause(0.15)
         assert app.cursor_event() == one_back + 1
+        await pilot.press("shift+left", "shift+left", "right")  # between drawn points, right still goes right
+        await pilot.pause(0.15)
+        assert app.cursor_event() > one_back - 1
         await pilot.press("home")
         await pilot.pause(0.15)
         assert app.cursor_event() == 0
@@ -211,6 +214,17 @@ async def test_cursor_keys_move_through_events_and_p_returns_to_peak(bf16_trace:
         await pilot.pause(0.15)
         assert app.cursor_event() == view.peak_event
         assert fmt_bytes(view.peak.bytes) in app.screen.query_one(CursorPanel).text
+        await pilot.press("t")  # x axis: host time; the peak is still drawn and the cursor still steps
+        await pilot.pause(0.15)
+        chart = app.screen.query_one(TimelineChart)
+        assert app.x_axis == chart.axis == "time" and "time (s)" in chart.render().plain
+        assert f"peak {fmt_bytes(view.peak.bytes)}" in chart.render().plain
+        await pilot.press("left")
+        await pilot.pause(0.15)
+        assert app.cursor_event() < view.peak_event
+        await pilot.press("t")
+        await pilot.pause(0.15)
+        assert chart.axis == "events"
 
 
 @asyncio_test
@@ -386,7 +400,7 @@ async def test_help_lists_every_key_and_q_quits(bf16_trace: Path) -> None:
         await pilot.pause(0.05)
         assert isinstance(app.screen, HelpScreen)
         text = app.screen.text
-        for key in ("q", "?", "tab", "shift+tab", "1", "7", "left", "right", "p", "/", "e", "[", "]"):
+        for key in ("q", "?", "tab", "shift+tab", "1", "7", "left", "right", "home", "end", "p", "t", "/", "e", "[", "]"):
             assert any(line.strip().startswith(key + " ") for line in text.splitlines()), key
         for words in ("quit", "next view", "time cursor", "peak", "filter", "export", "CSV"):
             assert words in text

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from rich.text import Text
 from textual import work
 from textual.app import App
@@ -26,7 +27,7 @@ from kvprof.trace import list_traces
 from kvprof.units import fmt_bytes
 from tui.export import export_csv
 from tui.live_run import LiveRun
-from tui.model import TraceView, column_of_point, column_points
+from tui.model import TraceView, column_points
 from tui.screens import (
     AllocationsScreen,
     BreakdownScreen,
@@ -63,7 +64,7 @@ SCREEN_KEYS = [("s", "compare: sort by the next column"), ("r", "compare: revers
 
 def _age(seconds: float | None) -> str:
     if seconds is None:
-        return "no events yet"
+        return "none yet"
     if seconds < 60:
         return f"{seconds:.1f} s ago"
     if seconds < 3600:
@@ -92,6 +93,7 @@ class KvprofApp(App[int]):
         Binding("home", "cursor_edge(0)", "time cursor to the start", priority=True),
         Binding("end", "cursor_edge(1)", "time cursor to the end (follows a live trace)", priority=True),
         Binding("p", "peak", "time cursor to the peak"),
+        Binding("t", "toggle_axis", "timeline x axis: event order / host time"),
         Binding("slash", "filter", "filter: categories, stages, names, rows"),
         Binding("escape", "clear_filter", "clear the filter", show=False),
         Binding("e", "export", "export this view's data as CSV"),
@@ -110,6 +112,7 @@ class KvprofApp(App[int]):
         self.current: int | None = 0 if self.sources else None
         self.filter_text = ""
         self.chart_columns = DEFAULT_CHART_COLUMNS
+        self.x_axis = "events"  # the timeline's x: "events" (exact order) or "time"
         self.last_export: Path | None = None
         self.redraws: list[float] = []  # monotonic time of every redraw (tests check the 10 Hz cap)
         self._cursor: dict[int, int] = {}  # source index -> event index chosen by the user
@@ -147,7 +150,7 @@ class KvprofApp(App[int]):
             if not pending:
                 return
             spent = time.monotonic() - started
-            wait = max(self.poll_s - spent, spent)  # a slow rebuild of a huge live trace polls less often
+            wait = max(self.poll_s - spent, 2 * spent)  # rebuilding a huge live trace: at most a third of the time
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and not worker.is_cancelled:
                 time.sleep(min(0.05, wait))
@@ -323,19 +326,16 @@ class KvprofApp(App[int]):
         event = self.cursor_event()
         if view is None or event is None:
             return
-        tl = view.timeline
+        tl = view.timeline_for(self.x_axis)
         cols = self.chart_columns
-        pts = column_points(tl, cols)
-        here = tl.point_of_event(event)
-        col = column_of_point(tl, cols, here)
-        if step < 0 and tl.index[here] < event:  # the cursor sits between points: first go to this column's point
-            self._set_cursor(int(tl.index[pts[col]]) if tl.index[pts[col]] < event else int(tl.index[here]))
-            return
-        col += step
-        while 0 <= col < len(pts) and pts[col] == here:
-            col += step
-        col = max(0, min(col, len(pts) - 1))
-        self._set_cursor(int(tl.index[pts[col]]))
+        events = tl.index[column_points(tl, cols)]  # the event drawn in each column, non-decreasing
+        if step > 0:
+            i = int(np.searchsorted(events, event, side="right"))
+            target = int(events[i]) if i < len(events) else event
+        else:
+            i = int(np.searchsorted(events, event, side="left")) - 1
+            target = int(events[i]) if i >= 0 else event
+        self._set_cursor(target)
 
     def action_cursor_event(self, step: int) -> None:
         event = self.cursor_event()
@@ -358,6 +358,11 @@ class KvprofApp(App[int]):
             self.notify("no peak yet", severity="warning")
             return
         self._set_cursor(view.peak_event)
+
+    def action_toggle_axis(self) -> None:
+        self.x_axis = "time" if self.x_axis == "events" else "events"
+        self.notify(f"timeline x axis: {'host time' if self.x_axis == 'time' else 'event order'}", timeout=2)
+        self.redraw()
 
     def action_filter(self) -> None:
         screen = self.screen

@@ -25,10 +25,16 @@ TOP_ALLOCATIONS = 50
 PASS_NAMES = ("denoise", "refresh")
 
 
+X_AXES = ("events", "time")
+
+
 @dataclass(frozen=True)
 class Timeline:
-    """The memory timeline sampled at bucket maxima; x is the event index (exact order q)."""
+    """The memory timeline sampled at bucket maxima. x is the event order (`axis` 'events': equal
+    numbers of events per bucket) or host time ('time': equal time spans; an empty span repeats
+    the last event before it)."""
 
+    axis: str
     n_events: int
     index: np.ndarray  # event index of each point (ascending)
     q: np.ndarray
@@ -68,6 +74,7 @@ class TraceView:
     events_live: np.ndarray
     events_alloc_id: np.ndarray
     timeline: Timeline
+    timeline_time: Timeline
     peak: Peak | None
     peak_event: int | None
     stage_times: pd.DataFrame
@@ -90,6 +97,10 @@ class TraceView:
     @property
     def n_events(self) -> int:
         return len(self.events_q)
+
+    def timeline_for(self, axis: str) -> Timeline:
+        """The timeline over event order ('events') or over time ('time')."""
+        return self.timeline_time if axis == "time" else self.timeline
 
     @property
     def quality(self) -> dict[str, Any] | None:
@@ -137,19 +148,50 @@ def _bucket_points(live: np.ndarray, buckets: int) -> np.ndarray:
     return hits[first].astype(np.int64)
 
 
-def _category_lines(categories: pd.Series, delta: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
+def _time_points(t_ns: np.ndarray, live: np.ndarray, buckets: int) -> np.ndarray:
+    """Event index drawn for each of `buckets` equal time spans: the span's first maximum, or for a
+    span without events the last event before it (its live bytes held through the span)."""
+    n = len(live)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    t = np.maximum.accumulate(t_ns)  # clocks of different sources may step back a little
+    span = int(t[-1] - t[0])
+    if span <= 0:
+        return _bucket_points(live, buckets)
+    bucket = (t - t[0]) * (buckets - 1) // span
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    maxima = np.maximum.reduceat(live, starts)
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+    hits = np.flatnonzero(live == maxima[seg])
+    _, first = np.unique(seg[hits], return_index=True)
+    rep, last = hits[first], np.r_[starts[1:], n] - 1
+    present = bucket[starts]
+    j = np.searchsorted(present, np.arange(buckets), side="right") - 1
+    return np.where(present[j] == np.arange(buckets), rep[j], last[j]).astype(np.int64)
+
+
+def _timeline(trace: Trace, cats: tuple[np.ndarray, list[str]], delta: np.ndarray, live: np.ndarray, q: np.ndarray,
+              t_ns: np.ndarray, points: np.ndarray, axis: str) -> Timeline:
+    stage_band, pass_band = _bands(trace, q[points])
+    return Timeline(
+        axis=axis, n_events=len(live), index=points, q=q[points], t_ns=t_ns[points], total=live[points],
+        by_category=_category_lines(*cats, delta, points), stage_band=stage_band, pass_band=pass_band,
+    )
+
+
+def _category_lines(codes: np.ndarray, names: list[str], delta: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
     """Live bytes per category at each point: one weighted bincount over the segments between points."""
-    codes, names = pd.factorize(categories, use_na_sentinel=False)
     k = len(names)
     if k == 0 or len(points) == 0:
         return {}
-    segment = np.searchsorted(points, np.arange(len(delta)), side="left")  # event i counts from point segment[i]
-    keep = segment < len(points)
-    sums = np.bincount(segment[keep] * k + codes[keep], weights=delta[keep].astype(np.float64),
+    counts = np.diff(np.r_[-1, points])  # point j closes the events after point j-1 up to itself
+    segment = np.repeat(np.arange(len(points)), counts)
+    m = len(segment)
+    sums = np.bincount(segment * k + codes[:m], weights=delta[:m].astype(np.float64),
                        minlength=len(points) * k).reshape(len(points), k)
     lines = np.cumsum(np.rint(sums).astype(np.int64), axis=0)
-    order = [c for c in CATEGORIES if c in set(map(str, names))] + sorted(str(n) for n in names if str(n) not in CATEGORIES)
-    pos = {str(n): i for i, n in enumerate(names)}
+    order = [c for c in CATEGORIES if c in names] + sorted(n for n in names if n not in CATEGORIES)
+    pos = {n: i for i, n in enumerate(names)}
     return {c: lines[:, pos[c]] for c in order if lines[:, pos[c]].any()}
 
 
@@ -186,18 +228,16 @@ def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
     live = ev["live"].to_numpy(dtype=np.int64)
     q = ev["q"].to_numpy(dtype=np.int64)
     t_ns = ev["t_ns"].to_numpy(dtype=np.int64)
-    points = _bucket_points(live, buckets)
-    stage_band, pass_band = _bands(trace, q[points])
-    timeline = Timeline(
-        n_events=len(ev), index=points, q=q[points], t_ns=t_ns[points], total=live[points],
-        by_category=_category_lines(ev["category"], ev["delta"].to_numpy(dtype=np.int64), points),
-        stage_band=stage_band, pass_band=pass_band,
-    )
+    codes, names = pd.factorize(ev["category"], use_na_sentinel=False)
+    cats = (np.asarray(codes), [str(n) for n in names])
+    delta = ev["delta"].to_numpy(dtype=np.int64)
+    timeline = _timeline(trace, cats, delta, live, q, t_ns, _bucket_points(live, buckets), "events")
+    timeline_time = _timeline(trace, cats, delta, live, q, t_ns, _time_points(t_ns, live, buckets), "time")
     peak = find_peak(trace, top=TOP_ALLOCATIONS)
     peak_event = None if peak is None else int(np.searchsorted(q, peak.q, side="left"))
     return TraceView(
         trace=trace, events_q=q, events_t_ns=t_ns, events_live=live,
-        events_alloc_id=ev["alloc_id"].to_numpy(dtype=np.int64), timeline=timeline, peak=peak,
+        events_alloc_id=ev["alloc_id"].to_numpy(dtype=np.int64), timeline=timeline, timeline_time=timeline_time, peak=peak,
         peak_event=peak_event, stage_times=stage_times(trace), kv=kv_bytes(trace),
         built_s=time.perf_counter() - t0,
     )

@@ -70,4 +70,4 @@ class TraceSource:
 
     def age_s(self) -> float | None:
         """Seconds since the newest event of the trace."""
-        return self.follower.wait_age_s()
+        return self.follower.last_event_age_s()

@@ -32,7 +32,7 @@ class TimelineScreen(ViewScreen):
         if chart.size.width > MARGIN:
             app.chart_columns = chart.chart_columns()  # left / right step one column of this chart
         event = app.cursor_event()
-        chart.show(view, event, app.filter_text)
+        chart.show(view, event, app.filter_text, app.x_axis)
         if event is None:
             return
         at_cursor = view.breakdown_at_event(event)
@@ -48,11 +48,11 @@ class TimelineScreen(ViewScreen):
         view = self.kv_app.current_view()
         if view is None:
             return None
-        tl = view.timeline
+        tl = view.timeline_for(self.kv_app.x_axis)
         chart = self.query_one(TimelineChart)
         pts = column_points(tl, chart.columns or self.kv_app.chart_columns)
         frame = pd.DataFrame({
-            "column": range(len(pts)), "event": tl.index[pts], "q": tl.q[pts], "t_ns": tl.t_ns[pts],
+            "column": range(len(pts)), "x_axis": tl.axis, "event": tl.index[pts], "q": tl.q[pts], "t_ns": tl.t_ns[pts],
             "total_bytes": tl.total[pts], "stage": [tl.stage_band[p] for p in pts],
             "pass": [tl.pass_band[p] for p in pts],
         })

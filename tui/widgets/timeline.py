@@ -2,7 +2,7 @@
 
 Drawn with Unicode blocks: every chart cell is a full block in the color of the category that
 fills it; the top of each column is an eighth block. Each column shows the highest point of
-its share of the trace, so the peak is always drawn. x is event order (exact), not wall time.
+its share of the trace, so the peak is always drawn. x is event order (exact order of allocations and frees) or, with `t`, host time.
 """
 from __future__ import annotations
 
@@ -53,10 +53,12 @@ class TimelineChart(Widget):
         self.categories: list[str] = []  # drawn (after the filter)
         self.peak_label = ""
         self.columns = 0
+        self.axis = "events"
 
-    def show(self, view: TraceView | None, cursor_event: int | None, filter_text: str = "") -> None:
-        """Draw `view` with the cursor at event `cursor_event`; a filter keeps matching categories."""
-        self.view, self.cursor_event = view, cursor_event
+    def show(self, view: TraceView | None, cursor_event: int | None, filter_text: str = "", axis: str = "events") -> None:
+        """Draw `view` with the cursor at event `cursor_event`; a filter keeps matching categories;
+        `axis` is 'events' (x = event order) or 'time' (x = host time)."""
+        self.view, self.cursor_event, self.axis = view, cursor_event, axis
         cats = list(view.timeline.by_category) if view is not None else []
         wanted = [c for c in cats if filter_text.lower() in c.lower()] if filter_text else cats
         self.categories = wanted or cats
@@ -75,7 +77,7 @@ class TimelineChart(Widget):
         width, height = self.size.width, self.size.height
         if view is None or view.timeline.points == 0:
             return Text("no allocations recorded yet", style="dim")
-        tl = view.timeline
+        tl = view.timeline_for(self.axis)
         cols = max(1, width - MARGIN)
         rows = max(2, height - FIXED_ROWS)
         self.columns = cols
@@ -157,18 +159,20 @@ class TimelineChart(Widget):
         return text
 
     def _axis_row(self, cols: int, cursor_col: int | None, view: TraceView, pts: np.ndarray) -> Text:
-        tl = view.timeline
-        text = Text(f"{'t (s)':>{MARGIN - 1}} ", style="dim")
-        left = f"{tl.t_ns[0] / 1e9:.2f}"
-        right = f"{tl.t_ns[-1] / 1e9:.2f}"
-        cells = list(" " * cols)
-        for i, ch in enumerate(left[:cols]):
-            cells[i] = ch
-        for i, ch in enumerate(right):
-            pos = cols - len(right) + i
-            if 0 <= pos < cols:
-                cells[pos] = ch
-        if cursor_col is not None and 0 <= cursor_col < cols:
-            cells[cursor_col] = "▲"
+        """Time of the first and last drawn points, and the cursor caret (labels step aside for it)."""
+        tl = view.timeline_for(self.axis)
+        text = Text(f"{'time (s)' if self.axis == 'time' else 'events; s':>{MARGIN - 1}} ", style="dim")
+        cells = [" "] * cols
+        caret = cursor_col if cursor_col is not None and 0 <= cursor_col < cols else None
+        left = f"{tl.t_ns[pts[0]] / 1e9:.2f}"
+        right = f"{tl.t_ns[pts[-1]] / 1e9:.2f}"
+        starts = [0, cols - len(right)]
+        for label, start in zip((left, right), starts):
+            if caret is not None and start <= caret < start + len(label):
+                start = caret + 2 if label is left else caret - len(label) - 1
+            if 0 <= start and start + len(label) <= cols:
+                cells[start:start + len(label)] = list(label)
+        if caret is not None:
+            cells[caret] = "▲"
         text.append("".join(cells), style="dim")
         return text
