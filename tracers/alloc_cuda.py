@@ -72,7 +72,7 @@ class CudaHistoryTracker:
         """Turn the allocator events recorded since the last drain into records, then clear them."""
         snap = torch.cuda.memory._snapshot(self.device)
         traces = snap.get("device_traces", [])
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        index = self.device.index or 0  # the session resolves a bare "cuda" to its index
         entries = traces[index] if index < len(traces) else []
         for e in entries:
             action = e["action"]
