@@ -539,3 +539,18 @@ async def test_redraws_are_capped_at_ten_per_second(bf16_trace: Path) -> None:
         assert stamps, "no redraw after key presses"
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
         assert all(g >= 0.099 for g in gaps), gaps
+
+
+@asyncio_test
+async def test_live_run_failing_before_its_trace_starts_closes_the_app(tmp_path: Path) -> None:
+    def bad_arguments() -> None:
+        raise ValueError("unknown method 'prq_in4'")
+
+    live = LiveRun(bad_arguments)
+    app = KvprofApp([tmp_path / "never-written"], follow=True, poll_s=0.1, live=live)
+    async with app.run_test(size=SIZE) as pilot:
+        live.start()
+        await wait_for(pilot, lambda: app.return_value is not None, what="the app to close")
+    assert app.return_value == 1
+    with pytest.raises(ValueError, match="prq_in4"):
+        live.outcome()

@@ -129,8 +129,8 @@ class KvprofApp(App[int]):
         self.set_interval(STATUS_TICK_S, self._tick)
 
     def _start_follow(self) -> None:
-        if self._follow_worker is None or self._follow_worker.is_finished:
-            self._follow_worker = self._follow_loop()
+        """(Re)start the follow worker; `exclusive` cancels a previous one, which stops at its next sleep."""
+        self._follow_worker = self._follow_loop()
 
     @work(thread=True, exclusive=True, group="follow", exit_on_error=False)
     def _follow_loop(self) -> None:
@@ -179,8 +179,8 @@ class KvprofApp(App[int]):
         if live is not None and live.done and not self._live_reported:
             self._live_reported = True
             src = self.sources[0] if self.sources else None
-            if live.error is not None and (src is None or src.view is None):
-                self.exit(1)  # failed before writing a trace (bad arguments): the caller reports it
+            if live.error is not None and (src is None or not src.seen_running):
+                self.exit(1)  # failed before its trace ran (bad arguments): the caller reports the error
                 return
             status = src.state.status if src is not None else "?"
             self.notify(f"rollout finished ({status}); press q to quit", timeout=10)

@@ -6,6 +6,13 @@ import threading
 from typing import Any, Callable
 
 
+class QuitFromTUI(KeyboardInterrupt):
+    """Raised inside the run when the TUI is closed before the rollout ends (a Ctrl-C from the TUI)."""
+
+    def __str__(self) -> str:
+        return "the TUI was closed while the rollout ran"
+
+
 class LiveRun:
     """Runs `run()` in a daemon thread and keeps its result or exception for the caller."""
 
@@ -29,10 +36,11 @@ class LiveRun:
         return self.thread.ident is not None and not self.thread.is_alive()
 
     def interrupt(self) -> None:
-        """Raise KeyboardInterrupt inside the run (as Ctrl-C would): a traced run closes as `interrupted`."""
+        """Raise QuitFromTUI (a KeyboardInterrupt) inside the run, as Ctrl-C would: a traced run closes
+        as `interrupted`. It lands at the run's next Python bytecode (torch kernels finish first)."""
         ident = self.thread.ident
         if ident is not None and self.thread.is_alive():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(QuitFromTUI))
 
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)

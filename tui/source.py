@@ -6,6 +6,7 @@ which are replaced whole, never mutated.
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ class TraceSource:
         self.state: FollowState = self.follower.state
         self.build_s = 0.0
         self.version = 0  # bumped each time `view` or `error` changes
+        self.seen_running = False  # a poll saw status `running` (the trace was written while we watched)
+        self._lock = threading.Lock()  # one refresh at a time (a replaced follow worker may still be in one)
 
     @property
     def name(self) -> str:
@@ -38,6 +41,10 @@ class TraceSource:
 
     def refresh(self) -> bool:
         """Poll the folder; rebuild the view when the trace changed. True when something changed."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         try:
             changed = self.follower.poll()
             if self.follower.phase == "waiting" and not self.wait_for_start:
@@ -45,6 +52,7 @@ class TraceSource:
         except TraceError as exc:
             return self._fail(str(exc))
         self.state = self.follower.state
+        self.seen_running |= self.state.status == "running"
         if not changed:
             return False
         trace = self.follower.trace()
