@@ -64,6 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="print the summary of a trace")
     s.add_argument("trace", type=Path)
     s.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("report", help="write a report of one or more traces (.html .png .svg .pdf .md)")
+    r.add_argument("traces", nargs="+", type=Path, metavar="TRACE", help="trace folders (a folder of traces counts as all of them)")
+    r.add_argument("-o", "--out", type=Path, required=True, help="output file; the suffix picks the format")
+    r.add_argument("--buckets", type=int, default=1500, help="timeline time buckets (min and max kept: the peak is exact)")
+    r.add_argument("--scale", type=float, default=1.0, help="scale of .png/.pdf output")
+
+    c = sub.add_parser("compare", help="one row per trace: peak, KV bytes, ratios, times")
+    c.add_argument("traces", nargs="+", type=Path, metavar="TRACE")
+    c.add_argument("--sort", default=None, metavar="COLUMN", help="any column; '-' prefix = descending (write --sort=-peak_bytes)")
+    c.add_argument("--baseline", type=Path, default=None, metavar="TRACE")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--csv", action="store_true")
+
+    d = sub.add_parser("diagnose", help="explain a trace's peak against a bf16 baseline")
+    d.add_argument("trace", type=Path)
+    d.add_argument("--baseline", type=Path, default=None, metavar="TRACE")
+    d.add_argument("--traces", type=Path, action="append", default=None, metavar="DIR",
+                   help="where to look for a baseline (default: the trace's folder and traces/)")
+    d.add_argument("--run-baseline", action="store_true", help="run the bf16 baseline now when none is found")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--md", action="store_true")
+
+    e = sub.add_parser("export", help="perfetto JSON, csv/parquet tables, PyTorch allocator snapshot (GPU traces)")
+    e.add_argument("trace", type=Path)
+    e.add_argument("--format", required=True, choices=("perfetto", "csv", "parquet", "snapshot"))
+    e.add_argument("-o", "--out", type=Path, default=None, help="file (perfetto, snapshot) or folder (csv, parquet); default ./<run-id>.*")
     return p
 
 
@@ -212,6 +241,49 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kvprof.report import write_report
+
+    print(write_report(args.traces, args.out, buckets=args.buckets, scale=args.scale))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from kvprof.compare import compare_table, format_compare
+
+    df = compare_table(args.traces, sort=args.sort, baseline=args.baseline)
+    print(format_compare(df, "json" if args.json else "csv" if args.csv else "table"), end="" if args.csv else "\n")
+    return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from kvprof.diagnose import diagnose
+
+    result = diagnose(args.trace, args.baseline, traces_root=args.traces, run_baseline_if_missing=args.run_baseline)
+    print(result.render("json" if args.json else "md" if args.md else "text"), end="")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kvprof.export import SNAPSHOT_NOTE, export
+
+    print(export(args.trace, args.format, args.out))
+    if args.format == "snapshot":
+        print(f"note: {SNAPSHOT_NOTE}; open it with PyTorch's memory visualizer (pytorch.org/memory_viz)", file=sys.stderr)
+    return 0
+
+
+HANDLERS = {
+    "trace": _cmd_trace,
+    "methods": _cmd_methods,
+    "summary": _cmd_summary,
+    "report": _cmd_report,
+    "compare": _cmd_compare,
+    "diagnose": _cmd_diagnose,
+    "export": _cmd_export,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kvprof` console script."""
     parser = build_parser()
@@ -220,8 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        handler = {"trace": _cmd_trace, "methods": _cmd_methods, "summary": _cmd_summary}[args.command]
-        return handler(args)
+        return HANDLERS[args.command](args)
     except UsageError as exc:
         print(f"kvprof: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
