@@ -1,6 +1,6 @@
 """How long the TUI takes to open a trace with 1,000,000 allocation events (issue 4: < 3 s).
 
-    python benchmarks/tui_open_1m.py [--allocs 1000000] [--keep DIR] [--repeat 3]
+    python benchmarks/tui_open_1m.py [--allocs 1000000] [--keep DIR] [--repeat 3] [--follow]
 
 Builds a synthetic *closed* trace (Parquet tables with exactly the columns that
 `tracers.trace_io.tables_from_records` produces) shaped like a wan-1.3b rollout: setup with
@@ -176,13 +176,17 @@ async def _open_app(folder: Path, keys: bool = True) -> dict[str, float | str]:
         return out
 
 
-def _cold(folder: Path) -> float:
-    """Wall time of a fresh process: interpreter start, imports, open, first draw, exit."""
-    code = ("import asyncio, sys; sys.path.insert(0, 'benchmarks'); from tui_open_1m import _open_app; "
-            f"asyncio.run(_open_app(__import__('pathlib').Path({str(folder)!r}), keys=False))")
+def _cold(folder: Path) -> tuple[float, float]:
+    """A fresh process: (seconds from spawning it until the peak is drawn, until it has exited).
+    Interpreter start and every import are included (torch too: tracers/__init__ imports it)."""
+    code = ("import sys, time, asyncio; sys.path.insert(0, 'benchmarks'); from tui_open_1m import _open_app; "
+            f"asyncio.run(_open_app(__import__('pathlib').Path({str(folder)!r}), keys=False)); "
+            "print(time.time() - float(sys.argv[1]))")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
-    return time.perf_counter() - t
+    out = subprocess.run([sys.executable, "-c", code, repr(time.time())], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    total = time.perf_counter() - t
+    return float(out.stdout.strip().splitlines()[-1]), total
 
 
 def _pieces(folder: Path) -> dict[str, float]:
@@ -199,11 +203,69 @@ def _pieces(folder: Path) -> dict[str, float]:
     return out
 
 
+def _live_log(folder: Path, live: Path) -> tuple[list[bytes], int]:
+    """Rewrite the synthetic trace as a live one (meta running + events.jsonl); return the last
+    10,000 lines held back (to append later) and the number of lines written."""
+    from tracers.trace_io import EVENTS_FILE
+
+    a = pd.read_parquet(folder / "allocations.parquet")
+    sp = pd.read_parquet(folder / "spans.parquet")
+    recs: list[tuple[int, bytes]] = []
+    for r in sp.itertuples():
+        idx = None if pd.isna(r.index) else int(r.index)
+        recs.append((r.q_start, json.dumps({"k": "b", "id": r.id, "p": r.parent, "n": r.name, "i": idx,
+                                            "t": r.t_start_ns, "q": r.q_start}).encode()))
+        recs.append((r.q_end, json.dumps({"k": "e", "id": r.id, "t": r.t_end_ns, "q": r.q_end, "ms": r.host_ms}).encode()))
+    for r in a.itertuples():
+        recs.append((r.q_alloc, b'{"k":"a","id":%d,"t":%d,"q":%d,"b":%d,"c":"%s","s":%d}' % (
+            r.id, r.t_alloc_ns, r.q_alloc, r.bytes, r.category.encode(), r.span_id)))
+        if r.q_free != NO_FREE:
+            recs.append((r.q_free, b'{"k":"f","id":%d,"t":%d,"q":%d}' % (r.id, r.t_free_ns, r.q_free)))
+    recs.sort(key=lambda x: x[0])
+    lines = [line + b"\n" for _, line in recs]
+    live.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    (live / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+    (live / EVENTS_FILE).write_bytes(b"".join(lines[:-10_000]))
+    return lines[-10_000:], len(lines)
+
+
+def _follow(folder: Path) -> None:
+    """Time following a live trace of the same size: first read of the whole log, a rebuild, and
+    an incremental poll after 10,000 more lines."""
+    from kvprof.live import TraceFollower
+    from tracers.trace_io import EVENTS_FILE
+    from tui.model import build_view
+
+    live = folder.parent / (folder.name + "-live")
+    t = time.perf_counter()
+    rest, n = _live_log(folder, live)
+    print(f"live copy: {n:,} event lines written in {time.perf_counter() - t:.1f} s")
+    f = TraceFollower(live)
+    t = time.perf_counter()
+    f.poll()
+    t_poll = time.perf_counter() - t
+    t = time.perf_counter()
+    trace = f.trace()
+    t_tables = time.perf_counter() - t
+    t = time.perf_counter()
+    build_view(trace)
+    t_build = time.perf_counter() - t
+    with open(live / EVENTS_FILE, "ab") as out:
+        out.write(b"".join(rest))
+    t = time.perf_counter()
+    f.poll()
+    t_inc = time.perf_counter() - t
+    print(f"follow: first poll (parse + fold {n - len(rest):,} lines) {t_poll:.2f} s, tables {t_tables:.2f} s, "
+          f"views {t_build:.2f} s; poll of {len(rest):,} new lines {t_inc * 1000:.0f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--allocs", type=int, default=1_000_000)
     ap.add_argument("--keep", type=Path, default=None, help="write the trace here and keep it")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--follow", action="store_true", help="also time following the same trace while it is live")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = (args.keep or Path(tmp)) / f"synthetic-{args.allocs}"
@@ -220,7 +282,11 @@ def main() -> int:
                   + ", ".join(f"{k} {v:.2f}" for k, v in pieces.items()) + "; "
                   + ", ".join(f"{k} {v:.3f}" for k, v in res.items() if k not in ("open_s", "peak")))
         for i in range(args.repeat):
-            print(f"cold process {i + 1} (python start + imports + open + first draw + exit): {_cold(folder):.2f} s")
+            drawn, total = _cold(folder)
+            print(f"cold process {i + 1}: spawn to peak drawn {drawn:.2f} s (python start, imports, read, analyses, "
+                  f"first draw), to exit {total:.2f} s")
+        if args.follow:
+            _follow(folder)
     return 0
 
 
