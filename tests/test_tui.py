@@ -449,7 +449,7 @@ def _corrupt(folder: Path, src: Path) -> str:
 
 
 CASES: dict[str, Callable[[Path, Path], str]] = {
-    "empty": lambda folder, src: "no meta.json",
+    "empty [b]": lambda folder, src: "no meta.json",  # a name that is not markup
     "missing": lambda folder, src: (folder.rmdir(), "no such directory")[1],
     "truncated-meta": lambda folder, src: ((folder / "meta.json").write_text('{"schema_version": "1.0", "stat'),
                                            "unreadable or truncated JSON")[1],

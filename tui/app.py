@@ -21,7 +21,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import Input
-from textual.worker import Worker, get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from kvprof.trace import list_traces
 from kvprof.units import fmt_bytes
@@ -142,7 +142,7 @@ class KvprofApp(App[int]):
             for src in list(self.sources):
                 if src.finished:
                     continue
-                if self.follow or src.view is None and src.error is None:
+                if self.follow or (src.view is None and src.error is None):
                     changed |= src.refresh()
             if changed:
                 self.call_from_thread(self._sources_changed)
@@ -154,6 +154,12 @@ class KvprofApp(App[int]):
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and not worker.is_cancelled:
                 time.sleep(min(0.05, wait))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A bug while reading must not pass in silence: say so (the views keep what they had)."""
+        if event.worker.group == "follow" and event.state == WorkerState.ERROR:
+            self.notify(f"reading traces stopped: {type(event.worker.error).__name__}: {event.worker.error}",
+                        severity="error", timeout=30, markup=False)
 
     def _sources_changed(self) -> None:
         if self.current is None and self.sources:
@@ -169,7 +175,7 @@ class KvprofApp(App[int]):
     def _notify_once(self, i: int, key: str, message: str, severity: str = "information") -> None:
         if (i, key) not in self._notified:
             self._notified.add((i, key))
-            self.notify(message, severity=severity)  # type: ignore[arg-type]
+            self.notify(message, severity=severity, markup=False)  # type: ignore[arg-type]
 
     def _tick(self) -> None:
         screen = self.screen
@@ -390,10 +396,10 @@ class KvprofApp(App[int]):
         try:
             path = export_csv(frame, screen.VIEW, folder)
         except OSError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
             return
         self.last_export = path
-        self.notify(f"exported {len(frame):,} rows to {path}", title="CSV")
+        self.notify(f"exported {len(frame):,} rows to {path}", title="CSV", markup=False)
 
     def action_trace(self, step: int) -> None:
         if len(self.sources) > 1 and self.current is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import pandas as pd
+from textual.markup import escape
 from textual.widget import Widget
 
 from kvprof.units import fmt_bytes
@@ -35,7 +36,7 @@ class AllocationsScreen(ViewScreen):
         table = self.query_one(FrameTable)
         table.set_rows(self._rows_for[1], self.kv_app.filter_text)
         if view.peak is not None:
-            table.border_title = f"live at the peak ({fmt_bytes(view.peak.bytes)} during {view.peak.stage}), largest first"
+            table.border_title = escape(f"live at the peak ({fmt_bytes(view.peak.bytes)} during {view.peak.stage}), largest first")
 
     def export_frame(self) -> pd.DataFrame | None:
         return self.query_one(FrameTable).frame()

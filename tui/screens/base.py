@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterable
 import pandas as pd
 from textual.app import ComposeResult
 from textual.containers import Container
+from textual.markup import escape
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Static
@@ -67,7 +68,7 @@ class ViewScreen(Screen):
         if view is None:
             return f"[b]{self.TITLE}[/b]"
         meta = view.trace.meta
-        return f"[b]{self.TITLE}[/b] · {view.name} · {meta.get('method', '?')} / {meta.get('integration', '?')}"
+        return f"[b]{self.TITLE}[/b] · " + escape(f"{view.name} · {meta.get('method', '?')} / {meta.get('integration', '?')}")
 
     def update_body(self, view: TraceView | None) -> None:
         """Fill the view's widgets (called at most 10 times a second)."""

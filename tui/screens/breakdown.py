@@ -5,6 +5,7 @@ from typing import Iterable
 
 import pandas as pd
 from textual.containers import Grid
+from textual.markup import escape
 from textual.widget import Widget
 
 from kvprof.units import fmt_bytes
@@ -66,7 +67,7 @@ class BreakdownScreen(ViewScreen):
             self.query_one("#cursor-category", FrameTable).border_title = (
                 f"at the cursor (event {event + 1:,}, {fmt_bytes(cur.total)}): by category")
             if peak is not None:
-                self.query_one("#peak-category", FrameTable).border_title = (
+                self.query_one("#peak-category", FrameTable).border_title = escape(
                     f"at the peak ({fmt_bytes(peak.bytes)}, {peak.stage}): by category")
         for table in self.query(FrameTable):
             table.set_filter(app.filter_text)

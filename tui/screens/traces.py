@@ -5,6 +5,7 @@ from typing import Iterable
 
 import pandas as pd
 from textual.binding import Binding
+from textual.markup import escape
 from textual.widget import Widget
 
 from kvprof.units import fmt_bytes
@@ -44,10 +45,10 @@ class TracesScreen(ViewScreen):
         if rows != self._rows:
             self._rows = rows
         table = self.query_one(FrameTable)
-        table.border_title = f"traces under {app.root} (and opened ones) · enter: open"
+        table.border_title = escape(f"traces under {app.root} (and opened ones) · enter: open")
         table.set_rows(self._rows, app.filter_text)
         if not self._rows:
-            table.border_title = f"no traces under {app.root}: run 'kvprof trace' first"
+            table.border_title = escape(f"no traces under {app.root}: run 'kvprof trace' first")
 
     def action_open(self) -> None:
         row = self.query_one(FrameTable).row_at_cursor()

@@ -10,7 +10,7 @@ class MessagePanel(Static):
     DEFAULT_CSS = "MessagePanel { display: none; }"
 
     def __init__(self, **kwargs) -> None:
-        super().__init__("", **kwargs)
+        super().__init__("", markup=False, **kwargs)
         self.text = ""
 
     def show_message(self, text: str | None, severity: str = "info") -> None:

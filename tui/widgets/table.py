@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
+from rich.text import Text
 from textual.widgets import DataTable
 
 
@@ -116,8 +117,8 @@ class FrameTable(DataTable):
         self.clear(columns=True)
         for c in self.cols:
             mark = "" if c.key != self.sort_key else (" ▼" if self.sort_reverse else " ▲")
-            self.add_column(c.label + mark, key=c.key)
-        self.add_rows([[c.fmt(r.get(c.key)) for c in self.cols] for r in self.shown_rows])
+            self.add_column(Text(c.label + mark), key=c.key)
+        self.add_rows([[Text(c.fmt(r.get(c.key))) for c in self.cols] for r in self.shown_rows])  # plain, not markup
         if self.shown_rows and keep:
             self.move_cursor(row=min(keep, len(self.shown_rows) - 1))
 
