@@ -288,6 +288,10 @@ class KvprofApp(App[int]):
             self.set_timer(wait, self._do_redraw)
 
     def _do_redraw(self) -> None:
+        early = self._last_redraw + REDRAW_MIN_S - time.monotonic()
+        if early > 0:  # a timer may fire a little early: keep the cap exact
+            self.set_timer(early, self._do_redraw)
+            return
         self._redraw_pending = False
         self._last_redraw = time.monotonic()
         screen = self.screen
