@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--budget", default=None, help="memory budget, e.g. 24GiB: a smaller card (GPU cap, or simulated OOM on CPU)")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress display")
+    t.add_argument("--tui", action="store_true", help="watch the rollout live in the terminal UI (q quits; quitting early interrupts the run)")
+
+    u = sub.add_parser("tui", help="browse, compare and follow traces in a terminal UI")
+    u.add_argument("traces", nargs="*", type=Path, help="trace folders (none: list the traces under --root)")
+    u.add_argument("--follow", action="store_true", help="follow running traces as they are written")
+    u.add_argument("--root", type=Path, default=Path("traces"), help="where the trace list looks (default traces/)")
 
     m = sub.add_parser("methods", help="list the KV-cache methods, or show one")
     m.add_argument("name", nargs="?")
@@ -111,6 +117,9 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         command=["kvprof", *sys.argv[1:]],
     )
     err = Console(stderr=True)
+    if args.tui:
+        outcome = _trace_with_tui(req)
+        return _report_outcome(args, outcome, err)
     quiet = args.quiet or args.json
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[where]}"),
                         TimeElapsedColumn(), console=err, disable=quiet, transient=True)
@@ -122,6 +131,24 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
     with progress:
         outcome = run_trace(req, on_progress=on_progress)
+    return _report_outcome(args, outcome, err)
+
+
+def _trace_with_tui(req: Any) -> Any:
+    """`kvprof trace --tui`: the rollout in a thread, the TUI following its trace folder."""
+    from kvprof.runner import default_run_id, resolve, run_trace
+    from tui.app import run_live
+
+    _, cfg, spec, method_cls, _, _ = resolve(req)  # bad input: one clear error before the TUI opens
+    req.run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec)
+    req.live = True  # the TUI follows the trace: drain GPU allocations at every chunk
+    folder = Path(req.out) / req.run_id
+    if folder.exists():
+        raise UsageError(f"{folder}: a trace with this run id exists; pick another --run-id")
+    return run_live(folder, lambda: run_trace(req))
+
+
+def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:
     if args.json:
         print(json.dumps({"trace": str(outcome.path), **outcome.summary}, indent=2, default=str))
     else:
@@ -134,6 +161,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         err.print(f"interrupted: the trace up to now is in {outcome.path} (status interrupted)")
         return EXIT_INTERRUPTED
     return 0
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from tui.app import run_tui
+
+    return run_tui(args.traces, follow=args.follow, root=args.root)
 
 
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -277,6 +310,7 @@ HANDLERS = {
     "trace": _cmd_trace,
     "methods": _cmd_methods,
     "summary": _cmd_summary,
+    "tui": _cmd_tui,
     "report": _cmd_report,
     "compare": _cmd_compare,
     "diagnose": _cmd_diagnose,

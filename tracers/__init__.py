@@ -1,7 +1,11 @@
-"""kvprof tracers: stages, category tags, allocation tracking, timing, device sampling, trace I/O."""
+"""kvprof tracers: stages, category tags, allocation tracking, timing, device sampling, trace I/O.
+
+The session (which needs torch) loads lazily, so readers of traces (TUI, reports) start fast.
+"""
+from typing import Any
+
 from tracers.categories import CATEGORIES, KV_CATEGORIES, Category
 from tracers.context import active_session, register, stage, tag, tag_tensor
-from tracers.session import SimulatedOOM, TraceSession
 from tracers.trace_io import RawTrace, TraceError, read_raw_trace
 
 __all__ = [
@@ -19,3 +23,11 @@ __all__ = [
     "TraceError",
     "read_raw_trace",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TraceSession", "SimulatedOOM"):
+        from tracers import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module 'tracers' has no attribute {name!r}")
