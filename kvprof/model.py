@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +241,11 @@ class CausalWanBlock(nn.Module):
         )
         self.modulation = nn.Parameter(torch.empty(1, 6, dim, **dd))
 
+    def modulated_input(self, x: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
+        """The self-attention input norm1(x) * (1 + scale) + shift (FlowCache native's change signal)."""
+        e = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)
+        return _modulate(self.norm1.forward_float(x), e[0], e[1], x.dtype)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -365,10 +370,13 @@ class CausalWanModel(nn.Module):
         context_kv: Sequence[CrossKV],
         caches: Sequence[AttentionCache],
         call: ForwardCall,
+        reuse: Any = None,
     ) -> torch.Tensor:
         """Flow prediction v [B, out_dim, F, H, W] (model dtype) for latent chunk x [B, in_dim, F, H, W].
 
         t [B, F] holds each frame's timestep; `call.frame_start` offsets the temporal RoPE.
+        `reuse` (FlowCache native's `ResidualReuse`) may skip the block stack and reuse its
+        cached residual; skipped passes write no K/V.
         """
         cfg = self.config
         n_layers = cfg.num_layers
@@ -401,9 +409,21 @@ class CausalWanModel(nn.Module):
             e = e.float().unflatten(0, (b, frames)).unsqueeze(2)  # [B, F, 1, D]
 
             rope = rope_tables(cfg.head_dim, call.frame_start, grid, h.device)
-            for i, block in enumerate(self.blocks):
-                with stage("layer", i):
-                    h = block(h, e0, rope, context_kv[i], caches[i], call.for_layer(i, n_layers))
+            skip = False
+            if reuse is not None:
+                with stage("reuse_check"):
+                    skip = reuse.should_skip(self.blocks[0].modulated_input(h, e0), call.pass_name, call.step)
+            if skip:
+                with stage("reuse"):
+                    h = reuse.reuse(h)
+            else:
+                h_in = h
+                for i, block in enumerate(self.blocks):
+                    with stage("layer", i):
+                        h = block(h, e0, rope, context_kv[i], caches[i], call.for_layer(i, n_layers))
+                if reuse is not None:
+                    reuse.store(h_in, h)
+                    tag_tensor(reuse.residual, "activations", "flowcache residual")
 
             out = self.head(h, e)
             return self.unpatchify(out, grid)

@@ -127,6 +127,7 @@ def generate_chunk(
     caches: Sequence[LayerKVCache],
     generator: torch.Generator,
     on_progress: Callable[[Progress], None] | None = None,
+    reuse=None,
 ) -> torch.Tensor:
     """Denoise one chunk in `len(spec.timesteps)` steps, then refresh its K/V; returns clean x0."""
     cfg = model.config
@@ -142,7 +143,7 @@ def generate_chunk(
         with stage("denoise", step):
             call = ForwardCall(chunk, "denoise", step, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
             t_frames = torch.full((spec.batch, spec.chunk_frames), t, device=device)
-            v = model(x, t_frames, context_kv, caches, call)
+            v = model(x, t_frames, context_kv, caches, call, reuse)
             with tag("latents"):
                 x0 = (x.float() - sigma(t) * v.float()).to(dtype)
                 del v
@@ -156,7 +157,7 @@ def generate_chunk(
     with stage("refresh"):
         call = ForwardCall(chunk, "refresh", None, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
         t_frames = torch.zeros((spec.batch, spec.chunk_frames), device=device)
-        model(x0, t_frames, context_kv, caches, call)  # only the K/V it writes matter
+        model(x0, t_frames, context_kv, caches, call, reuse)  # only the K/V it writes matter
     return x0
 
 
@@ -180,9 +181,13 @@ def run_rollout(
                 (spec.batch, cfg.out_dim, spec.frames, cfg.latent_height, cfg.latent_width), device=device, dtype=model.dtype
             )
         tag_tensor(latents, "latents", "latents")
+        method = caches[0].method if caches else None
+        reuse = method.residual_reuse() if method is not None and method.reuses_residuals else None
         for c in range(spec.num_chunks):
+            if reuse is not None:
+                reuse.start_chunk()
             with stage("chunk", c):
-                x0 = generate_chunk(model, c, spec, context_kv, caches, gen, on_progress)
+                x0 = generate_chunk(model, c, spec, context_kv, caches, gen, on_progress, reuse)
                 latents[:, :, c * spec.chunk_frames : (c + 1) * spec.chunk_frames] = x0
                 del x0
             if on_chunk_end:

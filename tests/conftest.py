@@ -25,7 +25,7 @@ def trace_factory(tmp_path_factory):
 
     def make(**kw) -> Path:
         kw.setdefault("decode", False)
-        key = tuple(sorted(kw.items()))
+        key = tuple(sorted((k, str(v)) for k, v in kw.items()))
         if key not in made:
             run_id = "t" + str(len(made))
             made[key] = run_trace(TraceRequest(out=out, run_id=run_id, **kw)).path

@@ -158,3 +158,13 @@ def test_timeline_reconstructs_live_bytes(bf16_trace):
     assert (ev["live"] >= 0).all()
     assert int(ev["live"].iloc[-1]) == int(trace.allocations.loc[trace.allocations.q_free == NO_FREE, "bytes"].sum())
     assert np.all(np.diff(ev["q"].to_numpy()) > 0)  # exact order, no ties
+
+
+def test_flowcache_native_skips_blocks_but_never_on_refresh(trace_factory):
+    always = load_trace(trace_factory(method="flowcache_native", params={"reuse_threshold": "1e9"}))
+    never = load_trace(trace_factory(method="flowcache_native", params={"reuse_threshold": "0"}))
+    for trace, reused in ((always, 3 * 4), (never, 0)):
+        spans = trace.spans
+        assert (spans.name == "reuse").sum() == reused  # every denoising step after the first of a chunk
+        refresh_layers = spans[(spans.name == "layer") & spans.path.str.contains("/refresh/")]
+        assert len(refresh_layers) == 4 * 2  # the refresh pass always computes every layer
