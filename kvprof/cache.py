@@ -15,6 +15,7 @@ Lossless methods (bf16) keep one buffer written in place under either integratio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import ContextManager, Iterator
 
@@ -112,11 +113,14 @@ class LayerKVCache:
     def _encode(self, k: torch.Tensor, v: torch.Tensor, call: KVCall) -> EncodedKV:
         with tag("kv_scratch"):
             state = self.method.encode(k, v, call)
+        # Decoding reads the state as it was encoded (plans depend on the written prefix then).
+        state.extra["encoded_call"] = call
         for name, t in state.tensors.items():
             self._name(t, state.categories[name], name)
         return state
 
     def _decode(self, state: EncodedKV, call: KVCall, start: int | None = None, end: int | None = None):
+        call = state.extra.get("encoded_call", call)
         with stage("dequantize_buffer") if start is None else contextlib.nullcontext(), tag("kv_dequant"):
             if start is None:
                 return self.method.decode(state, call)
@@ -151,8 +155,9 @@ class LayerKVCache:
             for buf in (self.buffer_k, self.buffer_v):
                 buf[:, sink : self.written - n].copy_(buf[:, keep_from : self.written].clone())
         if self.state is not None:
-            # Study: the whole-buffer state is re-encoded after the shift on the next call anyway.
-            call = self._init_call()
+            # Study: decode the whole buffer, shift, encode again with the written prefix it now has
+            # (policies such as FlowCache plans and recent windows read `written`).
+            call = dataclasses.replace(self._init_call(), written=self.written - n)
             k, v = self._decode(self.state, call)
             k[:, sink : self.written - n] = k[:, keep_from : self.written].clone()
             v[:, sink : self.written - n] = v[:, keep_from : self.written].clone()

@@ -168,3 +168,20 @@ def test_flowcache_native_skips_blocks_but_never_on_refresh(trace_factory):
         assert (spans.name == "reuse").sum() == reused  # every denoising step after the first of a chunk
         refresh_layers = spans[(spans.name == "layer") & spans.path.str.contains("/refresh/")]
         assert len(refresh_layers) == 4 * 2  # the refresh pass always computes every layer
+
+
+@pytest.mark.parametrize("method", ["rtn_int4_recent2", "age_tier_int4"])
+def test_rolling_study_eviction_keeps_written_tokens_for_policies(method):
+    geo = _geo(capacity_frames=9, sink_frames=3, rolling=True)
+    cache = LayerKVCache(0, 1, get_method_class(method)(), "study", geo, torch.float32, torch.device("cpu"))
+    q = torch.randn(1, 6, 2, 4)
+    for c in range(4):
+        for s in range(4):
+            cache.attend(q, *_kv(c + 1), _Call(c, "denoise", s))
+        cache.attend(q, *_kv(c + 1), _Call(c, "refresh", None))
+    call = cache.kv_call(_Call(3, "refresh", None), 12, 18)
+    k, _ = cache.method.decode(cache.state, call)
+    per_frame = k[0, ::2, 0, 0]
+    # sink chunk (value 1) and the last two chunks survive the roll; nothing reads back as zeros
+    assert torch.allclose(per_frame[:3], torch.full((3,), 1.0), atol=0.2)
+    assert torch.allclose(per_frame[6:9], torch.full((3,), 4.0), atol=0.5)
