@@ -1,0 +1,46 @@
+"""Turn sweep JSON lines (benchmarks/sweep.py) into the markdown table of RESULTS.md.
+
+    python3 benchmarks/results_table.py benchmarks/results/sweep_study_h100.jsonl [...]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kvprof.units import fmt_bytes  # noqa: E402
+
+
+def rows(paths: list[str]) -> list[dict]:
+    """Last complete row per (method, integration), in file order."""
+    best: dict[tuple[str, str], dict] = {}
+    for p in paths:
+        for line in Path(p).read_text().splitlines():
+            r = json.loads(line)
+            if r.get("status") == "complete" or (r["method"], r["integration"]) not in best:
+                best[(r["method"], r["integration"])] = r
+    return list(best.values())
+
+
+def table(rs: list[dict], bf16_peak: int) -> str:
+    out = ["| method | integration | status | peak | vs bf16 | peak stage | resident KV | stored KV | logical/stored | logical/resident | rollout s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rs:
+        if r.get("status") != "complete":
+            out.append(f"| {r['method']} | {r['integration']} | {r.get('status')} | | | | | | | | |")
+            continue
+        kv = r["kv"]
+        over = "**exceeds**" if r["peak_bytes"] > bf16_peak else "below"
+        out.append(
+            f"| {r['method']} | {r['integration']} | complete | {fmt_bytes(r['peak_bytes'])} | {over} "
+            f"({100 * (r['peak_bytes'] / bf16_peak - 1):+.1f}%) | `{r['peak_stage']}` | {fmt_bytes(kv['resident_bytes'])} | "
+            f"{fmt_bytes(kv['stored_bytes'])} | {kv['ratio_stored']:.2f}x | {kv['ratio_resident']:.2f}x | {r['rollout_s']:.1f} |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    rs = rows(sys.argv[1:])
+    bf16 = next(r["peak_bytes"] for r in rs if r["method"] == "bf16" and r.get("status") == "complete")
+    print(table(rs, bf16))
