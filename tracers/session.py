@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -16,6 +16,7 @@ from tracers import context
 from tracers.alloc_cuda import CudaHistoryTracker, allocator_block_size
 from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
+from tracers.host_sync import HostActivity
 from tracers.sampler import DeviceSampler
 from tracers.timing import StageTimer
 from tracers.trace_io import (
@@ -93,6 +94,8 @@ class TraceSession:
         self._hist_pos = (-1, 0)
         self.failure_stage: str | None = None
         self._armed = False
+        self.host_activity = HostActivity(self._current_span_id)  # host syncs, op and tracer time per span
+        self._close_hooks: list[Callable[["TraceSession"], None]] = []
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> "TraceSession":
@@ -129,6 +132,7 @@ class TraceSession:
                 self.notes.append(self._sampler.reason)
         else:
             self.notes.append("device sampler off: no GPU (CPU run)")
+        self.host_activity.install(self.device.type)
         self._armed = True
         return self
 
@@ -156,19 +160,30 @@ class TraceSession:
             raise ValueError(f"bad final status {status!r}")
         if self.status != "running":
             return
+        for hook in self._close_hooks:  # e.g. the host profiler: stops while the trace is still open
+            try:
+                hook(self)
+            except Exception as exc:  # a failing hook must not lose the trace; its failure is recorded
+                self.notes.append(f"close hook {getattr(hook, '__qualname__', hook)!s} failed: {type(exc).__name__}: {exc}")
         self._armed = False
         with self._lock:
             t_end = self._now()
             # Spans still open (an exception unwound past them) end at the failure.
             while self._span_stack:
                 span_id, _ = self._span_stack.pop()
-                self._write({"k": "e", "id": span_id, "t": t_end, "q": self._q(), "ms": float("nan")})
+                parent = self._span_stack[-1][0] if self._span_stack else 0
+                self._write({"k": "e", "id": span_id, "t": t_end, "q": self._q(), "ms": float("nan"),
+                             **self.host_activity.end_span(span_id, parent)})
+        self.host_activity.uninstall()
         if self._sampler is not None:
             self._sampler.stop()
         if self._dispatch is not None:
             self._dispatch.__exit__(None, None, None)
         if self._cuda is not None:
+            assert self._log is not None
+            self._log.memory_only = not self.drain_at_checkpoints
             self._cuda.stop()
+            self._log.memory_only = False
             self.meta["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             self.meta["memory_allocated_end_bytes"] = torch.cuda.memory_allocated(self.device)
             if self._cuda.oom_events:
@@ -186,6 +201,7 @@ class TraceSession:
         self.meta["notes"] = self.notes
         self.meta["tracer_drain_s"] = self.tracer_seconds
         self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
+        self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
         tables = tables_from_records(self._log.records)
         write_tables(self.folder, tables)
         write_json_atomic(self.folder / META_FILE, self.meta)
@@ -194,6 +210,17 @@ class TraceSession:
     # ----------------------------------------------------------------- clocks and order
     def _now(self) -> int:
         return time.perf_counter_ns() - self._t0_perf
+
+    def now_ns(self) -> int:
+        """The trace clock: ns since the session started (`t` of every record)."""
+        return self._now()
+
+    def add_close_hook(self, hook: Callable[["TraceSession"], None]) -> None:
+        """Run `hook(session)` first thing in `close`, while spans and meta are still writable."""
+        self._close_hooks.append(hook)
+
+    def _current_span_id(self) -> int:
+        return self._span_stack[-1][0] if self._span_stack else 0
 
     def _q(self) -> int:
         self._ctx_order += 1
@@ -246,7 +273,8 @@ class TraceSession:
                 t_end = self._now()
                 if self._span_stack and self._span_stack[-1][0] == span_id:
                     self._span_stack.pop()
-                    self._write({"k": "e", "id": span_id, "t": t_end, "q": self._q(), "ms": (t_end - t) / 1e6})
+                    self._write({"k": "e", "id": span_id, "t": t_end, "q": self._q(), "ms": (t_end - t) / 1e6,
+                                 **self.host_activity.end_span(span_id, parent)})
                     self._new_context()
                     self._counter(span_id)
 
@@ -394,7 +422,14 @@ class TraceSession:
         `drain_at_checkpoints` or `force`; a drain also learns the true block sizes of live blocks)."""
         if self._cuda is not None and (self.drain_at_checkpoints or force):
             t = time.perf_counter()
-            self._cuda.drain()
+            if self._log is not None:
+                # Nobody follows the allocator events of an unfollowed run live: Parquet keeps them.
+                self._log.memory_only = not self.drain_at_checkpoints
+            try:
+                self._cuda.drain()
+            finally:
+                if self._log is not None:
+                    self._log.memory_only = False
             self.tracer_seconds += time.perf_counter() - t
         if self._log is not None:
             self._log.flush()

@@ -8,7 +8,8 @@ Layout of `traces/<run-id>/`:
 
 Every record has a kind `k`:
   b  span begin   {id, p (parent), n (name), i (index|null), t, q}
-  e  span end     {id, t, q, ms (host ms)}
+  e  span end     {id, t, q, ms (host ms), [hs, ons, tns]}  (optional, inclusive of nested spans:
+                  host syncs, ns inside aten ops, ns of tracer bookkeeping; see tracers.host_sync)
   a  allocation   {id, t, q, b (bytes), c (category), s (span), n (name|null)}
   f  free         {id, t, q}
   r  retag        {id, c, n}          (category/name for the allocation's whole life)
@@ -60,14 +61,17 @@ class EventLog:
         self._flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.records: list[dict[str, Any]] = []  # kept in memory to build the tables at close
+        # While True, records are kept for the tables but not written as lines: used for the final
+        # replay of the CUDA allocator history, which nobody follows and which Parquet will hold.
+        self.memory_only = False
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (a whole line)."""
-        line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
             self.records.append(record)
-            if self._file is None:
+            if self._file is None or self.memory_only:
                 return
+            line = json.dumps(record, separators=(",", ":")) + "\n"
             self._file.write(line)
             now = time.monotonic()
             if now - self._last_flush > self._flush_interval_s:
@@ -115,7 +119,8 @@ def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
 
 
 _ALLOC_COLUMNS = ["id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "category", "span_id", "name"]
-_SPAN_COLUMNS = ["id", "parent", "name", "index", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_ms", "device_ms"]
+_SPAN_COLUMNS = ["id", "parent", "name", "index", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_ms", "device_ms",
+                 "host_syncs", "op_ms", "tracer_ms"]
 _SAMPLE_COLUMNS = ["t_ns", "device_used_bytes", "process_used_bytes", "util_percent"]
 _COUNTER_COLUMNS = ["t_ns", "q", "span_id", "allocated_bytes", "reserved_bytes"]
 _KV_COLUMNS = ["t_ns", "q", "chunk", "logical_bytes", "stored_bytes", "resident_bytes"]
@@ -158,11 +163,15 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
                     "id": r["id"], "parent": r["p"], "name": r["n"], "index": r.get("i"),
                     "q_start": r["q"], "q_end": NO_FREE, "t_start_ns": r["t"], "t_end_ns": NO_FREE,
                     "host_ms": float("nan"), "device_ms": float("nan"),
+                    "host_syncs": 0, "op_ms": float("nan"), "tracer_ms": float("nan"),
                 }
             elif k == "e":
                 s = spans.get(r["id"])
                 if s is not None:
                     s["q_end"], s["t_end_ns"], s["host_ms"] = r["q"], r["t"], r["ms"]
+                    s["host_syncs"] = r.get("hs", 0)
+                    s["op_ms"] = r["ons"] / 1e6 if "ons" in r else float("nan")
+                    s["tracer_ms"] = r["tns"] / 1e6 if "tns" in r else float("nan")
             elif k == "x":
                 s = spans.get(r["id"])
                 if s is not None:
@@ -179,7 +188,7 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
     span_df = pd.DataFrame(list(spans.values()), columns=_SPAN_COLUMNS)
     for col in ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "span_id"):
         alloc_df[col] = alloc_df[col].astype("int64")
-    for col in ("id", "parent", "q_start", "q_end", "t_start_ns", "t_end_ns"):
+    for col in ("id", "parent", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_syncs"):
         span_df[col] = span_df[col].astype("int64")
     span_df["index"] = span_df["index"].astype("Int64")
     alloc_df["category"] = alloc_df["category"].astype("string")
