@@ -5,6 +5,7 @@ Used on CPU (where it is the allocator of record) and as the fallback on CUDA.
 """
 from __future__ import annotations
 
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,10 +26,13 @@ class DispatchAllocTracker(TorchDispatchMode):
         self._known: dict[int, int] = {}  # id(storage) -> allocation id
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        t0 = time.perf_counter_ns()
         out = func(*args, **(kwargs or {}))
+        t1 = time.perf_counter_ns()
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf, None, None)
+        self.session.host_activity.add_op(func, t1 - t0, time.perf_counter_ns() - t1)
         return out
 
     def track(self, tensor: torch.Tensor, category: str | None, name: str | None) -> int | None:
@@ -50,9 +54,11 @@ class DispatchAllocTracker(TorchDispatchMode):
         return alloc_id
 
     def _freed(self, key: int, alloc_id: int) -> None:
+        t0 = time.perf_counter_ns()
         if self._known.get(key) == alloc_id:
             del self._known[key]
         self.session.record_free(alloc_id)
+        self.session.host_activity.add_tracer(time.perf_counter_ns() - t0)
 
     def allocation_of(self, tensor: torch.Tensor) -> int | None:
         """Allocation id of a tracked tensor's storage, or None."""
