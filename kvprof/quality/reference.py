@@ -1,0 +1,131 @@
+"""The bf16 reference: the bf16 rollout of the same config, seed, frames, window and embeddings.
+
+Found among saved outputs first (`traces/*/quality/` of bf16 traces run with --quality, and
+`traces/.kvprof-reference/*/`, where references run here are kept), run otherwise. Runs here are
+untraced: they happen after the candidate's trace is closed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvprof.quality.capture import (
+    KEY_FILE,
+    MAX_ELEMENTS,
+    QUALITY_DIR,
+    QualityCapture,
+    RolloutOutputs,
+    RolloutRecipe,
+    load_outputs,
+    read_key,
+    save_outputs,
+)
+
+REFERENCE_METHOD = "bf16"
+REFERENCE_CACHE = ".kvprof-reference"
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def candidate_folders(traces_root: Path) -> list[Path]:
+    """Folders that may hold saved outputs: every trace under the root, then the reference cache."""
+    root = Path(traces_root)
+    found: list[Path] = []
+    for base in (root, root / REFERENCE_CACHE):
+        if base.is_dir():
+            found += sorted(p for p in base.iterdir() if p.is_dir() and p.name != REFERENCE_CACHE)
+    return found
+
+
+def find_reference(traces_root: Path, key: dict[str, Any], exclude: Path | None = None) -> Path | None:
+    """The newest folder whose saved bf16 outputs match `key` exactly, or None."""
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    matches = []
+    for folder in candidate_folders(traces_root):
+        if excluded is not None and folder.resolve() == excluded:
+            continue
+        info = read_key(folder)
+        if info and info.get("method") == REFERENCE_METHOD and info.get("key") == key:
+            matches.append(folder)
+    if not matches:
+        return None
+    return max(matches, key=lambda p: (p / QUALITY_DIR / KEY_FILE).stat().st_mtime)
+
+
+def run_outputs(recipe: RolloutRecipe, method: str = REFERENCE_METHOD, *, storage: str = "int8",
+                params: dict | None = None, integration: str = "study", layers: tuple[int, ...] | None = None,
+                max_elements: int = MAX_ELEMENTS) -> RolloutOutputs:
+    """Run the recipe's rollout untraced with `method` and capture its outputs."""
+    from kvprof.checkpoint import load_checkpoint
+    from kvprof.model import build_model
+    from kvprof.rollout import build_caches, make_method_factory, run_rollout
+    from methods import get_method_class
+
+    cfg, device = recipe.config, torch.device(recipe.device)
+    spec = dataclasses.replace(recipe.spec, integration=integration, free_cache_before_decode=False)
+    method_cls = get_method_class(method)
+    model = build_model(cfg, seed=spec.seed, device=device)
+    if recipe.checkpoint is not None:
+        load_checkpoint(model, recipe.checkpoint)
+    vae = build_reference_vae(recipe) if spec.decode else None
+    caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params or {}), device)
+    with QualityCapture(model, spec, recipe.embeddings, method=method_cls.name, checkpoint=recipe.checkpoint,
+                        vae=recipe.vae, layers=layers, max_elements=max_elements) as cap:
+        with torch.inference_mode():
+            result = run_rollout(model, recipe.embeddings.to(device), spec, caches, vae)
+        outputs = cap.finish(result)
+    outputs.recipe = recipe
+    return outputs
+
+
+def build_reference_vae(recipe: RolloutRecipe):
+    """The VAE the runner builds for this recipe (same preset, seed, dtype, device or files)."""
+    from kvprof.vae import build_vae
+
+    cfg = recipe.config
+    return build_vae(cfg.vae, seed=recipe.spec.seed, device=recipe.device, dtype=cfg.torch_dtype, path=recipe.vae)
+
+
+def decode_reference(recipe: RolloutRecipe, latents: torch.Tensor) -> torch.Tensor:
+    """Decode saved reference latents with the recipe's VAE (host copy of the video)."""
+    from kvprof.vae import decode_latents
+
+    vae = build_reference_vae(recipe)
+    with torch.inference_mode():
+        video = decode_latents(vae, latents.to(recipe.device))
+    return video.to("cpu")
+
+
+@dataclass
+class Reference:
+    outputs: RolloutOutputs
+    source: dict[str, Any]  # kind: trace | cache | self | run, and the folder where there is one
+
+
+def get_reference(candidate: RolloutOutputs, traces_root: Path, *, exclude: Path | None = None,
+                  save_runs: bool = True) -> Reference:
+    """Find the candidate's bf16 reference, else (a bf16 candidate) take the candidate itself,
+    else run it (and keep it under `traces_root/.kvprof-reference/` when `save_runs`)."""
+    found = find_reference(traces_root, candidate.key, exclude)
+    if found is not None:
+        kind = "cache" if found.parent.name == REFERENCE_CACHE else "trace"
+        return Reference(load_outputs(found), {"kind": kind, "path": str(found)})
+    if candidate.method == REFERENCE_METHOD:
+        return Reference(candidate, {"kind": "self", "path": None})
+    if candidate.recipe is None:
+        raise LookupError("no saved bf16 reference matches and the candidate has no recipe to run one")
+    outputs = run_outputs(candidate.recipe, layers=candidate.layers or None, max_elements=candidate.max_elements)
+    path = None
+    if save_runs:
+        folder = Path(traces_root) / REFERENCE_CACHE / key_digest(candidate.key)
+        save_outputs(folder, outputs)
+        path = str(folder)
+    return Reference(outputs, {"kind": "run", "path": path})
