@@ -14,6 +14,7 @@ import pandas as pd
 
 from kvprof.analysis import find_peak, kv_bytes, stage_times
 from kvprof.errors import UsageError
+from kvprof.hostprof import host_bound_share
 from kvprof.trace import Trace, TraceError, list_traces, load_trace
 from kvprof.units import fmt_bytes
 
@@ -23,7 +24,7 @@ __all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_label", "tr
 TEXT_STAGE_KINDS: tuple[str, ...] = ("denoise", "refresh", "kv_read", "kv_write", "attention", "decode")
 TEXT_COLUMNS: tuple[str, ...] = (
     "trace", "method", "integration", "codes", "config", "frames", "status", "peak_bytes", "peak_stage",
-    "resident_kv_bytes", "stored_kv_bytes", "ratio_stored", "ratio_resident", "wall_s",
+    "resident_kv_bytes", "stored_kv_bytes", "ratio_stored", "ratio_resident", "wall_s", "host_bound_share",
     *(f"ms_{k}" for k in TEXT_STAGE_KINDS),
 )
 DELTA_COLUMNS: tuple[str, ...] = ("peak_delta_bytes", "peak_vs_baseline", "resident_kv_delta_bytes", "wall_delta_s")
@@ -134,6 +135,7 @@ def trace_row(trace: Trace) -> dict[str, Any]:
         ratio_resident=kv["ratio_resident"] if kv else None,
     )
     row["wall_s"] = m.get("wall_s")
+    row["host_bound_share"] = host_bound_share(trace)  # None where not computed (CUDA, old traces)
     times = stage_times(trace)
     for stage, ms in zip(times["stage"], times["device_ms"]):
         row[f"ms_{stage}"] = float(ms)
@@ -187,6 +189,8 @@ def format_cell(col: str, value: Any) -> str:
         return "-"
     if col.endswith("_bytes"):
         return ("+" if col.endswith("delta_bytes") and value > 0 else "") + fmt_bytes(int(value))
+    if col == "host_bound_share":
+        return f"{100 * float(value):.1f}%"
     if col.startswith("ratio") or col == "peak_vs_baseline":
         return f"{float(value):.2f}x"
     if col.startswith("ms_"):
@@ -202,7 +206,7 @@ def column_title(col: str) -> str:
     names = {"peak_bytes": "peak", "resident_kv_bytes": "resident KV", "stored_kv_bytes": "stored KV",
              "logical_kv_bytes": "logical KV", "ratio_stored": "log/stored", "ratio_resident": "log/resident",
              "peak_delta_bytes": "Δ peak", "peak_vs_baseline": "peak/base", "resident_kv_delta_bytes": "Δ resident",
-             "wall_delta_s": "Δ wall s", "wall_s": "wall s", "peak_stage": "peak stage"}
+             "wall_delta_s": "Δ wall s", "wall_s": "wall s", "peak_stage": "peak stage", "host_bound_share": "host-bound"}
     if col.startswith("ms_"):
         return col[3:] + " ms"
     return names.get(col, col)

@@ -2,8 +2,10 @@
 
 - perfetto: Chrome trace-event JSON (opens in ui.perfetto.dev and chrome://tracing): stage
   spans as complete slices ('X', host clock, device ms in args), live bytes per category and in
-  total as counter tracks ('C'), the peak as an instant event. Counters are exact for traces up
-  to `max_counter_rows` memory events; larger traces are reduced with the peak-keeping envelope.
+  total as counter tracks ('C'), the peak as an instant event, and the py-spy host stacks (when
+  the trace has a host profile) as nested slices on their own track beside the stages. Counters
+  are exact for traces up to `max_counter_rows` memory events; larger traces are reduced with the
+  peak-keeping envelope.
 - csv / parquet: a folder of tables for pandas (allocations with their stage and phase, spans
   with their paths, samples, counters, kv, and the wide memory timeline).
 - snapshot: for GPU traces, a PyTorch allocator snapshot (the pickle `torch.cuda.memory._snapshot()`
@@ -25,6 +27,7 @@ import pandas as pd
 from kvprof.analysis import find_peak, timeline
 from kvprof.compare import open_trace, trace_label
 from kvprof.errors import UsageError
+from kvprof.hostprof import perfetto_host_events
 from kvprof.phases import allocation_phases, envelope
 from kvprof.trace import Trace
 from tracers.categories import CATEGORIES
@@ -36,6 +39,7 @@ FORMATS: tuple[str, ...] = ("perfetto", "csv", "parquet", "snapshot")
 PID = 1
 TID_STAGES = 1
 TID_MEMORY = 2
+TID_HOST = 3  # py-spy host stacks, when the trace has a host profile
 MAX_COUNTER_ROWS = 400_000  # memory events written exactly; beyond, an envelope of half as many buckets
 SNAPSHOT_NOTE = (
     "reconstructed by kvprof from the trace's allocation table: addresses are synthetic, frames "
@@ -93,6 +97,7 @@ def perfetto_trace(trace: Trace, max_counter_rows: int = MAX_COUNTER_ROWS) -> di
             events.append({"ph": "C", "pid": PID, "tid": TID_MEMORY, "name": "live bytes: total",
                            "ts": float(ts[i]), "args": {"bytes": int(totals[i])}})
             prev = values[i]
+    events.extend(perfetto_host_events(trace, PID, TID_HOST))
     peak = find_peak(trace)
     if peak is not None:
         events.append({"ph": "i", "s": "g", "pid": PID, "tid": TID_MEMORY, "name": "peak", "ts": peak.t_ns / 1e3,
@@ -102,7 +107,8 @@ def perfetto_trace(trace: Trace, max_counter_rows: int = MAX_COUNTER_ROWS) -> di
         "traceEvents": events,
         "displayTimeUnit": "ms",
         "otherData": {"kvprof_trace": str(trace.path), "status": trace.status, "counters": note,
-                      "peak_bytes": None if peak is None else peak.bytes},
+                      "peak_bytes": None if peak is None else peak.bytes,
+                      "host_profile": (trace.meta.get("host_profile") or {}).get("status", "off")},
     }
 
 
