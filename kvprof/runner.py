@@ -1,29 +1,25 @@
-"""`kvprof trace`: build the workload, run it inside a TraceSession, write the summary."""
+"""`kvprof trace`: validate the request, build the workload, run it inside `kvprof.api.trace`."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
+import difflib
 import os
-import platform
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
-from kvprof.analysis import summarize
-from kvprof.config import ModelConfig
+from kvprof import api
+from kvprof.config import DTYPES, ModelConfig
 from kvprof.errors import UsageError
-from kvprof.rollout import Progress, RolloutSpec, build_caches, cache_bytes, make_method_factory, run_rollout
-from kvprof.trace import load_trace
+from kvprof.rollout import CHUNK_FRAMES, Progress, RolloutSpec, build_caches, cache_bytes, make_method_factory, run_rollout
 from methods import get_method_class
 from methods.base import KVMethod, MethodError
-from tracers import TraceSession, stage, tag, tag_tensor
-from tracers.trace_io import SUMMARY_FILE, write_json_atomic
+
+INTEGRATIONS: tuple[str, ...] = ("study", "staged")
 
 
 @dataclass
@@ -63,37 +59,99 @@ class TraceOutcome:
     error: BaseException | None = None
 
 
+_DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(name: str | None) -> torch.device:
     """The device to run on: explicit, else CUDA when present, else CPU."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use 'cpu' or 'cuda[:N]'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but no CUDA GPU is visible; use --device cpu")
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in _DEVICE_TYPES:
+        raise UsageError(f"--device {name!r}: unknown device; use 'cpu' or 'cuda[:N]'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name!r}: no CUDA GPU is visible; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible; "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
+def _closest(value: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _check_shape(req: TraceRequest, chunk: int) -> None:
+    """--frames / --rolling / --sink / --seed: the errors RolloutSpec would raise, said per flag."""
+    if req.frames is not None and (req.frames <= 0 or req.frames % chunk):
+        near = max(chunk, round(req.frames / chunk) * chunk)
+        raise UsageError(f"--frames {req.frames}: must be a positive multiple of the chunk size ({chunk} latent frames); "
+                         f"try --frames {near}")
+    if req.sink < 0 or req.sink % chunk:
+        raise UsageError(f"--sink {req.sink}: must be a multiple of {chunk} frames, 0 or more; try --sink {chunk}")
+    if req.rolling is None:
+        if req.sink:
+            raise UsageError(f"--sink {req.sink}: sink frames belong to a rolling cache; add --rolling W (e.g. --rolling 21)")
+    elif req.rolling <= 0 or req.rolling % chunk or req.rolling <= req.sink:
+        raise UsageError(f"--rolling {req.rolling}: must be a multiple of {chunk} frames larger than --sink ({req.sink}); "
+                         f"try --rolling {max(chunk, req.sink + chunk)}")
+    if req.seed < 0:
+        raise UsageError(f"--seed {req.seed}: must be 0 or more")
+
+
+def _check_input(flag: str, path: Path | None, want_dir: bool = False) -> None:
+    """A file (or folder) named on the command line exists and can be read; UsageError otherwise."""
+    if path is None:
+        return
+    path = Path(path)
+    kind = "folder" if want_dir else "file"
+    if not path.exists():
+        raise UsageError(f"{flag} {path}: no such {kind}; check the path")
+    if want_dir and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file; pass the folder that holds config.json")
+    if not want_dir and path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; pass the file itself")
+    try:
+        if want_dir:
+            os.listdir(path)
+        else:
+            with open(path, "rb") as fh:
+                fh.read(1)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot read ({exc.strerror}); check its permissions") from None
+
+
 def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, type[KVMethod], str, dict]:
-    """Validate the request into concrete objects; UsageError on bad input."""
+    """Validate the request into concrete objects; UsageError (naming the flag, with a hint) on bad input."""
     device = resolve_device(req.device)
     config_name = req.config or ("wan-1.3b" if device.type == "cuda" else "tiny")
     try:
         cfg = ModelConfig.from_name(config_name)
-        if req.dtype:
-            cfg = cfg.with_dtype(req.dtype)
+    except ValueError as exc:
+        raise UsageError(f"--config: {exc}") from None
+    if req.dtype:
+        if req.dtype not in DTYPES:
+            raise UsageError(f"--dtype {req.dtype!r}: unknown dtype; {_closest(req.dtype, list(DTYPES))}choose {' or '.join(DTYPES)}")
+        cfg = cfg.with_dtype(req.dtype)
+    try:
         method_cls = get_method_class(req.method)
         params = {k: method_cls.validate_param(k, v) for k, v in req.params.items()}
     except (ValueError, MethodError) as exc:
         raise UsageError(str(exc)) from None
-    if req.integration not in ("study", "staged"):
-        raise UsageError(f"unknown integration {req.integration!r}; choose 'study' or 'staged'")
+    if req.integration not in INTEGRATIONS:
+        raise UsageError(f"--integration {req.integration!r}: unknown integration; {_closest(req.integration, INTEGRATIONS)}"
+                         f"choose {' or '.join(INTEGRATIONS)}")
     storage = req.codes or ("int8" if req.integration == "study" else "packed")
     allowed = ("int8", "int16") if req.integration == "study" else ("packed", "int8", "int16")
     if storage not in allowed:
-        raise UsageError(f"--codes {storage} is not a code storage of integration {req.integration!r}; choose {', '.join(allowed)}")
+        raise UsageError(f"--codes {storage!r}: not a code storage of integration {req.integration!r}; "
+                         f"{_closest(storage, allowed)}choose {', '.join(allowed)}")
+    _check_shape(req, CHUNK_FRAMES)
     frames = req.frames if req.frames is not None else (42 if device.type == "cuda" else 12)
     try:
         spec = RolloutSpec(
@@ -102,10 +160,56 @@ def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, 
         )
     except ValueError as exc:
         raise UsageError(f"--frames/--rolling/--sink: {exc}") from None
-    for flag, path in (("--checkpoint", req.checkpoint), ("--prompt-embeds", req.prompt_embeds), ("--vae", req.vae)):
-        if path is not None and not Path(path).exists():
-            raise UsageError(f"{flag} {path}: no such file or directory")
+    _check_input("--checkpoint", req.checkpoint)
+    _check_input("--prompt-embeds", req.prompt_embeds)
+    _check_input("--vae", req.vae, want_dir=True)
+    if req.budget_bytes is not None and req.budget_bytes <= 0:
+        raise UsageError(f"--budget {req.budget_bytes}: must be a positive size, e.g. 24GiB")
     return device, cfg, spec, method_cls, storage, params
+
+
+def check_inputs(req: TraceRequest, cfg: ModelConfig) -> None:
+    """Read the input files far enough to know they will load (before any trace is written)."""
+    if req.checkpoint is not None:
+        import warnings
+
+        from kvprof.checkpoint import CheckpointError, load_checkpoint
+        from kvprof.model import build_model
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # loading into meta tensors is a no-op, as intended here
+                load_checkpoint(build_model(cfg, device="meta"), req.checkpoint)
+        except CheckpointError as exc:
+            raise UsageError(f"--checkpoint {exc.path}: {exc.reason}; it must be a Wan / Self-Forcing DiT state dict "
+                             f"for config {cfg.name!r}") from None
+    if req.prompt_embeds is not None:
+        load_prompt_embeds(req.prompt_embeds, cfg)
+    if req.vae is not None and req.decode:
+        from kvprof.vae import VaeError, _local_vae_dir
+
+        try:
+            _local_vae_dir(req.vae)
+        except VaeError as exc:
+            raise UsageError(f"--vae: {exc}; pass a diffusers Wan VAE folder") from None
+
+
+def check_output(out: Path, run_id: str) -> Path:
+    """The trace folder `out/run_id`, after checking it can be written and holds no trace yet."""
+    if not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id:
+        raise UsageError(f"--run-id {run_id!r}: must be a plain folder name (no '/'); e.g. --run-id my-run")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kvprof-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror}); pick a writable folder") from None
+    folder = out / run_id
+    if folder.exists():
+        raise UsageError(f"{folder}: a trace with this run id exists; pick another --run-id")
+    return folder
 
 
 def default_run_id(method: str, integration: str, cfg: ModelConfig, spec: RolloutSpec) -> str:
@@ -113,93 +217,38 @@ def default_run_id(method: str, integration: str, cfg: ModelConfig, spec: Rollou
     return f"{stamp}-{method}-{integration}-{cfg.name}-{spec.frames}f-s{spec.seed}"
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions and device facts for meta.json."""
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "host": platform.node(),
-        "device_type": device.type,
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(device_name=props.name, device_total_bytes=props.total_memory)
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception as exc:  # NVML missing or not permitted: say so in the trace
-            env["driver"] = f"unknown ({type(exc).__name__})"
-    else:
-        env["device_name"] = platform.processor() or "cpu"
+def load_prompt_embeds(path: Path, cfg: ModelConfig) -> torch.Tensor:
+    """UMT5 embeddings [n, text_dim] from a torch.save file (a tensor, or a dict holding one), on CPU."""
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        env["git_revision"] = rev.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["git_revision"] = None
-    return env
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a bad file
+        raise UsageError(f"--prompt-embeds {path}: cannot read a tensor ({type(exc).__name__}: {str(exc)[:200]}); "
+                         "save one with torch.save") from None
+    if isinstance(t, dict):
+        t = next((v for v in t.values() if isinstance(v, torch.Tensor)), None)
+    if not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[-1] != cfg.text_dim or t.numel() == 0:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise UsageError(f"--prompt-embeds {path}: expected a tensor [n, {cfg.text_dim}] for config {cfg.name!r}, got {got}")
+    return t
 
 
 def text_embeddings(cfg: ModelConfig, seed: int, path: Path | None, device: torch.device) -> torch.Tensor:
     """Seeded random embeddings [1, text_len, text_dim] (UMT5 is not run), or a file's tensor."""
     if path is not None:
-        try:
-            t = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch.load raises many types for a bad file
-            raise UsageError(f"--prompt-embeds {path}: cannot read a tensor ({type(exc).__name__}: {exc})") from None
-        if isinstance(t, dict):
-            t = next((v for v in t.values() if isinstance(v, torch.Tensor)), None)
-        if not isinstance(t, torch.Tensor) or t.shape[-1] != cfg.text_dim:
-            raise UsageError(f"--prompt-embeds {path}: expected a tensor [n, {cfg.text_dim}]")
+        t = load_prompt_embeds(path, cfg)
         return t.reshape(1, -1, cfg.text_dim)[:, : cfg.text_len].to(device)
     gen = torch.Generator(device="cpu").manual_seed(seed + 2)
     return torch.randn((1, cfg.text_len, cfg.text_dim), generator=gen).to(device)
 
 
-class _TermAsInterrupt:
-    """SIGTERM ends the run like Ctrl-C: the trace closes as `interrupted`; a second signal exits."""
-
-    def __enter__(self):
-        self._count = 0
-        self._old = {}
-
-        def handler(signum, frame):
-            self._count += 1
-            if self._count > 1:
-                os._exit(130)
-            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None = None, on_start: Callable[[Path], None] | None = None) -> TraceOutcome:
-    """Run the traced rollout; always leaves a readable trace, whatever the outcome."""
+    """Run the traced rollout through `kvprof.api.trace`; always leaves a readable trace, whatever
+    the outcome. OOM and interrupts are outcomes (status `oom` / `interrupted`); other failures
+    close the trace as `failed` and are re-raised."""
     device, cfg, spec, method_cls, storage, params = resolve(req)
+    check_inputs(req, cfg)
     run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec)
-    folder = Path(req.out) / run_id
-    try:
-        Path(req.out).mkdir(parents=True, exist_ok=True)
-        probe = Path(req.out) / ".kvprof-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"--out {req.out}: cannot write there ({exc.strerror})") from None
-    if folder.exists():
-        raise UsageError(f"{folder}: a trace with this run id exists; pick another --run-id")
+    folder = check_output(req.out, run_id)
     meta = {
         "run_id": run_id,
         "command": req.command,
@@ -211,48 +260,23 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
         "rollout": spec.to_dict(),
         "budget_bytes": req.budget_bytes,
         "checkpoint": str(req.checkpoint) if req.checkpoint else None,
-        "environment": environment(device),
     }
-    if req.budget_bytes is not None and device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, req.budget_bytes / total), device)
-    session = TraceSession(folder, meta, device, budget_bytes=req.budget_bytes if device.type == "cpu" else None,
-                           drain_at_checkpoints=req.live)
-    error: BaseException | None = None
-    with _TermAsInterrupt():
-        session.start()
-        if on_start:
-            on_start(folder)
-        try:
-            _traced_body(session, req, device, cfg, spec, method_cls, storage, params, on_progress)
-            session.close("complete")
-        except torch.OutOfMemoryError as exc:
-            error = exc
-            session.meta["oom"] = {"stage": session.failure_stage or session.stage_path(), "message": str(exc).splitlines()[0][:500],
-                                   "requested_bytes": getattr(exc, "requested", None)}
-            session.close("oom", exc)
-        except KeyboardInterrupt as exc:
-            error = exc
-            session.meta["interrupted_stage"] = session.failure_stage
-            session.close("interrupted", exc)
-        except Exception as exc:  # any failure still closes the trace, marked failed, then re-raises
-            error = exc
-            session.meta["failed_stage"] = session.failure_stage or session.stage_path()
-            session.close("failed", exc)
-    trace = load_trace(folder)
-    summary = summarize(trace)
-    summary["notes"] = trace.meta.get("notes", [])
-    write_json_atomic(folder / SUMMARY_FILE, summary)
-    if error is not None and not isinstance(error, (torch.OutOfMemoryError, KeyboardInterrupt)):
-        raise error
-    return TraceOutcome(folder, trace.status, summary, error)
+    run = api.trace(folder, meta=meta, device=device, budget=req.budget_bytes, live=req.live)
+    try:
+        with run:
+            if on_start:
+                on_start(folder)
+            _traced_body(run, req, device, cfg, spec, method_cls, storage, params, on_progress)
+    except (torch.OutOfMemoryError, KeyboardInterrupt):
+        pass  # an outcome: the trace says so (status oom / interrupted)
+    return TraceOutcome(folder, run.status, run.summary or {}, run.error)
 
 
-def _traced_body(session, req, device, cfg, spec, method_cls, storage, params, on_progress) -> None:
+def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage, params, on_progress) -> None:
     from kvprof.model import build_model
 
-    with stage("setup"):
-        with tag("weights"):
+    with run.stage("setup"):
+        with run.category("weights"):
             model = build_model(cfg, seed=req.seed, device=device)
         if req.checkpoint is not None:
             from kvprof.checkpoint import CheckpointError, load_checkpoint
@@ -261,31 +285,28 @@ def _traced_body(session, req, device, cfg, spec, method_cls, storage, params, o
                 load_checkpoint(model, req.checkpoint)
             except CheckpointError as exc:
                 raise UsageError(str(exc)) from None
-        for name, p in model.named_parameters():
-            tag_tensor(p, "weights", f"dit.{name}")
+        run.tag_tensor(dict(model.named_parameters()), "weights", "dit")
         vae = None
         if spec.decode:
-            from kvprof.vae import build_vae
-
-            from kvprof.vae import VaeError
+            from kvprof.vae import VaeError, build_vae
 
             try:
-                with tag("weights"):
+                with run.category("weights"):
                     vae = build_vae(cfg.vae, seed=req.seed, device=device, dtype=cfg.torch_dtype, path=req.vae)
             except VaeError as exc:
                 raise UsageError(str(exc)) from None
-        with tag("activations"):
+        with run.category("activations"):
             embeds = text_embeddings(cfg, req.seed, req.prompt_embeds, device)
         caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params), device)
 
     def chunk_end(chunk: int, caches_now) -> None:
         logical, stored, resident = cache_bytes(caches_now)
-        session.record_kv_bytes(chunk, logical, stored, resident)
-        session.checkpoint()
+        run.record_kv_bytes(chunk, logical, stored, resident)
+        run.checkpoint()
 
     with torch.inference_mode():
         result = run_rollout(model, embeds, spec, caches, vae, on_progress, chunk_end)
     if result.caches:
         logical, stored, resident = cache_bytes(result.caches)
-        session.record_kv_bytes(spec.num_chunks, logical, stored, resident)
-    session.checkpoint(force=True)  # while weights and cache are alive: learn their true block sizes
+        run.record_kv_bytes(spec.num_chunks, logical, stored, resident)
+    run.checkpoint(force=True)  # while weights and cache are alive: learn their true block sizes

@@ -1,0 +1,443 @@
+"""kvprof's Python API: trace your own rollout (DESIGN section 1, question 5).
+
+    import kvprof.api as kv
+
+    with kv.trace("traces/mine") as t:              # a trace folder, like `kvprof trace` writes
+        t.register(model, "weights")                # tensors made before tracing began
+        for i in range(steps):
+            with t.stage("step", i), t.category("activations"):
+                x = model(x)
+            t.tag_tensor(cache, "kv_fp", "my cache")  # a tensor, module, dict or list of them
+    print(t.summary["peak"])                        # kvprof.analysis.summarize, also in summary.json
+
+`kvprof trace` opens its session through `trace()` as well. The session closes with the status
+the body ended with: `complete`, `oom` (torch.OutOfMemoryError, or kvprof's simulated one when
+live bytes would pass `budget` on CPU), `interrupted` (Ctrl-C; SIGTERM too when `signals`), or
+`failed`; the exception is re-raised once the trace is closed and its summary written. Code
+deeper in your stack can mark stages without holding `t`: `kvprof.api.stage`, `category`,
+`tag_tensor` and `register` act on the trace that is open.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from kvprof.analysis import live_at, memory_events, summarize
+from kvprof.errors import UsageError
+from kvprof.trace import Trace, load_trace
+from kvprof.units import parse_size
+from tracers import context
+from tracers.session import Q_STRIDE, SimulatedOOM, TraceSession
+from tracers.trace_io import META_FILE, NO_FREE, SUMMARY_FILE, write_json_atomic
+
+__all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "environment", "failure_state",
+           "InterruptGuard", "EXIT_INTERRUPTED"]
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+_TRIED = re.compile(r"Tried to allocate ([0-9.]+ ?[KMGT]?i?B)")
+
+stage = context.stage
+category = context.tag
+
+
+def _tensors(obj: Any, name: str | None) -> Iterator[tuple[torch.Tensor, str | None]]:
+    """(tensor, name) for a tensor, a module's parameters and buffers, or a dict/list/tuple of them."""
+    if isinstance(obj, torch.Tensor):
+        yield obj, name
+    elif isinstance(obj, torch.nn.Module):
+        for key, t in [*obj.named_parameters(), *obj.named_buffers()]:
+            yield t, f"{name}.{key}" if name else key
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{name}.{key}" if name else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{name}[{i}]" if name else f"[{i}]")
+    else:
+        raise TypeError(f"cannot tag a {type(obj).__name__}: pass a tensor, a torch module, or a dict/list/tuple of tensors")
+
+
+def tag_tensor(obj: Any, category: str, name: str | None = None) -> None:
+    """Declare what a tensor (or every tensor of a module / dict / list: a whole cache) is, for its
+    whole life, in the trace that is open; nothing when none is."""
+    for t, n in _tensors(obj, name):
+        context.tag_tensor(t, category, n)
+
+
+def register(obj: Any, category: str, name: str | None = None) -> None:
+    """Account for tensors allocated before tracing began (weights, inputs) in the open trace."""
+    for t, n in _tensors(obj, name):
+        context.register(t, category, n)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and device facts for meta.json."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "host": platform.node(),
+        "device_type": device.type,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(device_name=props.name, device_total_bytes=props.total_memory)
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception as exc:  # NVML missing or not permitted: say so in the trace
+            env["driver"] = f"unknown ({type(exc).__name__})"
+    else:
+        env["device_name"] = platform.processor() or "cpu"
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        env["git_revision"] = rev.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_revision"] = None
+    return env
+
+
+# --------------------------------------------------------------------------- signals
+class InterruptGuard:
+    """SIGINT and SIGTERM while the traced body runs raise KeyboardInterrupt there, so the trace
+    closes as `interrupted`; a second signal exits the process at once (128 + signal number).
+
+    Python runs signal handlers between bytecodes of the main thread, and an exception raised
+    while that thread is inside a weakref finalizer (the CPU tracker's frees) is printed and
+    dropped; so until the body acknowledges the interrupt, a watcher thread raises it again in
+    the main thread. The watcher also reads the signal wakeup fd, so a second signal ends the
+    process even while the main thread is stuck in a long kernel.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REDELIVER_S = 0.2
+
+    def __init__(self) -> None:
+        self._old: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._main = threading.main_thread().ident
+        self.body_running = False
+        self.signal_name: str | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def install(self) -> bool:
+        """Take over the signals (main thread only; elsewhere signals are left alone)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handler)
+        self.body_running = True
+        return True
+
+    def body_done(self) -> None:
+        """The body ended (any way): no more interrupts are raised into it."""
+        with self._lock:
+            self.body_running = False
+            if self._watcher is not None:  # drop a redelivered interrupt that has not landed yet
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main), None)
+
+    def uninstall(self) -> None:
+        self.body_done()
+        self._stop.set()
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            if self._watcher is not None:
+                self._watcher.join(1.0)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+    @staticmethod
+    def _exit_now(signum: int) -> None:
+        print("kvprof: second interrupt: exiting now; the trace stays as written so far", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None:  # a second signal (the watcher may not have seen it yet)
+            self._exit_now(signum)
+        self.signal_name = signal.Signals(signum).name
+        self._start_watcher()
+        if self.body_running:
+            raise KeyboardInterrupt(f"signal {self.signal_name}")
+        print("kvprof: closing the trace; interrupt again to exit at once", file=sys.stderr)
+
+    def _start_watcher(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        self._pipe = (r, w)
+        self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._watcher = threading.Thread(target=self._watch, args=(r,), name="kvprof-interrupt", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, fd: int) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], self.REDELIVER_S)
+            if ready:
+                data = os.read(fd, 16)
+                if data:
+                    self._exit_now(data[-1])
+            with self._lock:
+                if self.body_running:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main),
+                                                               ctypes.py_object(KeyboardInterrupt))
+
+
+# --------------------------------------------------------------------------- the failure instant
+def _failure_q(trace: Trace, exc: BaseException | None, failure_stage: str | None) -> int | None:
+    """Order key `q` of the last event before the run failed (None for a trace without events).
+
+    The exception unwound the stages: the innermost failed stage ends after the failure, so the
+    failure lies before that end. kvprof's simulated OOM knows the live bytes at the failure
+    (the last event at that level is the instant); a CUDA OOM is known by its allocator context.
+    """
+    if trace.allocations.empty:
+        return None
+    s = trace.spans
+    limit = None
+    if failure_stage:
+        hit = s[(s["path"] == failure_stage) & (s["q_end"] != NO_FREE)]
+        if len(hit):
+            limit = int(hit.sort_values("q_start")["q_end"].iat[-1])
+    oom_events = trace.meta.get("allocator_oom_events") or []
+    if isinstance(exc, torch.OutOfMemoryError) and oom_events and isinstance(oom_events[-1], dict):
+        ctx_end = (int(oom_events[-1].get("ctx", 0)) + 1) * Q_STRIDE
+        limit = ctx_end if limit is None else min(limit, ctx_end)
+    ev = memory_events(trace)
+    if limit is not None:
+        ev = ev[ev["q"] <= limit]
+    if ev.empty:
+        return None
+    if isinstance(exc, SimulatedOOM):
+        at = ev[ev["live"] == exc.live]
+        if len(at):
+            return int(at["q"].iat[-1])
+    return int(ev["q"].iat[-1])
+
+
+def failure_state(trace: Trace, q: int | None) -> dict[str, Any]:
+    """Live bytes in total, by category and by stage of origin just after event `q`."""
+    if q is None:
+        return {"q": None, "live_bytes": 0, "live_by_category": {}, "live_by_stage": {}}
+    live = live_at(trace, q)
+    by_cat = live.groupby("category")["bytes"].sum().sort_values(ascending=False)
+    by_stage = live.groupby("kind_path")["bytes"].sum().sort_values(ascending=False)
+    return {
+        "q": q,
+        "live_bytes": int(live["bytes"].sum()),
+        "live_by_category": {str(k): int(v) for k, v in by_cat.items() if v},
+        "live_by_stage": {str(k): int(v) for k, v in by_stage.items() if v},
+    }
+
+
+def _oom_facts(exc: BaseException, budget_bytes: int | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """What is known about the failing request: its size, the budget, where the numbers come from."""
+    if isinstance(exc, SimulatedOOM):
+        return {"source": "kvprof budget (tracked live bytes, simulated on CPU)", "requested_bytes": exc.requested,
+                "budget_bytes": exc.budget, "tracker_live_bytes": exc.live}
+    facts: dict[str, Any] = {"source": "torch.OutOfMemoryError", "budget_bytes": budget_bytes}
+    events = meta.get("allocator_oom_events") or []
+    last = events[-1] if events and isinstance(events[-1], dict) else {}
+    if last.get("size") is not None:
+        facts.update(requested_bytes=int(last["size"]), source="CUDA caching allocator (oom event)")
+        if last.get("device_free") is not None:
+            facts["device_free_bytes"] = int(last["device_free"])
+        return facts
+    m = _TRIED.search(str(exc))
+    facts["requested_bytes"] = parse_size(m.group(1).replace(" ", ""), "OOM message") if m else None
+    facts["requested_bytes_rounded"] = m is not None  # the message prints two decimals
+    return facts
+
+
+# --------------------------------------------------------------------------- the API
+class TraceRun:
+    """One traced run of your code; see the module docstring. Made by `trace()`."""
+
+    def __init__(self, folder: str | Path, meta: dict[str, Any] | None, device: torch.device,
+                 budget_bytes: int | None, live: bool, signals: bool):
+        self.path = Path(folder)
+        self.device = device
+        self.budget_bytes = budget_bytes
+        self.signals = signals
+        meta = {"run_id": self.path.name, "command": list(sys.argv), "source": "kvprof.api", **(meta or {})}
+        meta.setdefault("budget_bytes", budget_bytes)
+        if "environment" not in meta:
+            meta["environment"] = environment(device)
+        self.session = TraceSession(self.path, meta, device, budget_bytes=budget_bytes if device.type == "cpu" else None,
+                                    drain_at_checkpoints=live)
+        self.summary: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self._guard: InterruptGuard | None = None
+        self._fraction: float | None = None
+
+    # ---------------------------------------------------------------- what you mark
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.session.meta
+
+    @property
+    def status(self) -> str:
+        return self.session.status
+
+    @contextlib.contextmanager
+    def stage(self, name: str, index: int | None = None) -> Iterator[None]:
+        """Run the body as stage `name` (`name[index]` in the stage path)."""
+        with self.session.stage(name, index):
+            yield
+
+    @contextlib.contextmanager
+    def category(self, name: str) -> Iterator[None]:
+        """Allocations made in the body belong to category `name` (DESIGN section 5)."""
+        with self.session.tag(name):
+            yield
+
+    def tag_tensor(self, obj: Any, category: str, name: str | None = None) -> None:
+        """Declare what a tensor (or a module's / dict's / list's tensors: a whole cache) is, for its whole life."""
+        for t, n in _tensors(obj, name):
+            self.session.tag_tensor(t, category, n)
+
+    def register(self, obj: Any, category: str, name: str | None = None) -> None:
+        """Account for tensors allocated before tracing began (weights, inputs)."""
+        for t, n in _tensors(obj, name):
+            self.session.register(t, category, n)
+
+    def record_kv_bytes(self, chunk: int, logical: int, stored: int, resident: int) -> None:
+        """KV byte counts of your cache after a chunk (the KV panel and compression ratios)."""
+        self.session.record_kv_bytes(chunk, logical, stored, resident)
+
+    def checkpoint(self, force: bool = False) -> None:
+        """Make everything so far visible to a follower (`kvprof tui --follow`)."""
+        self.session.checkpoint(force)
+
+    def trace(self) -> Trace:
+        """The trace as written so far (live) or final (closed)."""
+        return load_trace(self.path)
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "TraceRun":
+        return self.start()
+
+    def start(self) -> "TraceRun":
+        """Create the folder and start recording (`with` does this)."""
+        if self.signals:
+            self._guard = InterruptGuard()
+            if not self._guard.install():
+                self._guard = None
+        try:
+            if self.budget_bytes is not None and self.device.type == "cuda":
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                self._fraction = min(1.0, self.budget_bytes / total)
+                torch.cuda.set_per_process_memory_fraction(self._fraction, self.device)
+            self.session.start()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if self._guard is not None:
+            self._guard.body_done()
+        try:
+            self.close(exc)
+        finally:
+            self._release()
+        return False  # the body's exception goes on to the caller, the trace closed
+
+    def close(self, error: BaseException | None = None) -> dict[str, Any]:
+        """Close the trace with the status `error` implies, write summary.json; returns the summary."""
+        s = self.session
+        if s.status == "running":
+            self.error = error
+            where = s.failure_stage or s.stage_path() or None
+            if error is None:
+                s.close("complete")
+            elif isinstance(error, torch.OutOfMemoryError):
+                s.meta["oom"] = {"stage": where, "message": str(error).splitlines()[0][:500] if str(error) else "",
+                                 **_oom_facts(error, self.budget_bytes, s.meta)}
+                s.close("oom", error)
+            elif isinstance(error, KeyboardInterrupt):
+                s.meta["interrupted_stage"] = where
+                if self._guard is not None and self._guard.signal_name:
+                    s.meta["interrupted_by"] = self._guard.signal_name
+                s.close("interrupted", error)
+            else:
+                s.meta["failed_stage"] = where
+                s.close("failed", error)
+        if self.summary is None:
+            self.summary = self._summarize(error)
+        return self.summary
+
+    def _summarize(self, error: BaseException | None) -> dict[str, Any]:
+        trace = load_trace(self.path)
+        summary = summarize(trace)
+        summary["notes"] = trace.meta.get("notes", [])
+        if trace.status in ("oom", "interrupted", "failed"):
+            stage_key = {"oom": None, "interrupted": "interrupted_stage", "failed": "failed_stage"}[trace.status]
+            where = (trace.meta.get("oom") or {}).get("stage") if stage_key is None else trace.meta.get(stage_key)
+            state = failure_state(trace, _failure_q(trace, error, where))
+            summary["failure"] = {"status": trace.status, "stage": where, **state}
+            if trace.status == "oom":
+                oom = {**trace.meta.get("oom", {}), **{k: v for k, v in state.items() if k != "q"}}
+                summary["oom"] = oom
+                self.session.meta["oom"] = oom
+                write_json_atomic(self.path / META_FILE, self.session.meta)
+        write_json_atomic(self.path / SUMMARY_FILE, summary)
+        return summary
+
+    def _release(self) -> None:
+        if self._fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+            self._fraction = None
+        if self._guard is not None:
+            self._guard.uninstall()
+            self._guard = None
+
+
+def trace(
+    folder: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    budget: int | str | None = None,
+    live: bool = False,
+    signals: bool = True,
+) -> TraceRun:
+    """A traced run writing the trace folder `folder` (which must not hold a trace yet).
+
+    `device`: where your tensors live (default: CUDA when present, else CPU). `budget` (bytes or
+    '24GiB'): on CUDA the process's usable memory is capped there, so a real OOM happens at that
+    size; on CPU kvprof raises its own OutOfMemoryError when tracked live bytes would pass it.
+    `live`: a follower reads the trace while it runs (CUDA: drain the allocator history at every
+    `checkpoint()`). `signals`: in the main thread, SIGINT and SIGTERM close the trace as
+    `interrupted` and a second one exits at once. `meta` adds fields to meta.json.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    budget_bytes = parse_size(budget, "budget") if isinstance(budget, str) else budget
+    if budget_bytes is not None and budget_bytes <= 0:
+        raise UsageError(f"budget {budget!r}: must be a positive number of bytes")
+    if (Path(folder) / META_FILE).exists():
+        raise UsageError(f"{folder}: a trace already exists there; pick another folder")
+    return TraceRun(folder, meta, dev, budget_bytes, live, signals)
