@@ -741,13 +741,17 @@ def _detect_causes(ctx: _Context, live: pd.DataFrame, peak_phase: str, phases: p
                 "them and the other phases' peaks", "allocation table, span table", saving, _groups(cache)))
 
     if ctx.trace.status == "oom":
-        oom = ctx.meta.get("oom") or {}
+        oom = ctx.meta.get("oom") if isinstance(ctx.meta.get("oom"), dict) else {}
         req = oom.get("requested_bytes")
-        need = f"; it asked for {fmt_bytes(int(req))} more, so {fmt_bytes(int(req) + int(live['bytes'].sum()))} " \
-               "was needed at that instant" if req else ""
+        at_failure = oom.get("live_bytes")  # live when the failing request came (kvprof.api), else the peak's
+        held = int(at_failure) if isinstance(at_failure, int) else int(live["bytes"].sum())
+        need = f"; it asked for {fmt_bytes(int(req))} more with {fmt_bytes(held)} live, so {fmt_bytes(int(req) + held)} " \
+               "was needed at that instant" if isinstance(req, int) else ""
+        if isinstance(oom.get("budget_bytes"), int):
+            need += f", over the memory budget of {fmt_bytes(oom['budget_bytes'])} (--budget)"
         causes.append(Cause("oom", "out of memory", int(live["bytes"].sum()),
-                            f"the run ran out of memory in {oom.get('stage') or '?'}: the peak shown is the state just "
-                            f"before the failing allocation{need}", "meta.json (oom), allocation table"))
+                            f"the run ran out of memory in {oom.get('stage') or '?'}{need}; the peak shown is the "
+                            "highest live total the trace reached before the failure", "meta.json (oom), allocation table"))
     order = {"oom": 0}
     return sorted(causes, key=lambda c: (order.get(c.kind, 1), -c.bytes))
 
