@@ -108,12 +108,13 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
     from kvprof.runner import TraceRequest, run_trace
 
+    budget = parse_size(args.budget, "--budget") if args.budget is not None else None
     req = TraceRequest(
         method=args.method, integration=args.integration, codes=args.codes, params=dict(args.param),
         config=args.config, dtype=args.dtype, frames=args.frames, seed=args.seed, device=args.device,
         out=args.out, run_id=args.run_id, rolling=args.rolling, sink=args.sink, decode=args.decode,
         free_cache_before_decode=args.free_cache_before_decode, checkpoint=args.checkpoint, vae=args.vae,
-        prompt_embeds=args.prompt_embeds, budget_bytes=parse_size(args.budget, "--budget") if args.budget else None,
+        prompt_embeds=args.prompt_embeds, budget_bytes=budget,
         command=["kvprof", *sys.argv[1:]],
     )
     err = Console(stderr=True)
@@ -136,15 +137,14 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 def _trace_with_tui(req: Any) -> Any:
     """`kvprof trace --tui`: the rollout in a thread, the TUI following its trace folder."""
-    from kvprof.runner import default_run_id, resolve, run_trace
+    from kvprof.runner import check_inputs, check_output, default_run_id, resolve, run_trace
     from tui.app import run_live
 
     _, cfg, spec, method_cls, _, _ = resolve(req)  # bad input: one clear error before the TUI opens
+    check_inputs(req, cfg)
     req.run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec)
     req.live = True  # the TUI follows the trace: drain GPU allocations at every chunk
-    folder = Path(req.out) / req.run_id
-    if folder.exists():
-        raise UsageError(f"{folder}: a trace with this run id exists; pick another --run-id")
+    folder = check_output(req.out, req.run_id)
     return run_live(folder, lambda: run_trace(req))
 
 
@@ -154,19 +154,59 @@ def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:
     else:
         print_summary(outcome.path, outcome.summary)
     if outcome.status == "oom":
-        err.print(f"[red]out of memory[/red]: {outcome.error}. The trace up to the failure is in {outcome.path} "
-                  f"(status oom); 'kvprof summary {outcome.path}' shows what was live.")
+        print(oom_explanation(outcome.path, outcome.summary.get("oom") or {}), file=sys.stderr)
         return EXIT_OOM
     if outcome.status == "interrupted":
-        err.print(f"interrupted: the trace up to now is in {outcome.path} (status interrupted)")
+        failure = outcome.summary.get("failure") or {}
+        where = f" in {failure['stage']}" if failure.get("stage") else ""
+        print(f"kvprof: interrupted{where}; the trace up to that moment is in {outcome.path} (status interrupted)",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
 
+def oom_explanation(path: Path, oom: dict[str, Any], top: int = 3) -> str:
+    """One paragraph: where the run ran out of memory, what it asked for, the budget, what was live."""
+    stage = oom.get("stage") or "(outside any stage)"
+    asked = f"asked for {fmt_bytes(oom['requested_bytes'])}" if oom.get("requested_bytes") is not None else "asked for more"
+    live = oom.get("live_bytes")
+    budget = oom.get("budget_bytes")
+    cats = sorted((oom.get("live_by_category") or {}).items(), key=lambda kv: -kv[1])[:top]
+    parts = [f"kvprof: out of memory in {stage}: the run {asked}"]
+    if live is not None:
+        parts.append(f" with {fmt_bytes(live)} live")
+    if budget is not None:
+        parts.append(f", over the budget of {fmt_bytes(budget)}")
+    elif oom.get("device_free_bytes") is not None:
+        parts.append(f" and {fmt_bytes(oom['device_free_bytes'])} free on the device")
+    parts.append(". ")
+    if cats:
+        parts.append("Live at that moment: " + ", ".join(f"{c} {fmt_bytes(n)}" for c, n in cats) + ". ")
+    parts.append(f"The trace up to the failure is in {path} (status oom); "
+                 f"'kvprof diagnose {path}' explains the peak against the bf16 baseline.")
+    return "".join(parts)
+
+
 def _cmd_tui(args: argparse.Namespace) -> int:
+    from kvprof.trace import list_traces
+    from tracers.trace_io import META_FILE, TraceError, read_meta
     from tui.app import run_tui
 
-    return run_tui(args.traces, follow=args.follow, root=args.root)
+    paths: list[Path] = []
+    for p in args.traces:
+        inner = list_traces(p) if p.is_dir() and not (p / META_FILE).exists() else []
+        if inner:  # a folder of traces stands for its traces
+            paths.extend(sorted(inner, key=lambda f: f.name))
+            continue
+        if args.follow and not (p / META_FILE).exists():
+            paths.append(p)  # following: a trace that has not started yet is waited for
+            continue
+        try:
+            read_meta(p)
+        except TraceError as exc:
+            raise UsageError(f"{exc}; pass a folder written by 'kvprof trace' (see 'ls {args.root}/')") from None
+        paths.append(p)
+    return run_tui(paths, follow=args.follow, root=args.root)
 
 
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -260,12 +300,9 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from kvprof.analysis import summarize
-    from kvprof.trace import TraceError, load_trace
+    from kvprof.compare import open_trace
 
-    try:
-        trace = load_trace(args.trace)
-    except TraceError as exc:
-        raise UsageError(str(exc)) from None
+    trace = open_trace(args.trace)
     summary = trace.summary or summarize(trace)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -274,10 +311,22 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cannot_write(flag: str, path: Path, exc: OSError) -> UsageError:
+    where = exc.filename or path
+    return UsageError(f"{flag} {path}: cannot write {where} ({exc.strerror or exc}); pick a writable path")
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvprof.report import write_report
 
-    print(write_report(args.traces, args.out, buckets=args.buckets, scale=args.scale))
+    if not args.scale > 0:
+        raise UsageError(f"--scale {args.scale}: must be positive (1 = natural size)")
+    if args.out.is_dir():
+        raise UsageError(f"-o {args.out}: is a folder; name the report file, e.g. -o {args.out / 'report.html'}")
+    try:
+        print(write_report(args.traces, args.out, buckets=args.buckets, scale=args.scale))
+    except OSError as exc:
+        raise _cannot_write("-o", args.out, exc) from None
     return 0
 
 
@@ -300,7 +349,12 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from kvprof.export import SNAPSHOT_NOTE, export
 
-    print(export(args.trace, args.format, args.out))
+    if args.out is not None and args.format in ("perfetto", "snapshot") and args.out.is_dir():
+        raise UsageError(f"-o {args.out}: is a folder; {args.format} export writes one file (name it, or leave -o out)")
+    try:
+        print(export(args.trace, args.format, args.out))
+    except OSError as exc:
+        raise _cannot_write("-o", args.out or Path("."), exc) from None
     if args.format == "snapshot":
         print(f"note: {SNAPSHOT_NOTE}; open it with PyTorch's memory visualizer (pytorch.org/memory_viz)", file=sys.stderr)
     return 0
@@ -320,6 +374,8 @@ HANDLERS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kvprof` console script."""
+    from tracers.trace_io import TraceError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -327,9 +383,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         return HANDLERS[args.command](args)
-    except UsageError as exc:
-        print(f"kvprof: error: {exc}", file=sys.stderr)
+    except (UsageError, TraceError) as exc:  # TraceError: a trace folder read outside the commands' own checks
+        print(f"kvprof: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # outside a traced run (a traced run turns Ctrl-C into an interrupted trace)
+        print("kvprof: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

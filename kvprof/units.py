@@ -16,7 +16,7 @@ def parse_size(text: str, what: str = "size") -> int:
         raise UsageError(f"{what}: cannot read size {text!r}; write e.g. '24GiB', '512MiB' or a byte count")
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value <= 0:
-        raise UsageError(f"{what}: size must be positive, got {text!r}")
+        raise UsageError(f"{what}: size must be positive, got {text!r}; write e.g. '24GiB' or '512MiB'")
     return int(value)
 
 
