@@ -124,9 +124,25 @@ def test_snapshot_needs_a_gpu_trace(bf16_trace, tmp_path):
 
 
 def test_snapshot_of_a_gpu_trace(bf16_trace, tmp_path):
-    # A GPU trace differs from a CPU one only in its tracker (same tables): relabel a copy.
+    # A GPU trace differs from a CPU one only in its tracker (same tables): relabel a copy of the
+    # rollout trace, with one extra allocation made live at the end (the snapshot's segments).
+    import torch
+
+    from tracers import TraceSession, stage, tag
+
     gpu = tmp_path / "gpu"
     shutil.copytree(bf16_trace, gpu)
+    kept = tmp_path / "kept"
+    with TraceSession(kept, {"run_id": "kept"}) as session:
+        with stage("rollout"), tag("kv_fp"):
+            survivor = torch.zeros(4096)
+    for name in ("allocations",):
+        a = pd.read_parquet(gpu / f"{name}.parquet")
+        extra = pd.read_parquet(kept / f"{name}.parquet")
+        extra = extra[extra["q_free"] == NO_FREE].assign(id=lambda d: d["id"] + int(a["id"].max()), span_id=0,
+                                                          q_alloc=int(a["q_alloc"].max()) + 1)
+        pd.concat([a, extra], ignore_index=True).to_parquet(gpu / f"{name}.parquet", index=False)
+    del survivor, session
     meta = json.loads((gpu / "meta.json").read_text())
     meta["tracker"] = "cuda-allocator-history"
     (gpu / "meta.json").write_text(json.dumps(meta))
