@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vae", type=Path, default=None, help="local diffusers Wan VAE directory with real weights")
     t.add_argument("--prompt-embeds", type=Path, default=None, help="UMT5 prompt embeddings [n, 4096] (torch.save file)")
     t.add_argument("--budget", default=None, help="memory budget, e.g. 24GiB: a smaller card (GPU cap, or simulated OOM on CPU)")
+    t.add_argument("--quality", action="store_true",
+                   help="compare with the bf16 rollout of the same config/seed/embeddings (found in --out or run after the trace)")
+    t.add_argument("--lpips-backbone", type=Path, default=None, metavar="FILE",
+                   help="ImageNet AlexNet weights alexnet-owt-7be5be79.pth (else $KVPROF_LPIPS_BACKBONE, else torch hub checkpoints)")
+    t.add_argument("--vbench-dims", default="", metavar="DIM[,DIM]", help="VBench dimensions, e.g. imaging_quality (needs --quality)")
+    t.add_argument("--vbench-python", type=Path, default=None, metavar="PATH", help="Python of a VBench environment (else $KVPROF_VBENCH_PYTHON)")
+    t.add_argument("--host-profile", action="store_true", help="record host stacks with py-spy (the 'host' extra) into the trace folder")
+    t.add_argument("--host-rate", type=int, default=100, metavar="HZ", help="py-spy samples per second (default 100)")
+    t.add_argument("--native", action="store_true", help="with --host-profile: C/C++ frames too (py-spy --native)")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress display")
     t.add_argument("--tui", action="store_true", help="watch the rollout live in the terminal UI (q quits; quitting early interrupts the run)")
@@ -115,6 +124,9 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         out=args.out, run_id=args.run_id, rolling=args.rolling, sink=args.sink, decode=args.decode,
         free_cache_before_decode=args.free_cache_before_decode, checkpoint=args.checkpoint, vae=args.vae,
         prompt_embeds=args.prompt_embeds, budget_bytes=budget,
+        quality=args.quality, lpips_backbone=args.lpips_backbone,
+        vbench_dims=tuple(d for d in args.vbench_dims.split(",") if d), vbench_python=args.vbench_python,
+        host_profile=args.host_profile, host_rate=args.host_rate, host_native=args.native,
         command=["kvprof", *sys.argv[1:]],
     )
     err = Console(stderr=True)
@@ -257,6 +269,16 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
     else:
         unattr = peak["by_category"].get("unattributed", 0)
         con.print(f"[bold]reconciliation[/bold] {rec.get('note', '')}; unattributed at peak {fmt_bytes(unattr)}")
+    if summary.get("host_profile"):
+        from kvprof.hostprof import host_summary_lines
+
+        for line in host_summary_lines(summary["host_profile"]):
+            con.print(line, markup=False)
+    quality = summary.get("quality")
+    if isinstance(quality, dict):
+        shown = {k: quality[k] for k in ("latent_drift", "attention_drift", "psnr_db", "ssim", "lpips", "flicker") if k in quality}
+        con.print("[bold]quality vs bf16[/bold] " + " · ".join(
+            f"{k} {v.get('missing', v) if isinstance(v, dict) else v}" for k, v in shown.items()), markup=True)
     for note in summary.get("notes", []):
         con.print(f"[dim]{note}[/dim]")
 

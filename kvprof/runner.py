@@ -15,9 +15,11 @@ import torch
 from kvprof import api
 from kvprof.config import DTYPES, ModelConfig
 from kvprof.errors import UsageError
+from kvprof.trace import load_trace
 from kvprof.rollout import CHUNK_FRAMES, Progress, RolloutSpec, build_caches, cache_bytes, make_method_factory, run_rollout
 from methods import get_method_class
 from methods.base import KVMethod, MethodError
+from tracers.trace_io import SUMMARY_FILE, write_json_atomic
 
 INTEGRATIONS: tuple[str, ...] = ("study", "staged")
 
@@ -46,6 +48,13 @@ class TraceRequest:
     budget_bytes: int | None = None
     dtype: str | None = None
     live: bool = False  # a follower (TUI) reads the trace while it runs: drain allocations per chunk
+    quality: bool = False  # compare with the bf16 rollout of the same config/seed/embeddings
+    lpips_backbone: Path | None = None
+    vbench_dims: tuple[str, ...] = ()
+    vbench_python: Path | None = None
+    host_profile: bool = False  # py-spy record of this process, joined to the stages
+    host_rate: int = 100
+    host_native: bool = False
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -129,6 +138,14 @@ def _check_input(flag: str, path: Path | None, want_dir: bool = False) -> None:
 def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, type[KVMethod], str, dict]:
     """Validate the request into concrete objects; UsageError (naming the flag, with a hint) on bad input."""
     device = resolve_device(req.device)
+    if (req.lpips_backbone or req.vbench_dims or req.vbench_python) and not req.quality:
+        raise UsageError("--lpips-backbone/--vbench-dims/--vbench-python need --quality; add --quality")
+    if req.host_profile and not 1 <= req.host_rate <= 10000:
+        raise UsageError(f"--host-rate {req.host_rate}: must be 1..10000 samples per second")
+    if req.vbench_dims:
+        from kvprof.quality.vbench import parse_dims
+
+        parse_dims(req.vbench_dims)
     config_name = req.config or ("wan-1.3b" if device.type == "cuda" else "tiny")
     try:
         cfg = ModelConfig.from_name(config_name)
@@ -262,17 +279,36 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
         "checkpoint": str(req.checkpoint) if req.checkpoint else None,
     }
     run = api.trace(folder, meta=meta, device=device, budget=req.budget_bytes, live=req.live)
+    outputs = None
     try:
         with run:
+            if req.host_profile:
+                from tracers.host_profile import HostProfileOptions, start_host_profile
+
+                # stopped by the session's close hook on every outcome path
+                start_host_profile(run.session, HostProfileOptions(rate_hz=req.host_rate, native=req.host_native))
             if on_start:
                 on_start(folder)
-            _traced_body(run, req, device, cfg, spec, method_cls, storage, params, on_progress)
+            outputs = _traced_body(run, req, device, cfg, spec, method_cls, storage, params, on_progress)
     except (torch.OutOfMemoryError, KeyboardInterrupt):
         pass  # an outcome: the trace says so (status oom / interrupted)
-    return TraceOutcome(folder, run.status, run.summary or {}, run.error)
+    summary = run.summary or {}
+    if req.host_profile:
+        from kvprof.hostprof import host_profile_summary
+
+        summary["host_profile"] = host_profile_summary(load_trace(folder))
+        write_json_atomic(folder / SUMMARY_FILE, summary)
+    if req.quality:
+        from kvprof.quality.compute import QualityOptions, write_quality
+
+        summary = write_quality(folder, summary, outputs, QualityOptions(
+            traces_root=Path(req.out), lpips_backbone=req.lpips_backbone, vbench_dims=tuple(req.vbench_dims),
+            vbench_python=req.vbench_python, device=str(device)), run.status)
+    return TraceOutcome(folder, run.status, summary, run.error)
 
 
-def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage, params, on_progress) -> None:
+def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage, params, on_progress):
+    """Build the workload inside the trace and run it; returns the quality capture's outputs (or None)."""
     from kvprof.model import build_model
 
     with run.stage("setup"):
@@ -298,6 +334,11 @@ def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage,
         with run.category("activations"):
             embeds = text_embeddings(cfg, req.seed, req.prompt_embeds, device)
         caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params), device)
+    capture = None
+    if req.quality:
+        from kvprof.quality.capture import QualityCapture
+
+        capture = QualityCapture(model, spec, embeds, method=method_cls.name, checkpoint=req.checkpoint, vae=req.vae)
 
     def chunk_end(chunk: int, caches_now) -> None:
         logical, stored, resident = cache_bytes(caches_now)
@@ -310,3 +351,4 @@ def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage,
         logical, stored, resident = cache_bytes(result.caches)
         run.record_kv_bytes(spec.num_chunks, logical, stored, resident)
     run.checkpoint(force=True)  # while weights and cache are alive: learn their true block sizes
+    return capture.finish(result) if capture is not None else None
