@@ -26,6 +26,7 @@ from tracers.trace_io import (
     TABLES,
     RawTrace,
     TraceError,
+    check_tables,
     read_meta,
     tables_from_records,
 )
@@ -83,9 +84,12 @@ class TableFolder:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The five tables, with the columns and dtypes `tables_from_records` gives them."""
         tables = tables_from_records(self.other)
-        al = pd.DataFrame({c: pd.array(self.alloc[c], dtype="int64") for c in _ALLOC_INT})
-        al["category"] = pd.array(self.alloc["category"], dtype="string")
-        al["name"] = pd.array(self.alloc["name"], dtype="string")
+        try:
+            al = pd.DataFrame({c: pd.array(self.alloc[c], dtype="int64") for c in _ALLOC_INT})
+            al["category"] = pd.array(self.alloc["category"], dtype="string")
+            al["name"] = pd.array(self.alloc["name"], dtype="string")
+        except (ValueError, TypeError, OverflowError) as exc:  # a damaged record: the reader's error
+            raise TraceError(f"allocation records hold a value of the wrong type ({exc})") from None
         tables["allocations"] = al[list(tables["allocations"].columns)]
         return tables
 
@@ -251,8 +255,8 @@ class TraceFollower:
         if self.meta is None or self.phase != "live":
             return None
         if self._snapshot is None:
-            raw = RawTrace(self.folder, dict(self.meta), self._folder.tables(), self.summary, live=True,
-                           torn_tail=self.torn_tail)
+            tables = check_tables(self._folder.tables(), self.folder / EVENTS_FILE)
+            raw = RawTrace(self.folder, dict(self.meta), tables, self.summary, live=True, torn_tail=self.torn_tail)
             self._snapshot = Trace(raw)
         return self._snapshot
 

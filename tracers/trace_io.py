@@ -186,11 +186,14 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
             raise TraceError(f"event record of kind {k!r} lacks field {exc} ({str(r)[:120]})") from None
     alloc_df = pd.DataFrame(list(allocs.values()), columns=_ALLOC_COLUMNS)
     span_df = pd.DataFrame(list(spans.values()), columns=_SPAN_COLUMNS)
-    for col in ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "span_id"):
-        alloc_df[col] = alloc_df[col].astype("int64")
-    for col in ("id", "parent", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_syncs"):
-        span_df[col] = span_df[col].astype("int64")
-    span_df["index"] = span_df["index"].astype("Int64")
+    try:
+        for col in ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "span_id"):
+            alloc_df[col] = alloc_df[col].astype("int64")
+        for col in ("id", "parent", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_syncs"):
+            span_df[col] = span_df[col].astype("int64")
+        span_df["index"] = span_df["index"].astype("Int64")
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise TraceError(f"event records hold a value of the wrong type ({exc})") from None
     alloc_df["category"] = alloc_df["category"].astype("string")
     alloc_df["name"] = alloc_df["name"].astype("string")
     span_df["name"] = span_df["name"].astype("string")
@@ -201,6 +204,56 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
         "counters": pd.DataFrame(counters, columns=_COUNTER_COLUMNS),
         "kv": pd.DataFrame(kv, columns=_KV_COLUMNS),
     }
+
+
+# Columns every reader relies on, by table: "int" (no missing values), "int?" (may be missing),
+# "num" (int or float, NaN allowed), "str" (no missing values), "str?". Extra columns are allowed;
+# the optional ones below are checked when present (older traces lack them).
+TABLE_COLUMNS: dict[str, dict[str, str]] = {
+    "allocations": {"id": "int", "q_alloc": "int", "q_free": "int", "t_alloc_ns": "int", "t_free_ns": "int",
+                    "bytes": "int", "category": "str", "span_id": "int", "name": "str?"},
+    "spans": {"id": "int", "parent": "int", "name": "str", "index": "int?", "q_start": "int", "q_end": "int",
+              "t_start_ns": "int", "t_end_ns": "int", "host_ms": "num", "device_ms": "num"},
+    "samples": {"t_ns": "num", "device_used_bytes": "num", "process_used_bytes": "num", "util_percent": "num"},
+    "counters": {"t_ns": "num", "q": "int", "span_id": "int", "allocated_bytes": "int", "reserved_bytes": "int"},
+    "kv": {"t_ns": "num", "q": "int", "chunk": "int", "logical_bytes": "int", "stored_bytes": "int", "resident_bytes": "int"},
+}
+OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {"spans": {"host_syncs": "int", "op_ms": "num", "tracer_ms": "num"}}
+
+
+def _column_ok(col: pd.Series, kind: str) -> bool:
+    types = pd.api.types
+    missing = col.isna()
+    if not len(col) or (kind.endswith("?") and bool(missing.all())):  # empty tables keep object columns
+        return True
+    if kind.startswith("int"):
+        return types.is_integer_dtype(col) and (kind == "int?" or not bool(missing.any()))
+    if kind == "num":
+        return types.is_numeric_dtype(col) and not types.is_bool_dtype(col)
+    if kind == "str" and bool(missing.any()):
+        return False
+    return isinstance(col.dtype, pd.StringDtype) or all(isinstance(v, str) for v in col[~missing])
+
+
+def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.DataFrame]:
+    """The tables, after checking the columns readers rely on are there with usable types and
+    that ids are unique; TraceError naming the table and column otherwise."""
+    for table, columns in TABLE_COLUMNS.items():
+        df = tables.get(table)
+        if df is None:
+            raise TraceError(f"{source}: table {table!r} is missing")
+        for col, kind in {**columns, **{c: k for c, k in OPTIONAL_COLUMNS.get(table, {}).items() if c in df.columns}}.items():
+            if col not in df.columns:
+                raise TraceError(f"{source}: table {table!r} has no column {col!r} (damaged trace)")
+            if not _column_ok(df[col], kind):
+                raise TraceError(f"{source}: column {col!r} of table {table!r} is not of type {kind} "
+                                 f"(it holds {df[col].dtype}; damaged trace)")
+        if table in ("allocations", "spans") and not df["id"].is_unique:
+            raise TraceError(f"{source}: table {table!r} repeats ids (damaged trace)")
+    spans = tables["spans"]
+    if spans["index"].dtype != "Int64":
+        spans["index"] = spans["index"].astype("Int64")
+    return tables
 
 
 def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
@@ -221,6 +274,20 @@ class RawTrace:
     summary: dict[str, Any] | None
     live: bool  # tables came from the event log, not from Parquet
     torn_tail: bool  # the event log ended in a partial record that was skipped
+
+
+# Fields of meta.json that readers use, and their JSON types (a missing field or null is allowed).
+META_FIELDS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("run_id", "method", "integration", "codes", "error", "checkpoint", "tracker", "source",
+                     "interrupted_stage", "failed_stage", "interrupted_by"), (str,)),
+    **dict.fromkeys(("config", "rollout", "environment", "method_params", "oom", "host_activity", "host_profile"),
+                    (dict,)),
+    **dict.fromkeys(("command", "notes", "allocator_oom_events"), (list,)),
+    **dict.fromkeys(("started_unix_ns", "ended_unix_ns", "budget_bytes", "tracker_peak_bytes", "allocated_before_bytes",
+                     "max_memory_allocated_bytes", "memory_allocated_end_bytes", "pid"), (int,)),
+    **dict.fromkeys(("wall_s", "tracer_drain_s"), (int, float)),
+}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -248,7 +315,27 @@ def read_meta(folder: Path) -> dict[str, Any]:
         )
     if meta.get("status") not in STATUSES:
         raise TraceError(f"{meta_path}: field 'status' is {meta.get('status')!r}; expected one of {', '.join(STATUSES)}")
+    for key, types in META_FIELDS.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+            names = " or ".join(_JSON_NAMES[t] for t in types)
+            raise TraceError(f"{meta_path}: field {key!r} should be {names}, not {type(value).__name__} (damaged trace)")
     return meta
+
+
+def check_summary(summary: Any, path: Path) -> None:
+    """summary.json holds an object whose peak (when present) has the fields readers use."""
+    if not isinstance(summary, dict):
+        raise TraceError(f"{path}: expected a JSON object (damaged summary; remove it and the numbers are recomputed from the tables)")
+    peak = summary.get("peak")
+    if peak is None:
+        return
+    ok = isinstance(peak, dict) and all(
+        isinstance(peak.get(k), t) and not isinstance(peak.get(k), bool)
+        for k, t in (("bytes", int), ("stage", str), ("t_ns", (int, float)))
+    ) and all(isinstance(peak.get(k, {}), dict) for k in ("by_category", "by_stage", "by_pass"))
+    if not ok:
+        raise TraceError(f"{path}: field 'peak' lacks bytes, stage or t_ns, or has them of the wrong type (damaged summary)")
 
 
 def read_raw_trace(folder: str | Path) -> RawTrace:
@@ -262,6 +349,7 @@ def read_raw_trace(folder: str | Path) -> RawTrace:
             summary = json.loads(summary_path.read_text())
         except (OSError, ValueError) as exc:
             raise TraceError(f"{summary_path}: unreadable or truncated JSON ({exc})") from None
+        check_summary(summary, summary_path)
     parquet = [folder / f"{t}.parquet" for t in TABLES]
     events = folder / EVENTS_FILE
     if all(p.is_file() for p in parquet) and not events.is_file():
@@ -271,8 +359,12 @@ def read_raw_trace(folder: str | Path) -> RawTrace:
                 tables[name] = pd.read_parquet(p)
             except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
                 raise TraceError(f"{p}: unreadable Parquet table ({type(exc).__name__}: {exc})") from None
-        return RawTrace(folder, meta, tables, summary, live=False, torn_tail=False)
+        return RawTrace(folder, meta, check_tables(tables, folder), summary, live=False, torn_tail=False)
     if events.is_file():
         records, torn = read_event_lines(events)
-        return RawTrace(folder, meta, tables_from_records(records), summary, live=True, torn_tail=torn)
+        try:
+            tables = tables_from_records(records)
+        except TraceError as exc:
+            raise TraceError(f"{events}: {exc}") from None
+        return RawTrace(folder, meta, check_tables(tables, events), summary, live=True, torn_tail=torn)
     raise TraceError(f"{folder}: trace has neither {EVENTS_FILE} nor its Parquet tables (empty or damaged trace)")

@@ -299,8 +299,9 @@ def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
     summary = path / "summary.json"
     if summary.is_file():
         try:
-            peak = (json.loads(summary.read_text()).get("peak") or {})
-            row["peak_bytes"] = peak.get("bytes")
+            data = json.loads(summary.read_text())
+            peak = data.get("peak") if isinstance(data, dict) else None
+            row["peak_bytes"] = peak.get("bytes") if isinstance(peak, dict) and isinstance(peak.get("bytes"), int) else None
         except ValueError:
             row["note"] = "summary.json unreadable"
     return row

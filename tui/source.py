@@ -55,11 +55,11 @@ class TraceSource:
         self.seen_running |= self.state.status == "running"
         if not changed:
             return False
-        trace = self.follower.trace()
-        if trace is None:
-            return True
         t0 = time.perf_counter()
         try:
+            trace = self.follower.trace()  # TraceError for records the reader cannot use
+            if trace is None:
+                return True
             view = build_view(trace)
         except (TraceError, KeyError, ValueError) as exc:  # a trace whose tables the analyses cannot use
             return self._fail(f"{type(exc).__name__}: {exc}")
