@@ -135,6 +135,14 @@ CASES: dict[str, Case] = {
     "unknown command": Case(lambda f: ["trcae"], "invalid choice: 'trcae'", "see 'kvprof --help'"),
 }
 
+if Path("/proc/self").is_dir():  # a place nobody can write, even root
+    CASES["report into /proc"] = Case(lambda f: ["report", str(f.good), "-o", "/proc/kvprof-test.md"],
+                                      "cannot write /proc/kvprof-test.md", "pick a writable path")
+    CASES["export into /proc"] = Case(lambda f: ["export", str(f.good), "--format", "perfetto", "-o", "/proc/kvprof.json"],
+                                      "cannot write /proc/kvprof.json", "pick a writable path")
+    CASES["trace out in /proc"] = Case(lambda f: ["trace", "--out", "/proc/kvprof-test", "--run-id", "x"],
+                                       "--out /proc/kvprof-test: cannot write there", "pick a writable folder")
+
 # a folder that is not a trace, and a trace of a newer schema, for every command that reads traces
 READERS: dict[str, Callable[[Path, Files], list[str]]] = {
     "summary": lambda p, f: ["summary", str(p)],
