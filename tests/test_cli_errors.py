@@ -99,7 +99,7 @@ CASES: dict[str, Case] = {
     "meta device": Case(trace("--device", "meta"), "--device 'meta': unknown device", "use 'cpu' or 'cuda[:N]'"),
     "unknown dtype": Case(trace("--dtype", "float16"), "--dtype 'float16': unknown dtype", "choose float32 or bfloat16"),
     # input files
-    "checkpoint missing": Case(lambda f: trace("--checkpoint", str(f.missing))(f), f"--checkpoint", "no such file; check the path"),
+    "checkpoint missing": Case(lambda f: trace("--checkpoint", str(f.missing))(f), "--checkpoint", "no such file; check the path"),
     "checkpoint is a folder": Case(lambda f: trace("--checkpoint", str(f.folder))(f), "is a folder", "pass the file itself"),
     "checkpoint unreadable": Case(lambda f: trace("--checkpoint", str(f.garbage))(f), "garbage.pt: unreadable (",
                                   "it must be a Wan / Self-Forcing DiT state dict for config 'tiny'"),
