@@ -132,7 +132,8 @@ def build_synthetic_trace(folder: Path, n_allocs: int = 1_000_000, chunks: int =
         "spans": spans,
         "samples": pd.DataFrame(columns=["t_ns", "device_used_bytes", "process_used_bytes", "util_percent"]),
         "counters": pd.DataFrame(columns=["t_ns", "q", "span_id", "allocated_bytes", "reserved_bytes"]),
-        "kv": pd.DataFrame({"t_ns": spans[spans.name == "chunk"]["t_end_ns"].to_numpy(), "chunk": np.arange(chunks),
+        "kv": pd.DataFrame({"t_ns": spans[spans.name == "chunk"]["t_end_ns"].to_numpy(),
+                            "q": spans[spans.name == "chunk"]["q_end"].to_numpy(), "chunk": np.arange(chunks),
                             "logical_bytes": kv_bytes, "stored_bytes": kv_bytes, "resident_bytes": kv_bytes}),
     }
     write_tables(folder, tables)
