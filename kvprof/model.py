@@ -163,8 +163,8 @@ def _gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Te
     return x + (y.unflatten(1, (frames, -1)).float() * gate).flatten(1, 2).to(x.dtype)
 
 
-class WanSelfAttention(nn.Module):
-    """Self-attention projections; the attention itself is the KV cache's `attend`."""
+class _WanAttentionProjections(nn.Module):
+    """q/k/v/o projections and q/k RMSNorms shared by Wan's self- and cross-attention (same names)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, device=None, dtype=None) -> None:
         super().__init__()
@@ -177,6 +177,10 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim, **dd)
         self.norm_q = WanRMSNorm(dim, eps, **dd)
         self.norm_k = WanRMSNorm(dim, eps, **dd)
+
+
+class WanSelfAttention(_WanAttentionProjections):
+    """Self-attention projections; the attention itself is the KV cache's `attend`."""
 
     def forward(self, x: torch.Tensor, rope: RopeTables, cache: AttentionCache, call: LayerCall) -> torch.Tensor:
         b, length, _ = x.shape
@@ -190,20 +194,8 @@ class WanSelfAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
-class WanCrossAttention(nn.Module):
+class WanCrossAttention(_WanAttentionProjections):
     """Text cross-attention; K/V come precomputed from `project_context`."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float, device=None, dtype=None) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q = nn.Linear(dim, dim, **dd)
-        self.k = nn.Linear(dim, dim, **dd)
-        self.v = nn.Linear(dim, dim, **dd)
-        self.o = nn.Linear(dim, dim, **dd)
-        self.norm_q = WanRMSNorm(dim, eps, **dd)
-        self.norm_k = WanRMSNorm(dim, eps, **dd)
 
     def project_context(self, context: torch.Tensor) -> CrossKV:
         """K and V [B, text_len, heads, head_dim] of the embedded text context [B, text_len, dim]."""
