@@ -313,9 +313,14 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": c.name, "family": c.family, "key_bits": c.key_bits, "value_bits": c.value_bits,
                            "policy": c.policy, "summary": c.summary} for c in rows], indent=2))
         return 0
-    table = Table("#", "name", "family", "K bits", "V bits", "policy", "what", show_edge=False)
+    if con.width < 140:  # the longest name takes 43 columns: one line per method, prose in 'methods NAME'
+        for i, c in enumerate(rows, 1):
+            con.print(f"{i:>2} {c.name:<44} K {c.key_bits:<5} V {c.value_bits:<5} {c.policy}", markup=False, overflow="fold")
+        con.print("'kvprof methods NAME' describes one method and its parameters", style="dim")
+        return 0
+    table = Table("#", "name", "K bits", "V bits", "family", "policy", "what", show_edge=False)
     for i, c in enumerate(rows, 1):
-        table.add_row(str(i), c.name, c.family, c.key_bits, c.value_bits, c.policy, c.summary)
+        table.add_row(str(i), c.name, c.key_bits, c.value_bits, c.family, c.policy, c.summary)
     con.print(table)
     return 0
 
