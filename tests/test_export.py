@@ -16,6 +16,8 @@ from kvprof.export import SNAPSHOT_NOTE, allocator_snapshot, export, perfetto_tr
 from kvprof.trace import load_trace
 from tracers.trace_io import NO_FREE
 
+from perfetto_checks import check_nesting
+
 NUMBER = (int, float)
 
 
@@ -37,25 +39,12 @@ def _validate_trace_events(data: dict) -> list[dict]:
     return data["traceEvents"]
 
 
-def _check_nesting(events: list[dict]) -> None:
-    """Complete slices of one thread must nest (Perfetto drops overlapping ones)."""
-    xs = sorted((e for e in events if e["ph"] == "X"), key=lambda e: (e["tid"], e["ts"], -e["dur"]))
-    stack: list[float] = []
-    eps = 1e-3  # one nanosecond, in microseconds
-    for e in xs:
-        end = e["ts"] + e["dur"]
-        while stack and stack[-1] <= e["ts"] + eps:
-            stack.pop()
-        assert not stack or end <= stack[-1] + eps, e
-        stack.append(end)
-
-
 def test_perfetto_json_validates_and_counters_reach_the_peak(bf16_trace, tmp_path):
     trace = load_trace(bf16_trace)
     peak = find_peak(trace)
     out = export(bf16_trace, "perfetto", tmp_path / "t.json")
     events = _validate_trace_events(json.loads(out.read_text()))
-    _check_nesting(events)
+    check_nesting(events)
     slices = [e for e in events if e["ph"] == "X"]
     assert len(slices) == len(trace.spans)
     assert {"rollout", "decode", "chunk[0]", "denoise[0]", "refresh", "layer[0]"} <= {e["name"] for e in slices}

@@ -34,6 +34,8 @@ from tracers.host_profile import (
 )
 from tracers.host_sync import CUDA_SYNC_WARNING, HostActivity
 
+from perfetto_checks import check_nesting
+
 HOST_LOOP_MS = 15.0  # pure-Python time per encode call of the test-only method
 SYNCS_PER_CALL = 4  # three .item() and one .tolist()
 
@@ -169,7 +171,7 @@ def test_bf16_profile_samples_fall_inside_the_stage_spans(tmp_path):
     events = perfetto_trace(trace)["traceEvents"]
     host = [e for e in events if e["tid"] == TID_HOST and e["ph"] == "X"]
     assert host and any(e["name"] == "run_rollout" for e in host)
-    _check_nesting(host)
+    check_nesting(host)
     assert not any(e["name"] in MARKERS for e in host)
 
 
@@ -269,16 +271,3 @@ def pd_isna(v) -> bool:
     import pandas as pd
 
     return bool(pd.isna(v))
-
-
-def _check_nesting(events: list[dict]) -> None:
-    """Complete slices of one track must nest (Perfetto drops overlapping ones)."""
-    xs = sorted(events, key=lambda e: (e["ts"], -e["dur"]))
-    stack: list[float] = []
-    eps = 1e-3
-    for e in xs:
-        end = e["ts"] + e["dur"]
-        while stack and stack[-1] <= e["ts"] + eps:
-            stack.pop()
-        assert not stack or end <= stack[-1] + eps, e
-        stack.append(end)
