@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import ContextManager, Iterator
+from typing import ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -335,14 +335,3 @@ class LayerKVCache:
                 n = t.numel() * t.element_size()
                 logical, stored, resident = logical + n, stored + n, resident + n
         return logical, stored, resident
-
-    def state_tensors(self) -> Iterator[torch.Tensor]:
-        """Every tensor the cache keeps between calls (for reconciliation with the tracker)."""
-        if self.buffer_k is not None:
-            yield self.buffer_k
-            yield self.buffer_v
-        for st in self.states():
-            yield from st.tensors.values()
-        for t in (self.stage_k, self.stage_v):
-            if t is not None:
-                yield t

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -65,8 +65,3 @@ class DispatchAllocTracker(TorchDispatchMode):
         if tensor.device.type == "meta":
             return None
         return self._known.get(id(tensor.untyped_storage()))
-
-    def forget_all(self) -> Callable[[], None]:
-        """Stop reporting frees (the session is closed); returns nothing useful."""
-        self._known.clear()
-        return lambda: None

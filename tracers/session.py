@@ -65,6 +65,7 @@ class TraceSession:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.meta: dict[str, Any] = dict(meta or {})
         self.budget_bytes = budget_bytes
+        self.sample_interval_s = sample_interval_s
         # Allocator counters cost ~80 us each on CUDA: read them down to layer boundaries only.
         self.counter_depth = counter_depth
         self.drain_at_checkpoints = drain_at_checkpoints
@@ -126,7 +127,7 @@ class TraceSession:
             self._dispatch = DispatchAllocTracker(self)
             self._dispatch.__enter__()
         if self.device.type == "cuda":
-            self._sampler = DeviceSampler(self.device.index or 0, self._emit_sample, self._sample_interval())
+            self._sampler = DeviceSampler(self.device.index or 0, self._emit_sample, self.sample_interval_s)
             self._sampler.start(self._t0_perf)
             if not self._sampler.available:
                 self.notes.append(self._sampler.reason)
@@ -135,9 +136,6 @@ class TraceSession:
         self.host_activity.install(self.device.type)
         self._armed = True
         return self
-
-    def _sample_interval(self) -> float:
-        return 0.1
 
     def __enter__(self) -> "TraceSession":
         return self.start()
