@@ -1,8 +1,8 @@
 """Render the report of a GPU sweep: one comparison page and one PNG per trace.
 
-    python3 benchmarks/render_sweep_report.py traces/ --out benchmarks/sweep-report [--results benchmarks/RESULTS.md]
+    python3 benchmarks/render_sweep_report.py traces/ [more/ ...] --out benchmarks/sweep-report [--results benchmarks/RESULTS.md]
 
-Reads every trace folder directly under TRACES (those written by `kvprof trace` or
+Reads every trace folder directly under each TRACES folder (those written by `kvprof trace` or
 benchmarks/sweep.py), keeps the GPU ones (meta tracker 'cuda-allocator-history'; --include-cpu
 keeps all), and writes into --out:
   sweep.html            the comparison report, self-contained (scripts inlined, opens offline)
@@ -33,9 +33,9 @@ from kvprof.trace import list_traces  # noqa: E402
 GPU_TRACKER = "cuda-allocator-history"
 
 
-def select(root: Path, include_cpu: bool, results: Path | None) -> list:
+def select(roots: list[Path], include_cpu: bool, results: Path | None) -> list:
     """The traces to render, sorted by method then integration."""
-    folders = list_traces(root)
+    folders = [f for root in roots if root.is_dir() for f in list_traces(root)]
     if results is not None:
         text = results.read_text()
         folders = [f for f in folders if f.name in text]
@@ -54,7 +54,7 @@ def select(root: Path, include_cpu: bool, results: Path | None) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("traces", type=Path, help="folder holding trace folders (e.g. traces/)")
+    p.add_argument("traces", type=Path, nargs="+", help="folders holding trace folders (e.g. traces/)")
     p.add_argument("--out", type=Path, default=Path("sweep-report"), help="output folder (created)")
     p.add_argument("--results", type=Path, default=None, help="render only traces named in this file (RESULTS.md)")
     p.add_argument("--include-cpu", action="store_true", help="also render CPU (dispatch-tracker) traces")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         traces = select(args.traces, args.include_cpu, args.results)
         if not traces:
-            raise UsageError(f"{args.traces}: no {'' if args.include_cpu else 'GPU '}traces found"
+            raise UsageError(f"{', '.join(map(str, args.traces))}: no {'' if args.include_cpu else 'GPU '}traces found"
                              + ("" if args.include_cpu else "; --include-cpu renders CPU traces too"))
         args.out.mkdir(parents=True, exist_ok=True)
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             make(path)
             print(f"{path}  ({time.perf_counter() - t0:.1f} s)", flush=True)
 
-        print(f"{len(traces)} traces from {args.traces}", flush=True)
+        print(f"{len(traces)} traces from {', '.join(map(str, args.traces))}", flush=True)
         timed(args.out / "compare.csv",
               lambda p: p.write_text(format_compare(compare_table(traces, sort="method"), "csv")))
         timed(args.out / "sweep.html", lambda p: write_report(traces, p, buckets=args.buckets))
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                   lambda p, t=t: p.write_bytes(render_chart(trace_chart(t, args.buckets), "png", args.scale)))
             if args.diagnose and t.meta.get("method") != "bf16":
                 timed(args.out / f"{t.path.name}.diagnose.md",
-                      lambda p, t=t: p.write_text(diagnose(t, traces_root=args.traces).to_markdown()))
+                      lambda p, t=t: p.write_text(diagnose(t, traces_root=args.traces[0]).to_markdown()))
     except UsageError as exc:
         print(f"render_sweep_report: error: {exc}", file=sys.stderr)
         return 2

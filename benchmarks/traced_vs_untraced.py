@@ -1,6 +1,7 @@
 """Run the same rollout untraced and traced; print peak, reconciliation and wall-time ratio.
 
     python3 benchmarks/traced_vs_untraced.py --method bf16 [--config wan-1.3b] [--frames 42] [--mode untraced|traced|both]
+        [--repeat N]
 
 Each mode should run in its own process (fresh allocator statistics); `--mode both` spawns them.
 """
@@ -67,18 +68,20 @@ def main() -> None:
     p.add_argument("--no-decode", action="store_true")
     p.add_argument("--out", default="traces")
     p.add_argument("--mode", default="both", choices=["untraced", "traced", "both"])
+    p.add_argument("--repeat", type=int, default=1, help="with --mode both: untraced/traced pairs, alternated")
     args = p.parse_args()
     if args.mode == "both":
         results = []
-        for mode in ("untraced", "traced"):
+        for mode in ("untraced", "traced") * args.repeat:
             cmd = [sys.executable, __file__, "--mode", mode, "--method", args.method, "--integration", args.integration,
                    "--out", args.out] + (["--config", args.config] if args.config else []) + \
                   (["--frames", str(args.frames)] if args.frames else []) + (["--no-decode"] if args.no_decode else [])
             r = subprocess.run(cmd, capture_output=True, text=True)
             sys.stderr.write(r.stderr[-3000:])
             results.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        ratio = results[1]["rollout_wall_s"] / results[0]["rollout_wall_s"]
-        print(json.dumps({"untraced": results[0], "traced": results[1], "traced_over_untraced": ratio}, indent=1))
+        ratios = [t["rollout_wall_s"] / u["rollout_wall_s"] for u, t in zip(results[0::2], results[1::2])]
+        print(json.dumps({"untraced": results[0::2], "traced": results[1::2], "traced_over_untraced": ratios,
+                          "median_ratio": sorted(ratios)[len(ratios) // 2]}, indent=1))
         return
     print(json.dumps(untraced(args) if args.mode == "untraced" else traced(args)))
 

@@ -103,7 +103,8 @@ def reconcile(trace: Trace, peak: Peak | None) -> dict[str, Any]:
     if meta.get("tracker") != "cuda-allocator-history":
         out["note"] = "the dispatch tracker is the allocator of record on CPU: attributed = tracked by construction"
         return out
-    before = int(meta.get("allocated_before_bytes", 0))
+    # Bytes live before tracking that the trace does not hold (registered blocks are in the trace).
+    before = int(meta.get("allocated_before_bytes", 0)) - int(meta.get("registered_before_bytes", 0))
     counters = trace.counters
     ev = memory_events(trace)
     if not counters.empty and not ev.empty:
@@ -116,6 +117,8 @@ def reconcile(trace: Trace, peak: Peak | None) -> dict[str, Any]:
         out["max_memory_allocated_bytes"] = int(max_alloc)
         out["trace_peak_bytes"] = peak.bytes + before
         out["peak_gap_bytes"] = int(max_alloc) - (peak.bytes + before)
+    if isinstance(meta.get("allocator_layout"), dict):
+        out["block_sizes"] = meta["allocator_layout"]
     return out
 
 

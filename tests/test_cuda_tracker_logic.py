@@ -1,60 +1,18 @@
-"""The CUDA allocator-history tracker's logic, driven on CPU by a fake allocator history."""
+"""The CUDA allocator-history tracker's logic, driven on CPU by a fake caching allocator."""
 from __future__ import annotations
+
+import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fake_cuda_allocator import KIB, MIB, FakeCachingAllocator, fake  # noqa: F401  (fixture)
 from kvprof.analysis import find_peak, reconcile
 from kvprof.trace import load_trace
 from tracers import TraceSession, stage, tag
-from tracers.alloc_cuda import allocator_block_size
-
-
-class FakeAllocator:
-    """Stands in for torch.cuda.memory's history API: records alloc/free with the metadata in force."""
-
-    def __init__(self):
-        self.metadata = ""
-        self.trace: list[dict] = []
-        self.blocks: dict[int, int] = {}  # addr -> real block size
-        self.allocated = 0
-        self.max_allocated = 0
-
-    def alloc(self, addr: int, size: int, block: int | None = None) -> None:
-        block = block or allocator_block_size(size)
-        self.blocks[addr] = block
-        self.allocated += block
-        self.max_allocated = max(self.max_allocated, self.allocated)
-        self.trace.append({"action": "alloc", "addr": addr, "size": size, "time_us": 1, "user_metadata": self.metadata})
-
-    def free(self, addr: int) -> None:
-        self.allocated -= self.blocks.pop(addr)
-        self.trace.append({"action": "free_requested", "addr": addr, "size": 0, "time_us": 2, "user_metadata": self.metadata})
-        self.trace.append({"action": "free_completed", "addr": addr, "size": 0, "time_us": 2, "user_metadata": self.metadata})
-
-    def snapshot(self, device=None):
-        segments = [{"address": a, "blocks": [{"size": b, "state": "active_allocated"}]} for a, b in self.blocks.items()]
-        return {"device_traces": [list(self.trace)], "segments": segments}
-
-    def record_history(self, enabled, *a, clear_history=False, **k):
-        if clear_history:
-            self.trace.clear()
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    f = FakeAllocator()
-    mem = torch.cuda.memory
-    monkeypatch.setattr(mem, "_record_memory_history", f.record_history)
-    monkeypatch.setattr(mem, "_snapshot", f.snapshot)
-    monkeypatch.setattr(mem, "_set_memory_metadata", lambda s: setattr(f, "metadata", s))
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: f.allocated)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: f.max_allocated)
-    monkeypatch.setattr(torch.cuda, "memory_stats", lambda *a, **k: {"allocated_bytes.all.current": f.allocated,
-                                                                      "reserved_bytes.all.current": f.allocated})
-    return f
+from tracers.alloc_layout import BlockLayout, round_size, should_split, unsupported_reason
 
 
 class _Storage:
@@ -66,7 +24,7 @@ class _Storage:
 
 
 class _FakeTensor:
-    """Just enough of a tensor for tag_tensor on the allocator path."""
+    """Just enough of a tensor for tag_tensor / register on the allocator path."""
 
     def __init__(self, addr):
         self.device = torch.device("cpu")
@@ -76,28 +34,216 @@ class _FakeTensor:
         return _Storage(self._addr)
 
 
+def _session(tmp_path, name="t"):
+    return TraceSession(tmp_path / name, {"run_id": "fake"}, "cpu", tracker="allocator", drain_at_checkpoints=False)
+
+
+# ----------------------------------------------------------------------------- the layout model
+def test_round_and_split_rules_of_the_caching_allocator():
+    assert [round_size(n) for n in (1, 511, 512, 513, 1000)] == [512, 512, 512, 1024, 1024]
+    assert should_split(2 * MIB, 1024)  # small pool: any remainder of >= 512 B is split off
+    assert not should_split(1024, 1024)
+    assert should_split(20 * MIB, 3 * MIB)  # large pool: split only when more than 1 MiB remains
+    assert not should_split(4 * MIB, 3 * MIB)
+    assert not should_split(3 * MIB + 512 * KIB, 3 * MIB)
+
+
+def test_layout_hands_out_unsplit_blocks_and_merges_within_a_segment():
+    lay = BlockLayout()
+    base = 1 << 40
+    lay.segment_alloc(base, 20 * MIB)
+    assert lay.alloc(base, 3 * MIB + 512 * KIB) == 3 * MIB + 512 * KIB  # split: 16.5 MiB remain
+    assert lay.alloc(base + 3 * MIB + 512 * KIB, 16 * MIB + 512 * KIB) == 16 * MIB + 512 * KIB  # exact fit
+    assert lay.free_requested(base) == 3 * MIB + 512 * KIB
+    lay.free_completed(base)
+    assert lay.alloc(base, 3 * MIB) == 3 * MIB + 512 * KIB  # 0.5 MiB left over: handed out whole
+    assert lay.allocated_bytes() == 20 * MIB
+    lay.free_requested(base)
+    lay.free_completed(base)
+    lay.free_requested(base + 3 * MIB + 512 * KIB)
+    lay.free_completed(base + 3 * MIB + 512 * KIB)
+    assert lay.blocks == {base: [20 * MIB, 0, base, base + 20 * MIB]}  # merged back into one free block
+    # an adjacent segment's free block is never merged across the boundary
+    lay.segment_alloc(base + 20 * MIB, 2 * MIB)
+    lay.alloc(base + 20 * MIB, 1000)
+    lay.free_requested(base + 20 * MIB)
+    lay.free_completed(base + 20 * MIB)
+    assert lay.blocks[base][0] == 20 * MIB and lay.blocks[base + 20 * MIB][0] == 2 * MIB
+    lay.segment_free(base, 20 * MIB)
+    assert base not in lay.blocks and lay.misses == 0
+
+
+def test_layout_counts_misses_instead_of_guessing():
+    lay = BlockLayout()
+    assert lay.alloc(123, 1000) is None  # no segment there
+    lay.segment_alloc(1 << 40, 2 * MIB)
+    assert lay.alloc(1 << 40, 4 * MIB) is None  # larger than the free block
+    assert lay.free_requested(999) is None
+    assert lay.misses == 3
+
+
+def test_unsupported_allocator_configurations_turn_the_model_off():
+    assert unsupported_reason({}) is None
+    assert unsupported_reason({"PYTORCH_CUDA_ALLOC_CONF": "garbage_collection_threshold:0.6"}) is None
+    assert unsupported_reason({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == \
+        "PYTORCH_CUDA_ALLOC_CONF sets expandable_segments"
+    assert unsupported_reason({"PYTORCH_ALLOC_CONF": "max_split_size_mb:128"}) == "PYTORCH_ALLOC_CONF sets max_split_size_mb"
+
+
+_SIZES = st.sampled_from([100, 600, 4000, 300 * KIB, MIB, MIB + 1, 1536 * KIB, 3 * MIB, 3 * MIB + 300 * KIB,
+                          7 * MIB, 9 * MIB + 700 * KIB, 12 * MIB, 17 * MIB + 1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), _SIZES, st.integers(0, 50)), min_size=1, max_size=120),
+       adjacent=st.booleans())
+def test_layout_mirrors_the_allocator_block_sizes(ops, adjacent):
+    f = FakeCachingAllocator(segment_gap=0 if adjacent else 64 * MIB)
+    lay = BlockLayout()
+    live: list[int] = []
+    for is_alloc, size, pick in ops:
+        if is_alloc or not live:
+            f.trace.clear()
+            addr = f.malloc(size)
+            live.append(addr)
+            for e in f.trace:
+                if e["action"] == "segment_alloc":
+                    lay.segment_alloc(e["addr"], e["size"])
+            assert lay.alloc(addr, size) == f.block_size(addr)
+        else:
+            addr = live.pop(pick % len(live))
+            assert lay.free_requested(addr) == f.block_size(addr)
+            f.free(addr)
+            lay.free_completed(addr)
+        assert lay.allocated_bytes() == f.allocated
+    assert lay.mismatches(f.snapshot()["segments"]) == 0 and lay.misses == 0
+
+
+# ----------------------------------------------------------------------------- the tracker
 def test_history_replay_categories_stages_retag_and_block_sizes(tmp_path, fake):
-    s = TraceSession(tmp_path / "t", {"run_id": "fake"}, "cpu", tracker="allocator")
+    s = _session(tmp_path)
     s.start()
     with stage("rollout"):
         with tag("kv_codes"):
-            fake.alloc(0x1000, 1000)  # rounds to 1024
+            a = fake.malloc(1000)  # rounds to 1024
         with stage("kv_read"), tag("kv_dequant"):
-            fake.alloc(0x2000, 100)  # rounds to 512
-            fake.free(0x2000)
-            fake.alloc(0x2000, 3 << 20, block=(3 << 20) + (512 << 10))  # handed out unsplit
-        s.tag_tensor(_FakeTensor(0x2000), "kv_fp", "layer 0 / k_staging")
+            b = fake.malloc(100)  # rounds to 512
+            fake.free(b)
+            x = fake.malloc(3 * MIB + 512 * KIB)
+            y = fake.malloc(16 * MIB + 512 * KIB)
+            fake.free(x)
+            z = fake.malloc(3 * MIB)  # handed out unsplit: 3.5 MiB
+        s.tag_tensor(_FakeTensor(z), "kv_fp", "layer 0 / k_staging")
         s.checkpoint(force=True)
-        fake.free(0x2000)
-        fake.alloc(0x2000, 600)  # same address reused later: must keep its own category
+        fake.free(z)
+        w = fake.malloc(600)  # an address reused later must keep its own category
     s.close("complete")
     trace = load_trace(tmp_path / "t")
-    a = trace.allocations_with_stage.sort_values("q_alloc")
-    assert list(a["bytes"]) == [1024, 512, (3 << 20) + (512 << 10), 1024]
-    assert list(a["category"]) == ["kv_codes", "kv_dequant", "kv_fp", "unattributed"]
-    assert a["name"].iloc[2] == "layer 0 / k_staging"
-    assert list(a["path"]) == ["rollout", "rollout/kv_read", "rollout/kv_read", "rollout"]
+    al = trace.allocations_with_stage.sort_values("q_alloc")
+    assert list(al["bytes"]) == [1024, 512, 3 * MIB + 512 * KIB, 16 * MIB + 512 * KIB, 3 * MIB + 512 * KIB, 1024]
+    assert list(al["category"]) == ["kv_codes", "kv_dequant", "kv_dequant", "kv_dequant", "kv_fp", "unattributed"]
+    assert al["name"].iloc[4] == "layer 0 / k_staging"
+    assert list(al["path"]) == ["rollout"] + ["rollout/kv_read"] * 4 + ["rollout"]
+    assert list(al["q_free"] >= 0) == [False, True, True, False, True, False]
+    assert fake.unsplit == 1 and a and y and w
     peak = find_peak(trace)
-    assert peak.bytes == fake.max_allocated == 1024 + (3 << 20) + (512 << 10)
+    assert peak.bytes == fake.max_allocated == 1024 + 20 * MIB
     rec = reconcile(trace, peak)
+    assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
+    assert rec["block_sizes"]["exact_blocks"] == 6 and rec["block_sizes"]["rounded_blocks"] == 0
+    assert rec["block_sizes"]["snapshot_mismatches"] == 0 and rec["block_sizes"]["corrected_blocks"] == 0
+
+
+def _workload(fake: FakeCachingAllocator, session: TraceSession, rng: random.Random, drains: bool) -> None:
+    """Layers of short-lived large buffers around a growing cache: unsplit blocks come and go, and
+    one buffer of each layer lives into the next, across the stage boundary (a counter reads it)."""
+    sizes = [700, 40 * KIB, MIB, 1536 * KIB, 2 * MIB + 700 * KIB, 3 * MIB, 3 * MIB + 700 * KIB, 9 * MIB,
+             11 * MIB + 300 * KIB, 24 * MIB]
+    cache: list[int] = []
+    carried: int | None = None
+    with stage("rollout"):
+        for chunk in range(8):
+            with stage("chunk", chunk):
+                for layer in range(6):
+                    with stage("layer", layer), tag("kv_scratch"):
+                        temps = [fake.malloc(rng.choice(sizes)) for _ in range(rng.randint(2, 8))]
+                        if carried is not None:
+                            fake.free(carried)
+                        rng.shuffle(temps)
+                        carried = temps.pop()
+                        for t in temps:
+                            fake.free(t)
+                    with tag("kv_fp"):
+                        cache.append(fake.malloc(rng.choice(sizes)))
+                if rng.random() < 0.3:
+                    fake.empty_cache()
+                if drains:
+                    session.checkpoint(force=True)
+        if carried is not None:
+            fake.free(carried)
+
+
+@pytest.mark.parametrize("drains", [False, True])
+def test_trace_peak_and_every_boundary_equal_the_allocator_counters(tmp_path, fake, drains):
+    s = _session(tmp_path)
+    s.start()
+    _workload(fake, s, random.Random(7), drains)
+    s.close("complete")
+    assert fake.unsplit > 0  # the case a rounded request size gets wrong happened
+    trace = load_trace(tmp_path / "t")
+    peak = find_peak(trace)
+    rec = reconcile(trace, peak)
+    assert peak.bytes == fake.max_allocated
+    assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0 and rec["boundaries"] > 40
+    assert rec["block_sizes"]["rounded_blocks"] == 0 and rec["block_sizes"]["snapshot_mismatches"] == 0
+
+
+def test_without_the_layout_model_the_gap_is_measured_not_hidden(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    s = _session(tmp_path)
+    s.start()
+    _workload(fake, s, random.Random(7), drains=True)
+    s.close("complete")
+    trace = load_trace(tmp_path / "t")
+    rec = reconcile(trace, find_peak(trace))
+    assert rec["block_sizes"]["model"] == "off"
+    assert rec["block_sizes"]["off_reason"] == "PYTORCH_CUDA_ALLOC_CONF sets max_split_size_mb"
+    assert rec["block_sizes"]["exact_blocks"] == 0 and rec["block_sizes"]["rounded_blocks"] > 0
+    assert rec["max_abs_gap_bytes"] > 0  # rounded sizes of unsplit blocks freed between drains
+
+
+def test_live_drains_write_the_same_rows_as_memory_only_drains(tmp_path, fake, monkeypatch):
+    tables = []
+    for name, live in (("a", True), ("b", False)):
+        f2 = FakeCachingAllocator()
+        monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", f2.record_history)
+        monkeypatch.setattr(torch.cuda.memory, "_snapshot", f2.snapshot)
+        monkeypatch.setattr(torch.cuda.memory, "_set_memory_metadata", lambda v, f2=f2: setattr(f2, "metadata", v))
+        monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda *a, f2=f2, **k: f2.nested_stats())
+        s = TraceSession(tmp_path / name, {"run_id": name}, "cpu", tracker="allocator", drain_at_checkpoints=live)
+        s.start()
+        _workload(f2, s, random.Random(3), drains=True)
+        s.close("complete")
+        al = load_trace(tmp_path / name).allocations
+        tables.append(al.drop(columns=["t_alloc_ns", "t_free_ns"]).sort_values("id").reset_index(drop=True))
+    assert len(tables[0]) > 50
+    assert tables[0].equals(tables[1])
+
+
+def test_register_adopts_blocks_from_before_tracking_with_their_block_size(tmp_path, fake):
+    weights = fake.malloc(3 * MIB + 300 * KIB)  # before tracking: a 20 MiB segment, split
+    s = _session(tmp_path)
+    s.start()
+    s.register(_FakeTensor(weights), "weights", "w")
+    with stage("rollout"), tag("activations"):
+        act = fake.malloc(5000)
+        s.register(_FakeTensor(act), "latents", "late")  # made while tracking: only its tag changes
+    fake.free(weights)
+    s.close("complete")
+    trace = load_trace(tmp_path / "t")
+    al = trace.allocations.sort_values("id")
+    assert list(al["bytes"]) == [3 * MIB + 300 * KIB, 5120]
+    assert list(al["category"]) == ["weights", "latents"]
+    assert trace.meta["registered_before_bytes"] == 3 * MIB + 300 * KIB
+    rec = reconcile(trace, find_peak(trace))
     assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from tracers import context
-from tracers.alloc_cuda import CudaHistoryTracker, allocator_block_size
+from tracers.alloc_cuda import NO_FREE, Q_STRIDE, CudaHistoryTracker, HistoryBatch
 from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
@@ -29,8 +29,6 @@ from tracers.trace_io import (
     write_json_atomic,
     write_tables,
 )
-
-Q_STRIDE = 1 << 32  # q = context * Q_STRIDE + order within the context
 
 
 class SimulatedOOM(torch.OutOfMemoryError):
@@ -82,6 +80,7 @@ class TraceSession:
         self._tag_stack: list[str] = []
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records
         self.peak_bytes = 0
+        self.registered_before_bytes = 0  # bytes of registered blocks that predate tracking (CUDA)
         self._alloc_bytes: dict[int, int] = {}
         self._log: EventLog | None = None
         self._dispatch: DispatchAllocTracker | None = None
@@ -92,7 +91,6 @@ class TraceSession:
         self.status = "running"
         self._t0_perf = 0
         self._t0_unix_ns = 0
-        self._hist_pos = (-1, 0)
         self.failure_stage: str | None = None
         self._armed = False
         self.host_activity = HostActivity(self._current_span_id)  # host syncs, op and tracer time per span
@@ -184,6 +182,8 @@ class TraceSession:
             self._log.memory_only = False
             self.meta["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             self.meta["memory_allocated_end_bytes"] = torch.cuda.memory_allocated(self.device)
+            self.meta["allocator_layout"] = self._cuda.meta()
+            self.meta["registered_before_bytes"] = self.registered_before_bytes
             if self._cuda.oom_events:
                 self.meta["allocator_oom_events"] = self._cuda.oom_events
         for span_id, ms in self._timer.resolve().items():
@@ -200,7 +200,7 @@ class TraceSession:
         self.meta["tracer_drain_s"] = self.tracer_seconds
         self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
-        tables = tables_from_records(self._log.records)
+        tables = tables_from_records(self._log.records, self._log.alloc_columns)
         write_tables(self.folder, tables)
         write_json_atomic(self.folder / META_FILE, self.meta)
         (self.folder / EVENTS_FILE).unlink(missing_ok=True)
@@ -281,12 +281,13 @@ class TraceSession:
             return
         if self.counter_depth is not None and len(self._span_stack) > self.counter_depth:
             return
-        stats = torch.cuda.memory_stats(self.device)
+        # The nested form: memory_stats() flattens and sorts every key, several times the cost.
+        stats = torch.cuda.memory_stats_as_nested_dict(self.device)
         self._write(
             {
                 "k": "m", "t": self._now(), "q": self._q(), "s": span_id,
-                "alloc": stats.get("allocated_bytes.all.current", 0),
-                "reserved": stats.get("reserved_bytes.all.current", 0),
+                "alloc": stats["allocated_bytes"]["all"]["current"],
+                "reserved": stats["reserved_bytes"]["all"]["current"],
             }
         )
 
@@ -310,70 +311,108 @@ class TraceSession:
         return self._tag_stack[-1] if self._tag_stack else "unattributed"
 
     # ----------------------------------------------------------------- allocations
-    def record_alloc(
-        self,
-        nbytes: int,
-        category: str | None,
-        name: str | None,
-        *,
-        ctx: int | None = None,
-        t_unix_us: int | None = None,
-    ) -> int:
-        """Record one allocation; `ctx` and `t_unix_us` come from the CUDA allocator's history."""
+    def record_alloc(self, nbytes: int, category: str | None, name: str | None) -> int:
+        """Record one allocation made now (dispatch tracker, registrations)."""
         with self._lock:
             if self._armed and self.budget_bytes is not None and self.live_bytes + nbytes > self.budget_bytes:
                 raise SimulatedOOM(nbytes, self.live_bytes, self.budget_bytes)
             alloc_id = self._next_alloc
             self._next_alloc += 1
-            if ctx is None:
-                span_id, default_cat = self._ctx_table[self._ctx]
-                q = self._q()
-                t = self._now()
-            else:
-                span_id, default_cat = self._ctx_table.get(ctx, (0, "unattributed"))
-                q = self._history_q(ctx)
-                t = self._unix_us_to_t(t_unix_us)
+            span_id, default_cat = self._ctx_table[self._ctx]
             self._alloc_bytes[alloc_id] = nbytes
             self.live_bytes += nbytes
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-            record = {"k": "a", "id": alloc_id, "t": t, "q": q, "b": nbytes, "c": category or default_cat, "s": span_id}
+            record = {"k": "a", "id": alloc_id, "t": self._now(), "q": self._q(), "b": nbytes, "c": category or default_cat,
+                      "s": span_id}
             if name:
                 record["n"] = name
             self._write(record)
             return alloc_id
 
-    def record_free(self, alloc_id: int, *, ctx: int | None = None, t_unix_us: int | None = None) -> None:
-        """Record the free of allocation `alloc_id` (bytes are known from its allocation)."""
+    def record_free(self, alloc_id: int) -> None:
+        """Record the free, now, of allocation `alloc_id` (bytes are known from its allocation)."""
         with self._lock:
-            if ctx is None:
-                q, t = self._q(), self._now()
-            else:
-                q, t = self._history_q(ctx), self._unix_us_to_t(t_unix_us)
-            self._write({"k": "f", "id": alloc_id, "t": t, "q": q})
+            self._write({"k": "f", "id": alloc_id, "t": self._now(), "q": self._q()})
             self.live_bytes -= self._alloc_bytes.pop(alloc_id, 0)
 
-    def _history_q(self, ctx: int) -> int:
-        # Allocator events of context c sort after the session's own records of c (small orders),
-        # in allocator order; the offset keeps them clear of those.
-        last_ctx, order = self._hist_pos
-        order = order + 1 if ctx == last_ctx else 1
-        self._hist_pos = (ctx, order)
-        return ctx * Q_STRIDE + (Q_STRIDE >> 1) + order
+    def reserve_alloc_ids(self, n: int) -> int:
+        """Reserve `n` consecutive allocation ids (for a batch of allocator events); the first one."""
+        with self._lock:
+            first = self._next_alloc
+            self._next_alloc += n
+            return first
 
-    def _unix_us_to_t(self, t_unix_us: int | None) -> int:
-        if t_unix_us is None:
-            return self._now()
-        return int(t_unix_us) * 1000 - self._t0_unix_ns
+    def record_history_batch(self, batch: HistoryBatch) -> None:
+        """Record one drain of the CUDA allocator's history (allocations in allocator order)."""
+        n = len(batch.q_alloc)
+        with self._lock:
+            table = self._ctx_table
+            default = (0, "unattributed")
+            spans = [0] * n
+            cats = [""] * n
+            names: list[str | None] = [None] * n
+            resolved: dict[int, tuple[int, str]] = {}
+            for i, ctx in enumerate(batch.ctx):
+                sc = resolved.get(ctx)
+                if sc is None:
+                    sc = resolved[ctx] = table.get(ctx, default)
+                spans[i], cats[i] = sc
+            for row, (category, name) in batch.retags.items():
+                cats[row] = category
+                if name:
+                    names[row] = name
+            t0 = self._t0_unix_ns
+            now = self._now()
+            t_alloc = [now if t is None else t * 1000 - t0 for t in batch.t_alloc_us]
+            t_free = [t if t == NO_FREE else now if t is None else t * 1000 - t0 for t in batch.t_free_us]
+            # Live bytes in allocator order, for the running peak (analyses recount from the tables).
+            deltas = sorted([(q, b) for q, b in zip(batch.q_alloc, batch.size)]
+                            + [(q, -b) for q, b in zip(batch.q_free, batch.size) if q != NO_FREE]
+                            + [(q, -self._alloc_bytes.get(a, 0)) for a, q, _ in batch.earlier_frees])
+            live = self.live_bytes
+            for _, d in deltas:
+                live += d
+                if live > self.peak_bytes:
+                    self.peak_bytes = live
+            self.live_bytes = live
+            ids = range(batch.first_id, batch.first_id + n)
+            for i, alloc_id in enumerate(ids):
+                if batch.q_free[i] == NO_FREE:
+                    self._alloc_bytes[alloc_id] = batch.size[i]
+            assert self._log is not None
+            if self._log.memory_only:
+                self._log.add_allocations({
+                    "id": list(ids), "q_alloc": batch.q_alloc, "q_free": batch.q_free, "t_alloc_ns": t_alloc,
+                    "t_free_ns": t_free, "bytes": batch.size, "category": cats, "span_id": spans, "name": names,
+                })
+            else:  # a follower reads the log: one record per event, in allocator order
+                out: list[tuple[int, dict[str, Any]]] = []
+                for i, alloc_id in enumerate(ids):
+                    rec = {"k": "a", "id": alloc_id, "t": t_alloc[i], "q": batch.q_alloc[i], "b": batch.size[i],
+                           "c": cats[i], "s": spans[i]}
+                    if names[i]:
+                        rec["n"] = names[i]
+                    out.append((batch.q_alloc[i], rec))
+                    if batch.q_free[i] != NO_FREE:
+                        out.append((batch.q_free[i], {"k": "f", "id": alloc_id, "t": t_free[i], "q": batch.q_free[i]}))
+                out.sort(key=lambda item: item[0])
+                for _, rec in out:
+                    self._write(rec)
+            for alloc_id, q, t_us in batch.earlier_frees:
+                self._alloc_bytes.pop(alloc_id, None)
+                self._write({"k": "f", "id": alloc_id, "q": q, "t": now if t_us is None else t_us * 1000 - t0})
 
-    def record_size(self, alloc_id: int, nbytes: int) -> None:
-        """Correct the byte size of allocation `alloc_id` for its whole life (allocator block size)."""
+    def record_size(self, alloc_id: int, nbytes: int) -> bool:
+        """Correct the byte size of allocation `alloc_id` for its whole life (allocator block size);
+        whether it changed."""
         with self._lock:
             old = self._alloc_bytes.get(alloc_id)
             if old is None or old == nbytes:
-                return
+                return False
             self._alloc_bytes[alloc_id] = nbytes
             self.live_bytes += nbytes - old
             self._write({"k": "z", "id": alloc_id, "b": nbytes})
+            return True
 
     def record_retag(self, alloc_id: int, category: str, name: str | None) -> None:
         """Set the category (and name) of allocation `alloc_id` for its whole life."""
@@ -412,8 +451,14 @@ class TraceSession:
                 else:
                     self._dispatch.track(tensor, category, name)
             elif self._cuda is not None:
-                alloc_id = self.record_alloc(allocator_block_size(storage.nbytes()), category, name)
+                size = self._cuda.block_at_start(storage.data_ptr())
+                if size is None:  # made after tracking started: the history has it, only its tag is new
+                    self._new_context()
+                    self._cuda.retag(self._ctx, storage.data_ptr(), category, name)
+                    return
+                alloc_id = self.record_alloc(size, category, name)
                 self._cuda.adopt(storage.data_ptr(), alloc_id)
+                self.registered_before_bytes += size
 
     def checkpoint(self, force: bool = False) -> None:
         """Make everything so far visible to followers (drains the CUDA allocator history when

@@ -61,6 +61,9 @@ class EventLog:
         self._flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self.records: list[dict[str, Any]] = []  # kept in memory to build the tables at close
+        # Allocation rows added in bulk (memory-only drains of the CUDA allocator history): one dict
+        # of equal-length column lists per drain.
+        self.alloc_columns: list[dict[str, list[Any]]] = []
         # While True, records are kept for the tables but not written as lines: used for the final
         # replay of the CUDA allocator history, which nobody follows and which Parquet will hold.
         self.memory_only = False
@@ -77,6 +80,11 @@ class EventLog:
             if now - self._last_flush > self._flush_interval_s:
                 self._file.flush()
                 self._last_flush = now
+
+    def add_allocations(self, columns: dict[str, list[Any]]) -> None:
+        """Keep a batch of allocation rows (the allocations table's columns) for the tables at close."""
+        with self._lock:
+            self.alloc_columns.append(columns)
 
     def flush(self) -> None:
         """Make everything written so far visible to followers."""
@@ -128,9 +136,13 @@ _KV_COLUMNS = ["t_ns", "q", "chunk", "logical_bytes", "stored_bytes", "resident_
 NO_FREE = -1  # q_free / t_free_ns of an allocation still live when the trace ended
 
 
-def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """Fold event records into the five columnar tables (live allocations get q_free = -1)."""
+def tables_from_records(
+    records: Iterable[dict[str, Any]], alloc_columns: Iterable[dict[str, list[Any]]] = ()
+) -> dict[str, pd.DataFrame]:
+    """Fold event records, and allocation rows added in bulk, into the five columnar tables (live
+    allocations get q_free = -1). Frees, retags and sizes may refer to bulk rows."""
     allocs: dict[int, dict[str, Any]] = {}
+    later: list[dict[str, Any]] = []  # f/r/z records of allocations that are not records
     spans: dict[int, dict[str, Any]] = {}
     samples: list[tuple] = []
     counters: list[tuple] = []
@@ -144,19 +156,17 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
                     "t_free_ns": NO_FREE, "bytes": r["b"], "category": r["c"], "span_id": r["s"],
                     "name": r.get("n"),
                 }
-            elif k == "f":
+            elif k in ("f", "r", "z"):
                 a = allocs.get(r["id"])
-                if a is not None:
+                if a is None:
+                    later.append(r)
+                elif k == "f":
                     a["q_free"], a["t_free_ns"] = r["q"], r["t"]
-            elif k == "r":
-                a = allocs.get(r["id"])
-                if a is not None:
+                elif k == "r":
                     a["category"] = r["c"]
                     if r.get("n"):
                         a["name"] = r["n"]
-            elif k == "z":
-                a = allocs.get(r["id"])
-                if a is not None:
+                else:
                     a["bytes"] = r["b"]
             elif k == "b":
                 spans[r["id"]] = {
@@ -185,6 +195,11 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
         except (KeyError, TypeError) as exc:
             raise TraceError(f"event record of kind {k!r} lacks field {exc} ({str(r)[:120]})") from None
     alloc_df = pd.DataFrame(list(allocs.values()), columns=_ALLOC_COLUMNS)
+    bulk = [pd.DataFrame(cols, columns=_ALLOC_COLUMNS) for cols in alloc_columns if cols.get("id")]
+    if bulk:
+        alloc_df = pd.concat([alloc_df, *bulk] if len(alloc_df) else bulk, ignore_index=True)
+        if later:
+            _apply_later(alloc_df, later)
     span_df = pd.DataFrame(list(spans.values()), columns=_SPAN_COLUMNS)
     try:
         for col in ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "span_id"):
@@ -204,6 +219,24 @@ def tables_from_records(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataF
         "counters": pd.DataFrame(counters, columns=_COUNTER_COLUMNS),
         "kv": pd.DataFrame(kv, columns=_KV_COLUMNS),
     }
+
+
+def _apply_later(alloc_df: pd.DataFrame, later: list[dict[str, Any]]) -> None:
+    """Apply free/retag/size records to bulk rows, in record order (ids are unique)."""
+    row_of = pd.Series(range(len(alloc_df)), index=alloc_df["id"].to_numpy())
+    cols = {c: alloc_df.columns.get_loc(c) for c in ("q_free", "t_free_ns", "category", "name", "bytes")}
+    for r in later:
+        row = row_of.get(r["id"])
+        if row is None:
+            continue
+        if r["k"] == "f":
+            alloc_df.iat[row, cols["q_free"]], alloc_df.iat[row, cols["t_free_ns"]] = r["q"], r["t"]
+        elif r["k"] == "r":
+            alloc_df.iat[row, cols["category"]] = r["c"]
+            if r.get("n"):
+                alloc_df.iat[row, cols["name"]] = r["n"]
+        else:
+            alloc_df.iat[row, cols["bytes"]] = r["b"]
 
 
 # Columns every reader relies on, by table: "int" (no missing values), "int?" (may be missing),
@@ -280,11 +313,12 @@ class RawTrace:
 META_FIELDS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("run_id", "method", "integration", "codes", "error", "checkpoint", "tracker", "source",
                      "interrupted_stage", "failed_stage", "interrupted_by"), (str,)),
-    **dict.fromkeys(("config", "rollout", "environment", "method_params", "oom", "host_activity", "host_profile"),
+    **dict.fromkeys(("config", "rollout", "environment", "method_params", "oom", "host_activity", "host_profile",
+                     "allocator_layout"),
                     (dict,)),
     **dict.fromkeys(("command", "notes", "allocator_oom_events"), (list,)),
     **dict.fromkeys(("started_unix_ns", "ended_unix_ns", "budget_bytes", "tracker_peak_bytes", "allocated_before_bytes",
-                     "max_memory_allocated_bytes", "memory_allocated_end_bytes", "pid"), (int,)),
+                     "registered_before_bytes", "max_memory_allocated_bytes", "memory_allocated_end_bytes", "pid"), (int,)),
     **dict.fromkeys(("wall_s", "tracer_drain_s"), (int, float)),
 }
 _JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU runs of benchmarks/RESULTS.md, in steps that fit one `device` call (<= 10 minutes) each.
+#
+#   bash benchmarks/gpu_session.sh STEP [STEP...]     (on the device machine, from the repo root)
+#
+# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS, issue 6 budget + diagnose),
+# host (issue 8 py-spy host profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps),
+# render (issue 7 PNGs of every trace written so far), pack (tar what render wrote).
+# Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
+# image lacks are carried in .whl/ (see NEXT_GPU_SESSION.md); installed into a fresh /tmp/site.
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/kv
+if [ ! -f /tmp/site/.done ]; then
+  rm -rf /tmp/site
+  pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 && touch /tmp/site/.done
+fi
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+KV="python3 -m kvprof.cli"
+T0=$(date +%s)
+log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.log"; }
+
+for step in "$@"; do
+  case "$step" in
+    core)
+      log "env"
+      { nvidia-smi -L; python3 -c "import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda)"; } > "$OUT/env.txt" 2>&1
+      python3 benchmarks/probe_allocator.py --counters > "$OUT/counters_cost.json" 2>>"$OUT/steps.log"
+      log "issue 2: bf16 traced vs untraced"
+      timeout 300 python3 benchmarks/traced_vs_untraced.py --method bf16 --repeat 2 --out /tmp/kv/tvu > "$OUT/bf16_traced_vs_untraced.json" 2>>"$OUT/steps.log"
+      log "issue 5: lpips vs official"
+      timeout 120 python3 benchmarks/lpips_vs_official.py --device cuda --out "$OUT/lpips_vs_official_cuda.json" >> "$OUT/steps.log" 2>&1
+      log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"
+      timeout 120 $KV trace --method bf16 --budget 20GiB --out /tmp/kv/budget --run-id bf16-budget --json > "$OUT/budget_bf16.json" 2>>"$OUT/steps.log"
+      timeout 420 $KV trace --method prq_int4 --budget 20GiB --out /tmp/kv/budget --run-id prq_int4-budget --json > "$OUT/budget_prq_int4.json" 2>>"$OUT/steps.log"
+      $KV diagnose /tmp/kv/budget/prq_int4-budget --baseline /tmp/kv/budget/bf16-budget > "$OUT/budget_diagnose.txt" 2>&1
+      log "core done"
+      ;;
+    host)
+      for m in quarot_kv_int4 flowcache_soft_prune_int4; do
+        log "issue 8: host profile $m"
+        timeout 240 $KV trace --method "$m" --host-profile --out /tmp/kv/host --run-id "$m-host" --json > "$OUT/host_$m.json" 2>>"$OUT/steps.log"
+      done
+      ;;
+    study:*|staged:*)
+      integ=${step%%:*}; methods=${step#*:}
+      log "issue 3: $integ sweep $methods"
+      timeout 560 python3 benchmarks/sweep.py --integration "$integ" --methods "$methods" --deadline "${DEADLINE:-500}" \
+        --out "/tmp/kv/sweep" >> "$OUT/sweep_$integ.jsonl" 2>>"$OUT/steps.log"
+      ;;
+    render)
+      log "issue 7: render"
+      timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu \
+        --out /tmp/kv/report >> "$OUT/steps.log" 2>&1
+      ;;
+    pack)
+      tar -czf "$OUT/report.tgz" -C /tmp/kv report 2>>"$OUT/steps.log"
+      ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
+log "all done"
