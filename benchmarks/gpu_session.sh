@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_session.sh STEP [STEP...]     (on the device machine, from the repo root)
 #
-# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS, issue 6 budget + diagnose),
+# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), budget (issue 6 budget + diagnose),
 # host (issue 8 py-spy host profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps),
 # render (issue 7 PNGs of every trace written so far), pack (tar what render wrote).
 # Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
@@ -30,11 +30,12 @@ for step in "$@"; do
       timeout 300 python3 benchmarks/traced_vs_untraced.py --method bf16 --repeat 2 --out /tmp/kv/tvu > "$OUT/bf16_traced_vs_untraced.json" 2>>"$OUT/steps.log"
       log "issue 5: lpips vs official"
       timeout 120 python3 benchmarks/lpips_vs_official.py --device cuda --out "$OUT/lpips_vs_official_cuda.json" >> "$OUT/steps.log" 2>&1
+      ;;
+    budget)
       log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"
       timeout 120 $KV trace --method bf16 --budget 20GiB --out /tmp/kv/budget --run-id bf16-budget --json > "$OUT/budget_bf16.json" 2>>"$OUT/steps.log"
       timeout 420 $KV trace --method prq_int4 --budget 20GiB --out /tmp/kv/budget --run-id prq_int4-budget --json > "$OUT/budget_prq_int4.json" 2>>"$OUT/steps.log"
       $KV diagnose /tmp/kv/budget/prq_int4-budget --baseline /tmp/kv/budget/bf16-budget > "$OUT/budget_diagnose.txt" 2>&1
-      log "core done"
       ;;
     host)
       for m in quarot_kv_int4 flowcache_soft_prune_int4; do
@@ -50,7 +51,7 @@ for step in "$@"; do
       ;;
     render)
       log "issue 7: render"
-      timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu \
+      timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu /tmp/kv/host \
         --out /tmp/kv/report >> "$OUT/steps.log" 2>&1
       ;;
     pack)

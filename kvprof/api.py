@@ -348,9 +348,9 @@ class TraceRun:
                 self._guard = None
         try:
             if self.budget_bytes is not None and self.device.type == "cuda":
-                total = torch.cuda.get_device_properties(self.device).total_memory
+                total = torch.cuda.get_device_properties(self.session.device).total_memory
                 self._fraction = min(1.0, self.budget_bytes / total)
-                torch.cuda.set_per_process_memory_fraction(self._fraction, self.device)
+                torch.cuda.set_per_process_memory_fraction(self._fraction, self.session.device)
             self.session.start()
         except BaseException:
             self._release()
@@ -409,7 +409,7 @@ class TraceRun:
 
     def _release(self) -> None:
         if self._fraction is not None:
-            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+            torch.cuda.set_per_process_memory_fraction(1.0, self.session.device)
             self._fraction = None
         if self._guard is not None:
             self._guard.uninstall()

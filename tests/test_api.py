@@ -133,3 +133,27 @@ def test_the_builtin_rollout_uses_the_same_api() -> None:
     source = inspect.getsource(kvprof.runner)
     assert "api.trace(" in source
     assert "TraceSession" not in source and "tracers.session" not in source
+
+
+def test_a_cuda_budget_caps_the_allocator_of_the_resolved_device(tmp_path, monkeypatch):
+    """`--budget` on a bare "cuda" device: the memory fraction needs the device index (a GPU run
+    once failed with "Expected a torch.device with a specified index")."""
+    calls = []
+
+    class Props:
+        total_memory = 80 << 30
+
+    def fraction(f, device):
+        if not isinstance(device, int) and getattr(device, "index", None) is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        calls.append((f, device))
+        raise RuntimeError("stop before tracking starts")
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", fraction)
+    monkeypatch.setattr(kv, "environment", lambda device: {})
+    run = kv.TraceRun(tmp_path / "t", None, torch.device("cuda"), 20 << 30, live=False, signals=False)
+    with pytest.raises(RuntimeError, match="stop before tracking"):
+        run.start()
+    assert calls[0] == (0.25, torch.device("cuda", 0))
