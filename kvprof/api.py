@@ -48,6 +48,9 @@ __all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "
 
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 _TRIED = re.compile(r"Tried to allocate ([0-9.]+ ?[KMGT]?i?B)")
+# The caching allocator's own account at the failure: bytes in live blocks, and bytes its segments
+# hold that no block uses (fragmentation); a GPU budget caps the sum (reserved memory).
+_HELD = re.compile(r"Of the allocated memory ([\d.]+ ?[KMGT]?i?B) is allocated by PyTorch, and ([\d.]+ ?[KMGT]?i?B) is reserved")
 
 stage = context.stage
 category = context.tag
@@ -259,6 +262,10 @@ def _oom_facts(exc: BaseException, budget_bytes: int | None, meta: dict[str, Any
         return {"source": "kvprof budget (tracked live bytes, simulated on CPU)", "requested_bytes": exc.requested,
                 "budget_bytes": exc.budget, "tracker_live_bytes": exc.live}
     facts: dict[str, Any] = {"source": "torch.OutOfMemoryError", "budget_bytes": budget_bytes}
+    held = _HELD.search(str(exc))
+    if held:
+        facts["allocated_bytes_at_failure"] = parse_size(held.group(1).replace(" ", ""), "OOM message")
+        facts["reserved_unallocated_bytes"] = parse_size(held.group(2).replace(" ", ""), "OOM message")
     events = meta.get("allocator_oom_events") or []
     last = events[-1] if events and isinstance(events[-1], dict) else {}
     if last.get("size") is not None:
@@ -292,6 +299,7 @@ class TraceRun:
         self.error: BaseException | None = None
         self._guard: InterruptGuard | None = None
         self._fraction: float | None = None
+        self._expandable_set = False
 
     # ---------------------------------------------------------------- what you mark
     @property
@@ -351,6 +359,7 @@ class TraceRun:
                 total = torch.cuda.get_device_properties(self.session.device).total_memory
                 self._fraction = min(1.0, self.budget_bytes / total)
                 torch.cuda.set_per_process_memory_fraction(self._fraction, self.session.device)
+                self._expandable_for_budget()
             self.session.start()
         except BaseException:
             self._release()
@@ -407,10 +416,27 @@ class TraceRun:
         write_json_atomic(self.path / SUMMARY_FILE, summary)
         return summary
 
+    def _expandable_for_budget(self) -> None:
+        """The cap holds reserved memory, live blocks plus what fragmentation leaves unused in fixed
+        segments; expandable segments keep that slack to whole 2 MiB pages, so the budget measures the
+        method's bytes, not the allocator's segment history. Only when nothing is reserved yet and the
+        user has not configured the allocator."""
+        if any(os.environ.get(v) for v in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
+            return
+        if torch.cuda.memory_reserved(self.session.device) != 0:
+            return
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+        self._expandable_set = True
+        self.session.expandable_segments = True
+        self.session.meta["allocator_settings"] = "expandable_segments:True (set by kvprof for --budget)"
+
     def _release(self) -> None:
         if self._fraction is not None:
             torch.cuda.set_per_process_memory_fraction(1.0, self.session.device)
             self._fraction = None
+        if self._expandable_set:
+            torch.cuda.memory._set_allocator_settings("expandable_segments:False")
+            self._expandable_set = False
         if self._guard is not None:
             self._guard.uninstall()
             self._guard = None

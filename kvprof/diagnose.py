@@ -745,10 +745,18 @@ def _detect_causes(ctx: _Context, live: pd.DataFrame, peak_phase: str, phases: p
         req = oom.get("requested_bytes")
         at_failure = oom.get("live_bytes")  # live when the failing request came (kvprof.api), else the peak's
         held = int(at_failure) if isinstance(at_failure, int) else int(live["bytes"].sum())
-        need = f"; it asked for {fmt_bytes(int(req))} more with {fmt_bytes(held)} live, so {fmt_bytes(int(req) + held)} " \
-               "was needed at that instant" if isinstance(req, int) else ""
+        slack = oom.get("reserved_unallocated_bytes")
+        if isinstance(oom.get("allocated_bytes_at_failure"), int):
+            held = int(oom["allocated_bytes_at_failure"])
+        need = f"; it asked for {fmt_bytes(int(req))} more with {fmt_bytes(held)} live" if isinstance(req, int) else ""
+        if need and isinstance(slack, int):
+            # A GPU budget caps reserved memory: live blocks plus the segments' unused space.
+            need += (f" and {fmt_bytes(slack)} reserved by the caching allocator but unused (fragmentation), so "
+                     f"{fmt_bytes(int(req) + held + slack)} of reserved memory was needed at that instant")
+        elif need:
+            need += f", so {fmt_bytes(int(req) + held)} was needed at that instant"
         if isinstance(oom.get("budget_bytes"), int):
-            need += f", over the memory budget of {fmt_bytes(oom['budget_bytes'])} (--budget)"
+            need += f", against the memory budget of {fmt_bytes(oom['budget_bytes'])} (--budget)"
         causes.append(Cause("oom", "out of memory", int(live["bytes"].sum()),
                             f"the run ran out of memory in {oom.get('stage') or '?'}{need}; the peak shown is the "
                             "highest live total the trace reached before the failure", "meta.json (oom), allocation table"))

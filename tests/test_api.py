@@ -137,8 +137,9 @@ def test_the_builtin_rollout_uses_the_same_api() -> None:
 
 def test_a_cuda_budget_caps_the_allocator_of_the_resolved_device(tmp_path, monkeypatch):
     """`--budget` on a bare "cuda" device: the memory fraction needs the device index (a GPU run
-    once failed with "Expected a torch.device with a specified index")."""
-    calls = []
+    once failed with "Expected a torch.device with a specified index"); with nothing reserved yet
+    and no allocator configuration, expandable segments keep fragmentation out of the cap."""
+    calls, settings = [], []
 
     class Props:
         total_memory = 80 << 30
@@ -147,13 +148,22 @@ def test_a_cuda_budget_caps_the_allocator_of_the_resolved_device(tmp_path, monke
         if not isinstance(device, int) and getattr(device, "index", None) is None:
             raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
         calls.append((f, device))
+
+    def stop():
         raise RuntimeError("stop before tracking starts")
 
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", fraction)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", settings.append)
     monkeypatch.setattr(kv, "environment", lambda device: {})
     run = kv.TraceRun(tmp_path / "t", None, torch.device("cuda"), 20 << 30, live=False, signals=False)
+    monkeypatch.setattr(run.session, "start", stop)
     with pytest.raises(RuntimeError, match="stop before tracking"):
         run.start()
-    assert calls[0] == (0.25, torch.device("cuda", 0))
+    assert calls == [(0.25, torch.device("cuda", 0)), (1.0, torch.device("cuda", 0))]  # capped, then released
+    assert settings == ["expandable_segments:True", "expandable_segments:False"]
+    assert run.session.expandable_segments

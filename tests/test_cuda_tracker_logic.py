@@ -85,9 +85,24 @@ def test_layout_counts_misses_instead_of_guessing():
 def test_unsupported_allocator_configurations_turn_the_model_off():
     assert unsupported_reason({}) is None
     assert unsupported_reason({"PYTORCH_CUDA_ALLOC_CONF": "garbage_collection_threshold:0.6"}) is None
-    assert unsupported_reason({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == \
-        "PYTORCH_CUDA_ALLOC_CONF sets expandable_segments"
+    assert unsupported_reason({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) is None  # sizes are exact
     assert unsupported_reason({"PYTORCH_ALLOC_CONF": "max_split_size_mb:128"}) == "PYTORCH_ALLOC_CONF sets max_split_size_mb"
+
+
+def test_expandable_segments_blocks_are_their_rounded_request_and_fixed_ones_stay_mirrored():
+    lay = BlockLayout(expandable=True)
+    fixed = 1 << 40
+    lay.segment_alloc(fixed, 20 * MIB)
+    lay.alloc(fixed, 16 * MIB)
+    assert lay.alloc(fixed + 16 * MIB, 3 * MIB + 1) == 4 * MIB  # a fixed segment: handed out unsplit
+    assert lay.alloc(1 << 44, 3 * MIB + 1) == 3 * MIB + 512  # an expandable segment: always split
+    assert lay.free_requested(1 << 44) is None
+    lay.free_completed(1 << 44)
+    expandable_seg = {"address": 1 << 44, "total_size": 4 * MIB, "is_expandable": True,
+                      "blocks": [{"size": 4 * MIB, "state": "inactive"}]}
+    fixed_seg = {"address": fixed, "total_size": 20 * MIB,
+                 "blocks": [{"size": 16 * MIB, "state": "active_allocated"}, {"size": 4 * MIB, "state": "active_allocated"}]}
+    assert lay.mismatches([fixed_seg, expandable_seg]) == 0 and lay.misses == 0
 
 
 _SIZES = st.sampled_from([100, 600, 4000, 300 * KIB, MIB, MIB + 1, 1536 * KIB, 3 * MIB, 3 * MIB + 300 * KIB,

@@ -179,3 +179,15 @@ def test_sigkill_leaves_a_live_trace_that_loads_to_its_last_whole_record(tmp_pat
     assert torn and len(records) == data[:cut].count(b"\n")
     torn_trace = load_trace(folder)
     assert torn_trace.raw.torn_tail and torn_trace.status == "running"
+
+
+def test_cuda_oom_reads_the_allocators_own_account_of_reserved_memory() -> None:
+    """A GPU budget caps reserved memory; the message's allocated and reserved-but-unused bytes say
+    how much of the failure was fragmentation (numbers from an H100 run, RESULTS.md)."""
+    msg = ("CUDA out of memory. Tried to allocate 586.00 MiB. GPU 0 has a total capacity of 79.18 GiB of which 58.73 GiB "
+           "is free. Including non-PyTorch memory, this process has 20.44 GiB memory in use. 20.00 GiB allowed; Of the "
+           "allocated memory 17.54 GiB is allocated by PyTorch, and 2.23 GiB is reserved by PyTorch but unallocated.")
+    facts = _oom_facts(torch.OutOfMemoryError(msg), 20 << 30, {})
+    assert facts["allocated_bytes_at_failure"] == int(17.54 * (1 << 30))
+    assert facts["reserved_unallocated_bytes"] == int(2.23 * (1 << 30))
+    assert facts["requested_bytes"] == 586 << 20

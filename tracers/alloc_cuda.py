@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tracers.alloc_layout import ALLOCATED, BlockLayout, round_size, unsupported_reason
+from tracers.alloc_layout import ALLOCATED, BlockLayout, expandable_segments_requested, round_size, unsupported_reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
@@ -66,7 +66,7 @@ class LayoutStats:
 class CudaHistoryTracker:
     """Replays `torch.cuda.memory._snapshot()` device traces into kvprof allocation records."""
 
-    def __init__(self, session: "TraceSession", device: torch.device):
+    def __init__(self, session: "TraceSession", device: torch.device, expandable: bool = False):
         self.session = session
         self.device = device
         self.index = device.index or 0  # the session resolves a bare "cuda" to its index
@@ -75,7 +75,8 @@ class CudaHistoryTracker:
         self._pending_retags: deque[tuple[int, int, str, str | None]] = deque()
         self._hist_pos = (-1, 0)  # (context, order) of the last allocator event
         self.oom_events: list[dict[str, Any]] = []
-        self.layout = BlockLayout()
+        self.expandable = expandable or expandable_segments_requested()
+        self.layout = BlockLayout(expandable=self.expandable)
         self.stats = LayoutStats(off_reason=unsupported_reason())
         self._start_blocks: dict[int, int] = {}  # blocks allocated when tracking started: address -> size
 
@@ -85,10 +86,7 @@ class CudaHistoryTracker:
         )
 
     def _segments(self, snap: dict[str, Any]) -> list[dict[str, Any]]:
-        segments = [s for s in snap.get("segments", []) if s.get("device", self.index) == self.index]
-        if self.stats.off_reason is None and any(s.get("is_expandable") for s in segments):
-            self.stats.off_reason = "expandable segments"
-        return segments
+        return [s for s in snap.get("segments", []) if s.get("device", self.index) == self.index]
 
     def start(self) -> None:
         """Learn the blocks that exist now, then start recording."""
@@ -198,8 +196,8 @@ class CudaHistoryTracker:
                 layout.segment_alloc(e["addr"], e["size"])
             elif action == "segment_free":
                 layout.segment_free(e["addr"], e["size"])
-            elif action in ("segment_map", "segment_unmap"):
-                self.stats.off_reason = "expandable segments"
+            elif action in ("segment_map", "segment_unmap") and not self.expandable:
+                self.stats.off_reason = "expandable segments the tracker was not told of"
                 layout = None
             elif action == "oom":
                 self._oom(e, last_ctx)
@@ -238,4 +236,4 @@ class CudaHistoryTracker:
 
     def meta(self) -> dict[str, Any]:
         """What the trace's meta records about block sizes."""
-        return self.stats.as_meta(self.layout.misses)
+        return self.stats.as_meta(self.layout.misses) | {"expandable_segments": self.expandable}

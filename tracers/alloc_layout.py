@@ -7,12 +7,14 @@ up to 511 bytes for small ones). Whether a block is split depends only on the fr
 that address, so mirroring segments, splits and merges from the same history gives every block's
 exact size, including blocks freed between two drains (which no snapshot ever shows).
 
-The rules are those of c10's CUDACachingAllocator (native backend, no expandable segments, no
-max_split_size or power-of-two rounding): `round_size`, the small pool for rounded sizes up to
+The rules are those of c10's CUDACachingAllocator (native backend, no max_split_size or
+power-of-two rounding): `round_size`, the small pool for rounded sizes up to
 1 MiB, `should_split` (small: remainder >= 512 B; large: remainder > 1 MiB) and merging a freed
 block with free neighbours of the same segment when the free completes. The layout is checked
 against, and reloaded from, the allocator's snapshot at every drain; `unsupported_reason` says when
-the allocator's configuration makes the rules inapplicable.
+the allocator's configuration makes the rules inapplicable. With expandable segments the allocator
+splits every block down to its rounded request (any remainder of 512 B or more is split off), so
+blocks of expandable segments are exactly `round_size` and need no mirror.
 """
 from __future__ import annotations
 
@@ -26,8 +28,7 @@ FREE, ALLOCATED, PENDING_FREE = 0, 1, 2
 _STATES = {"inactive": FREE, "active_allocated": ALLOCATED, "active_pending_free": PENDING_FREE}
 
 # PYTORCH_CUDA_ALLOC_CONF options that change block sizes or segment structure.
-_UNSUPPORTED_OPTIONS = ("expandable_segments:true", "max_split_size_mb", "roundup_power2_divisions",
-                        "backend:cudamallocasync")
+_UNSUPPORTED_OPTIONS = ("max_split_size_mb", "roundup_power2_divisions", "backend:cudamallocasync")
 
 
 def round_size(size: int) -> int:
@@ -56,6 +57,13 @@ def unsupported_reason(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
+def expandable_segments_requested(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment turns the allocator's expandable segments on."""
+    env = os.environ if environ is None else environ
+    return any("expandable_segments:true" in env.get(var, "").replace(" ", "").lower()
+               for var in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"))
+
+
 class BlockLayout:
     """Blocks of every segment of one device: start address -> [size, state, segment start, segment end].
 
@@ -64,7 +72,10 @@ class BlockLayout:
     the next snapshot resynchronizes the layout.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expandable: bool = False) -> None:
+        # expandable: new segments are expandable; allocations outside the mirrored (fixed) segments
+        # are theirs, and their block size is the rounded request.
+        self.expandable = expandable
         self.blocks: dict[int, list[int]] = {}
         self._free_ends: dict[int, int] = {}  # end address -> start, free blocks only (backward merges)
         self.misses = 0
@@ -75,6 +86,8 @@ class BlockLayout:
         self.blocks.clear()
         self._free_ends.clear()
         for seg in _device_segments(segments, device):
+            if seg.get("is_expandable"):
+                continue
             start = int(seg["address"])
             end = start + int(seg.get("total_size") or sum(int(b["size"]) for b in seg.get("blocks", [])))
             addr = start
@@ -90,6 +103,8 @@ class BlockLayout:
         """How many blocks of a snapshot differ from the layout (address, size or allocated state)."""
         theirs: dict[int, tuple[int, bool]] = {}
         for seg in _device_segments(segments, device):
+            if seg.get("is_expandable"):
+                continue
             addr = int(seg["address"])
             for b in seg.get("blocks", []):
                 theirs[addr] = (int(b["size"]), b.get("state") != "inactive")
@@ -115,6 +130,8 @@ class BlockLayout:
         """The block size handed out for `requested` bytes at `addr` (None on a miss)."""
         block = self.blocks.get(addr)
         rounded = round_size(requested)
+        if block is None and self.expandable:
+            return rounded
         if block is None or block[1] != FREE or block[0] < rounded:
             self.misses += 1
             return None
@@ -132,6 +149,8 @@ class BlockLayout:
     def free_requested(self, addr: int) -> int | None:
         """The block is released by its tensor; it is reusable once the free completes."""
         block = self.blocks.get(addr)
+        if block is None and self.expandable:
+            return None
         if block is None or block[1] != ALLOCATED:
             self.misses += 1
             return None
@@ -141,6 +160,8 @@ class BlockLayout:
     def free_completed(self, addr: int) -> None:
         """The block returns to the pool, merged with free neighbours of its segment."""
         block = self.blocks.get(addr)
+        if block is None and self.expandable:
+            return
         if block is None or block[1] == FREE:
             self.misses += 1
             return

@@ -80,6 +80,7 @@ class TraceSession:
         self._tag_stack: list[str] = []
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records
         self.peak_bytes = 0
+        self.expandable_segments = False  # set before start() when the caller turned them on at runtime
         self.registered_before_bytes = 0  # bytes of registered blocks that predate tracking (CUDA)
         self._alloc_bytes: dict[int, int] = {}
         self._log: EventLog | None = None
@@ -119,7 +120,7 @@ class TraceSession:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.meta["allocated_before_bytes"] = torch.cuda.memory_allocated(self.device)
-            self._cuda = CudaHistoryTracker(self, self.device)
+            self._cuda = CudaHistoryTracker(self, self.device, expandable=self.expandable_segments)
             self._cuda.start()
         else:
             self._dispatch = DispatchAllocTracker(self)

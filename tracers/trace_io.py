@@ -312,7 +312,7 @@ class RawTrace:
 # Fields of meta.json that readers use, and their JSON types (a missing field or null is allowed).
 META_FIELDS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("run_id", "method", "integration", "codes", "error", "checkpoint", "tracker", "source",
-                     "interrupted_stage", "failed_stage", "interrupted_by"), (str,)),
+                     "interrupted_stage", "failed_stage", "interrupted_by", "allocator_settings"), (str,)),
     **dict.fromkeys(("config", "rollout", "environment", "method_params", "oom", "host_activity", "host_profile",
                      "allocator_layout"),
                     (dict,)),
