@@ -279,6 +279,15 @@ def _oom_facts(exc: BaseException, budget_bytes: int | None, meta: dict[str, Any
     return facts
 
 
+def _set_allocator_settings(settings: str) -> None:
+    """Change the caching allocator's settings at runtime (torch >= 2.9 names it per accelerator)."""
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is not None:
+        setter(settings)
+    else:
+        torch.cuda.memory._set_allocator_settings(settings)
+
+
 # --------------------------------------------------------------------------- the API
 class TraceRun:
     """One traced run of your code; see the module docstring. Made by `trace()`."""
@@ -425,7 +434,7 @@ class TraceRun:
             return
         if torch.cuda.memory_reserved(self.session.device) != 0:
             return
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+        _set_allocator_settings("expandable_segments:True")
         self._expandable_set = True
         self.session.expandable_segments = True
         self.session.meta["allocator_settings"] = "expandable_segments:True (set by kvprof for --budget)"
@@ -435,7 +444,7 @@ class TraceRun:
             torch.cuda.set_per_process_memory_fraction(1.0, self.session.device)
             self._fraction = None
         if self._expandable_set:
-            torch.cuda.memory._set_allocator_settings("expandable_segments:False")
+            _set_allocator_settings("expandable_segments:False")
             self._expandable_set = False
         if self._guard is not None:
             self._guard.uninstall()
