@@ -190,3 +190,12 @@ def test_qaq_restores_outliers_exactly(role):
     for b, t, h, d, _ in spots:
         mask[b, t, h, d] = False
     assert (out - x)[mask].norm() < (plain - x)[mask].norm()  # clamping tightened the scales
+
+
+@pytest.mark.parametrize("d", [1, 2, 16, 128])
+def test_hadamard_matrix_is_sylvesters_normalized_matrix(d):
+    h = hadamard_matrix(d, "cpu", torch.float64)
+    sylvester = torch.ones(1, 1, dtype=torch.float64)
+    while sylvester.shape[0] < d:
+        sylvester = torch.cat([torch.cat([sylvester, sylvester], 1), torch.cat([sylvester, -sylvester], 1)], 0)
+    assert torch.equal(h, sylvester / math.sqrt(d))
