@@ -266,6 +266,12 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
             f"{rec['max_memory_allocated_bytes']:,} B (gap {rec['peak_gap_bytes']:,} B); max gap at stage boundaries "
             f"{rec.get('max_abs_gap_bytes', 0):,} B over {rec.get('boundaries', 0)} boundaries"
         )
+        bs = rec.get("block_sizes")
+        if isinstance(bs, dict):
+            how = (f"allocator layout mirror off ({bs.get('off_reason')})" if bs.get("model") == "off" else
+                   f"{bs.get('exact_blocks', 0):,} from the allocator layout mirror")
+            con.print(f"  block sizes: {how}, {bs.get('rounded_blocks', 0):,} rounded requests, "
+                      f"{bs.get('snapshot_mismatches', 0):,} snapshot mismatches")
     else:
         unattr = peak["by_category"].get("unattributed", 0)
         con.print(f"[bold]reconciliation[/bold] {rec.get('note', '')}; unattributed at peak {fmt_bytes(unattr)}")

@@ -262,3 +262,19 @@ def test_register_adopts_blocks_from_before_tracking_with_their_block_size(tmp_p
     assert trace.meta["registered_before_bytes"] == 3 * MIB + 300 * KIB
     rec = reconcile(trace, find_peak(trace))
     assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
+
+
+def test_trace_summary_prints_how_block_sizes_were_learned(tmp_path, fake, capsys):
+    from kvprof.analysis import summarize
+    from kvprof.cli import print_summary
+
+    s = _session(tmp_path)
+    s.start()
+    _workload(fake, s, random.Random(5), drains=False)
+    s.close("complete")
+    trace = load_trace(tmp_path / "t")
+    print_summary(tmp_path / "t", summarize(trace))
+    out = " ".join(capsys.readouterr().out.split())
+    n = len(trace.allocations)
+    assert f"block sizes: {n:,} from the allocator layout mirror, 0 rounded requests, 0 snapshot mismatches" in out
+    assert "(gap 0 B); max gap at stage boundaries 0 B" in out
