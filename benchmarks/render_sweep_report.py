@@ -75,19 +75,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}  ({time.perf_counter() - t0:.1f} s)", flush=True)
 
         print(f"{len(traces)} traces from {', '.join(map(str, args.traces))}", flush=True)
-        timed(args.out / "compare.csv",
-              lambda p: p.write_text(format_compare(compare_table(traces, sort="method"), "csv")))
-        timed(args.out / "sweep.html", lambda p: write_report(traces, p, buckets=args.buckets))
-        timed(args.out / "sweep.md", lambda p: write_report(traces, p))
-        if len(traces) > 1:
-            timed(args.out / "comparison.png",
-                  lambda p: p.write_bytes(render_chart(comparison_chart(traces), "png", args.scale)))
+        # Cheapest and most wanted first, so a time-limited run on the GPU machine keeps the PNGs.
         for t in traces:
             timed(args.out / f"{t.path.name}.png",
                   lambda p, t=t: p.write_bytes(render_chart(trace_chart(t, args.buckets), "png", args.scale)))
-            if args.diagnose and t.meta.get("method") != "bf16":
-                timed(args.out / f"{t.path.name}.diagnose.md",
-                      lambda p, t=t: p.write_text(diagnose(t, traces_root=args.traces[0]).to_markdown()))
+        if len(traces) > 1:
+            timed(args.out / "comparison.png",
+                  lambda p: p.write_bytes(render_chart(comparison_chart(traces), "png", args.scale)))
+        timed(args.out / "compare.csv",
+              lambda p: p.write_text(format_compare(compare_table(traces, sort="method"), "csv")))
+        timed(args.out / "sweep.md", lambda p: write_report(traces, p))
+        timed(args.out / "sweep.html", lambda p: write_report(traces, p, buckets=args.buckets))
+        if args.diagnose:
+            for t in traces:
+                if t.meta.get("method") != "bf16":
+                    timed(args.out / f"{t.path.name}.diagnose.md",
+                          lambda p, t=t: p.write_text(diagnose(t, traces_root=args.traces[0]).to_markdown()))
     except UsageError as exc:
         print(f"render_sweep_report: error: {exc}", file=sys.stderr)
         return 2
