@@ -20,15 +20,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tracers.alloc_layout import ALLOCATED, BlockLayout, expandable_segments_requested, round_size, unsupported_reason
+from tracers.trace_io import NO_FREE
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
 
 MAX_ENTRIES = 50_000_000
 Q_STRIDE = 1 << 32  # q = context * Q_STRIDE + order within the context (the session's numbering)
-NO_FREE = -1
-
-allocator_block_size = round_size  # the rounding alone, for blocks the layout does not know
 
 
 @dataclass

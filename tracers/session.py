@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from tracers import context
-from tracers.alloc_cuda import NO_FREE, Q_STRIDE, CudaHistoryTracker, HistoryBatch
+from tracers.alloc_cuda import Q_STRIDE, CudaHistoryTracker, HistoryBatch
 from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
@@ -24,6 +24,7 @@ from tracers.trace_io import (
     META_FILE,
     SCHEMA_VERSION,
     STATUSES,
+    NO_FREE,
     EventLog,
     tables_from_records,
     write_json_atomic,
