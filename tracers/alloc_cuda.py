@@ -147,6 +147,8 @@ class CudaHistoryTracker:
         q_alloc, t_alloc, sizes, ctxs = batch.q_alloc, batch.t_alloc_us, batch.size, batch.ctx
         q_free, t_free = batch.q_free, batch.t_free_us
         last_ctx, order = self._hist_pos
+        # Allocator events of context c sort after the session's own records of c (small orders), in
+        # allocator order; the half-stride offset keeps them clear of those.
         half = Q_STRIDE >> 1
         next_id = first
         exact = rounded = 0
