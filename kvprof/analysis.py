@@ -18,14 +18,9 @@ __all__ = ["Peak", "memory_events", "timeline", "find_peak", "live_at", "stage_t
 
 
 def memory_events(trace: Trace) -> pd.DataFrame:
-    """Every alloc (+bytes) and free (-bytes) in exact order: columns q, t_ns, delta, category, alloc_id, live."""
-    a = trace.allocations
-    allocs = pd.DataFrame({"q": a["q_alloc"], "t_ns": a["t_alloc_ns"], "delta": a["bytes"], "category": a["category"], "alloc_id": a["id"]})
-    freed = a[a["q_free"] != NO_FREE]
-    frees = pd.DataFrame({"q": freed["q_free"], "t_ns": freed["t_free_ns"], "delta": -freed["bytes"], "category": freed["category"], "alloc_id": freed["id"]})
-    ev = pd.concat([allocs, frees], ignore_index=True).sort_values("q", kind="stable").reset_index(drop=True)
-    ev["live"] = ev["delta"].cumsum()
-    return ev
+    """Every alloc (+bytes) and free (-bytes) in exact order: columns q, t_ns, delta, category, alloc_id, live.
+    Computed once per trace and shared: callers must not modify it."""
+    return trace.memory_events
 
 
 def timeline(trace: Trace) -> pd.DataFrame:

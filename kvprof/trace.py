@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from tracers.trace_io import RawTrace, TraceError, read_raw_trace
+from tracers.trace_io import NO_FREE, RawTrace, TraceError, read_raw_trace
 
 __all__ = ["Trace", "TraceError", "load_trace", "list_traces"]
 
@@ -50,6 +50,20 @@ class Trace:
     @property
     def kv(self) -> pd.DataFrame:
         return self.raw.tables["kv"]
+
+    @cached_property
+    def memory_events(self) -> pd.DataFrame:
+        """Every alloc (+bytes) and free (-bytes) in exact order: columns q, t_ns, delta, category,
+        alloc_id, live. Reports and diagnose ask for it several times per trace; it is built once."""
+        a = self.allocations
+        allocs = pd.DataFrame({"q": a["q_alloc"], "t_ns": a["t_alloc_ns"], "delta": a["bytes"], "category": a["category"],
+                               "alloc_id": a["id"]})
+        freed = a[a["q_free"] != NO_FREE]
+        frees = pd.DataFrame({"q": freed["q_free"], "t_ns": freed["t_free_ns"], "delta": -freed["bytes"],
+                              "category": freed["category"], "alloc_id": freed["id"]})
+        ev = pd.concat([allocs, frees], ignore_index=True).sort_values("q", kind="stable").reset_index(drop=True)
+        ev["live"] = ev["delta"].cumsum()
+        return ev
 
     @cached_property
     def spans(self) -> pd.DataFrame:
