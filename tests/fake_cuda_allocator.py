@@ -117,10 +117,8 @@ class FakeCachingAllocator:
             self.trace.clear()
 
 
-@pytest.fixture
-def fake(monkeypatch) -> FakeCachingAllocator:
-    """torch.cuda's memory history API and counters, served by a FakeCachingAllocator."""
-    f = FakeCachingAllocator()
+def install(monkeypatch, f: FakeCachingAllocator) -> FakeCachingAllocator:
+    """Serve torch.cuda's memory history API and counters from `f`."""
     mem = torch.cuda.memory
     monkeypatch.setattr(mem, "_record_memory_history", f.record_history)
     monkeypatch.setattr(mem, "_snapshot", f.snapshot)
@@ -133,3 +131,9 @@ def fake(monkeypatch) -> FakeCachingAllocator:
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
     return f
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeCachingAllocator:
+    """torch.cuda's memory history API and counters, served by a FakeCachingAllocator."""
+    return install(monkeypatch, FakeCachingAllocator())

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fake_cuda_allocator import KIB, MIB, FakeCachingAllocator, fake  # noqa: F401  (fixture)
+from fake_cuda_allocator import KIB, MIB, FakeCachingAllocator, fake, install  # noqa: F401  (fixture)
 from kvprof.analysis import find_peak, reconcile
 from kvprof.trace import load_trace
 from tracers import TraceSession, stage, tag
@@ -227,14 +227,10 @@ def test_without_the_layout_model_the_gap_is_measured_not_hidden(tmp_path, fake,
     assert rec["max_abs_gap_bytes"] > 0  # rounded sizes of unsplit blocks freed between drains
 
 
-def test_live_drains_write_the_same_rows_as_memory_only_drains(tmp_path, fake, monkeypatch):
+def test_live_drains_write_the_same_rows_as_memory_only_drains(tmp_path, monkeypatch):
     tables = []
     for name, live in (("a", True), ("b", False)):
-        f2 = FakeCachingAllocator()
-        monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", f2.record_history)
-        monkeypatch.setattr(torch.cuda.memory, "_snapshot", f2.snapshot)
-        monkeypatch.setattr(torch.cuda.memory, "_set_memory_metadata", lambda v, f2=f2: setattr(f2, "metadata", v))
-        monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda *a, f2=f2, **k: f2.nested_stats())
+        f2 = install(monkeypatch, FakeCachingAllocator())
         s = TraceSession(tmp_path / name, {"run_id": name}, "cpu", tracker="allocator", drain_at_checkpoints=live)
         s.start()
         _workload(f2, s, random.Random(3), drains=True)

@@ -27,7 +27,8 @@ SMALL_SIZE = 1 << 20  # kSmallSize: rounded requests up to this size come from t
 FREE, ALLOCATED, PENDING_FREE = 0, 1, 2
 _STATES = {"inactive": FREE, "active_allocated": ALLOCATED, "active_pending_free": PENDING_FREE}
 
-# PYTORCH_CUDA_ALLOC_CONF options that change block sizes or segment structure.
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # where users configure the allocator
+# Allocator options that change block sizes or segment structure.
 _UNSUPPORTED_OPTIONS = ("max_split_size_mb", "roundup_power2_divisions", "backend:cudamallocasync")
 
 
@@ -49,7 +50,7 @@ def should_split(block_size: int, rounded: int) -> bool:
 def unsupported_reason(environ: dict[str, str] | None = None) -> str | None:
     """Why the allocator's configuration rules the layout model out, or None when it applies."""
     env = os.environ if environ is None else environ
-    for var in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+    for var in ALLOC_CONF_VARS:
         conf = env.get(var, "").replace(" ", "").lower()
         for option in _UNSUPPORTED_OPTIONS:
             if option in conf:
@@ -61,7 +62,7 @@ def expandable_segments_requested(environ: dict[str, str] | None = None) -> bool
     """Whether the environment turns the allocator's expandable segments on."""
     env = os.environ if environ is None else environ
     return any("expandable_segments:true" in env.get(var, "").replace(" ", "").lower()
-               for var in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"))
+               for var in ALLOC_CONF_VARS)
 
 
 class BlockLayout:

@@ -455,8 +455,7 @@ class TraceSession:
             elif self._cuda is not None:
                 size = self._cuda.block_at_start(storage.data_ptr())
                 if size is None:  # made after tracking started: the history has it, only its tag is new
-                    self._new_context()
-                    self._cuda.retag(self._ctx, storage.data_ptr(), category, name)
+                    self.tag_tensor(tensor, category, name)
                     return
                 alloc_id = self.record_alloc(size, category, name)
                 self._cuda.adopt(storage.data_ptr(), alloc_id)
