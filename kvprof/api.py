@@ -40,6 +40,7 @@ from kvprof.errors import UsageError
 from kvprof.trace import Trace, load_trace
 from kvprof.units import parse_size
 from tracers import context
+from tracers.alloc_layout import ALLOC_CONF_VARS
 from tracers.session import Q_STRIDE, SimulatedOOM, TraceSession
 from tracers.trace_io import META_FILE, NO_FREE, SUMMARY_FILE, write_json_atomic
 
@@ -126,7 +127,7 @@ class InterruptGuard:
     Python runs signal handlers between bytecodes of the main thread, and an exception raised
     while that thread is inside a weakref finalizer (the CPU tracker's frees) is printed and
     dropped; so until the body acknowledges the interrupt, a watcher thread raises it again in
-    the main thread. The watcher also reads the signal wakeup fd, so a second signal ends the
+    the main thread, and the dropped copy is not printed (it is no error: it comes back). The watcher also reads the signal wakeup fd, so a second signal ends the
     process even while the main thread is stuck in a long kernel.
     """
 
@@ -143,6 +144,12 @@ class InterruptGuard:
         self._old_wakeup = -1
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._old_unraisable: Any = None
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if self.signal_name is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            return  # our interrupt, dropped inside a finalizer: the watcher raises it again
+        self._old_unraisable(unraisable)
 
     def install(self) -> bool:
         """Take over the signals (main thread only; elsewhere signals are left alone)."""
@@ -150,6 +157,7 @@ class InterruptGuard:
             return False
         for sig in self.SIGNALS:
             self._old[sig] = signal.signal(sig, self._handler)
+        self._old_unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisable
         self.body_running = True
         return True
 
@@ -166,6 +174,8 @@ class InterruptGuard:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+        if self._old_unraisable is not None:
+            sys.unraisablehook, self._old_unraisable = self._old_unraisable, None
         if self._pipe is not None:
             signal.set_wakeup_fd(self._old_wakeup)
             if self._watcher is not None:
@@ -430,7 +440,7 @@ class TraceRun:
         segments; expandable segments keep that slack to whole 2 MiB pages, so the budget measures the
         method's bytes, not the allocator's segment history. Only when nothing is reserved yet and the
         user has not configured the allocator."""
-        if any(os.environ.get(v) for v in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")):
+        if any(os.environ.get(v) for v in ALLOC_CONF_VARS):
             return
         if torch.cuda.memory_reserved(self.session.device) != 0:
             return

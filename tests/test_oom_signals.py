@@ -86,8 +86,7 @@ def test_cuda_oom_request_is_read_from_the_allocator_or_the_message() -> None:
 
 
 # ---------------------------------------------------------------------- signals
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_interrupt_dropped_in_a_finalizer_is_raised_again() -> None:
+def test_interrupt_dropped_in_a_finalizer_is_raised_again(capsys: pytest.CaptureFixture[str]) -> None:
     """A signal handled inside a weakref finalizer (the CPU tracker's frees) loses its exception;
     the guard raises it again in the main thread."""
     guard = InterruptGuard()
@@ -112,6 +111,8 @@ def test_interrupt_dropped_in_a_finalizer_is_raised_again() -> None:
     finally:
         guard.uninstall()
     assert signal.getsignal(signal.SIGINT) is not guard._handler
+    assert "Traceback" not in capsys.readouterr().err  # the dropped copy is not printed as an error
+    assert sys.unraisablehook is not guard._unraisable
 
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
