@@ -5,7 +5,9 @@
 #
 # Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), budget (issue 6 budget + diagnose),
 # host (issue 8 py-spy host profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps),
-# render (issue 7 PNGs of every trace written so far), pack (tar what render wrote).
+# render (issue 7 PNGs of every trace written so far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only
+# leaves out the comparison pages), pack (tar what render wrote). LANES=N runs a sweep as N processes
+# sharing the GPU (bytes stay exact, times include the other lanes' load; see benchmarks/sweep.py).
 # Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
 # image lacks are carried in .whl/ (see NEXT_GPU_SESSION.md); installed into a fresh /tmp/site.
 set -u
@@ -47,15 +49,18 @@ for step in "$@"; do
       integ=${step%%:*}; methods=${step#*:}
       log "issue 3: $integ sweep $methods"
       timeout 560 python3 benchmarks/sweep.py --integration "$integ" --methods "$methods" --deadline "${DEADLINE:-500}" \
+        --lanes "${LANES:-1}" --costs benchmarks/results/sweep_*_h100*.jsonl \
         --out "/tmp/kv/sweep" >> "$OUT/sweep_$integ.jsonl" 2>>"$OUT/steps.log"
       ;;
     render)
       log "issue 7: render"
       timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu /tmp/kv/host \
-        --out /tmp/kv/report >> "$OUT/steps.log" 2>&1
+        --out /tmp/kv/report --skip-existing ${RENDER_ARGS:-} >> "$OUT/steps.log" 2>&1
       ;;
     pack)
-      tar -czf "$OUT/report.tgz" -C /tmp/kv report 2>>"$OUT/steps.log"
+      # The HTML apart: the tool brings back files of at most 16 MiB each.
+      tar -czf "$OUT/report.tgz" --exclude=sweep.html -C /tmp/kv report 2>>"$OUT/steps.log"
+      [ -f /tmp/kv/report/sweep.html ] && gzip -c /tmp/kv/report/sweep.html > "$OUT/sweep.html.gz"
       ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

@@ -12,7 +12,8 @@ keeps all), and writes into --out:
   <run-id>.png          each trace: timeline by category with passes and the exact peak,
                         peak breakdown, time per stage kind
   <run-id>.diagnose.md  with --diagnose: each non-bf16 trace explained against the sweep's bf16
-With --results FILE, only traces whose folder name appears in FILE are rendered (the traces
+--pngs-only stops after the per-trace PNGs; --skip-existing keeps PNGs an earlier run wrote (a
+GPU session renders after each batch of traces). With --results FILE, only traces whose folder name appears in FILE are rendered (the traces
 that RESULTS.md records). Prints one line per file written and the time it took.
 """
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--diagnose", action="store_true", help="write a diagnose page per non-bf16 trace")
     p.add_argument("--buckets", type=int, default=1500, help="timeline time buckets (min and max kept per bucket)")
     p.add_argument("--scale", type=float, default=1.5, help="PNG scale factor")
+    p.add_argument("--pngs-only", action="store_true", help="only the per-trace PNGs (no comparison pages)")
+    p.add_argument("--skip-existing", action="store_true", help="keep per-trace PNGs already in --out")
     args = p.parse_args(argv)
     try:
         traces = select(args.traces, args.include_cpu, args.results)
@@ -77,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(traces)} traces from {', '.join(map(str, args.traces))}", flush=True)
         # Cheapest and most wanted first, so a time-limited run on the GPU machine keeps the PNGs.
         for t in traces:
+            if args.skip_existing and (args.out / f"{t.path.name}.png").exists():
+                continue
             timed(args.out / f"{t.path.name}.png",
                   lambda p, t=t: p.write_bytes(render_chart(trace_chart(t, args.buckets), "png", args.scale)))
+        if args.pngs_only:
+            return 0
         if len(traces) > 1:
             timed(args.out / "comparison.png",
                   lambda p: p.write_bytes(render_chart(comparison_chart(traces), "png", args.scale)))

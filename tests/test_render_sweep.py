@@ -36,3 +36,18 @@ def test_gpu_only_by_default_names_the_folders(trace_factory, tmp_path, capsys):
     assert _script().main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path}: no GPU traces found; --include-cpu renders CPU traces too" in err
+
+
+def test_pngs_only_and_skip_existing_render_only_what_is_new(trace_factory, tmp_path, capsys):
+    a = tmp_path / "a"
+    a.mkdir()
+    shutil.copytree(trace_factory(method="bf16", frames=6), a / "bf16-tiny")
+    shutil.copytree(trace_factory(method="rtn_int4", frames=6), a / "rtn-tiny")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "bf16-tiny.png").write_bytes(b"kept")
+    assert _script().main([str(a), "--include-cpu", "--out", str(out), "--pngs-only", "--skip-existing"]) == 0
+    lines = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert [Path(p).name for p in lines] == ["rtn-tiny.png"]
+    assert (out / "bf16-tiny.png").read_bytes() == b"kept"
+    assert sorted(p.name for p in out.iterdir()) == ["bf16-tiny.png", "rtn-tiny.png"]

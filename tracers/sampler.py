@@ -35,14 +35,17 @@ class DeviceSampler:
         nv = self._nvml
         mem = nv.nvmlDeviceGetMemoryInfo(self._handle)
         util = nv.nvmlDeviceGetUtilizationRates(self._handle).gpu
-        proc = 0
+        proc, others = 0, 0
         try:
             for p in nv.nvmlDeviceGetComputeRunningProcesses(self._handle):
-                if p.pid == os.getpid() and p.usedGpuMemory is not None:
-                    proc = int(p.usedGpuMemory)
+                if p.pid == os.getpid():
+                    proc = int(p.usedGpuMemory) if p.usedGpuMemory is not None else 0
+                else:
+                    others += 1
         except nv.NVMLError:
-            proc = -1  # per-process accounting is not permitted in some containers
-        return {"t": time.perf_counter_ns() - t0, "used": int(mem.used), "proc": proc, "util": int(util)}
+            proc, others = -1, -1  # per-process accounting is not permitted in some containers
+        return {"t": time.perf_counter_ns() - t0, "used": int(mem.used), "proc": proc, "util": int(util),
+                "others": others}
 
     def start(self, t0_perf_ns: int) -> None:
         if not self.available:

@@ -89,6 +89,7 @@ class TraceSession:
         self._cuda: CudaHistoryTracker | None = None
         self._timer = StageTimer(self.device)
         self._sampler: DeviceSampler | None = None
+        self.max_other_gpu_processes = 0  # most other compute processes NVML saw on this GPU at once
         self.notes: list[str] = []
         self.status = "running"
         self._t0_perf = 0
@@ -175,6 +176,10 @@ class TraceSession:
         self.host_activity.uninstall()
         if self._sampler is not None:
             self._sampler.stop()
+            if self.max_other_gpu_processes:
+                # Bytes stay this process's own; times do not: another process's kernels share the GPU.
+                self.notes.append(f"GPU shared: up to {self.max_other_gpu_processes} other process(es) ran on it "
+                                  "during the trace; memory figures are this process's, times include their load")
         if self._dispatch is not None:
             self._dispatch.__exit__(None, None, None)
         if self._cuda is not None:
@@ -199,6 +204,7 @@ class TraceSession:
         self.meta["ended_unix_ns"] = time.time_ns()
         self.meta["wall_s"] = (time.perf_counter_ns() - self._t0_perf) / 1e9
         self.meta["notes"] = self.notes
+        self.meta["other_gpu_processes_max"] = self.max_other_gpu_processes
         self.meta["tracer_drain_s"] = self.tracer_seconds
         self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
@@ -240,6 +246,7 @@ class TraceSession:
             self._log.write(record)
 
     def _emit_sample(self, sample: dict) -> None:
+        self.max_other_gpu_processes = max(self.max_other_gpu_processes, sample.get("others", 0))
         self._write({"k": "d", **sample})
 
     # ----------------------------------------------------------------- stages and tags

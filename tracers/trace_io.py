@@ -129,7 +129,7 @@ def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
 _ALLOC_COLUMNS = ["id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "category", "span_id", "name"]
 _SPAN_COLUMNS = ["id", "parent", "name", "index", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_ms", "device_ms",
                  "host_syncs", "op_ms", "tracer_ms"]
-_SAMPLE_COLUMNS = ["t_ns", "device_used_bytes", "process_used_bytes", "util_percent"]
+_SAMPLE_COLUMNS = ["t_ns", "device_used_bytes", "process_used_bytes", "util_percent", "other_processes"]
 _COUNTER_COLUMNS = ["t_ns", "q", "span_id", "allocated_bytes", "reserved_bytes"]
 _KV_COLUMNS = ["t_ns", "q", "chunk", "logical_bytes", "stored_bytes", "resident_bytes"]
 
@@ -189,7 +189,7 @@ def tables_from_records(
             elif k == "m":
                 counters.append((r["t"], r["q"], r["s"], r["alloc"], r["reserved"]))
             elif k == "d":
-                samples.append((r["t"], r["used"], r["proc"], r["util"]))
+                samples.append((r["t"], r["used"], r["proc"], r["util"], r.get("others", -1)))
             elif k == "kv":
                 kv.append((r["t"], r.get("q", -1), r["chunk"], r["logical"], r["stored"], r["resident"]))
         except (KeyError, TypeError) as exc:
@@ -251,7 +251,8 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
     "counters": {"t_ns": "num", "q": "int", "span_id": "int", "allocated_bytes": "int", "reserved_bytes": "int"},
     "kv": {"t_ns": "num", "q": "int", "chunk": "int", "logical_bytes": "int", "stored_bytes": "int", "resident_bytes": "int"},
 }
-OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {"spans": {"host_syncs": "int", "op_ms": "num", "tracer_ms": "num"}}
+OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {"spans": {"host_syncs": "int", "op_ms": "num", "tracer_ms": "num"},
+                                                "samples": {"other_processes": "int"}}
 
 
 def _column_ok(col: pd.Series, kind: str) -> bool:

@@ -1,0 +1,54 @@
+"""benchmarks/sweep.py: lanes balanced by earlier costs, rows from every lane, traces on disk."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("sweep", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lanes_take_the_longest_first_and_end_close_together():
+    costs = {"a": 400, "b": 100, "c": 90, "d": 60, "e": 50}
+    lanes = _script().split_lanes(["e", "d", "c", "b", "a", "f"], 2, costs, default=30)
+    assert lanes == [["a"], ["b", "c", "d", "e", "f"]]  # 400 vs 100+90+60+50+30 = 330
+    assert _script().split_lanes(["a", "b"], 4, costs, default=30) == [["a"], ["b"]]  # no empty lanes
+
+
+def test_costs_come_from_complete_rows_of_the_same_integration(tmp_path):
+    f = tmp_path / "s.jsonl"
+    rows = [{"method": "a", "integration": "study", "status": "complete", "process_s": 10},
+            {"method": "a", "integration": "study", "status": "complete", "process_s": 12},
+            {"method": "b", "integration": "study", "status": "error", "process_s": 1},
+            {"method": "c", "integration": "staged", "status": "complete", "process_s": 5}]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert _script().expected_costs([f], "study") == {"a": 12.0}
+
+
+def test_unknown_method_is_named(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _script().main(["--methods", "bf16,prq_int9"])
+    assert exc.value.code == 2
+    assert "--methods: unknown prq_int9" in capsys.readouterr().err
+
+
+def test_two_lanes_trace_every_method_once(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--integration", "staged", "--methods", "bf16,rtn_int4",
+                          "--lanes", "2", "--frames", "6", "--config", "tiny", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(r["method"] for r in rows) == ["bf16", "rtn_int4"]
+    assert all(r["status"] == "complete" and r["lanes"] == 2 and r["peak_bytes"] > 0 for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16-staged", "rtn_int4-staged"]
