@@ -135,6 +135,8 @@ def trace_row(trace: Trace) -> dict[str, Any]:
         ratio_resident=kv["ratio_resident"] if kv else None,
     )
     row["wall_s"] = m.get("wall_s")
+    # Other processes on the GPU make wall and device times theirs too (bytes stay this trace's own).
+    row["gpu_shared_by"] = m.get("other_gpu_processes_max")
     row["host_bound_share"] = host_bound_share(trace)  # None where not computed (CUDA, old traces)
     times = stage_times(trace)
     for stage, ms in zip(times["stage"], times["device_ms"]):

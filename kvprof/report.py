@@ -169,12 +169,13 @@ def _unique_labels(traces: Sequence[Trace]) -> list[str]:
     return out
 
 
-def comparison_frame(traces: Sequence[Trace]) -> pd.DataFrame:
-    """Long table for the comparison chart: label, measure (peak / logical / stored / resident KV), bytes."""
-    df = compare_table(list(traces))
-    labels = _unique_labels(traces)
+def comparison_frame(table: pd.DataFrame, labels: Sequence[str] | None = None) -> pd.DataFrame:
+    """Long table for the comparison chart: label, measure (peak / logical / stored / resident KV), bytes.
+
+    `table` is kvprof compare's table (or its saved CSV); labels default to its `trace` column."""
+    labels = list(table["trace"]) if labels is None else list(labels)
     rows = []
-    for label, r in zip(labels, df.itertuples(index=False)):
+    for label, r in zip(labels, table.itertuples(index=False)):
         for measure, col in zip(KV_MEASURES, ("peak_bytes", "logical_kv_bytes", "stored_kv_bytes", "resident_kv_bytes")):
             v = getattr(r, col)
             if v is not None and not pd.isna(v):
@@ -182,16 +183,32 @@ def comparison_frame(traces: Sequence[Trace]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trace", "method", "measure", "bytes"])
 
 
-def comparison_chart(traces: Sequence[Trace], unit: tuple[str, int] | None = None):
-    """Peak vs logical / stored / resident KV per trace, the bf16 peak as a reference line."""
+WIDE_COMPARISON = 12  # more traces than this: one row per trace, so that every label stays readable
+
+
+def comparison_chart(source: Sequence[Trace] | pd.DataFrame, unit: tuple[str, int] | None = None):
+    """Peak vs logical / stored / resident KV per trace, the bf16 peak as a reference line.
+
+    `source` is the traces, or kvprof compare's table of them (e.g. read back from `--csv`)."""
     alt = _alt()
-    data = comparison_frame(traces)
+    if isinstance(source, pd.DataFrame):
+        data = comparison_frame(source)
+    else:
+        data = comparison_frame(compare_table(list(source)), _unique_labels(source))
     uname, usize = unit or _unit(data["bytes"].max() if not data.empty else 0)
     data = data.assign(value=data["bytes"] / usize, size=data["bytes"].map(fmt_bytes))
+    n = data["trace"].nunique()
+    horizontal = n > WIDE_COMPARISON
+    label_axis, value_axis = ("y", "x") if horizontal else ("x", "y")
+    encode = {
+        label_axis: getattr(alt, label_axis.upper())(
+            "trace:N", title=None, sort=None,
+            axis=alt.Axis(labelLimit=360) if horizontal else alt.Axis(labelAngle=-30, labelLimit=260)),
+        f"{label_axis}Offset": getattr(alt, f"{label_axis.upper()}Offset")("measure:N", sort=list(KV_MEASURES)),
+        value_axis: getattr(alt, value_axis.upper())("value:Q", title=uname),
+    }
     bars = alt.Chart(data).mark_bar().encode(
-        x=alt.X("trace:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30, labelLimit=260)),
-        xOffset=alt.XOffset("measure:N", sort=list(KV_MEASURES)),
-        y=alt.Y("value:Q", title=uname),
+        **encode,
         color=alt.Color("measure:N", sort=list(KV_MEASURES), title=None,
                         scale=alt.Scale(domain=list(KV_MEASURES), range=["#4c78a8", "#bab0ac", "#f58518", "#e45756"])),
         tooltip=["trace:N", "measure:N", "size:N"],
@@ -201,10 +218,12 @@ def comparison_chart(traces: Sequence[Trace], unit: tuple[str, int] | None = Non
     if not ref.empty:
         r = ref.iloc[0]
         line = pd.DataFrame([{"value": r["value"], "label": f"bf16 peak {r['size']}"}])
-        layers.append(alt.Chart(line).mark_rule(color="#d62728", strokeDash=[6, 3]).encode(y="value:Q"))
-        layers.append(alt.Chart(line).mark_text(align="left", dy=-6, x=4, color="#d62728").encode(y="value:Q", text="label:N"))
-    width = max(360, 70 * data["trace"].nunique())
-    return alt.layer(*layers).properties(width=width, height=260, title="peak vs KV bytes per trace")
+        layers.append(alt.Chart(line).mark_rule(color="#d62728", strokeDash=[6, 3]).encode(**{value_axis: "value:Q"}))
+        text = (alt.Chart(line).mark_text(align="left", dx=4, y=-8, color="#d62728") if horizontal
+                else alt.Chart(line).mark_text(align="left", dy=-6, x=4, color="#d62728"))
+        layers.append(text.encode(**{value_axis: "value:Q"}, text="label:N"))
+    size = {"width": 640, "height": 44 * n} if horizontal else {"width": max(360, 70 * n), "height": 260}
+    return alt.layer(*layers).properties(**size, title="peak vs KV bytes per trace")
 
 
 def trace_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS):
@@ -290,6 +309,7 @@ def _trace_facts(trace: Trace) -> list[str]:
     facts.append(f"device {env.get('device_name', '?')} · torch {env.get('torch', '?')} · tracker {m.get('tracker', '?')}")
     if m.get("wall_s") is not None:
         facts.append(f"wall {m['wall_s']:.2f} s")
+    facts += [f"note: {n}" for n in m.get("notes") or []]
     return facts
 
 

@@ -7,6 +7,8 @@ import types
 
 import pytest
 
+from kvprof.compare import compare_table
+from kvprof.report import markdown_report
 from kvprof.trace import load_trace
 from tracers.sampler import DeviceSampler
 from tracers.session import TraceSession
@@ -59,6 +61,9 @@ def test_a_shared_gpu_is_noted_in_the_trace(monkeypatch, tmp_path):
     assert t.samples["process_used_bytes"].tolist() == [3_000]
     assert t.meta["other_gpu_processes_max"] == 2
     assert any(n.startswith("GPU shared: up to 2 other process(es)") for n in t.meta["notes"])
+    # compare's row and the report say so where the times are shown
+    assert compare_table([t])["gpu_shared_by"].tolist() == [2]
+    assert "- note: GPU shared: up to 2 other process(es) ran on it" in markdown_report([t])
 
 
 def test_an_unshared_trace_has_no_note(tmp_path):
