@@ -70,16 +70,21 @@ def palette_png(png: bytes, colors: int) -> bytes:
     return out.getvalue()
 
 
-def comparison_from_csv(csv: Path, out: Path, scale: float, palette: int = 0) -> int:
-    """comparison.png again from the table a GPU run brought back (its traces stay on that machine)."""
-    try:
-        table = pd.read_csv(csv)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{csv}: cannot read ({exc}); pass the compare.csv this script wrote") from None
-    missing = [c for c in ("trace", "method", "peak_bytes", "logical_kv_bytes", "stored_kv_bytes", "resident_kv_bytes")
-               if c not in table.columns]
-    if missing:
-        raise UsageError(f"{csv}: lacks column(s) {', '.join(missing)}; pass the compare.csv this script wrote")
+def comparison_from_csv(csvs: list[Path], out: Path, scale: float, palette: int = 0) -> int:
+    """comparison.png again from the tables GPU runs brought back (their traces stay on that machine)."""
+    tables = []
+    for csv in csvs:
+        try:
+            table = pd.read_csv(csv)
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{csv}: cannot read ({exc}); pass the compare.csv this script wrote") from None
+        missing = [c for c in ("trace", "method", "peak_bytes", "logical_kv_bytes", "stored_kv_bytes",
+                               "resident_kv_bytes") if c not in table.columns]
+        if missing:
+            raise UsageError(f"{csv}: lacks column(s) {', '.join(missing)}; pass the compare.csv this script wrote")
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True).drop_duplicates("trace", keep="last").sort_values("trace")
+    csv = ", ".join(map(str, csvs))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     png = render_chart(comparison_chart(table), "png", scale)
@@ -97,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--diagnose", action="store_true", help="write a diagnose page per non-bf16 trace")
     p.add_argument("--buckets", type=int, default=1500, help="timeline time buckets (min and max kept per bucket)")
     p.add_argument("--scale", type=float, default=1.5, help="PNG scale factor")
-    p.add_argument("--comparison-from", type=Path, default=None, metavar="CSV",
-                   help="render comparison.png from a compare.csv an earlier run wrote (no traces needed)")
+    p.add_argument("--comparison-from", type=Path, nargs="+", default=None, metavar="CSV",
+                   help="render comparison.png from compare.csv files earlier runs wrote (no traces needed; "
+                        "a trace in several files: the last one counts)")
     p.add_argument("--palette", type=int, default=0, metavar="COLORS",
                    help="store PNGs with this many palette colours (Pillow; ~10x smaller, for committing)")
     p.add_argument("--pngs-only", action="store_true", help="only the per-trace PNGs (no comparison pages)")

@@ -86,6 +86,14 @@ def test_comparison_from_a_saved_csv(tmp_path, capsys):
     assert "14 traces from" in capsys.readouterr().out
 
 
+def test_comparison_from_several_csvs_keeps_each_trace_once(tmp_path, capsys):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    _table(3).to_csv(a, index=False)
+    _table(14).iloc[2:].to_csv(b, index=False)  # m2 again, and 11 new traces
+    assert _script().main(["--comparison-from", str(a), str(b), "--out", str(tmp_path / "r")]) == 0
+    assert "14 traces from" in capsys.readouterr().out
+
+
 def test_comparison_from_a_csv_without_the_columns_is_named(tmp_path, capsys):
     csv = tmp_path / "other.csv"
     csv.write_text("trace,method\nx,bf16\n")
