@@ -1,5 +1,8 @@
 """Turn sweep JSON lines (benchmarks/sweep.py) into the markdown table of RESULTS.md.
 
+rollout s is the rollout stage's wall time, trace s the whole trace (setup, rollout, writing the
+trace); * marks rows traced beside other sweep processes (`--lanes`), whose times include theirs.
+
     python3 benchmarks/results_table.py benchmarks/results/sweep_study_h100.jsonl [...]
 """
 from __future__ import annotations
@@ -12,30 +15,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvprof.units import fmt_bytes  # noqa: E402
 
 
+def shared(r: dict) -> bool:
+    """The row's trace ran beside other sweep processes on the GPU (its times include their load)."""
+    return (r.get("lanes") or 1) > 1
+
+
 def rows(paths: list[str]) -> list[dict]:
-    """Last complete row per (method, integration), in file order."""
+    """Last complete row per (method, integration), in file order; a row traced alone on the GPU is
+    not replaced by one traced beside other processes (bytes are exact in both, times only alone)."""
     best: dict[tuple[str, str], dict] = {}
     for p in paths:
         for line in Path(p).read_text().splitlines():
             r = json.loads(line)
-            if r.get("status") == "complete" or (r["method"], r["integration"]) not in best:
-                best[(r["method"], r["integration"])] = r
+            key = (r["method"], r["integration"])
+            old = best.get(key)
+            if old is None or (r.get("status") == "complete"
+                               and not (old.get("status") == "complete" and shared(r) and not shared(old))):
+                best[key] = r
     return list(best.values())
 
 
 def table(rs: list[dict], bf16_peak: int) -> str:
-    out = ["| method | integration | status | peak | vs bf16 | peak stage | resident KV | stored KV | logical/stored | logical/resident | rollout s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| method | integration | status | peak | vs bf16 | peak stage | resident KV | stored KV | logical/stored | logical/resident | rollout s | trace s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
         if r.get("status") != "complete":
-            out.append(f"| {r['method']} | {r['integration']} | {r.get('status')} | | | | | | | | |")
+            out.append(f"| {r['method']} | {r['integration']} | {r.get('status')} | | | | | | | | | |")
             continue
         kv = r["kv"]
-        over = "**exceeds**" if r["peak_bytes"] > bf16_peak else "below"
+        over = ("reference" if r["method"] == "bf16" else
+                "**exceeds**" if r["peak_bytes"] > bf16_peak else "below")
+        star = " *" if shared(r) else ""  # times under a shared GPU
         out.append(
             f"| {r['method']} | {r['integration']} | complete | {fmt_bytes(r['peak_bytes'])} | {over} "
             f"({100 * (r['peak_bytes'] / bf16_peak - 1):+.1f}%) | `{r['peak_stage']}` | {fmt_bytes(kv['resident_bytes'])} | "
-            f"{fmt_bytes(kv['stored_bytes'])} | {kv['ratio_stored']:.2f}x | {kv['ratio_resident']:.2f}x | {r['rollout_s']:.1f} |"
+            f"{fmt_bytes(kv['stored_bytes'])} | {kv['ratio_stored']:.2f}x | {kv['ratio_resident']:.2f}x | "
+            f"{r['rollout_s']:.1f}{star} | {r['process_s']:.0f}{star} |"
         )
     return "\n".join(out)
 
