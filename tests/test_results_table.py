@@ -1,0 +1,44 @@
+"""benchmarks/results_table.py: which sweep row a RESULTS.md table keeps, and how it marks shared runs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results_table.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(method, peak, lanes=None, status="complete"):
+    r = {"method": method, "integration": "study", "status": status, "peak_bytes": peak, "peak_stage": "rollout/decode",
+         "kv": {"resident_bytes": 6 * 2**30, "stored_bytes": 3 * 2**30, "ratio_stored": 3.2, "ratio_resident": 1.78},
+         "rollout_s": 20.0, "process_s": 40.0}
+    return {**r, "lanes": lanes} if lanes else r
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_row_traced_alone_is_kept_over_a_shared_one(tmp_path):
+    a = _write(tmp_path / "s1.jsonl", [_row("bf16", 100), _row("rtn", 70, status="error"), _row("prq", 120)])
+    b = _write(tmp_path / "s3.jsonl", [_row("bf16", 101, lanes=3), _row("rtn", 71, lanes=3), _row("new", 60, lanes=3)])
+    kept = {r["method"]: r["peak_bytes"] for r in _script().rows([a, b])}
+    assert kept == {"bf16": 100, "rtn": 71, "prq": 120, "new": 60}  # a failed row gives way even to a shared one
+
+
+def test_table_marks_the_reference_and_shared_times(tmp_path):
+    mod = _script()
+    text = mod.table([_row("bf16", 100), _row("prq", 120), _row("new", 60, lanes=3)], bf16_peak=100)
+    lines = text.splitlines()
+    assert lines[0].endswith("| rollout s | trace s |")
+    assert "| reference (+0.0%) |" in lines[2]
+    assert "| **exceeds** (+20.0%) |" in lines[3] and lines[3].endswith("| 20.0 | 40 |")
+    assert "| below (-40.0%) |" in lines[4] and lines[4].endswith("| 20.0 * | 40 * |")
