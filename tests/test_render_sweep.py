@@ -1,20 +1,16 @@
 """benchmarks/render_sweep_report.py: the GPU sweep's report, rendered here from tiny CPU traces."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "render_sweep_report.py"
+from benchmark_scripts import load
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("render_sweep_report", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("render_sweep_report")
 
 
 def test_renders_pngs_first_from_several_trace_folders(trace_factory, tmp_path, capsys):

@@ -1,18 +1,13 @@
 """benchmarks/results_table.py: which sweep row a RESULTS.md table keeps, and how it marks shared runs."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results_table.py"
+from benchmark_scripts import load
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("results_table")
 
 
 def _row(method, peak, lanes=None, status="complete"):

@@ -1,22 +1,19 @@
 """benchmarks/sweep.py: lanes balanced by earlier costs, rows from every lane, traces on disk."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
+from benchmark_scripts import BENCHMARKS, load
+
+SCRIPT = BENCHMARKS / "sweep.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("sweep", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("sweep")
 
 
 def test_lanes_take_the_longest_first_and_end_close_together():
