@@ -554,3 +554,16 @@ async def test_live_run_failing_before_its_trace_starts_closes_the_app(tmp_path:
     assert app.return_value == 1
     with pytest.raises(ValueError, match="prq_in4"):
         live.outcome()
+
+
+@asyncio_test
+async def test_status_tick_on_a_screen_whose_children_are_not_mounted_yet(bf16_trace: Path) -> None:
+    # The 4 Hz status tick once found a mounted screen without its StatusLine (screen switch) and
+    # crashed the app with NoMatches; a screen without the line is now left for the next tick.
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await app.screen.query_one(StatusLine).remove()
+        app._tick()
+        await pilot.pause(0.3)  # further ticks as well
+        assert app.return_code is None and app.current_view() is not None

@@ -179,8 +179,10 @@ class KvprofApp(App[int]):
 
     def _tick(self) -> None:
         screen = self.screen
-        if isinstance(screen, ViewScreen) and screen.is_mounted:
-            screen.query_one(StatusLine).show(self.status_text())
+        if isinstance(screen, ViewScreen):
+            # A screen can be mounted a tick before its children are: then there is no line to update yet.
+            for line in screen.query(StatusLine):
+                line.show(self.status_text())
         live = self.live
         if live is not None and live.done and not self._live_reported:
             self._live_reported = True
