@@ -86,19 +86,31 @@ def run_lanes(plan: list[list[str]], args: argparse.Namespace, t0: float) -> int
         cmd += ["--config", args.config] if args.config is not None else []
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
 
-    def relay(proc: subprocess.Popen) -> None:
+    def relay(proc: subprocess.Popen, lane: list[str]) -> None:
         assert proc.stdout is not None
+        reported = set()
         for line in proc.stdout:
+            try:
+                reported.add(json.loads(line)["method"])
+            except (ValueError, KeyError, TypeError):
+                pass  # not a row (a library printing to stdout): passed on as it is
             with lock:
                 sys.stdout.write(line)
                 sys.stdout.flush()
+        rc = proc.wait()
+        with lock:  # a lane that died (killed, crashed) still gets a row for each method it left
+            for name in lane:
+                if name not in reported:
+                    print(json.dumps({"method": name, "integration": args.integration, "lanes": len(plan),
+                                      "status": "error", "error": f"lane process exited with code {rc} first"}),
+                          flush=True)
 
-    threads = [threading.Thread(target=relay, args=(c,)) for c in children]
+    threads = [threading.Thread(target=relay, args=(c, lane)) for c, lane in zip(children, plan)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    return max(c.wait() for c in children)
+    return max(c.returncode for c in children)
 
 
 def main(argv: list[str] | None = None) -> int:

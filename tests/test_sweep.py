@@ -49,3 +49,24 @@ def test_two_lanes_trace_every_method_once(tmp_path):
     assert sorted(r["method"] for r in rows) == ["bf16", "rtn_int4"]
     assert all(r["status"] == "complete" and r["lanes"] == 2 and r["peak_bytes"] > 0 for r in rows)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16-staged", "rtn_int4-staged"]
+
+
+def test_a_lane_that_dies_leaves_an_error_row_per_method(tmp_path, monkeypatch, capsys):
+    mod = _script()
+    real = mod.subprocess.Popen
+
+    def dying(cmd, **kw):  # the second lane's process exits before it traces anything
+        if "kivi_int4" in cmd[cmd.index("--methods") + 1]:
+            return real([sys.executable, "-c", "import sys; sys.exit(3)"], **kw)
+        return real([sys.executable, "-c", "print('{\"method\": \"rtn_int4\", \"status\": \"complete\"}')"], **kw)
+
+    monkeypatch.setattr(mod.subprocess, "Popen", dying)
+    args = mod.argparse.Namespace(integration="staged", deadline=100.0, per_trace=1.0, out=str(tmp_path), frames=None,
+                                  config=None)
+    assert mod.run_lanes([["rtn_int4"], ["kivi_int4", "qaq_int4"]], args, mod.time.time()) == 3
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by = {r["method"]: r for r in rows}
+    assert sorted(by) == ["kivi_int4", "qaq_int4", "rtn_int4"] and len(rows) == 3
+    assert by["rtn_int4"]["status"] == "complete"
+    assert by["kivi_int4"]["status"] == by["qaq_int4"]["status"] == "error"
+    assert by["qaq_int4"]["error"] == "lane process exited with code 3 first"
