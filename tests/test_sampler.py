@@ -40,6 +40,8 @@ def _fake_pynvml(procs, fail=False):
     ([(os.getpid(), 3_000)], False, 3_000, 0),
     ([(1, 500), (os.getpid(), 3_000), (2, None)], False, 3_000, 2),
     ([], True, -1, -1),  # containers that forbid per-process accounting: both unknown
+    ([(40_001, 3_000)], False, -1, 0),  # a container: NVML's host PID is ours, unrecognisable
+    ([(40_001, 3_000), (40_002, 9)], False, -1, 1),
 ])
 def test_sample_separates_this_process_from_others(monkeypatch, procs, fail, proc, others):
     monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(procs, fail))
@@ -47,6 +49,7 @@ def test_sample_separates_this_process_from_others(monkeypatch, procs, fail, pro
     assert s.available
     sample = s._sample(0)
     assert (sample["used"], sample["proc"], sample["util"], sample["others"]) == (7_000, proc, 42, others)
+    assert s.host_pids == (proc == -1 and not fail)
 
 
 def test_a_shared_gpu_is_noted_in_the_trace(monkeypatch, tmp_path):
@@ -73,3 +76,15 @@ def test_an_unshared_trace_has_no_note(tmp_path):
     t = load_trace(tmp_path / "t")
     assert t.meta["other_gpu_processes_max"] == 0
     assert not any("GPU shared" in n for n in t.meta["notes"])
+
+
+def test_host_pids_are_noted_and_still_count_the_others(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([(40_001, 3_000), (40_002, 9)]))
+    s = TraceSession(tmp_path / "t", {"run_id": "container"}, "cpu", tracker="dispatch", drain_at_checkpoints=False)
+    s.start()
+    s._sampler = DeviceSampler(0, s._emit_sample)
+    s._emit_sample(s._sampler._sample(0))
+    s.close("complete")
+    t = load_trace(tmp_path / "t")
+    assert t.samples["process_used_bytes"].tolist() == [-1] and t.meta["other_gpu_processes_max"] == 1
+    assert any(n.startswith("NVML lists host PIDs") for n in t.meta["notes"])

@@ -19,6 +19,7 @@ class DeviceSampler:
         self.interval_s = interval_s
         self.available = False
         self.reason = ""
+        self.host_pids = False  # NVML's PIDs are not this PID namespace's: our own bytes are unknown
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
@@ -35,15 +36,21 @@ class DeviceSampler:
         nv = self._nvml
         mem = nv.nvmlDeviceGetMemoryInfo(self._handle)
         util = nv.nvmlDeviceGetUtilizationRates(self._handle).gpu
-        proc, others = 0, 0
         try:
-            for p in nv.nvmlDeviceGetComputeRunningProcesses(self._handle):
-                if p.pid == os.getpid():
-                    proc = int(p.usedGpuMemory) if p.usedGpuMemory is not None else 0
-                else:
-                    others += 1
+            procs = list(nv.nvmlDeviceGetComputeRunningProcesses(self._handle))
         except nv.NVMLError:
-            proc, others = -1, -1  # per-process accounting is not permitted in some containers
+            procs = None  # per-process accounting is not permitted in some containers
+        if procs is None:
+            proc, others = -1, -1
+        else:
+            mine = [p for p in procs if p.pid == os.getpid()]
+            if mine:
+                proc, others = sum(int(p.usedGpuMemory or 0) for p in mine), len(procs) - len(mine)
+            else:
+                # NVML lists host PIDs, a container sees its own: this process is one of the list (its
+                # CUDA context exists before sampling starts) but cannot be told apart from the rest.
+                self.host_pids = bool(procs)
+                proc, others = -1, max(len(procs) - 1, 0)
         return {"t": time.perf_counter_ns() - t0, "used": int(mem.used), "proc": proc, "util": int(util),
                 "others": others}
 

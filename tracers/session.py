@@ -176,6 +176,9 @@ class TraceSession:
         self.host_activity.uninstall()
         if self._sampler is not None:
             self._sampler.stop()
+            if self._sampler.host_pids:
+                self.notes.append("NVML lists host PIDs (a container's PID namespace): this process's own GPU memory "
+                                  "is not identified in the samples (process_used_bytes = -1)")
             if self.max_other_gpu_processes:
                 # Bytes stay this process's own; times do not: another process's kernels share the GPU.
                 self.notes.append(f"GPU shared: up to {self.max_other_gpu_processes} other process(es) ran on it "
