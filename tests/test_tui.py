@@ -563,7 +563,14 @@ async def test_status_tick_on_a_screen_whose_children_are_not_mounted_yet(bf16_t
     app = KvprofApp([bf16_trace])
     async with app.run_test(size=SIZE) as pilot:
         await opened(pilot, app)
-        await app.screen.query_one(StatusLine).remove()
+        screen = app.screen
+        await screen.query_one(StatusLine).remove()
+        assert not screen.ready
         app._tick()
-        await pilot.pause(0.3)  # further ticks as well
+        app._do_redraw()  # a redraw waits for the children instead of failing on them
+        await pilot.pause(0.3)  # further ticks and redraw retries as well
         assert app.return_code is None and app.current_view() is not None
+        redraws = len(app.redraws)
+        await screen.mount(StatusLine(id="status"))
+        await wait_for(pilot, lambda: len(app.redraws) > redraws, what="the redraw once the children are back")
+        assert status(app)

@@ -179,10 +179,8 @@ class KvprofApp(App[int]):
 
     def _tick(self) -> None:
         screen = self.screen
-        if isinstance(screen, ViewScreen):
-            # A screen can be mounted a tick before its children are: then there is no line to update yet.
-            for line in screen.query(StatusLine):
-                line.show(self.status_text())
+        if isinstance(screen, ViewScreen) and screen.ready:
+            screen.query_one(StatusLine).show(self.status_text())
         live = self.live
         if live is not None and live.done and not self._live_reported:
             self._live_reported = True
@@ -294,9 +292,13 @@ class KvprofApp(App[int]):
         if early > 0:  # a timer may fire a little early: keep the cap exact
             self.set_timer(early, self._do_redraw)
             return
+        screen = self.screen
+        if isinstance(screen, ViewScreen) and screen.is_mounted and not screen.ready:
+            self._redraw_pending = True
+            self.set_timer(REDRAW_MIN_S, self._do_redraw)  # its children are on their way: draw then
+            return
         self._redraw_pending = False
         self._last_redraw = time.monotonic()
-        screen = self.screen
         if isinstance(screen, ViewScreen) and screen.is_mounted:
             self.redraws.append(self._last_redraw)
             del self.redraws[:-100]

@@ -32,6 +32,12 @@ class ViewScreen(Screen):
     def kv_app(self) -> "KvprofApp":
         return self.app  # type: ignore[return-value]
 
+    @property
+    def ready(self) -> bool:
+        """Mounted with its children: a screen can be mounted a tick before they are. Compose adds
+        them in one batch, so the last one (the status line) being there means all are."""
+        return self.is_mounted and bool(self.query(StatusLine))
+
     def compose(self) -> ComposeResult:
         yield Static(self.TITLE, id="title")
         yield MessagePanel(id="message")
