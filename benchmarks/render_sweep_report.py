@@ -12,10 +12,12 @@ keeps all), and writes into --out:
   <run-id>.png          each trace: timeline by category with passes and the exact peak,
                         peak breakdown, time per stage kind
   <run-id>.diagnose.md  with --diagnose: each non-bf16 trace explained against the sweep's bf16
---comparison-from CSV renders comparison.png alone from a compare.csv (a GPU run's traces stay
-there; its table comes back). --pngs-only stops after the per-trace PNGs; --skip-existing keeps PNGs an earlier run wrote (a
-GPU session renders after each batch of traces). With --results FILE, only traces whose folder name appears in FILE are rendered (the traces
-that RESULTS.md records). Prints one line per file written and the time it took.
+--comparison-from CSV... renders comparison.png alone from compare.csv files (a GPU run's traces
+stay there; its table comes back). --pngs-only stops after the per-trace PNGs; --skip-existing
+keeps PNGs an earlier run wrote (a GPU session renders after each batch of traces); --palette N
+stores PNGs with N colours (Pillow). With --results FILE, only traces whose folder name appears
+in FILE are rendered (the traces that RESULTS.md records). Prints one line per file written and
+the time it took.
 """
 from __future__ import annotations
 

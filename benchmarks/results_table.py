@@ -29,8 +29,10 @@ def rows(paths: list[str]) -> list[dict]:
             r = json.loads(line)
             key = (r["method"], r["integration"])
             old = best.get(key)
-            if old is None or (r.get("status") == "complete"
-                               and not (old.get("status") == "complete" and shared(r) and not shared(old))):
+            keep_old = old is not None and (
+                r.get("status") != "complete"
+                or (old.get("status") == "complete" and shared(r) and not shared(old)))
+            if not keep_old:
                 best[key] = r
     return list(best.values())
 
