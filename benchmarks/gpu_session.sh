@@ -5,7 +5,7 @@
 #
 # Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), budget (issue 6 budget + diagnose),
 # host (issue 8 py-spy host profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps),
-# render (issue 7 PNGs of every trace written so far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only
+# notes (each trace's meta notes), render (issue 7 PNGs of every trace written so far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only
 # leaves out the comparison pages), pack (tar what render wrote). LANES=N runs a sweep as N processes
 # sharing the GPU (bytes stay exact, times include the other lanes' load; see benchmarks/sweep.py).
 # Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
@@ -56,6 +56,15 @@ for step in "$@"; do
       log "issue 7: render"
       timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu /tmp/kv/host \
         --out /tmp/kv/report --skip-existing ${RENDER_ARGS:-} >> "$OUT/steps.log" 2>&1
+      ;;
+    notes)
+      # Each trace's meta notes and the other GPU processes NVML saw (confirms the "GPU shared" note).
+      python3 -c "
+import json, pathlib
+for m in sorted(pathlib.Path('/tmp/kv').glob('*/*/meta.json')):
+    d = json.loads(m.read_text())
+    print(m.parent.name, d.get('other_gpu_processes_max'), d.get('notes'))
+" > "$OUT/notes.txt" 2>>"$OUT/steps.log"
       ;;
     pack)
       # The HTML apart: the tool brings back files of at most 16 MiB each.
