@@ -9,6 +9,10 @@ share the GPU, each taking the methods of one lane (longest expected first, bala
 process_s of earlier sweeps given with --costs). Peak bytes are per process and stay exact; wall
 times then include the other lanes' load, so each row says how many lanes ran (and each trace's
 meta notes the other GPU processes NVML saw).
+
+Before each trace a lane frees what the previous trace left allocated (cuBLAS workspaces, cached
+blocks), so that every trace starts as in a fresh process, as `kvprof trace` does; `--keep-caches`
+leaves them, and the trace then holds them as `unattributed` "live before tracing".
 """
 from __future__ import annotations
 
@@ -48,9 +52,25 @@ def split_lanes(names: list[str], lanes: int, costs: dict[str, float], default: 
     return [lane for lane in lists if lane]
 
 
+def release_process_caches() -> None:
+    """Free what earlier traces of this process left allocated on the GPU (cuBLAS keeps a workspace
+    per handle and stream), so the next trace starts from the allocator state of a fresh process."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # private, present since torch 1.13
+        if clear is not None:
+            clear()
+        torch.cuda.empty_cache()
+
+
 def run_lane(names: list[str], args: argparse.Namespace, t0: float, lanes: int) -> None:
     """Trace `names` in this process, printing one row each."""
     from kvprof.runner import TraceRequest, run_trace
+    from tracers.trace_io import read_meta
 
     for name in names:
         if time.time() - t0 + args.per_trace > args.deadline:
@@ -59,6 +79,8 @@ def run_lane(names: list[str], args: argparse.Namespace, t0: float, lanes: int) 
             continue
         t = time.time()
         row = {"method": name, "integration": args.integration, "lanes": lanes}
+        if not args.keep_caches:
+            release_process_caches()
         try:
             o = run_trace(TraceRequest(method=name, integration=args.integration, frames=args.frames,
                                        config=args.config, out=Path(args.out), run_id=f"{name}-{args.integration}"))
@@ -67,7 +89,8 @@ def run_lane(names: list[str], args: argparse.Namespace, t0: float, lanes: int) 
             row.update(status=o.status, peak_bytes=s["peak"]["bytes"], peak_stage=s["peak"]["stage"],
                        by_category=s["peak"]["by_category"], by_pass=s["peak"]["by_pass"], kv=s["kv"],
                        rollout_s=rollout_ms / 1e3 if rollout_ms else None, reconciliation=s["reconciliation"],
-                       error=str(o.error)[:300] if o.error else None)
+                       error=str(o.error)[:300] if o.error else None,
+                       held_before_bytes=read_meta(o.path).get("held_before_bytes"))
         except Exception as exc:  # one method's failure must not end the sweep
             row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500], tb=traceback.format_exc()[-800:])
         row["process_s"] = time.time() - t
@@ -82,6 +105,7 @@ def run_lanes(plan: list[list[str]], args: argparse.Namespace, t0: float) -> int
         cmd = [sys.executable, __file__, "--integration", args.integration, "--methods", ",".join(lane),
                "--deadline", str(args.deadline - (time.time() - t0)), "--per-trace", str(args.per_trace),
                "--out", args.out, "--lane-of", str(len(plan))]
+        cmd += ["--keep-caches"] if args.keep_caches else []
         cmd += ["--frames", str(args.frames)] if args.frames is not None else []
         cmd += ["--config", args.config] if args.config is not None else []
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
@@ -124,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-trace", type=float, default=60, help="expected seconds per trace (deadline margin)")
     p.add_argument("--lanes", type=int, default=1, help="processes sharing the GPU (default 1)")
     p.add_argument("--costs", type=Path, nargs="*", default=[], help="earlier sweep .jsonl files, to balance lanes")
+    p.add_argument("--keep-caches", action="store_true",
+                   help="do not free what the previous trace left allocated (it is then held as 'live before tracing')")
     p.add_argument("--lane-of", type=int, default=None, help=argparse.SUPPRESS)  # set for a lane's child process
     p.add_argument("--out", default="traces")
     args = p.parse_args(argv)

@@ -98,8 +98,10 @@ def reconcile(trace: Trace, peak: Peak | None) -> dict[str, Any]:
     if meta.get("tracker") != "cuda-allocator-history":
         out["note"] = "the dispatch tracker is the allocator of record on CPU: attributed = tracked by construction"
         return out
-    # Bytes live before tracking that the trace does not hold (registered blocks are in the trace).
-    before = int(meta.get("allocated_before_bytes", 0)) - int(meta.get("registered_before_bytes", 0))
+    # Bytes live before tracking that the trace does not hold: none since traces hold every block
+    # from the start (held_before_bytes); older traces held only registered ones.
+    held = meta.get("held_before_bytes", meta.get("registered_before_bytes", 0))
+    before = int(meta.get("allocated_before_bytes", 0)) - int(held)
     counters = trace.counters
     ev = memory_events(trace)
     if not counters.empty and not ev.empty:

@@ -12,6 +12,7 @@ from fake_cuda_allocator import KIB, MIB, FakeCachingAllocator, fake, install  #
 from kvprof.analysis import find_peak, reconcile
 from kvprof.trace import load_trace
 from tracers import TraceSession, stage, tag
+from tracers.trace_io import NO_FREE
 from tracers.alloc_layout import BlockLayout, round_size, should_split, unsupported_reason
 
 
@@ -255,9 +256,39 @@ def test_register_adopts_blocks_from_before_tracking_with_their_block_size(tmp_p
     al = trace.allocations.sort_values("id")
     assert list(al["bytes"]) == [3 * MIB + 300 * KIB, 5120]
     assert list(al["category"]) == ["weights", "latents"]
-    assert trace.meta["registered_before_bytes"] == 3 * MIB + 300 * KIB
+    assert trace.meta["held_before_bytes"] == 3 * MIB + 300 * KIB
     rec = reconcile(trace, find_peak(trace))
     assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
+
+
+def test_blocks_left_by_earlier_work_are_held_as_unattributed_and_count_in_the_peak(tmp_path, fake):
+    # A second trace in one process starts with what the first left allocated (a cuBLAS workspace).
+    workspace = fake.malloc(32 * MIB + 700)
+    ws = fake.block_size(workspace)
+    weights = fake.malloc(3 * MIB)
+    fake.max_allocated = fake.allocated  # reset_peak_memory_stats at start (patched to a no-op)
+    s = _session(tmp_path)
+    s.start()
+    s.register(_FakeTensor(weights), "weights", "w")
+    with stage("rollout"), tag("activations"):
+        act = fake.malloc(5 * MIB)
+        s.checkpoint(force=True)
+        fake.free(act)
+    fake.free(workspace)  # freed during the trace: the trace follows it
+    with stage("decode"), tag("activations"):
+        fake.free(fake.malloc(MIB))
+    s.close("complete")
+    trace = load_trace(tmp_path / "t")
+    al = trace.allocations.sort_values("id").reset_index(drop=True)
+    assert al.loc[0, "category"] == "unattributed" and al.loc[0, "name"] == "live before tracing"
+    assert al.loc[0, "bytes"] == ws and al.loc[0, "q_free"] != NO_FREE
+    assert al.loc[1, "category"] == "weights" and al.loc[1, "bytes"] == 3 * MIB
+    assert trace.meta["held_before_bytes"] == ws + 3 * MIB == trace.meta["allocated_before_bytes"]
+    peak = find_peak(trace)
+    assert peak.bytes == ws + 3 * MIB + 5 * MIB == fake.max_allocated
+    assert peak.by_category == {"unattributed": ws, "weights": 3 * MIB, "activations": 5 * MIB}
+    rec = reconcile(trace, peak)
+    assert rec["trace_peak_bytes"] == peak.bytes and rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
 
 
 def test_trace_summary_prints_how_block_sizes_were_learned(tmp_path, fake, capsys):

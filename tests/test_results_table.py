@@ -37,3 +37,13 @@ def test_table_marks_the_reference_and_shared_times(tmp_path):
     assert "| reference (+0.0%) |" in lines[2]
     assert "| **exceeds** (+20.0%) |" in lines[3] and lines[3].endswith("| 20.0 | 40 |")
     assert "| below (-40.0%) |" in lines[4] and lines[4].endswith("| 20.0 * | 40 * |")
+
+
+def test_peak_is_the_allocators_where_the_row_has_it():
+    mod = _script()
+    # A trace that followed another in its process: 33 MiB left allocated were not in its own count.
+    later = {**_row("rtn", 1000), "reconciliation": {"max_memory_allocated_bytes": 1000 + 33 * 2**20}}
+    assert mod.peak(later) == 1000 + 33 * 2**20
+    assert mod.peak(_row("bf16", 1000)) == 1000  # rows without a reconciliation keep their own peak
+    text = mod.table([_row("bf16", 1000 + 33 * 2**20), later], bf16_peak=1000 + 33 * 2**20)
+    assert "| reference (+0.0%) |" in text.splitlines()[2] and "| below (+0.0%) |" in text.splitlines()[3]

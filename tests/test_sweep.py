@@ -62,7 +62,7 @@ def test_a_lane_that_dies_leaves_an_error_row_per_method(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(mod.subprocess, "Popen", dying)
     args = mod.argparse.Namespace(integration="staged", deadline=100.0, per_trace=1.0, out=str(tmp_path), frames=None,
-                                  config=None)
+                                  config=None, keep_caches=False)
     assert mod.run_lanes([["rtn_int4"], ["kivi_int4", "qaq_int4"]], args, mod.time.time()) == 3
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by = {r["method"]: r for r in rows}
@@ -70,3 +70,42 @@ def test_a_lane_that_dies_leaves_an_error_row_per_method(tmp_path, monkeypatch, 
     assert by["rtn_int4"]["status"] == "complete"
     assert by["kivi_int4"]["status"] == by["qaq_int4"]["status"] == "error"
     assert by["qaq_int4"]["error"] == "lane process exited with code 3 first"
+
+
+def test_release_process_caches_frees_cublas_workspaces_then_the_cache(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: calls.append("cublas"), raising=False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    _script().release_process_caches()
+    assert calls == ["cublas", "empty_cache"]  # workspaces go back to the cache first, then the cache is emptied
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_each_trace_of_a_lane_starts_from_released_caches_unless_kept(tmp_path, monkeypatch, capsys, keep):
+    import kvprof.runner
+    from tracers.trace_io import SCHEMA_VERSION, write_json_atomic
+
+    mod = _script()
+    events = []
+    monkeypatch.setattr(mod, "release_process_caches", lambda: events.append("release"))
+
+    def fake_run_trace(req):
+        events.append(req.method)
+        folder = tmp_path / req.run_id
+        folder.mkdir()
+        write_json_atomic(folder / "meta.json", {"schema_version": SCHEMA_VERSION, "status": "complete",
+                                                   "held_before_bytes": 1024})
+        summary = {"peak": {"bytes": 5, "stage": "rollout", "by_category": {}, "by_pass": {}}, "kv": None,
+                   "stage_times": [], "reconciliation": {}}
+        return kvprof.runner.TraceOutcome(path=folder, status="complete", summary=summary)
+
+    monkeypatch.setattr(kvprof.runner, "run_trace", fake_run_trace)
+    args = mod.argparse.Namespace(integration="staged", deadline=100.0, per_trace=1.0, out=str(tmp_path), frames=None,
+                                  config=None, keep_caches=keep)
+    mod.run_lane(["bf16", "rtn_int4"], args, mod.time.time(), 1)
+    assert events == (["bf16", "rtn_int4"] if keep else ["release", "bf16", "release", "rtn_int4"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["status"], r["held_before_bytes"]) for r in rows] == [("complete", 1024)] * 2

@@ -61,6 +61,10 @@ class LayoutStats:
                 "snapshot_mismatches": self.snapshot_mismatches, "misses": misses}
 
 
+# The name of blocks the allocator held when tracking started, until registered as what they are.
+LIVE_BEFORE_TRACING = "live before tracing"
+
+
 class CudaHistoryTracker:
     """Replays `torch.cuda.memory._snapshot()` device traces into kvprof allocation records."""
 
@@ -97,12 +101,12 @@ class CudaHistoryTracker:
         """Tag every following allocator event with context number `ctx`."""
         torch.cuda.memory._set_memory_metadata(str(ctx))
 
-    def block_at_start(self, address: int) -> int | None:
-        """Size of the block at `address` if it was allocated when tracking started."""
-        return self._start_blocks.get(address)
+    def blocks_at_start(self) -> list[tuple[int, int]]:
+        """(address, size) of the blocks allocated when tracking started, in address order."""
+        return sorted(self._start_blocks.items())
 
     def adopt(self, address: int, alloc_id: int) -> None:
-        """Follow the free of a block that existed before tracing (explicitly registered)."""
+        """Follow the free (and retags) of a block that existed before tracking, as `alloc_id`."""
         self._start_blocks.pop(address, None)
         self._live[address] = alloc_id
 
@@ -181,7 +185,7 @@ class CudaHistoryTracker:
                         layout.free_requested(addr)
                     alloc_id = live.pop(addr, None)
                     if alloc_id is None:
-                        continue  # a block from before tracking that nobody registered
+                        continue  # not a block of this trace (blocks from before tracking are adopted at start)
                     if alloc_id >= first:
                         q_free[alloc_id - first] = q
                         t_free[alloc_id - first] = e.get("time_us")

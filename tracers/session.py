@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from tracers import context
-from tracers.alloc_cuda import Q_STRIDE, CudaHistoryTracker, HistoryBatch
+from tracers.alloc_cuda import LIVE_BEFORE_TRACING, Q_STRIDE, CudaHistoryTracker, HistoryBatch
 from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
@@ -82,7 +82,7 @@ class TraceSession:
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records
         self.peak_bytes = 0
         self.expandable_segments = False  # set before start() when the caller turned them on at runtime
-        self.registered_before_bytes = 0  # bytes of registered blocks that predate tracking (CUDA)
+        self.held_before_bytes = 0  # bytes of blocks live when tracking started, held by the trace (CUDA)
         self._alloc_bytes: dict[int, int] = {}
         self._log: EventLog | None = None
         self._dispatch: DispatchAllocTracker | None = None
@@ -124,6 +124,7 @@ class TraceSession:
             self.meta["allocated_before_bytes"] = torch.cuda.memory_allocated(self.device)
             self._cuda = CudaHistoryTracker(self, self.device, expandable=self.expandable_segments)
             self._cuda.start()
+            self._hold_blocks_from_before()
         else:
             self._dispatch = DispatchAllocTracker(self)
             self._dispatch.__enter__()
@@ -193,7 +194,7 @@ class TraceSession:
             self.meta["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             self.meta["memory_allocated_end_bytes"] = torch.cuda.memory_allocated(self.device)
             self.meta["allocator_layout"] = self._cuda.meta()
-            self.meta["registered_before_bytes"] = self.registered_before_bytes
+            self.meta["held_before_bytes"] = self.held_before_bytes
             if self._cuda.oom_events:
                 self.meta["allocator_oom_events"] = self._cuda.oom_events
         for span_id, ms in self._timer.resolve().items():
@@ -450,6 +451,19 @@ class TraceSession:
                 self._new_context()  # orders the retag exactly among allocator events
                 self._cuda.retag(self._ctx, tensor.untyped_storage().data_ptr(), category, name)
 
+    def _hold_blocks_from_before(self) -> None:
+        """Record every block the allocator holds when tracking starts, from the start.
+
+        The allocator counts them in every figure it reports, so the trace must too: otherwise blocks
+        an earlier trace in this process left behind (cuBLAS workspaces, caches) would make the
+        trace's peak fall short of `max_memory_allocated()`. They are `unattributed` until
+        `register()` says what one is (weights, inputs)."""
+        assert self._cuda is not None
+        for address, size in self._cuda.blocks_at_start():
+            alloc_id = self.record_alloc(size, "unattributed", LIVE_BEFORE_TRACING)
+            self._cuda.adopt(address, alloc_id)
+            self.held_before_bytes += size
+
     def register(self, tensor: torch.Tensor, category: str, name: str | None = None) -> None:
         """Account for a tensor allocated before tracing (weights, inputs)."""
         if tensor.device.type == "meta":
@@ -463,13 +477,9 @@ class TraceSession:
                 else:
                     self._dispatch.track(tensor, category, name)
             elif self._cuda is not None:
-                size = self._cuda.block_at_start(storage.data_ptr())
-                if size is None:  # made after tracking started: the history has it, only its tag is new
-                    self.tag_tensor(tensor, category, name)
-                    return
-                alloc_id = self.record_alloc(size, category, name)
-                self._cuda.adopt(storage.data_ptr(), alloc_id)
-                self.registered_before_bytes += size
+                # Blocks from before tracking are held from the start (see _hold_blocks_from_before)
+                # and blocks made since are in the history: either way only the tag is new.
+                self.tag_tensor(tensor, category, name)
 
     def checkpoint(self, force: bool = False) -> None:
         """Make everything so far visible to followers (drains the CUDA allocator history when
