@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_session.sh STEP [STEP...]     (on the device machine, from the repo root)
 #
-# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), budget (issue 6 budget + diagnose),
+# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), held-before (blocks left by an earlier trace), budget (issue 6 budget + diagnose),
 # host (issue 8 py-spy host profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps),
 # notes (each trace's meta notes), render (issue 7 PNGs of every trace written so far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only
 # leaves out the comparison pages), pack (tar what render wrote). LANES=N runs a sweep as N processes
@@ -56,6 +56,26 @@ for step in "$@"; do
       log "issue 7: render"
       timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu /tmp/kv/host \
         --out /tmp/kv/report --skip-existing ${RENDER_ARGS:-} >> "$OUT/steps.log" 2>&1
+      ;;
+    held-before)
+      # Blocks an earlier trace of the process leaves allocated: held by the next trace as "live
+      # before tracing" (--keep-caches), or freed before it (the sweep's default).
+      log "held-before: two traces per process, caches released vs kept"
+      for mode in release keep; do
+        flag=; [ $mode = keep ] && flag=--keep-caches
+        timeout 200 python3 benchmarks/sweep.py --integration staged --methods rtn_int2,flowcache_prune_int2 $flag \
+          --out /tmp/kv/$mode > "$OUT/held_before_$mode.jsonl" 2>>"$OUT/steps.log"
+      done
+      python3 -c "
+import pathlib
+from kvprof.trace import load_trace
+for f in sorted(pathlib.Path('/tmp/kv').glob('*/*/meta.json')):
+    t = load_trace(f.parent); m = t.meta; a = t.allocations
+    lb = a[a['name'] == 'live before tracing']
+    print(f.parent.parent.name, f.parent.name, 'allocated_before', m.get('allocated_before_bytes'),
+          'held_before', m.get('held_before_bytes'), 'max_alloc', m.get('max_memory_allocated_bytes'),
+          'unregistered', len(lb), int(lb['bytes'].sum()), sorted(lb['bytes'].tolist())[:8], 'freed', int((lb['q_free'] != -1).sum()))
+" > "$OUT/held_before.txt" 2>>"$OUT/steps.log"
       ;;
     notes)
       # Each trace's meta notes and the other GPU processes NVML saw (confirms the "GPU shared" note).
