@@ -71,6 +71,12 @@ def _present_categories(wide: pd.DataFrame) -> list[str]:
     return [c for c in CATEGORIES if c in wide.columns and (wide[c] != 0).any()]
 
 
+def peak_label_side(t_s: float, t_min: float, t_max: float) -> tuple[str, int]:
+    """Text alignment and offset of the peak label: it runs into the plot, away from the nearer edge
+    (a label ending at an early peak would run out of the plot over the axis)."""
+    return ("left", 6) if t_s - t_min < (t_max - t_min) / 2 else ("right", -6)
+
+
 def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str, int] | None = None,
                    width: int = TIMELINE_WIDTH, height: int = TIMELINE_HEIGHT):
     """Live bytes stacked by category over time, pass/decode bands behind, the peak marked."""
@@ -116,7 +122,8 @@ def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str
                             "label": f"peak {fmt_bytes(peak.bytes)} in {peak.stage}"}])
         layers.append(alt.Chart(pk).mark_rule(color="#d62728", strokeDash=[4, 3]).encode(x="t_s:Q"))
         layers.append(alt.Chart(pk).mark_point(color="#d62728", filled=True, size=50).encode(x="t_s:Q", y="value:Q"))
-        layers.append(alt.Chart(pk).mark_text(align="right", dx=-6, dy=-6, color="#d62728", fontSize=11).encode(
+        align, dx = peak_label_side(peak.t_ns / 1e9, float(data["t_s"].min()), float(data["t_s"].max()))
+        layers.append(alt.Chart(pk).mark_text(align=align, dx=dx, dy=-6, color="#d62728", fontSize=11).encode(
             x="t_s:Q", y="value:Q", text="label:N"))
     return alt.layer(*layers).resolve_scale(color="independent").properties(width=width, height=height, title=title)
 

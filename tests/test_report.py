@@ -196,3 +196,18 @@ def test_compare_table_views(trace_factory):
         compare_table([base], sort="nope")
     with pytest.raises(UsageError, match="no trace given"):
         compare_table([])
+
+
+def test_peak_label_runs_into_the_plot_from_either_end(bf16_trace):
+    from kvprof.report import peak_label_side, timeline_chart
+
+    assert peak_label_side(2.5, 0.0, 40.0) == ("left", 6)  # an early peak (a refresh pass): text to its right
+    assert peak_label_side(35.0, 0.0, 40.0) == ("right", -6)  # a peak in the decode: text to its left
+    trace = load_trace(bf16_trace)
+    spec = timeline_chart(trace).to_dict()
+    label = next(layer["mark"] for layer in spec["layer"]
+                 if isinstance(layer["mark"], dict) and layer["mark"].get("color") == "#d62728"
+                 and layer["mark"]["type"] == "text")
+    peak = find_peak(trace)
+    t = timeline(trace)["t_ns"] / 1e9
+    assert (label["align"], label["dx"]) == peak_label_side(peak.t_ns / 1e9, float(t.min()), float(t.max()))
