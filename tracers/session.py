@@ -213,6 +213,7 @@ class TraceSession:
         self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
         tables = tables_from_records(self._log.records, self._log.alloc_columns)
+        self._note_blocks_from_before(tables["allocations"])
         write_tables(self.folder, tables)
         write_json_atomic(self.folder / META_FILE, self.meta)
         (self.folder / EVENTS_FILE).unlink(missing_ok=True)
@@ -463,6 +464,17 @@ class TraceSession:
             alloc_id = self.record_alloc(size, "unattributed", LIVE_BEFORE_TRACING)
             self._cuda.adopt(address, alloc_id)
             self.held_before_bytes += size
+
+    def _note_blocks_from_before(self, allocations: Any) -> None:
+        """Say so in the notes when blocks from before tracking were never registered."""
+        if allocations.empty:
+            return
+        left = allocations[(allocations["name"] == LIVE_BEFORE_TRACING) & (allocations["category"] == "unattributed")]
+        if len(left):
+            self.notes.append(
+                f"{int(left['bytes'].sum()):,} B in {len(left)} block(s) were allocated before tracing started and never "
+                "registered (earlier work in this process, e.g. cuBLAS workspaces): counted as unattributed "
+                f"'{LIVE_BEFORE_TRACING}'; in a fresh process the trace would make them itself")
 
     def register(self, tensor: torch.Tensor, category: str, name: str | None = None) -> None:
         """Account for a tensor allocated before tracing (weights, inputs)."""
