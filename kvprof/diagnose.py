@@ -958,6 +958,13 @@ def diagnose(
                          f"{', '.join(str(r) for r in (roots or [t.path.parent, Path('traces')]))}; pass --baseline TRACE or "
                          "--run-baseline to compare")
 
+    for who, tr in (("trace", t), ("baseline", base)):
+        before = int((tr.meta.get("unregistered_before_bytes") or 0) if tr is not None else 0)
+        if before:
+            notes.append(f"{who} {tr.path.name}: {fmt_bytes(before)} were allocated before its tracing started (earlier "
+                         "work in its process, e.g. cuBLAS workspaces) and count as 'unattributed'; a trace made in a "
+                         "fresh process allocates them in its first stages, so categories differ by that much")
+
     phases = phase_peaks(t)
     peak_phase = _phase_at(t, ctx.alloc_phase, peak.q)
     live = ctx.live(peak.q)

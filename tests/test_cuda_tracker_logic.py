@@ -257,7 +257,8 @@ def test_register_adopts_blocks_from_before_tracking_with_their_block_size(tmp_p
     assert list(al["bytes"]) == [3 * MIB + 300 * KIB, 5120]
     assert list(al["category"]) == ["weights", "latents"]
     assert trace.meta["held_before_bytes"] == 3 * MIB + 300 * KIB
-    assert not any("before tracing started" in n for n in trace.meta["notes"])  # all of it registered
+    assert trace.meta["unregistered_before_bytes"] == 0  # all of it registered
+    assert not any("before tracing started" in n for n in trace.meta["notes"])
     rec = reconcile(trace, find_peak(trace))
     assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
 
@@ -290,6 +291,7 @@ def test_blocks_left_by_earlier_work_are_held_as_unattributed_and_count_in_the_p
     assert peak.by_category == {"unattributed": ws, "weights": 3 * MIB, "activations": 5 * MIB}
     rec = reconcile(trace, peak)
     assert rec["trace_peak_bytes"] == peak.bytes and rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
+    assert trace.meta["unregistered_before_bytes"] == ws
     assert [n for n in trace.meta["notes"] if "before tracing started" in n] == [
         f"{ws:,} B in 1 block(s) were allocated before tracing started and never registered (earlier work in this "
         "process, e.g. cuBLAS workspaces): counted as unattributed 'live before tracing'; in a fresh process the "

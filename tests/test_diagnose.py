@@ -312,3 +312,16 @@ def test_integration_projections_track_the_real_runs(trace_factory):
     assert to_staged.estimate and to_study.estimate
     assert abs(to_staged.peak_bytes - real_staged) <= 0.15 * real_staged
     assert abs(to_study.peak_bytes - real_study) <= 0.15 * real_study
+
+
+def test_blocks_from_before_tracing_are_named_in_the_notes(tmp_path):
+    base = _bf16(tmp_path)
+    trace = synth(tmp_path / "r", "rtn_int4", cache=INT8_CACHE)
+    meta = json.loads((trace / "meta.json").read_text())
+    meta["unregistered_before_bytes"] = 34_603_008  # what a second trace of a GPU process holds (see RESULTS.md)
+    (trace / "meta.json").write_text(json.dumps(meta))
+    notes = [n for n in diagnose(trace, baseline=base).notes if "before its tracing started" in n]
+    assert notes == ["trace r: 33.00 MiB were allocated before its tracing started (earlier work in its process, "
+                     "e.g. cuBLAS workspaces) and count as 'unattributed'; a trace made in a fresh process allocates "
+                     "them in its first stages, so categories differ by that much"]
+    assert not [n for n in diagnose(base, baseline=base).notes if "before its tracing started" in n]

@@ -213,7 +213,8 @@ class TraceSession:
         self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
         tables = tables_from_records(self._log.records, self._log.alloc_columns)
-        self._note_blocks_from_before(tables["allocations"])
+        if self._cuda is not None:
+            self._note_blocks_from_before(tables["allocations"])
         write_tables(self.folder, tables)
         write_json_atomic(self.folder / META_FILE, self.meta)
         (self.folder / EVENTS_FILE).unlink(missing_ok=True)
@@ -466,10 +467,11 @@ class TraceSession:
             self.held_before_bytes += size
 
     def _note_blocks_from_before(self, allocations: Any) -> None:
-        """Say so in the notes when blocks from before tracking were never registered."""
+        """Count (meta `unregistered_before_bytes`) and note blocks from before tracking never registered."""
         if allocations.empty:
             return
         left = allocations[(allocations["name"] == LIVE_BEFORE_TRACING) & (allocations["category"] == "unattributed")]
+        self.meta["unregistered_before_bytes"] = int(left["bytes"].sum())
         if len(left):
             self.notes.append(
                 f"{int(left['bytes'].sum()):,} B in {len(left)} block(s) were allocated before tracing started and never "

@@ -319,7 +319,7 @@ META_FIELDS: dict[str, tuple[type, ...]] = {
                     (dict,)),
     **dict.fromkeys(("command", "notes", "allocator_oom_events"), (list,)),
     **dict.fromkeys(("started_unix_ns", "ended_unix_ns", "budget_bytes", "tracker_peak_bytes", "allocated_before_bytes",
-                     "registered_before_bytes", "held_before_bytes", "max_memory_allocated_bytes",
+                     "registered_before_bytes", "held_before_bytes", "unregistered_before_bytes", "max_memory_allocated_bytes",
                      "memory_allocated_end_bytes", "pid"), (int,)),
     **dict.fromkeys(("wall_s", "tracer_drain_s"), (int, float)),
 }
