@@ -216,6 +216,9 @@ def check_output(out: Path, run_id: str) -> Path:
     if not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id:
         raise UsageError(f"--run-id {run_id!r}: must be a plain folder name (no '/'); e.g. --run-id my-run")
     out = Path(out)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir would only say "File exists"
+        raise UsageError(f"--out {out}: {blocker} is a file, not a folder; pick another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".kvprof-write-test"

@@ -113,7 +113,9 @@ CASES: dict[str, Case] = {
     "vae not a folder": Case(lambda f: trace("--vae", str(f.garbage))(f), "--vae", "pass the folder that holds config.json"),
     "vae folder without config": Case(lambda f: trace("--vae", str(f.folder))(f), "no config.json", "pass a diffusers Wan VAE folder"),
     # the output
-    "out is a file": Case(lambda f: ["trace", "--out", str(f.a_file), "--run-id", "x"], "cannot write there", "pick a writable folder"),
+    "out is a file": Case(lambda f: ["trace", "--out", str(f.a_file), "--run-id", "x"], "is a file, not a folder", "pick another --out"),
+    "out under a file": Case(lambda f: ["trace", "--out", str(f.a_file / "sub"), "--run-id", "x"],
+                             "a-file.txt is a file, not a folder", "pick another --out"),
     "run id with a slash": Case(lambda f: ["trace", "--out", str(f.out), "--run-id", "a/b"], "--run-id 'a/b': must be a plain folder name",
                                 "e.g. --run-id my-run"),
     "run id exists": Case(lambda f: ["trace", "--out", str(f.good.parent), "--run-id", f.good.name], "a trace with this run id exists",
