@@ -961,9 +961,10 @@ def diagnose(
     for who, tr in (("trace", t), ("baseline", base)):
         before = int((tr.meta.get("unregistered_before_bytes") or 0) if tr is not None else 0)
         if before:
-            notes.append(f"{who} {tr.path.name}: {fmt_bytes(before)} were allocated before its tracing started (earlier "
-                         "work in its process, e.g. cuBLAS workspaces) and count as 'unattributed'; a trace made in a "
-                         "fresh process allocates them in its first stages, so categories differ by that much")
+            notes.append(f"{who} {tr.path.name}: {fmt_bytes(before)} were allocated before its tracing started and "
+                         "not registered (tensors made before tracing, or earlier work in its process such as cuBLAS "
+                         "workspaces) and count as 'unattributed'; where another trace made them itself, categories "
+                         "differ by that much")
 
     phases = phase_peaks(t)
     peak_phase = _phase_at(t, ctx.alloc_phase, peak.q)

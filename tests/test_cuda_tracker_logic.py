@@ -293,9 +293,9 @@ def test_blocks_left_by_earlier_work_are_held_as_unattributed_and_count_in_the_p
     assert rec["trace_peak_bytes"] == peak.bytes and rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
     assert trace.meta["unregistered_before_bytes"] == ws
     assert [n for n in trace.meta["notes"] if "before tracing started" in n] == [
-        f"{ws:,} B in 1 block(s) were allocated before tracing started and never registered (earlier work in this "
-        "process, e.g. cuBLAS workspaces): counted as unattributed 'live before tracing'; in a fresh process the "
-        "trace would make them itself"]
+        f"{ws:,} B in 1 block(s) were allocated before tracing started and never registered (tensors made before "
+        "tracing, or earlier work in this process such as cuBLAS workspaces): counted as unattributed 'live before "
+        "tracing'; register() names tensors, and a fresh process leaves no workspaces behind"]
 
 
 def test_trace_summary_prints_how_block_sizes_were_learned(tmp_path, fake, capsys):

@@ -321,7 +321,7 @@ def test_blocks_from_before_tracing_are_named_in_the_notes(tmp_path):
     meta["unregistered_before_bytes"] = 34_603_008  # what a second trace of a GPU process holds (see RESULTS.md)
     (trace / "meta.json").write_text(json.dumps(meta))
     notes = [n for n in diagnose(trace, baseline=base).notes if "before its tracing started" in n]
-    assert notes == ["trace r: 33.00 MiB were allocated before its tracing started (earlier work in its process, "
-                     "e.g. cuBLAS workspaces) and count as 'unattributed'; a trace made in a fresh process allocates "
-                     "them in its first stages, so categories differ by that much"]
+    assert notes == ["trace r: 33.00 MiB were allocated before its tracing started and not registered (tensors made "
+                     "before tracing, or earlier work in its process such as cuBLAS workspaces) and count as "
+                     "'unattributed'; where another trace made them itself, categories differ by that much"]
     assert not [n for n in diagnose(base, baseline=base).notes if "before its tracing started" in n]

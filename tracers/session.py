@@ -475,8 +475,9 @@ class TraceSession:
         if len(left):
             self.notes.append(
                 f"{int(left['bytes'].sum()):,} B in {len(left)} block(s) were allocated before tracing started and never "
-                "registered (earlier work in this process, e.g. cuBLAS workspaces): counted as unattributed "
-                f"'{LIVE_BEFORE_TRACING}'; in a fresh process the trace would make them itself")
+                "registered (tensors made before tracing, or earlier work in this process such as cuBLAS workspaces): "
+                f"counted as unattributed '{LIVE_BEFORE_TRACING}'; register() names tensors, and a fresh process "
+                "leaves no workspaces behind")
 
     def register(self, tensor: torch.Tensor, category: str, name: str | None = None) -> None:
         """Account for a tensor allocated before tracing (weights, inputs)."""
