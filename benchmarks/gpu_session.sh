@@ -3,11 +3,13 @@
 #
 #   bash benchmarks/gpu_session.sh STEP [STEP...]     (on the device machine, from the repo root)
 #
-# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), held-before (blocks left by an earlier trace), budget (issue 6 budget + diagnose),
-# host (issue 8 py-spy host profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps),
-# notes (each trace's meta notes), render (issue 7 PNGs of every trace written so far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only
-# leaves out the comparison pages), pack (tar what render wrote). LANES=N runs a sweep as N processes
-# sharing the GPU (bytes stay exact, times include the other lanes' load; see benchmarks/sweep.py).
+# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), held-before (blocks an earlier
+# trace of the process left), budget (issue 6 budget + diagnose), host (issue 8 py-spy host
+# profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps), notes (each trace's meta notes),
+# render (issue 7 PNGs of every trace written so far, skipping PNGs already rendered;
+# RENDER_ARGS=--pngs-only leaves out the comparison pages), pack (tar what render wrote). LANES=N
+# runs a sweep as N processes sharing the GPU (bytes stay exact, times include the other lanes'
+# load; see benchmarks/sweep.py).
 # Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
 # image lacks are carried in .whl/ (see NEXT_GPU_SESSION.md); installed into a fresh /tmp/site.
 set -u
