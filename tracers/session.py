@@ -468,33 +468,20 @@ class TraceSession:
 
     def _note_blocks_from_before(self, allocations: Any) -> None:
         """Count (meta `unregistered_before_bytes`) and note blocks from before tracking never registered."""
-        if allocations.empty:
-            return
         left = allocations[(allocations["name"] == LIVE_BEFORE_TRACING) & (allocations["category"] == "unattributed")]
-        self.meta["unregistered_before_bytes"] = int(left["bytes"].sum())
-        if len(left):
+        self.meta["unregistered_before_bytes"] = n = int(left["bytes"].sum())
+        if n:
             self.notes.append(
-                f"{int(left['bytes'].sum()):,} B in {len(left)} block(s) were allocated before tracing started and never "
+                f"{n:,} B in {len(left)} block(s) were allocated before tracing started and never "
                 "registered (tensors made before tracing, or earlier work in this process such as cuBLAS workspaces): "
                 f"counted as unattributed '{LIVE_BEFORE_TRACING}'; register() names tensors, and a fresh process "
                 "leaves no workspaces behind")
 
     def register(self, tensor: torch.Tensor, category: str, name: str | None = None) -> None:
-        """Account for a tensor allocated before tracing (weights, inputs)."""
-        if tensor.device.type == "meta":
-            return
-        storage = tensor.untyped_storage()
-        with self._lock:
-            if self._dispatch is not None:
-                alloc_id = self._dispatch.allocation_of(tensor)
-                if alloc_id is not None:
-                    self.record_retag(alloc_id, category, name)
-                else:
-                    self._dispatch.track(tensor, category, name)
-            elif self._cuda is not None:
-                # Blocks from before tracking are held from the start (see _hold_blocks_from_before)
-                # and blocks made since are in the history: either way only the tag is new.
-                self.tag_tensor(tensor, category, name)
+        """Account for a tensor allocated before tracing (weights, inputs). The same as `tag_tensor`:
+        the dispatch tracker adopts an untracked tensor, and on CUDA every block from before tracking
+        is held from the start (`_hold_blocks_from_before`), so only its tag is new."""
+        self.tag_tensor(tensor, category, name)
 
     def checkpoint(self, force: bool = False) -> None:
         """Make everything so far visible to followers (drains the CUDA allocator history when
