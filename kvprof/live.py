@@ -2,7 +2,7 @@
 
 `TraceFollower(folder).poll()` parses the whole lines that `events.jsonl` gained since the byte
 offset it reached last time, folds them into columnar tables (the same tables, columns and
-dtypes as `tracers.trace_io.tables_from_records`), and re-reads `meta.json` only when it
+dtypes as a closed trace: both go through `tracers.trace_fold.TableFolder`), and re-reads `meta.json` only when it
 changed. Once the trace closes (events log gone, Parquet tables written) the follower loads the
 final tables once and afterwards only watches for `summary.json`. A partial last line is left
 for the next poll; a folder that does not exist yet, or has no meta.json yet, is "waiting".
@@ -18,81 +18,10 @@ from typing import Any
 import pandas as pd
 
 from kvprof.trace import Trace, load_trace
-from tracers.trace_io import (
-    EVENTS_FILE,
-    META_FILE,
-    NO_FREE,
-    SUMMARY_FILE,
-    TABLES,
-    RawTrace,
-    TraceError,
-    check_tables,
-    read_meta,
-    tables_from_records,
-)
+from tracers.trace_fold import TableFolder, TraceFoldError
+from tracers.trace_io import EVENTS_FILE, META_FILE, SUMMARY_FILE, TABLES, RawTrace, TraceError, check_tables, read_meta
 
-__all__ = ["TraceFollower", "FollowState", "TableFolder"]
-
-_ALLOC_INT = ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "span_id")
-_ALLOC_KINDS = ("a", "f", "r")
-
-
-class TableFolder:
-    """Event records folded into the five tables, equal to `tables_from_records` over all records seen.
-
-    Allocation records (the bulk: allocs, frees, retags) are folded once into growing column
-    lists, so a poll costs only the new records and a snapshot one list-to-array copy. The few
-    other records (spans, device times, counters, samples, kv) are kept and handed to
-    `tables_from_records` itself at snapshot time, so their columns follow the writer's format.
-    """
-
-    def __init__(self) -> None:
-        self.alloc: dict[str, list[Any]] = {c: [] for c in (*_ALLOC_INT, "category", "name")}
-        self._alloc_row: dict[int, int] = {}
-        self.other: list[dict[str, Any]] = []
-        self.records = 0
-
-    def fold(self, records: list[dict[str, Any]]) -> None:
-        """Apply records in order."""
-        al = self.alloc
-        for r in records:
-            k = r.get("k")
-            if k not in _ALLOC_KINDS:
-                self.other.append(r)
-                continue
-            try:
-                if k == "a":
-                    self._alloc_row[r["id"]] = len(al["id"])
-                    for col, v in (("id", r["id"]), ("q_alloc", r["q"]), ("q_free", NO_FREE), ("t_alloc_ns", r["t"]),
-                                   ("t_free_ns", NO_FREE), ("bytes", r["b"]), ("category", r["c"]),
-                                   ("span_id", r["s"]), ("name", r.get("n"))):
-                        al[col].append(v)
-                elif k == "f":
-                    row = self._alloc_row.get(r["id"])
-                    if row is not None:
-                        al["q_free"][row], al["t_free_ns"][row] = r["q"], r["t"]
-                else:  # retag
-                    row = self._alloc_row.get(r["id"])
-                    if row is not None:
-                        al["category"][row] = r["c"]
-                        if r.get("n"):
-                            al["name"][row] = r["n"]
-            except (KeyError, TypeError) as exc:
-                raise TraceError(f"event record of kind {k!r} lacks field {exc} ({str(r)[:120]})") from None
-        self.records += len(records)
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """The five tables, with the columns and dtypes `tables_from_records` gives them."""
-        tables = tables_from_records(self.other)
-        try:
-            al = pd.DataFrame({c: pd.array(self.alloc[c], dtype="int64") for c in _ALLOC_INT})
-            al["category"] = pd.array(self.alloc["category"], dtype="string")
-            al["name"] = pd.array(self.alloc["name"], dtype="string")
-        except (ValueError, TypeError, OverflowError) as exc:  # a damaged record: the reader's error
-            raise TraceError(f"allocation records hold a value of the wrong type ({exc})") from None
-        tables["allocations"] = al[list(tables["allocations"].columns)]
-        return tables
-
+__all__ = ["TraceFollower", "FollowState"]
 
 def _parse_lines(chunk: bytes, path: Path, first_line: int) -> list[dict[str, Any]]:
     """Whole JSON lines -> records; one json.loads for the lot, line by line only to name a bad one."""
@@ -203,7 +132,10 @@ class TraceFollower:
         records = _parse_lines(whole, events, self._lines + 1)
         self._lines += whole.count(b"\n")
         self.offset += len(whole)
-        self._folder.fold(records)
+        try:
+            self._folder.fold(records)
+        except TraceFoldError as exc:
+            raise TraceError(f"{events}: {exc}") from None
         if records:
             self.last_event_unix = file_time
             self._snapshot = None
@@ -255,7 +187,10 @@ class TraceFollower:
         if self.meta is None or self.phase != "live":
             return None
         if self._snapshot is None:
-            tables = check_tables(self._folder.tables(), self.folder / EVENTS_FILE)
+            try:
+                tables = check_tables(self._folder.tables(), self.folder / EVENTS_FILE)
+            except TraceFoldError as exc:
+                raise TraceError(f"{self.folder / EVENTS_FILE}: {exc}") from None
             raw = RawTrace(self.folder, dict(self.meta), tables, self.summary, live=True, torn_tail=self.torn_tail)
             self._snapshot = Trace(raw)
         return self._snapshot

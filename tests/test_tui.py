@@ -14,7 +14,8 @@ import torch
 
 import tracers
 from kvprof.analysis import find_peak, stage_times, timeline
-from kvprof.live import TableFolder, TraceFollower
+from kvprof.live import TraceFollower
+from tracers.trace_fold import TableFolder
 from kvprof.trace import load_trace
 from kvprof.units import fmt_bytes
 from tracers import TraceSession

@@ -32,6 +32,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
+
 SCHEMA_VERSION = "1.0"
 EVENTS_FILE = "events.jsonl"
 META_FILE = "meta.json"
@@ -126,117 +128,19 @@ def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
     return records, torn
 
 
-_ALLOC_COLUMNS = ["id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "category", "span_id", "name"]
-_SPAN_COLUMNS = ["id", "parent", "name", "index", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_ms", "device_ms",
-                 "host_syncs", "op_ms", "tracer_ms"]
-_SAMPLE_COLUMNS = ["t_ns", "device_used_bytes", "process_used_bytes", "util_percent", "other_processes"]
-_COUNTER_COLUMNS = ["t_ns", "q", "span_id", "allocated_bytes", "reserved_bytes"]
-_KV_COLUMNS = ["t_ns", "q", "chunk", "logical_bytes", "stored_bytes", "resident_bytes"]
-
-NO_FREE = -1  # q_free / t_free_ns of an allocation still live when the trace ended
-
-
 def tables_from_records(
     records: Iterable[dict[str, Any]], alloc_columns: Iterable[dict[str, list[Any]]] = ()
 ) -> dict[str, pd.DataFrame]:
-    """Fold event records, and allocation rows added in bulk, into the five columnar tables (live
-    allocations get q_free = -1). Frees, retags and sizes may refer to bulk rows."""
-    allocs: dict[int, dict[str, Any]] = {}
-    later: list[dict[str, Any]] = []  # f/r/z records of allocations that are not records
-    spans: dict[int, dict[str, Any]] = {}
-    samples: list[tuple] = []
-    counters: list[tuple] = []
-    kv: list[tuple] = []
-    for r in records:
-        k = r.get("k")
-        try:
-            if k == "a":
-                allocs[r["id"]] = {
-                    "id": r["id"], "q_alloc": r["q"], "q_free": NO_FREE, "t_alloc_ns": r["t"],
-                    "t_free_ns": NO_FREE, "bytes": r["b"], "category": r["c"], "span_id": r["s"],
-                    "name": r.get("n"),
-                }
-            elif k in ("f", "r", "z"):
-                a = allocs.get(r["id"])
-                if a is None:
-                    later.append(r)
-                elif k == "f":
-                    a["q_free"], a["t_free_ns"] = r["q"], r["t"]
-                elif k == "r":
-                    a["category"] = r["c"]
-                    if r.get("n"):
-                        a["name"] = r["n"]
-                else:
-                    a["bytes"] = r["b"]
-            elif k == "b":
-                spans[r["id"]] = {
-                    "id": r["id"], "parent": r["p"], "name": r["n"], "index": r.get("i"),
-                    "q_start": r["q"], "q_end": NO_FREE, "t_start_ns": r["t"], "t_end_ns": NO_FREE,
-                    "host_ms": float("nan"), "device_ms": float("nan"),
-                    "host_syncs": 0, "op_ms": float("nan"), "tracer_ms": float("nan"),
-                }
-            elif k == "e":
-                s = spans.get(r["id"])
-                if s is not None:
-                    s["q_end"], s["t_end_ns"], s["host_ms"] = r["q"], r["t"], r["ms"]
-                    s["host_syncs"] = r.get("hs", 0)
-                    s["op_ms"] = r["ons"] / 1e6 if "ons" in r else float("nan")
-                    s["tracer_ms"] = r["tns"] / 1e6 if "tns" in r else float("nan")
-            elif k == "x":
-                s = spans.get(r["id"])
-                if s is not None:
-                    s["device_ms"] = r["dms"]
-            elif k == "m":
-                counters.append((r["t"], r["q"], r["s"], r["alloc"], r["reserved"]))
-            elif k == "d":
-                samples.append((r["t"], r["used"], r["proc"], r["util"], r.get("others", -1)))
-            elif k == "kv":
-                kv.append((r["t"], r.get("q", -1), r["chunk"], r["logical"], r["stored"], r["resident"]))
-        except (KeyError, TypeError) as exc:
-            raise TraceError(f"event record of kind {k!r} lacks field {exc} ({str(r)[:120]})") from None
-    alloc_df = pd.DataFrame(list(allocs.values()), columns=_ALLOC_COLUMNS)
-    bulk = [pd.DataFrame(cols, columns=_ALLOC_COLUMNS) for cols in alloc_columns if cols.get("id")]
-    if bulk:
-        alloc_df = pd.concat([alloc_df, *bulk] if len(alloc_df) else bulk, ignore_index=True)
-        if later:
-            _apply_later(alloc_df, later)
-    span_df = pd.DataFrame(list(spans.values()), columns=_SPAN_COLUMNS)
+    """Fold event records, then allocation rows added in bulk, into the five columnar tables
+    through the one fold every reader uses (`tracers.trace_fold.TableFolder`)."""
+    folder = TableFolder()
     try:
-        for col in ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "span_id"):
-            alloc_df[col] = alloc_df[col].astype("int64")
-        for col in ("id", "parent", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_syncs"):
-            span_df[col] = span_df[col].astype("int64")
-        span_df["index"] = span_df["index"].astype("Int64")
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise TraceError(f"event records hold a value of the wrong type ({exc})") from None
-    alloc_df["category"] = alloc_df["category"].astype("string")
-    alloc_df["name"] = alloc_df["name"].astype("string")
-    span_df["name"] = span_df["name"].astype("string")
-    return {
-        "allocations": alloc_df,
-        "spans": span_df,
-        "samples": pd.DataFrame(samples, columns=_SAMPLE_COLUMNS),
-        "counters": pd.DataFrame(counters, columns=_COUNTER_COLUMNS),
-        "kv": pd.DataFrame(kv, columns=_KV_COLUMNS),
-    }
-
-
-def _apply_later(alloc_df: pd.DataFrame, later: list[dict[str, Any]]) -> None:
-    """Apply free/retag/size records to bulk rows, in record order (ids are unique)."""
-    row_of = pd.Series(range(len(alloc_df)), index=alloc_df["id"].to_numpy())
-    cols = {c: alloc_df.columns.get_loc(c) for c in ("q_free", "t_free_ns", "category", "name", "bytes")}
-    for r in later:
-        row = row_of.get(r["id"])
-        if row is None:
-            continue
-        if r["k"] == "f":
-            alloc_df.iat[row, cols["q_free"]], alloc_df.iat[row, cols["t_free_ns"]] = r["q"], r["t"]
-        elif r["k"] == "r":
-            alloc_df.iat[row, cols["category"]] = r["c"]
-            if r.get("n"):
-                alloc_df.iat[row, cols["name"]] = r["n"]
-        else:
-            alloc_df.iat[row, cols["bytes"]] = r["b"]
+        folder.fold(records)
+        for cols in alloc_columns:
+            folder.add_bulk(cols)
+        return folder.tables()
+    except TraceFoldError as exc:
+        raise TraceError(str(exc)) from None
 
 
 # Columns every reader relies on, by table: "int" (no missing values), "int?" (may be missing),

@@ -1,0 +1,93 @@
+"""The one fold of trace records: every record kind, the live follower equal to the closed loader."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kvprof.live import TraceFollower
+from kvprof.trace import load_trace
+from tracers.trace_fold import NO_FREE, TableFolder
+from tracers.trace_io import EVENTS_FILE, SCHEMA_VERSION, TraceError, tables_from_records
+
+# One record of every kind of tracers.trace_io's docstring, in writer order.
+RECORDS = [
+    {"k": "b", "id": 1, "p": 0, "n": "rollout", "i": None, "t": 10, "q": 1},
+    {"k": "b", "id": 2, "p": 1, "n": "chunk", "i": 0, "t": 11, "q": 2},
+    {"k": "a", "id": 7, "t": 12, "q": 3, "b": 100, "c": "activations", "s": 2, "n": None},
+    {"k": "z", "id": 7, "b": 512},  # the allocator's block for the 100 B request
+    {"k": "a", "id": 8, "t": 13, "q": 4, "b": 64, "c": "activations", "s": 2, "n": "x"},
+    {"k": "r", "id": 8, "c": "kv_fp", "n": "layer 0 / k"},
+    {"k": "m", "t": 14, "q": 5, "s": 2, "alloc": 576, "reserved": 2097152},
+    {"k": "d", "t": 15, "used": 1000, "proc": 900, "util": 50, "others": 0},
+    {"k": "kv", "t": 16, "q": 6, "chunk": 0, "logical": 128, "stored": 64, "resident": 64},
+    {"k": "f", "id": 7, "t": 17, "q": 7},
+    {"k": "e", "id": 2, "t": 18, "q": 8, "ms": 0.5, "hs": 1, "ons": 300000, "tns": 1000},
+    {"k": "x", "id": 2, "dms": 0.4},
+    {"k": "e", "id": 1, "t": 19, "q": 9, "ms": 0.9},
+]
+
+
+def test_every_record_kind_lands_in_its_table() -> None:
+    t = tables_from_records(RECORDS)
+    al = t["allocations"].set_index("id")
+    assert al.loc[7, "bytes"] == 512 and (al.loc[7, "q_free"], al.loc[7, "t_free_ns"]) == (7, 17)
+    assert al.loc[8, "category"] == "kv_fp" and al.loc[8, "name"] == "layer 0 / k" and al.loc[8, "q_free"] == NO_FREE
+    sp = t["spans"].set_index("id")
+    assert sp.loc[2, "q_end"] == 8 and sp.loc[2, "device_ms"] == 0.4 and sp.loc[2, "host_syncs"] == 1
+    assert sp.loc[2, "op_ms"] == pytest.approx(0.3) and sp.loc[2, "tracer_ms"] == pytest.approx(0.001)
+    assert pd.isna(sp.loc[1, "device_ms"]) and sp.loc[1, "host_ms"] == 0.9
+    assert t["counters"].iloc[0].tolist() == [14, 5, 2, 576, 2097152]
+    assert t["samples"].iloc[0].tolist() == [15, 1000, 900, 50, 0]
+    assert t["kv"].iloc[0].tolist() == [16, 6, 0, 128, 64, 64]
+
+
+def test_folding_in_pieces_equals_folding_at_once() -> None:
+    whole = TableFolder()
+    whole.fold(RECORDS)
+    for cut in range(len(RECORDS) + 1):
+        parts = TableFolder()
+        parts.fold(RECORDS[:cut])
+        parts.tables()  # a snapshot in between must not change what follows
+        parts.fold(RECORDS[cut:])
+        for name, df in whole.tables().items():
+            pd.testing.assert_frame_equal(parts.tables()[name], df, check_dtype=True)
+
+
+def test_bulk_rows_take_frees_retags_and_sizes_recorded_before_them() -> None:
+    folder = TableFolder()
+    folder.fold([{"k": "z", "id": 5, "b": 1024}, {"k": "f", "id": 5, "t": 30, "q": 30},
+                 {"k": "r", "id": 5, "c": "kv_codes", "n": "codes"}])
+    folder.add_bulk({"id": [5], "q_alloc": [20], "q_free": [NO_FREE], "t_alloc_ns": [20], "t_free_ns": [NO_FREE],
+                     "bytes": [1000], "category": ["activations"], "span_id": [0], "name": [None]})
+    row = folder.tables()["allocations"].iloc[0]
+    assert (row["bytes"], row["q_free"], row["category"], row["name"]) == (1024, 30, "kv_codes", "codes")
+
+
+def _live_folder(tmp_path: Path, records: list[dict]) -> Path:
+    folder = tmp_path / "live"
+    folder.mkdir()
+    meta = {"schema_version": SCHEMA_VERSION, "run_id": "live", "status": "running"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / EVENTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_follower_counts_block_sizes_like_the_closed_loader(tmp_path: Path) -> None:
+    # the four-record example of the redesign issue: the follower showed 100 B, the trace 512 B
+    records = [RECORDS[0], RECORDS[1], RECORDS[2], RECORDS[3]]
+    folder = _live_folder(tmp_path, records)
+    follower = TraceFollower(folder)
+    assert follower.poll()
+    live = follower.trace().allocations
+    loaded = load_trace(folder).allocations
+    assert live["bytes"].tolist() == loaded["bytes"].tolist() == [512]
+    pd.testing.assert_frame_equal(live, loaded)
+
+
+def test_follower_names_a_damaged_record(tmp_path: Path) -> None:
+    folder = _live_folder(tmp_path, [RECORDS[0], {"k": "a", "id": 1}])
+    with pytest.raises(TraceError, match="events.jsonl.*kind 'a' lacks field"):
+        TraceFollower(folder).poll()
