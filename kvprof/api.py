@@ -41,7 +41,8 @@ from kvprof.trace import Trace, load_trace
 from kvprof.units import parse_size
 from tracers import context
 from tracers.alloc_layout import ALLOC_CONF_VARS
-from tracers.session import Q_STRIDE, SimulatedOOM, TraceSession
+from tracers.session import SimulatedOOM, TraceSession
+from tracers.trace_fold import Q_STRIDE
 from tracers.trace_io import META_FILE, NO_FREE, SUMMARY_FILE, write_json_atomic
 
 __all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "environment", "failure_state",

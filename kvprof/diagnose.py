@@ -34,8 +34,7 @@ from kvprof.phases import CACHE_CATEGORIES, allocation_phases, phase_peaks
 from kvprof.trace import Trace, list_traces
 from kvprof.units import fmt_bytes
 from tracers.categories import KV_CATEGORIES
-from tracers.session import Q_STRIDE
-from tracers.trace_io import NO_FREE
+from tracers.trace_fold import NO_FREE, Q_STRIDE
 
 __all__ = [
     "BufferGroup", "Cause", "Projection", "Diagnosis", "diagnose", "find_baseline", "run_baseline",

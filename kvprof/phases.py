@@ -15,8 +15,7 @@ import pandas as pd
 from kvprof.analysis import memory_events, timeline
 from kvprof.trace import Trace
 from tracers.categories import CATEGORIES
-from tracers.session import Q_STRIDE
-from tracers.trace_io import NO_FREE
+from tracers.trace_fold import NO_FREE, Q_STRIDE
 
 __all__ = [
     "PHASE_NAMES",

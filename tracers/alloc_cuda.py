@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tracers.alloc_layout import ALLOCATED, BlockLayout, expandable_segments_requested, round_size, unsupported_reason
-from tracers.trace_io import NO_FREE
+from tracers.trace_fold import NO_FREE, Q_STRIDE
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
 
 MAX_ENTRIES = 50_000_000
-Q_STRIDE = 1 << 32  # q = context * Q_STRIDE + order within the context (the session's numbering)
 
 
 @dataclass
@@ -59,10 +58,6 @@ class LayoutStats:
         return {"model": "off" if self.off_reason else "on", "off_reason": self.off_reason,
                 "exact_blocks": self.exact, "rounded_blocks": self.rounded, "corrected_blocks": self.corrected,
                 "snapshot_mismatches": self.snapshot_mismatches, "misses": misses}
-
-
-# The name of blocks the allocator held when tracking started, until registered as what they are.
-LIVE_BEFORE_TRACING = "live before tracing"
 
 
 class CudaHistoryTracker:

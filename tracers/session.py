@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from tracers import context
-from tracers.alloc_cuda import LIVE_BEFORE_TRACING, Q_STRIDE, CudaHistoryTracker, HistoryBatch
+from tracers.alloc_cuda import CudaHistoryTracker, HistoryBatch
+from tracers.trace_fold import LIVE_BEFORE_TRACING, Q_STRIDE
 from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity

@@ -18,6 +18,12 @@ from typing import Any, Iterable
 import pandas as pd
 
 NO_FREE = -1  # q_free / t_free_ns of an allocation still live when the trace ended
+# q orders records exactly: q = context * Q_STRIDE + order within the context, where a context is
+# one stretch between stage boundaries (the writer's numbering; readers compare q // Q_STRIDE to
+# tell whether an allocation outlived the context that made it)
+Q_STRIDE = 1 << 32
+# The name of blocks the allocator held when tracking started, until registered as what they are.
+LIVE_BEFORE_TRACING = "live before tracing"
 
 ALLOC_COLUMNS = ("id", "q_alloc", "q_free", "t_alloc_ns", "t_free_ns", "bytes", "category", "span_id", "name")
 SPAN_COLUMNS = ("id", "parent", "name", "index", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_ms", "device_ms",
