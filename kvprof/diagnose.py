@@ -27,8 +27,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from kvprof.analysis import find_peak, kv_bytes, live_at, timeline
-from kvprof.compare import open_trace, trace_label
+from kvprof.analysis import find_peak, kv_bytes, live_at, logical_label, timeline
+from kvprof.compare import LOSSLESS_METHODS, open_trace, trace_codes, trace_label
 from kvprof.errors import UsageError
 from kvprof.phases import CACHE_CATEGORIES, allocation_phases, phase_peaks
 from kvprof.trace import Trace, list_traces
@@ -212,7 +212,7 @@ class Diagnosis:
         if self.kv:
             kv = self.kv
             out.append("")
-            out.append(f"KV after the last chunk [kv table]: logical {fmt_bytes(kv['logical_bytes'])} · stored "
+            out.append(f"KV after the last chunk [kv table]: {logical_label(kv.get('logical_dtype'))} {fmt_bytes(kv['logical_bytes'])} · stored "
                        f"{fmt_bytes(kv['stored_bytes'])} · resident {fmt_bytes(kv['resident_bytes'])}")
         out.append("")
         out.append("projections (max over phases of phase peak + change):")
@@ -446,7 +446,8 @@ class Geometry:
         try:
             elem = DTYPE_BYTES[str(cfg["dtype"]).replace("torch.", "")]
             tpf = int(cfg["tokens_per_frame"])
-            heads, hd = int(cfg["num_heads"]), int(cfg.get("head_dim") or int(cfg["dim"]) // heads)
+            heads = int(cfg["num_heads"])
+            hd = int(cfg.get("head_dim") or int(cfg["dim"]) // heads)
             frames = int(r["frames"])
             cap_frames = min(int(r["rolling_frames"]), frames) if r.get("rolling_frames") else frames
             window = min(int(r.get("attn_window_frames") or frames), cap_frames)
@@ -505,7 +506,7 @@ class _Context:
         self.meta = trace.meta
         self.method = trace.meta.get("method")
         self.cls = _method_class(self.method)
-        self.lossless = bool(getattr(self.cls, "lossless", False)) or self.method in ("bf16", "flowcache_native")
+        self.lossless = bool(getattr(self.cls, "lossless", False)) or self.method in LOSSLESS_METHODS
         self.codes = trace.meta.get("codes")
         self.integration = trace.meta.get("integration")
         self.geo = Geometry.from_meta(trace.meta)
@@ -994,7 +995,7 @@ def diagnose(
     projections = _project(ctx, phases, lives, peak.bytes)
     return Diagnosis(
         trace=str(t.path), label=trace_label(t), method=t.meta.get("method"), integration=t.meta.get("integration"),
-        codes=t.meta.get("codes"), status=t.status, error=t.meta.get("error"), peak_bytes=peak.bytes,
+        codes=trace_codes(t.meta), status=t.status, error=t.meta.get("error"), peak_bytes=peak.bytes,
         peak_stage=peak.stage, peak_phase=peak_phase, peak_t_s=peak.t_ns / 1e9, baseline=baseline_info,
         by_category=by_cat, by_stage=by_stage, phases=phases_view, kv=kv_bytes(t), causes=causes,
         buffers=buffers, projections=projections, notes=notes,
