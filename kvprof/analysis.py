@@ -14,7 +14,11 @@ from kvprof.trace import Trace
 from tracers.categories import CATEGORIES
 from tracers.trace_io import NO_FREE
 
-__all__ = ["Peak", "memory_events", "timeline", "find_peak", "live_at", "stage_times", "reconcile", "kv_bytes", "summarize"]
+__all__ = ["Peak", "memory_events", "timeline", "find_peak", "live_at", "stage_times", "reconcile", "kv_bytes",
+           "logical_dtype", "logical_label", "summarize"]
+
+# Short names of the rollout dtypes, for labels ("logical (FP32)").
+DTYPE_SHORT: dict[str, str] = {"bfloat16": "BF16", "float32": "FP32", "float16": "FP16", "float64": "FP64"}
 
 
 def memory_events(trace: Trace) -> pd.DataFrame:
@@ -81,14 +85,17 @@ def find_peak(trace: Trace, top: int = 10) -> Peak | None:
 
 
 def stage_times(trace: Trace) -> pd.DataFrame:
-    """Per stage kind (the stage's own name): count, host ms and device ms totals, sorted by time."""
+    """Per stage kind (the stage's own name): count, host ms and device ms totals, sorted by device
+    time where measured, else host time. device_ms is NaN where no span of the kind has a device
+    time (CPU runs): views show "-" there rather than repeat the host time."""
     s = trace.spans
     if s.empty:
         return pd.DataFrame(columns=["stage", "count", "host_ms", "device_ms"])
-    device = s["device_ms"].where(s["device_ms"].notna(), s["host_ms"])  # CPU: the host is the device
-    g = pd.DataFrame({"stage": s["name"], "host_ms": s["host_ms"], "device_ms": device}).groupby("stage")
-    out = g.agg(count=("host_ms", "size"), host_ms=("host_ms", "sum"), device_ms=("device_ms", "sum")).reset_index()
-    return out.sort_values("device_ms", ascending=False).reset_index(drop=True)
+    g = pd.DataFrame({"stage": s["name"], "host_ms": s["host_ms"], "device_ms": s["device_ms"]}).groupby("stage")
+    out = g.agg(count=("host_ms", "size"), host_ms=("host_ms", "sum"),
+                device_ms=("device_ms", lambda x: x.sum(min_count=1))).reset_index()
+    key = out["device_ms"].where(out["device_ms"].notna(), out["host_ms"])
+    return out.loc[key.sort_values(ascending=False, kind="stable").index].reset_index(drop=True)
 
 
 def reconcile(trace: Trace, peak: Peak | None) -> dict[str, Any]:
@@ -119,15 +126,34 @@ def reconcile(trace: Trace, peak: Peak | None) -> dict[str, Any]:
     return out
 
 
+def logical_dtype(meta: dict[str, Any]) -> str | None:
+    """The element type logical KV bytes are counted at: the rollout's dtype (meta config), or None
+    when the trace does not say. Logical bytes are the represented tokens at that element size, so
+    the uncompressed method has logical = stored on every config (float32 on the CPU tiny config)."""
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    dtype = cfg.get("dtype")
+    return str(dtype).replace("torch.", "") if dtype else None
+
+
+def logical_label(dtype: str | None, word: str = "logical") -> str:
+    """The one label of logical KV bytes everywhere (summary, compare, report, diagnose, TUI):
+    "logical (BF16)", "logical (FP32)"; just the word when the dtype is unknown."""
+    if not dtype:
+        return word
+    return f"{word} ({DTYPE_SHORT.get(dtype, dtype)})"
+
+
 def kv_bytes(trace: Trace) -> dict[str, Any] | None:
-    """KV byte counts of the last recorded cache state, and both compression ratios."""
+    """KV byte counts of the last recorded cache state, both compression ratios, and the dtype
+    whose element size the logical bytes are counted at (`logical_dtype`)."""
     kv = trace.kv
     if kv.empty:
         return None
     last = kv.iloc[-1]
     logical, stored, resident = int(last.logical_bytes), int(last.stored_bytes), int(last.resident_bytes)
     return {
-        "chunk": int(last.chunk), "logical_bytes": logical, "stored_bytes": stored, "resident_bytes": resident,
+        "chunk": int(last.chunk), "logical_bytes": logical, "logical_dtype": logical_dtype(trace.meta),
+        "stored_bytes": stored, "resident_bytes": resident,
         "ratio_stored": logical / stored if stored else None, "ratio_resident": logical / resident if resident else None,
     }
 
@@ -142,7 +168,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "status": trace.status,
         "peak": None if peak is None else peak.to_dict(),
         "live_at_end_by_category": {str(k): int(v) for k, v in live_end.items() if v},
-        "stage_times": times.to_dict(orient="records"),
+        "stage_times": times.astype(object).where(times.notna(), None).to_dict(orient="records"),  # no NaN in JSON
         "kv": kv_bytes(trace),
         "kv_per_chunk": trace.kv.to_dict(orient="records"),
         "reconciliation": reconcile(trace, peak),

@@ -324,7 +324,7 @@ class LayerKVCache:
         if self.method.lossless:
             n = sum(t.numel() * t.element_size() for t in (self.buffer_k, self.buffer_v))
             return n, n, n
-        elem = torch.empty((), dtype=self.dtype).element_size()
+        elem = self.dtype.itemsize  # not a tensor: counting bytes must not allocate (it ran outside stages)
         logical = stored = resident = 0
         for st in self.states():
             logical += 2 * st.num_tokens * st.heads * st.head_dim * elem

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kvprof.errors import UsageError
-from kvprof.units import fmt_bytes, parse_size
+from kvprof.units import fmt_bytes, fmt_ms, parse_size
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
@@ -149,12 +149,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 def _trace_with_tui(req: Any) -> Any:
     """`kvprof trace --tui`: the rollout in a thread, the TUI following its trace folder."""
-    from kvprof.runner import check_inputs, check_output, default_run_id, resolve, run_trace
+    from kvprof.runner import check_inputs, check_output, default_run_id, resolve, run_trace, trace_codes
     from tui.app import run_live
 
-    _, cfg, spec, method_cls, _, _ = resolve(req)  # bad input: one clear error before the TUI opens
+    _, cfg, spec, method_cls, storage, _ = resolve(req)  # bad input: one clear error before the TUI opens
     check_inputs(req, cfg)
-    req.run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec)
+    req.run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, trace_codes(method_cls, storage))
     req.live = True  # the TUI follows the trace: drain GPU allocations at every chunk
     folder = check_output(req.out, req.run_id)
     return run_live(folder, lambda: run_trace(req))
@@ -248,16 +248,22 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
     con.print(stages)
     kv = summary.get("kv")
     if kv:
+        from kvprof.analysis import logical_label
+
+        def ratio(x: Any) -> str:
+            return "-" if not isinstance(x, (int, float)) or not x else f"{x:.2f}x"
+
+        lab = logical_label(kv.get("logical_dtype"))
         con.print(
-            f"[bold]KV[/bold] logical {fmt_bytes(kv['logical_bytes'])} · stored {fmt_bytes(kv['stored_bytes'])} · "
-            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {kv['ratio_stored']:.2f}x, "
-            f"logical/resident {kv['ratio_resident']:.2f}x"
+            f"[bold]KV[/bold] {lab} {fmt_bytes(kv['logical_bytes'])} · stored {fmt_bytes(kv['stored_bytes'])} · "
+            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {ratio(kv.get('ratio_stored'))}, "
+            f"logical/resident {ratio(kv.get('ratio_resident'))}"
         )
     times = Table(title="time per stage kind", show_edge=False)
     for col in ("stage", "count", "host ms", "device ms"):
         times.add_column(col, justify="right" if col != "stage" else "left")
     for row in summary.get("stage_times", [])[:12]:
-        times.add_row(str(row["stage"]), str(row["count"]), f"{row['host_ms']:.1f}", f"{row['device_ms']:.1f}")
+        times.add_row(str(row["stage"]), str(row["count"]), fmt_ms(row.get("host_ms")), fmt_ms(row.get("device_ms")))
     con.print(times)
     rec = summary.get("reconciliation", {})
     if "peak_gap_bytes" in rec:

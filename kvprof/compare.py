@@ -12,21 +12,25 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from kvprof.analysis import find_peak, kv_bytes, stage_times
+from kvprof.analysis import find_peak, kv_bytes, logical_label, stage_times
 from kvprof.errors import UsageError
 from kvprof.hostprof import host_bound_share
 from kvprof.trace import Trace, TraceError, list_traces, load_trace
-from kvprof.units import fmt_bytes
+from kvprof.units import fmt_bytes, fmt_ms
 
-__all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_label", "trace_row", "compare_table", "format_compare", "TEXT_COLUMNS", "FORMATS"]
+__all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_codes", "trace_label", "trace_row", "compare_table",
+           "format_compare", "TEXT_COLUMNS", "FORMATS", "LOSSLESS_METHODS"]
 
 # Stage kinds whose device time gets its own column in the text view (all kinds are in JSON/CSV).
 TEXT_STAGE_KINDS: tuple[str, ...] = ("denoise", "refresh", "kv_read", "kv_write", "attention", "decode")
 TEXT_COLUMNS: tuple[str, ...] = (
     "trace", "method", "integration", "codes", "config", "frames", "status", "peak_bytes", "peak_stage",
-    "resident_kv_bytes", "stored_kv_bytes", "ratio_stored", "ratio_resident", "wall_s", "host_bound_share",
+    "logical_kv_bytes", "resident_kv_bytes", "stored_kv_bytes", "ratio_stored", "ratio_resident", "wall_s", "host_bound_share",
     *(f"ms_{k}" for k in TEXT_STAGE_KINDS),
 )
+# Methods that keep a plain full-precision buffer and store no codes (methods' `lossless`); traces
+# written before meta.codes was null for them still say "int8".
+LOSSLESS_METHODS: tuple[str, ...] = ("bf16", "flowcache_native")
 DELTA_COLUMNS: tuple[str, ...] = ("peak_delta_bytes", "peak_vs_baseline", "resident_kv_delta_bytes", "wall_delta_s")
 FORMATS: tuple[str, ...] = ("table", "json", "csv")
 
@@ -63,12 +67,20 @@ def open_traces(paths: Iterable[str | Path | Trace]) -> list[Trace]:
     return traces
 
 
+def trace_codes(meta: dict[str, Any]) -> str | None:
+    """The code storage of a trace (int8 / int16 / packed), None where the method stores no codes."""
+    if meta.get("method") in LOSSLESS_METHODS or not meta.get("codes"):
+        return None
+    return str(meta["codes"])
+
+
 def trace_label(trace: Trace) -> str:
-    """Short human label: method/integration/codes (config, frames)."""
+    """Short human label: method/integration[/codes] (config, frames); no codes for lossless methods."""
     m = trace.meta
     cfg = (m.get("config") or {}).get("name", "?")
     frames = (m.get("rollout") or {}).get("frames", "?")
-    return f"{m.get('method', '?')}/{m.get('integration', '?')}/{m.get('codes', '?')} ({cfg}, {frames}f)"
+    codes = trace_codes(m)
+    return f"{m.get('method', '?')}/{m.get('integration', '?')}{'/' + codes if codes else ''} ({cfg}, {frames}f)"
 
 
 def _peak_facts(trace: Trace) -> dict[str, Any]:
@@ -116,7 +128,7 @@ def trace_row(trace: Trace) -> dict[str, Any]:
         "path": str(trace.path),
         "method": m.get("method"),
         "integration": m.get("integration"),
-        "codes": m.get("codes"),
+        "codes": trace_codes(m),
         "config": cfg.get("name"),
         "dtype": cfg.get("dtype"),
         "frames": rollout.get("frames"),
@@ -129,6 +141,7 @@ def trace_row(trace: Trace) -> dict[str, Any]:
     kv = kv_bytes(trace)
     row.update(
         logical_kv_bytes=kv["logical_bytes"] if kv else None,
+        logical_dtype=kv["logical_dtype"] if kv else None,
         stored_kv_bytes=kv["stored_bytes"] if kv else None,
         resident_kv_bytes=kv["resident_bytes"] if kv else None,
         ratio_stored=kv["ratio_stored"] if kv else None,
@@ -139,8 +152,9 @@ def trace_row(trace: Trace) -> dict[str, Any]:
     row["gpu_shared_by"] = m.get("other_gpu_processes_max")
     row["host_bound_share"] = host_bound_share(trace)  # None where not computed (CUDA, old traces)
     times = stage_times(trace)
-    for stage, ms in zip(times["stage"], times["device_ms"]):
-        row[f"ms_{stage}"] = float(ms)
+    for stage, dev, host in zip(times["stage"], times["device_ms"], times["host_ms"]):
+        row[f"ms_{stage}"] = float(dev)  # device ms; NaN where none was measured (CPU runs)
+        row[f"host_ms_{stage}"] = float(host)
     row.update(_quality(trace.summary))
     return row
 
@@ -157,9 +171,10 @@ def compare_table(
     rows = [trace_row(t) for t in loaded]
     df = pd.DataFrame(rows)
     ms_cols = sorted(c for c in df.columns if c.startswith("ms_"))
+    host_cols = sorted(c for c in df.columns if c.startswith("host_ms_"))
     q_cols = sorted(c for c in df.columns if c.startswith("quality_"))
-    base_cols = [c for c in df.columns if not c.startswith(("ms_", "quality_"))]
-    df = df[base_cols + ms_cols + q_cols]
+    base_cols = [c for c in df.columns if not c.startswith(("ms_", "host_ms_", "quality_"))]
+    df = df[base_cols + ms_cols + host_cols + q_cols]
     if baseline is not None:
         b = trace_row(open_trace(baseline))
 
@@ -195,8 +210,8 @@ def format_cell(col: str, value: Any) -> str:
         return f"{100 * float(value):.1f}%"
     if col.startswith("ratio") or col == "peak_vs_baseline":
         return f"{float(value):.2f}x"
-    if col.startswith("ms_"):
-        return f"{float(value):.1f}"
+    if col.startswith(("ms_", "host_ms_")):
+        return fmt_ms(value)
     if col in ("wall_s", "wall_delta_s"):
         return f"{float(value):.2f}"
     if isinstance(value, float):
@@ -204,13 +219,21 @@ def format_cell(col: str, value: Any) -> str:
     return str(value)
 
 
-def column_title(col: str) -> str:
+def column_title(col: str, logical_dtypes: Sequence[str | None] = ()) -> str:
+    """The heading of a column; `logical_dtypes` (the rows' `logical_dtype`) label logical KV with the
+    element size it is counted at when the rows agree on one."""
+    if col == "logical_kv_bytes":
+        kinds = set(logical_dtypes)
+        return logical_label(kinds.pop() if len(kinds) == 1 else None, "logical KV")
     names = {"peak_bytes": "peak", "resident_kv_bytes": "resident KV", "stored_kv_bytes": "stored KV",
              "logical_kv_bytes": "logical KV", "ratio_stored": "log/stored", "ratio_resident": "log/resident",
              "peak_delta_bytes": "Δ peak", "peak_vs_baseline": "peak/base", "resident_kv_delta_bytes": "Δ resident",
-             "wall_delta_s": "Δ wall s", "wall_s": "wall s", "peak_stage": "peak stage", "host_bound_share": "host-bound"}
+             "wall_delta_s": "Δ wall s", "wall_s": "wall s", "peak_stage": "peak stage", "host_bound_share": "host-bound",
+             "logical_dtype": "logical at"}
     if col.startswith("ms_"):
-        return col[3:] + " ms"
+        return col[3:] + " device ms"
+    if col.startswith("host_ms_"):
+        return col[8:] + " host ms"
     return names.get(col, col)
 
 
@@ -218,7 +241,8 @@ def text_table(df: pd.DataFrame, columns: Sequence[str]) -> str:
     """A plain fixed-width table (numbers right-aligned) of `columns` of df."""
     cols = [c for c in columns if c in df.columns]
     cells = [[format_cell(c, v) for c, v in zip(cols, row)] for row in df[cols].itertuples(index=False)]
-    heads = [column_title(c) for c in cols]
+    dtypes = list(df["logical_dtype"]) if "logical_dtype" in df.columns else []
+    heads = [column_title(c, dtypes) for c in cols]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in cols]
 
@@ -228,6 +252,21 @@ def text_table(df: pd.DataFrame, columns: Sequence[str]) -> str:
     out = [line(heads), line(["-" * w for w in widths])]
     out += [line(r) for r in cells]
     return "\n".join(out)
+
+
+def text_columns(df: pd.DataFrame) -> list[str]:
+    """TEXT_COLUMNS, each stage's device ms replaced by its host ms where no row has a device time
+    (CPU runs: the column is titled "host ms", never device time it is not), and the logical dtype
+    per row where the rows count logical KV at different dtypes."""
+    out = []
+    mixed = "logical_dtype" in df.columns and df["logical_dtype"].dropna().nunique() > 1
+    for c in TEXT_COLUMNS:
+        if c == "logical_kv_bytes" and mixed:  # no one dtype for the title: say it per row
+            out.append("logical_dtype")
+        host = "host_" + c
+        no_device = c not in df.columns or pd.to_numeric(df[c], errors="coerce").isna().all()
+        out.append(host if c.startswith("ms_") and no_device and host in df.columns else c)
+    return out
 
 
 def format_compare(df: pd.DataFrame, fmt: str = "table") -> str:
@@ -240,7 +279,7 @@ def format_compare(df: pd.DataFrame, fmt: str = "table") -> str:
         return df.to_csv(index=False)
     if fmt != "table":
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    cols = list(TEXT_COLUMNS)
+    cols = text_columns(df)
     cols += [c for c in DELTA_COLUMNS if c in df.columns]
     cols += [c for c in df.columns if c.startswith("quality_")]
     return text_table(df, cols)

@@ -27,10 +27,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from kvprof.analysis import find_peak, kv_bytes, live_at, timeline
-from kvprof.compare import open_trace, trace_label
+from kvprof.analysis import find_peak, kv_bytes, live_at, logical_label, timeline
+from kvprof.compare import LOSSLESS_METHODS, open_trace, trace_codes, trace_label
 from kvprof.errors import UsageError
-from kvprof.phases import CACHE_CATEGORIES, allocation_phases, phase_peaks
+from kvprof.diagnose_rank import more_line, rank_causes
+from kvprof.phases import CACHE_CATEGORIES, allocation_phases, phase_notes, phase_peaks
 from kvprof.trace import Trace, list_traces
 from kvprof.units import fmt_bytes
 from tracers.categories import KV_CATEGORIES
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 FORMATS: tuple[str, ...] = ("text", "json", "md")
+CAUSE_BUFFERS = 6  # buffer groups listed under each cause; the rest in one "and N more" line
 # Categories of per-call temporaries: for these, outliving the layer call that made them is news.
 TEMPORARY_CATEGORIES: tuple[str, ...] = ("kv_dequant", "kv_scratch", "activations", "decode", "unattributed")
 PASS_PHASES: tuple[str, ...] = ("denoise", "refresh")
@@ -92,6 +94,8 @@ class Cause:
     source: str
     saving_bytes: int | None = None  # what removing the cause would take off the peak instant
     buffers: list[BufferGroup] = field(default_factory=list)
+    excess_bytes: int | None = None  # with a baseline: its bytes the baseline does not hold (diagnose_rank)
+    in_baseline: bool | None = None  # with a baseline: the baseline has a cause of this kind too
 
 
 @dataclass
@@ -131,6 +135,7 @@ class Diagnosis:
     buffers: list[BufferGroup]
     projections: list[Projection]
     notes: list[str]
+    phase_notes: list[str] = field(default_factory=list)  # what the phase table's rows mean where not plain
 
     # ------------------------------------------------------------------ views
     @property
@@ -152,6 +157,7 @@ class Diagnosis:
             "buffers": [asdict(b) for b in self.buffers],
             "projections": [asdict(p) for p in self.projections],
             "notes": self.notes,
+            "phase_notes": self.phase_notes,
             "sources": SOURCES,
         }
 
@@ -167,7 +173,12 @@ class Diagnosis:
             word = "above" if d > 0 else "below" if d < 0 else "equal to"
             s += f", {fmt_bytes(abs(d))} ({abs(rel):.1f}%) {word} bf16's {fmt_bytes(self.baseline['peak_bytes'])}"
         if self.causes:
-            s += f"; largest cause: {self.causes[0].title} ({fmt_bytes(self.causes[0].bytes)})"
+            c = self.causes[0]
+            if self.baseline is not None and (self.difference_bytes or 0) > 0 and (c.excess_bytes or 0) > 0:
+                s += (f"; the excess is first explained by {c.title} ({_signed(c.excess_bytes)} that bf16 does not hold, "
+                      f"of {fmt_bytes(c.bytes)})")
+            else:
+                s += f"; largest cause: {c.title} ({fmt_bytes(c.bytes)})"
         return s + "."
 
     def to_text(self) -> str:
@@ -195,23 +206,32 @@ class Diagnosis:
         out.append("causes (buffers live at the peak) [allocation table, meta.json]:")
         if not self.causes:
             out.append("  none found: nothing KV-related is live at the peak beyond the cache itself")
+        if self.baseline is not None and self.causes:
+            out.append("  (ranked by what each adds over bf16 at the peaks: bytes of its buffers that bf16 does not hold)")
         for i, c in enumerate(self.causes, 1):
             save = f"; removing it saves {fmt_bytes(c.saving_bytes)}" if c.saving_bytes else ""
-            out.append(f"  {i}. {c.title}: {fmt_bytes(c.bytes)} ({c.bytes:,} B){save}")
+            out.append(f"  {i}. {c.title}: {fmt_bytes(c.bytes)} ({c.bytes:,} B){_excess_text(c)}{save}")
             out.append(f"     {c.detail} [{c.source}]")
-            for bg in c.buffers[:6]:
+            for bg in c.buffers[:CAUSE_BUFFERS]:
                 out.append(f"       - {fmt_bytes(bg.bytes):>11}  {bg.label()}")
+            more = more_line(c.buffers, CAUSE_BUFFERS)
+            if more:
+                out.append(f"       - {more}")
         out.append("")
         out.append("largest live buffers at the peak [allocation table]:")
         for bg in self.buffers[:12]:
             out.append(f"  {fmt_bytes(bg.bytes):>11}  {bg.label()}")
+        more = more_line(self.buffers, 12)
+        if more:
+            out.append(f"  {more}")
         out.append("")
         out.append("phase peaks (peak of live bytes within each phase; cache = kv_fp + kv_codes + kv_meta + cross_kv) [allocation table]:")
         out.append(_phases_text(self.phases))
+        out += [f"  {n}" for n in self.phase_notes]
         if self.kv:
             kv = self.kv
             out.append("")
-            out.append(f"KV after the last chunk [kv table]: logical {fmt_bytes(kv['logical_bytes'])} · stored "
+            out.append(f"KV after the last chunk [kv table]: {logical_label(kv.get('logical_dtype'))} {fmt_bytes(kv['logical_bytes'])} · stored "
                        f"{fmt_bytes(kv['stored_bytes'])} · resident {fmt_bytes(kv['resident_bytes'])}")
         out.append("")
         out.append("projections (max over phases of phase peak + change):")
@@ -257,14 +277,18 @@ class Diagnosis:
             out.append("None found.")
         for i, c in enumerate(self.causes, 1):
             save = f"; removing it saves {fmt_bytes(c.saving_bytes)}" if c.saving_bytes else ""
-            out.append(f"{i}. **{c.title}**: {fmt_bytes(c.bytes)}{save}. {c.detail} _(source: {c.source})_")
-            for bg in c.buffers[:6]:
+            out.append(f"{i}. **{c.title}**: {fmt_bytes(c.bytes)}{_excess_text(c)}{save}. {c.detail} _(source: {c.source})_")
+            for bg in c.buffers[:CAUSE_BUFFERS]:
                 out.append(f"    - {fmt_bytes(bg.bytes)}: {bg.label()}")
+            more = more_line(c.buffers, CAUSE_BUFFERS)
+            if more:
+                out.append(f"    - {more}")
         out.append("")
         out.append("### Phase peaks")
         out.append("")
         cols = [c for c in ("phase", "peak_bytes", "cache_bytes", "baseline_peak_bytes") if c in self.phases.columns]
         out.append(md_table(self.phases[cols], byte_cols=cols[1:]))
+        out += [f"\n- {n}" for n in self.phase_notes]
         out.append("")
         out.append("### Projections")
         out.append("")
@@ -302,6 +326,13 @@ def _signed(n: int) -> str:
     return ("+" if n > 0 else "") + fmt_bytes(n)
 
 
+def _excess_text(c: Cause) -> str:
+    if c.excess_bytes is None:
+        return ""
+    shared = ", a cause bf16 has too" if c.in_baseline else ""
+    return f"; {_signed(c.excess_bytes)} over bf16{shared}"
+
+
 def _section_text(title: str, df: pd.DataFrame, key: str, with_baseline: bool) -> str:
     lines = [f"{title} [allocation table]:"]
     if df.empty:
@@ -322,9 +353,10 @@ def _phases_text(df: pd.DataFrame) -> str:
     if df.empty:
         return "  (no allocations)"
     has_base = "baseline_peak_bytes" in df.columns
-    lines = [f"  {'phase':<12} {'peak':>11} {'cache live':>13}" + (f" {'bf16 peak':>11}" if has_base else "")]
+    w = max(12, *(len(str(p)) for p in df["phase"]))
+    lines = [f"  {'phase':<{w}} {'peak':>11} {'cache live':>13}" + (f" {'bf16 peak':>11}" if has_base else "")]
     for r in df.itertuples(index=False):
-        line = f"  {r.phase:<12} {fmt_bytes(r.peak_bytes):>11} {fmt_bytes(r.cache_bytes):>13}"
+        line = f"  {r.phase:<{w}} {fmt_bytes(r.peak_bytes):>11} {fmt_bytes(r.cache_bytes):>13}"
         if has_base:
             b = r.baseline_peak_bytes
             line += f" {fmt_bytes(None if pd.isna(b) else int(b)):>11}"
@@ -445,7 +477,8 @@ class Geometry:
         try:
             elem = DTYPE_BYTES[str(cfg["dtype"]).replace("torch.", "")]
             tpf = int(cfg["tokens_per_frame"])
-            heads, hd = int(cfg["num_heads"]), int(cfg.get("head_dim") or int(cfg["dim"]) // heads)
+            heads = int(cfg["num_heads"])
+            hd = int(cfg.get("head_dim") or int(cfg["dim"]) // heads)
             frames = int(r["frames"])
             cap_frames = min(int(r["rolling_frames"]), frames) if r.get("rolling_frames") else frames
             window = min(int(r.get("attn_window_frames") or frames), cap_frames)
@@ -504,7 +537,7 @@ class _Context:
         self.meta = trace.meta
         self.method = trace.meta.get("method")
         self.cls = _method_class(self.method)
-        self.lossless = bool(getattr(self.cls, "lossless", False)) or self.method in ("bf16", "flowcache_native")
+        self.lossless = bool(getattr(self.cls, "lossless", False)) or self.method in LOSSLESS_METHODS
         self.codes = trace.meta.get("codes")
         self.integration = trace.meta.get("integration")
         self.geo = Geometry.from_meta(trace.meta)
@@ -975,12 +1008,15 @@ def diagnose(
         notes.append(f"baseline {base.path}: no allocations recorded; ignored")
         base = None
     baseline_info = None
+    base_kinds: set[str] = set()
     if base is not None and base_peak is not None:
+        bctx = _Context(base)
+        base_phase = _phase_at(base, bctx.alloc_phase, base_peak.q)
         baseline_info = {
             "path": str(base.path), "label": trace_label(base), "peak_bytes": base_peak.bytes,
-            "peak_stage": base_peak.stage, "peak_phase": _phase_at(base, allocation_phases(base), base_peak.q),
-            "found_by": found_by, "status": base.status,
+            "peak_stage": base_peak.stage, "peak_phase": base_phase, "found_by": found_by, "status": base.status,
         }
+        base_kinds = {c.kind for c in _detect_causes(bctx, bctx.live(base_peak.q), base_phase, phase_peaks(base))}
         bpp = phase_peaks(base)[["phase", "peak_bytes"]].rename(columns={"peak_bytes": "baseline_peak_bytes"})
         phases_view = phases[["phase", "peak_bytes", "cache_bytes"]].merge(bpp, on="phase", how="left")
     else:
@@ -989,12 +1025,15 @@ def diagnose(
     by_cat = _compare_dicts(peak.by_category, base_peak.by_category if base_peak else None, "category")
     by_stage = _compare_dicts(peak.by_stage, base_peak.by_stage if base_peak else None, "stage")
     causes = _detect_causes(ctx, live, peak_phase, phases)
+    if base_peak is not None and baseline_info is not None:
+        causes = rank_causes(causes, peak.by_category, base_peak.by_category, base_kinds, peak.bytes - base_peak.bytes)
+    setup_cache = int(live.loc[live["category"].isin(CACHE_CATEGORIES) & (live["phase"] == "setup"), "bytes"].sum())
     buffers = _groups(live)
     projections = _project(ctx, phases, lives, peak.bytes)
     return Diagnosis(
         trace=str(t.path), label=trace_label(t), method=t.meta.get("method"), integration=t.meta.get("integration"),
-        codes=t.meta.get("codes"), status=t.status, error=t.meta.get("error"), peak_bytes=peak.bytes,
+        codes=trace_codes(t.meta), status=t.status, error=t.meta.get("error"), peak_bytes=peak.bytes,
         peak_stage=peak.stage, peak_phase=peak_phase, peak_t_s=peak.t_ns / 1e9, baseline=baseline_info,
         by_category=by_cat, by_stage=by_stage, phases=phases_view, kv=kv_bytes(t), causes=causes,
-        buffers=buffers, projections=projections, notes=notes,
+        buffers=buffers, projections=projections, notes=notes, phase_notes=phase_notes(phases, setup_cache),
     )

@@ -14,6 +14,7 @@ import pandas as pd
 
 from kvprof.analysis import memory_events, timeline
 from kvprof.trace import Trace
+from kvprof.units import fmt_bytes
 from tracers.categories import CATEGORIES
 from tracers.trace_fold import NO_FREE, Q_STRIDE
 
@@ -28,10 +29,14 @@ __all__ = [
     "downsampled_timeline",
     "pass_bands",
     "cache_categories",
+    "OUTSIDE_NOTE",
+    "phase_notes",
 ]
 
 PHASE_NAMES: tuple[str, ...] = ("setup", "text_embed", "cross_kv", "denoise", "refresh", "decode")
 OUTSIDE = "(outside stages)"
+OUTSIDE_NOTE = (f"{OUTSIDE}: allocations made while no kvprof stage was open (before setup or after the rollout, "
+                "by the caller or a library), so no phase owns them; their row is the peak right after one of them")
 # The cache's persistent state, what `--free-cache-before-decode` releases: the self-attention
 # KV cache (full precision, codes, metadata) and the text K/V. Dequantized copies and scratch are
 # per-call temporaries, not cache state.
@@ -165,3 +170,23 @@ def pass_bands(trace: Trace) -> pd.DataFrame:
         "chunk": sel["chunk"], "start_s": sel["t_start_ns"] / 1e9, "end_s": ends / 1e9,
     })
     return out.reset_index(drop=True)
+
+
+def phase_notes(phases: pd.DataFrame, setup_cache_at_peak: int | None = None) -> list[str]:
+    """What a phase-peak table's rows mean where they are not plain: the `(outside stages)` row, and
+    setup's cache (the cache's first buffers, which later writes may replace). `setup_cache_at_peak`:
+    the cache bytes made in setup that are still live at the trace's peak, when known."""
+    notes = []
+    if (phases["phase"] == OUTSIDE).any():
+        notes.append(OUTSIDE_NOTE)
+    setup = phases.loc[phases["phase"] == "setup", "cache_bytes"]
+    if not setup.empty and int(setup.iloc[0]) > 0:
+        note = (f"setup's cache ({fmt_bytes(int(setup.iloc[0]))}) is the cache's first buffers, made in setup before "
+                "the first chunk")
+        if setup_cache_at_peak == 0:
+            note += ("; later writes freed and replaced them, so none is live at the peak, where the cache buffers "
+                     "are listed as made by the stage that last wrote them")
+        elif setup_cache_at_peak:
+            note += f"; {fmt_bytes(setup_cache_at_peak)} of them are still live at the peak"
+        notes.append(note)
+    return notes

@@ -17,13 +17,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from kvprof.analysis import find_peak, stage_times
-from kvprof.compare import TEXT_COLUMNS, format_cell, column_title, compare_table, open_traces, trace_label
+from kvprof.analysis import find_peak, kv_bytes, logical_label, stage_times
+from kvprof.compare import format_cell, column_title, compare_table, open_traces, text_columns, trace_label
 from kvprof.diagnose import md_table
 from kvprof.errors import UsageError
 from kvprof.phases import downsampled_timeline, pass_bands, phase_peaks
 from kvprof.trace import Trace
-from kvprof.units import fmt_bytes
+from kvprof.units import fmt_bytes, fmt_ms
 from tracers.categories import CATEGORIES
 
 __all__ = [
@@ -42,7 +42,15 @@ CATEGORY_COLORS: dict[str, str] = dict(zip(CATEGORIES, (
     "#8c564b", "#000000",
 )))
 BAND_COLORS = {"denoise": "#c7c7c7", "refresh": "#f7b6d2", "decode": "#c5b0d5"}
-KV_MEASURES = ("peak", "logical KV", "stored KV", "resident KV")
+KV_MEASURES = ("peak", "logical KV", "stored KV", "resident KV")  # "logical KV" gains its dtype: kv_measures
+KV_MEASURE_COLUMNS = ("peak_bytes", "logical_kv_bytes", "stored_kv_bytes", "resident_kv_bytes")
+
+
+def kv_measures(table: pd.DataFrame) -> tuple[str, ...]:
+    """The comparison chart's measure names for kvprof compare's table: logical KV titled as in
+    compare ("logical KV (FP32)" when every trace counts it at one dtype)."""
+    dtypes = list(table["logical_dtype"]) if "logical_dtype" in table.columns else []
+    return tuple(column_title(c, dtypes) if c == "logical_kv_bytes" else m for m, c in zip(KV_MEASURES, KV_MEASURE_COLUMNS))
 
 
 def _peak_of(trace: Trace):
@@ -159,9 +167,10 @@ def stage_time_chart(trace: Trace, top: int = 16):
     times = stage_times(trace).head(top)
     if times.empty:
         return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no stages recorded")
-    where = "device" if trace.meta.get("tracker") == "cuda-allocator-history" else "host (CPU run)"
+    # Device time where measured; a CPU run has none, so its host time is plotted and titled so.
+    col, where = ("device_ms", "device") if times["device_ms"].notna().any() else ("host_ms", "host (CPU run)")
     return alt.Chart(times).mark_bar(color="#72b7b2").encode(
-        y=alt.Y("stage:N", sort="-x", title=None), x=alt.X("device_ms:Q", title=f"{where} ms, inclusive"),
+        y=alt.Y("stage:N", sort="-x", title=None), x=alt.X(f"{col}:Q", title=f"{where} ms, inclusive"),
         tooltip=["stage:N", "count:Q", alt.Tooltip("device_ms:Q", format=",.1f"), alt.Tooltip("host_ms:Q", format=",.1f")],
     ).properties(width=BAR_WIDTH, title="time per stage kind")
 
@@ -183,7 +192,7 @@ def comparison_frame(table: pd.DataFrame, labels: Sequence[str] | None = None) -
     labels = list(table["trace"]) if labels is None else list(labels)
     rows = []
     for label, r in zip(labels, table.itertuples(index=False)):
-        for measure, col in zip(KV_MEASURES, ("peak_bytes", "logical_kv_bytes", "stored_kv_bytes", "resident_kv_bytes")):
+        for measure, col in zip(kv_measures(table), KV_MEASURE_COLUMNS):
             v = getattr(r, col)
             if v is not None and not pd.isna(v):
                 rows.append({"trace": label, "method": r.method, "measure": measure, "bytes": int(v)})
@@ -199,9 +208,11 @@ def comparison_chart(source: Sequence[Trace] | pd.DataFrame, unit: tuple[str, in
     `source` is the traces, or kvprof compare's table of them (e.g. read back from `--csv`)."""
     alt = _alt()
     if isinstance(source, pd.DataFrame):
-        data = comparison_frame(source)
+        table, labels = source, None
     else:
-        data = comparison_frame(compare_table(list(source)), _unique_labels(source))
+        table, labels = compare_table(list(source)), _unique_labels(source)
+    data = comparison_frame(table, labels)
+    measures = list(kv_measures(table))
     uname, usize = unit or _unit(data["bytes"].max() if not data.empty else 0)
     data = data.assign(value=data["bytes"] / usize, size=data["bytes"].map(fmt_bytes))
     n = data["trace"].nunique()
@@ -211,13 +222,13 @@ def comparison_chart(source: Sequence[Trace] | pd.DataFrame, unit: tuple[str, in
         label_axis: getattr(alt, label_axis.upper())(
             "trace:N", title=None, sort=None,
             axis=alt.Axis(labelLimit=360) if horizontal else alt.Axis(labelAngle=-30, labelLimit=260)),
-        f"{label_axis}Offset": getattr(alt, f"{label_axis.upper()}Offset")("measure:N", sort=list(KV_MEASURES)),
+        f"{label_axis}Offset": getattr(alt, f"{label_axis.upper()}Offset")("measure:N", sort=measures),
         value_axis: getattr(alt, value_axis.upper())("value:Q", title=uname),
     }
     bars = alt.Chart(data).mark_bar().encode(
         **encode,
-        color=alt.Color("measure:N", sort=list(KV_MEASURES), title=None,
-                        scale=alt.Scale(domain=list(KV_MEASURES), range=["#4c78a8", "#bab0ac", "#f58518", "#e45756"])),
+        color=alt.Color("measure:N", sort=measures, title=None,
+                        scale=alt.Scale(domain=measures, range=["#4c78a8", "#bab0ac", "#f58518", "#e45756"])),
         tooltip=["trace:N", "measure:N", "size:N"],
     )
     layers = [bars]
@@ -278,8 +289,9 @@ def _js_bundle() -> str:
 
 def _compare_view(traces: Sequence[Trace]) -> pd.DataFrame:
     df = compare_table(list(traces))
-    cols = [c for c in TEXT_COLUMNS if c in df.columns]
-    view = pd.DataFrame({column_title(c): [format_cell(c, v) for v in df[c]] for c in cols})
+    cols = [c for c in text_columns(df) if c in df.columns]
+    dtypes = list(df["logical_dtype"]) if "logical_dtype" in df.columns else []
+    view = pd.DataFrame({column_title(c, dtypes): [format_cell(c, v) for v in df[c]] for c in cols})
     return view
 
 
@@ -301,8 +313,8 @@ def _trace_tables(trace: Trace) -> dict[str, pd.DataFrame]:
                                            "cache live (kv_fp, kv_codes, kv_meta, cross_kv)": pp["cache_bytes"].map(fmt_bytes)})
     times = stage_times(trace).head(15)
     out["time per stage kind"] = pd.DataFrame({
-        "stage": times["stage"], "count": times["count"], "host ms": times["host_ms"].map(lambda v: f"{v:.1f}"),
-        "device ms": times["device_ms"].map(lambda v: f"{v:.1f}")})
+        "stage": times["stage"], "count": times["count"], "host ms": times["host_ms"].map(fmt_ms),
+        "device ms": times["device_ms"].map(fmt_ms)})
     return out
 
 
@@ -314,6 +326,10 @@ def _trace_facts(trace: Trace) -> list[str]:
         facts.append(f"peak {fmt_bytes(peak.bytes)} ({peak.bytes:,} B) during {peak.stage} at {peak.t_ns / 1e9:.3f} s")
     env = m.get("environment") or {}
     facts.append(f"device {env.get('device_name', '?')} · torch {env.get('torch', '?')} · tracker {m.get('tracker', '?')}")
+    kv = kv_bytes(trace)
+    if kv:
+        facts.append(f"KV after chunk {kv['chunk']}: {logical_label(kv['logical_dtype'])} {fmt_bytes(kv['logical_bytes'])} · "
+                     f"stored {fmt_bytes(kv['stored_bytes'])} · resident {fmt_bytes(kv['resident_bytes'])}")
     if m.get("wall_s") is not None:
         facts.append(f"wall {m['wall_s']:.2f} s")
     facts += [f"note: {n}" for n in m.get("notes") or []]

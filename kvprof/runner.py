@@ -163,7 +163,7 @@ def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, 
     if req.integration not in INTEGRATIONS:
         raise UsageError(f"--integration {req.integration!r}: unknown integration; {_closest(req.integration, INTEGRATIONS)}"
                          f"choose {' or '.join(INTEGRATIONS)}")
-    storage = req.codes or ("int8" if req.integration == "study" else "packed")
+    storage = req.codes or default_codes(req.integration)
     allowed = ("int8", "int16") if req.integration == "study" else ("packed", "int8", "int16")
     if storage not in allowed:
         raise UsageError(f"--codes {storage!r}: not a code storage of integration {req.integration!r}; "
@@ -232,9 +232,23 @@ def check_output(out: Path, run_id: str) -> Path:
     return folder
 
 
-def default_run_id(method: str, integration: str, cfg: ModelConfig, spec: RolloutSpec) -> str:
+def default_codes(integration: str) -> str:
+    """The code storage an integration uses when --codes is not given."""
+    return "int8" if integration == "study" else "packed"
+
+
+def trace_codes(method_cls: type[KVMethod], storage: str) -> str | None:
+    """The code storage a trace records and shows: None for lossless methods, which keep a plain
+    buffer and store no codes."""
+    return None if method_cls.lossless else storage
+
+
+def default_run_id(method: str, integration: str, cfg: ModelConfig, spec: RolloutSpec, codes: str | None = None) -> str:
+    """`<time>-<method>-<integration>[-<codes>]-<config>-<frames>f-s<seed>`: the code storage is named
+    when it is not the integration's default (None: the method stores no codes)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{method}-{integration}-{cfg.name}-{spec.frames}f-s{spec.seed}"
+    storage = f"-{codes}" if codes and codes != default_codes(integration) else ""
+    return f"{stamp}-{method}-{integration}{storage}-{cfg.name}-{spec.frames}f-s{spec.seed}"
 
 
 def load_prompt_embeds(path: Path, cfg: ModelConfig) -> torch.Tensor:
@@ -267,7 +281,8 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
     close the trace as `failed` and are re-raised."""
     device, cfg, spec, method_cls, storage, params = resolve(req)
     check_inputs(req, cfg)
-    run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec)
+    codes = trace_codes(method_cls, storage)
+    run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, codes)
     folder = check_output(req.out, run_id)
     meta = {
         "run_id": run_id,
@@ -275,7 +290,7 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
         "method": method_cls.name,
         "method_params": {**{k: p.default for k, p in method_cls.params.items()}, **params},
         "integration": spec.integration,
-        "codes": storage,
+        "codes": codes,
         "config": {**dataclasses.asdict(cfg), "tokens_per_frame": cfg.tokens_per_frame, "head_dim": cfg.head_dim},
         "rollout": spec.to_dict(),
         "budget_bytes": req.budget_bytes,

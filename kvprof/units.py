@@ -1,4 +1,4 @@
-"""Byte sizes: parse '24GiB' and print GiB as GiB (never 'GB')."""
+"""Units: parse '24GiB' and print GiB as GiB (never 'GB'); milliseconds with "-" for none."""
 from __future__ import annotations
 
 import re
@@ -30,3 +30,10 @@ def fmt_bytes(n: int | float | None) -> str:
         if n >= size:
             return f"{sign}{n / size:.2f} {unit}"
     return f"{sign}{int(n)} B"
+
+
+def fmt_ms(v: float | None) -> str:
+    """Milliseconds with one decimal; "-" where there is no value (e.g. no device time on CPU)."""
+    if v is None or v != v:  # None or NaN
+        return "-"
+    return f"{float(v):.1f}"

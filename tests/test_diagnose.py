@@ -10,7 +10,9 @@ from typing import Callable
 import pytest
 import torch
 
-from kvprof.diagnose import code_bits, diagnose, find_baseline
+from kvprof.diagnose import Geometry, code_bits, diagnose, find_baseline
+from kvprof.phases import OUTSIDE
+from kvprof.units import fmt_bytes
 from kvprof.errors import UsageError
 from kvprof.trace import load_trace
 from tracers import SimulatedOOM, TraceSession, stage, tag, tag_tensor
@@ -43,11 +45,12 @@ Hook = Callable[[int, str, int, list], None]
 
 def synth(folder: Path, method: str, codes: str = "int8", cache: tuple = (), kv_read: Hook | None = None,
           kv_record: tuple[int, int, int] | None = None, decode_bytes: int = DECODE, budget: int | None = None,
-          integration: str = "study", **rollout) -> Path:
+          integration: str = "study", outside: int = 0, **rollout) -> Path:
     """Write a trace with the rollout's stage structure and tensors of exact sizes.
 
     cache: (name, category, bytes) per layer, allocated in setup/cache_init and kept.
     kv_read(chunk, pass, layer, keep): called inside each layer's kv_read stage.
+    outside: bytes allocated (and kept) after the rollout, outside every stage.
     """
     meta = {"run_id": folder.name, "method": method, "integration": integration, "codes": codes, "config": CFG,
             "rollout": _rollout(**rollout), "method_params": {}, "environment": {"device_type": "cpu"}}
@@ -87,6 +90,8 @@ def synth(folder: Path, method: str, codes: str = "int8", cache: tuple = (), kv_
                 with stage("decode"), tag("decode"):
                     d = _buf(decode_bytes)
                     del d
+        if outside:
+            keep.append(_buf(outside))
     return folder
 
 
@@ -266,6 +271,73 @@ def test_renders_and_baseline_errors(tmp_path):
     assert find_baseline(load_trace(trace)).path.name == "bf16"
 
 
+def test_excess_over_bf16_is_explained_before_shared_causes(tmp_path):
+    """int16 codes are as wide as BF16: the whole excess is the scales, although the decode over
+    the live cache (which bf16 has too) is the largest cause."""
+    base = _bf16(tmp_path)
+    cache = (("k_codes", "kv_codes", 2 * CODES8), ("v_codes", "kv_codes", 2 * CODES8),
+             ("k_scale", "kv_meta", SCALES), ("v_scale", "kv_meta", SCALES))
+    diag = diagnose(synth(tmp_path / "int16", "rtn_int4", codes="int16", cache=cache), baseline=base)
+    assert diag.difference_bytes == 4 * SCALES
+    first = diag.causes[0]
+    assert first.kind == "metadata" and first.excess_bytes == 4 * SCALES and first.in_baseline is False
+    dec = _cause(diag, "decode_over_cache")
+    assert dec.in_baseline is True and dec.bytes > first.bytes
+    assert _cause(diag, "wide_codes").excess_bytes == 0  # codes stand for bf16's K/V, byte for byte
+    assert "the excess is first explained by quantization metadata (+4.50 KiB that bf16 does not hold" in diag.headline()
+    assert "largest cause" not in diag.headline()
+    text = diag.to_text()
+    assert "1. quantization metadata: 4.50 KiB (4,608 B); +4.50 KiB over bf16" in text
+    assert "+4.50 KiB over bf16, a cause bf16 has too" in text
+    alone = diagnose(tmp_path / "int16", baseline=None, traces_root=tmp_path / "nowhere")
+    assert alone.causes[0].kind == "decode_over_cache"  # no baseline: by size, as before
+
+
+def test_tiny_rollout_int16_codes_vs_bf16_excess_is_the_scales(trace_factory):
+    """The same on the CPU tiny config in bfloat16, where int16 codes are exactly as wide as bf16's K/V
+    (6 frames: 144 tokens, whole groups of 16, so no padded codes)."""
+    base = trace_factory(method="bf16", dtype="bfloat16", frames=6, decode=True)
+    trace = trace_factory(method="rtn_int4", codes="int16", dtype="bfloat16", frames=6, decode=True)
+    diag = diagnose(trace, baseline=base)
+    cats = diag.by_category.set_index("category")
+    scales = int(cats.loc["kv_meta", "trace_bytes"])
+    assert cats.loc["kv_codes", "trace_bytes"] == cats.loc["kv_fp", "baseline_bytes"]
+    assert diag.peak_phase == "decode" and 0 < diag.difference_bytes <= scales
+    assert diag.causes[0].kind == "metadata" and diag.causes[0].excess_bytes == scales
+    assert _cause(diag, "decode_over_cache").in_baseline
+    assert "the excess is first explained by quantization metadata" in diag.headline()
+
+
+def test_buffer_lists_end_with_what_is_not_listed(tmp_path):
+    names = [f"{side}_codes{i}" for side in "kv" for i in range(4)]  # 8 groups of codes
+    cache = tuple((n, "kv_codes", 1000 + 10 * i) for i, n in enumerate(names))
+    diag = diagnose(synth(tmp_path / "many", "rtn_int4", cache=cache), baseline=None, traces_root=tmp_path / "nowhere")
+    wide = _cause(diag, "wide_codes")
+    assert len(wide.buffers) == 8
+    rest = sum(b.bytes for b in wide.buffers[6:])
+    assert sum(b.bytes for b in wide.buffers[:6]) + rest == wide.bytes
+    text = diag.to_text()
+    assert f"- and 2 more ({fmt_bytes(rest)})" in text
+    assert f"- and 2 more ({fmt_bytes(rest)})" in diag.to_markdown()
+
+
+def test_phase_table_rows_are_explained(tmp_path):
+    diag = diagnose(synth(tmp_path / "out", "rtn_int4", cache=INT8_CACHE, outside=5000), baseline=None,
+                    traces_root=tmp_path / "nowhere")
+    assert OUTSIDE in set(diag.phases["phase"])
+    text = diag.to_text()
+    assert f"{OUTSIDE}: allocations made while no kvprof stage was open" in text
+    cache = 2 * (2 * CODES8 + 2 * SCALES)
+    assert f"setup's cache ({cache / 1024:.2f} KiB) is the cache's first buffers" in text
+    assert f"{cache / 1024:.2f} KiB of them are still live at the peak" in text
+
+
+def test_geometry_from_meta_without_head_dim():
+    meta = {"config": {**{k: v for k, v in CFG.items() if k != "head_dim"}}, "rollout": _rollout()}
+    geo = Geometry.from_meta(meta)
+    assert geo is not None and geo.token_bytes == TOKEN and geo.capacity_tokens == FRAMES * 24
+
+
 def test_code_bits_from_registry():
     assert code_bits("prq_int2", "k_codes") == 2 and code_bits("prq_int2", "k_res_codes") == 4
     assert code_bits("rtn_k2_v4", "k_codes") == 2 and code_bits("rtn_k2_v4", "v_codes") == 4
@@ -284,6 +356,9 @@ def test_tiny_rollout_prq_study_vs_bf16(trace_factory):
     assert "kv_fp" in set(diag.by_category.loc[diag.by_category["delta_bytes"] < 0, "category"])
     kinds = {c.kind for c in diag.causes}
     assert {"full_buffer_dequant", "wide_codes", "duplicate_codes"} <= kinds
+    # setup made the cache's first codes; the first write replaced them: the phase table says so
+    setup = diag.phases.set_index("phase").loc["setup", "cache_bytes"]
+    assert setup > 0 and any("none is live at the peak" in n for n in diag.phase_notes)
     _check_sums(diag)
     text = diag.to_text()
     for cat in ("kv_codes", "kv_meta", "kv_dequant"):
