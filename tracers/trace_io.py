@@ -329,6 +329,9 @@ _JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an inte
 def read_meta(folder: Path) -> dict[str, Any]:
     """Read and check meta.json: present, JSON, a schema this reader understands."""
     meta_path = folder / META_FILE
+    if folder.is_file():
+        inside = f"; its folder {folder.parent} may be the trace" if folder.name == META_FILE else ""
+        raise TraceError(f"{folder}: is a file, not a trace folder{inside}")
     if not folder.is_dir():
         raise TraceError(f"{folder}: not a trace folder (no such directory)")
     if not meta_path.is_file():
