@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("traces", nargs="+", type=Path, metavar="TRACE", help="trace folders (a folder of traces counts as all of them)")
     r.add_argument("-o", "--out", type=Path, required=True, help="output file; the suffix picks the format")
     r.add_argument("--buckets", type=int, default=1500, help="timeline time buckets (min and max kept: the peak is exact)")
-    r.add_argument("--scale", type=float, default=1.0, help="scale of .png/.pdf output")
+    r.add_argument("--scale", type=float, default=2.0, help="pixels per chart pixel of .png output (default 2: print resolution)")
 
     c = sub.add_parser("compare", help="one row per trace: peak, KV bytes, ratios, times")
     c.add_argument("traces", nargs="+", type=Path, metavar="TRACE")
