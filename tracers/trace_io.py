@@ -18,7 +18,9 @@ Every record has a kind `k`:
   d  device       {t, used, proc, util}       (NVML sample)
   kv kv bytes     {t, q, chunk, logical, stored, resident}
   x  device ms    {id, dms}           (stage device time, resolved after the run)
-`q` orders records exactly (time stamps of different clocks may tie or drift).
+`q` orders records exactly (time stamps of different clocks may tie or drift); the tables keep it as
+q_alloc / q_free (allocations), q_start / q_end (spans) and q (counters, kv). What every column
+means: tracers/table_schema.py, also inside each Parquet file's schema, and docs/trace-format.md.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+from tracers.table_schema import typed, write_parquet
 
 SCHEMA_VERSION = "1.0"
 EVENTS_FILE = "events.jsonl"
@@ -215,9 +219,9 @@ def tables_from_records(
     return {
         "allocations": alloc_df,
         "spans": span_df,
-        "samples": pd.DataFrame(samples, columns=_SAMPLE_COLUMNS),
-        "counters": pd.DataFrame(counters, columns=_COUNTER_COLUMNS),
-        "kv": pd.DataFrame(kv, columns=_KV_COLUMNS),
+        "samples": typed("samples", pd.DataFrame(samples, columns=_SAMPLE_COLUMNS)),
+        "counters": typed("counters", pd.DataFrame(counters, columns=_COUNTER_COLUMNS)),
+        "kv": typed("kv", pd.DataFrame(kv, columns=_KV_COLUMNS)),
     }
 
 
@@ -291,10 +295,10 @@ def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.
 
 
 def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Write each table as `<name>.parquet` atomically."""
+    """Write each table as `<name>.parquet` atomically, its columns described in the file's schema."""
     for name, df in tables.items():
         tmp = folder / f"{name}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
+        write_parquet(tmp, name, df)
         os.replace(tmp, folder / f"{name}.parquet")
 
 
