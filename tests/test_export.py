@@ -212,3 +212,26 @@ def test_snapshot_of_a_gpu_trace(bf16_trace, tmp_path):
     assert {e["user_metadata"] for e in entries} >= {"weights", "kv_fp", "decode"}
     assert allocator_snapshot(trace)["segments"][0]["address"] % 512 == 0
     assert np.all(np.diff([b["address"] for b in blocks]) > 0)
+
+
+def test_the_format_doc_covers_every_column_and_the_readme_links_stay_in_the_repo():
+    import re
+    from pathlib import Path
+
+    from tracers.table_schema import COLUMN_DOCS
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "../shared" not in readme  # a clone has no such folder
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert "docs/trace-format.md" in links
+    for link in links:
+        if not link.startswith(("http://", "https://")):
+            assert (root / link).is_file(), link
+    doc = (root / "docs" / "trace-format.md").read_text()
+    for table, cols in COLUMN_DOCS.items():
+        section = doc.split(f"### `{table}`", 1)[1].split("###", 1)[0]
+        for col in cols:
+            assert f"| `{col}` |" in section, (table, col)
+    for col in ("q_alloc", "q_free", "q_start", "q_end"):
+        assert f"`{col}`" in readme, col
