@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="one row per trace: peak, KV bytes, ratios, times")
     c.add_argument("traces", nargs="+", type=Path, metavar="TRACE")
-    c.add_argument("--sort", default=None, metavar="COLUMN", help="any column; '-' prefix = descending (write --sort=-peak_bytes)")
+    c.add_argument("--sort", default=None, metavar="COLUMN", help="a column or the title shown for it ('peak', 'wall s'); '-' prefix = descending (write --sort=-peak)")
     c.add_argument("--baseline", type=Path, default=None, metavar="TRACE")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true")
