@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,6 +15,16 @@ EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
 EXIT_OOM = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
+WIDE_OUTPUT = 1000  # columns of a Rich console writing to a pipe or file: long rows stay whole
+
+
+def console(stderr: bool = False) -> Any:
+    """A Rich console: a terminal's own width; a pipe or file gets whole rows, never wrapped at 80."""
+    from rich.console import Console
+
+    con = Console(stderr=stderr)
+    return con if con.is_terminal else Console(stderr=stderr, width=WIDE_OUTPUT, soft_wrap=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("traces", nargs="+", type=Path, metavar="TRACE", help="trace folders (a folder of traces counts as all of them)")
     r.add_argument("-o", "--out", type=Path, required=True, help="output file; the suffix picks the format")
     r.add_argument("--buckets", type=int, default=1500, help="timeline time buckets (min and max kept: the peak is exact)")
-    r.add_argument("--scale", type=float, default=1.0, help="scale of .png/.pdf output")
+    r.add_argument("--scale", type=float, default=2.0, help="pixels per chart pixel of .png output (default 2: print resolution)")
 
     c = sub.add_parser("compare", help="one row per trace: peak, KV bytes, ratios, times")
     c.add_argument("traces", nargs="+", type=Path, metavar="TRACE")
-    c.add_argument("--sort", default=None, metavar="COLUMN", help="any column; '-' prefix = descending (write --sort=-peak_bytes)")
+    c.add_argument("--sort", default=None, metavar="COLUMN", help="a column or the title shown for it ('peak', 'wall s'); '-' prefix = descending (write --sort=-peak)")
     c.add_argument("--baseline", type=Path, default=None, metavar="TRACE")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true")
@@ -112,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kvprof.runner import TraceRequest, run_trace
@@ -129,11 +139,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         host_profile=args.host_profile, host_rate=args.host_rate, host_native=args.native,
         command=["kvprof", *sys.argv[1:]],
     )
-    err = Console(stderr=True)
+    err = console(stderr=True)
     if args.tui:
         outcome = _trace_with_tui(req)
         return _report_outcome(args, outcome, err)
-    quiet = args.quiet or args.json
+    # A progress display on a pipe or file is not live: it would only leave a blank line behind.
+    quiet = args.quiet or args.json or not err.is_terminal
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[where]}"),
                         TimeElapsedColumn(), console=err, disable=quiet, transient=True)
     task = progress.add_task("rollout", total=None, where="setup")
@@ -223,10 +234,9 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
     """The human summary of a trace: peak (when, what), KV bytes, time per stage, reconciliation."""
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = console()
     peak = summary.get("peak")
     con.print(f"[bold]trace[/bold] {path}  status [bold]{summary.get('status')}[/bold]")
     if not peak:
@@ -296,12 +306,12 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from methods import get_method_class, method_names
 
-    con = Console()
+    con = console()
     if args.name:
         try:
             cls = get_method_class(args.name)
@@ -313,11 +323,12 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, indent=2, default=str))
             return 0
-        con.print(f"[bold]{cls.name}[/bold] ({cls.family}): {cls.summary}")
-        con.print(f"keys {cls.key_bits} bit · values {cls.value_bits} bit · policy {cls.policy} · cadence {cls.cadence}")
+        con.print(f"{cls.name} ({cls.family}): {cls.summary}", markup=False)
+        con.print(f"keys {cls.key_bits} bit · values {cls.value_bits} bit · policy {cls.policy} · cadence {cls.cadence}",
+                  markup=False)
         table = Table("parameter", "default", "meaning", show_edge=False)
         for k, p in cls.params.items():
-            table.add_row(k, str(p.default), p.help)
+            table.add_row(Text(k), Text(str(p.default)), Text(p.help))
         con.print(table if cls.params else "no parameters")
         return 0
     rows = [get_method_class(n) for n in method_names()]
@@ -325,15 +336,19 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": c.name, "family": c.family, "key_bits": c.key_bits, "value_bits": c.value_bits,
                            "policy": c.policy, "summary": c.summary} for c in rows], indent=2))
         return 0
-    if con.width < 140:  # the longest name takes 43 columns: one line per method, prose in 'methods NAME'
-        for i, c in enumerate(rows, 1):
-            con.print(f"{i:>2} {c.name:<44} K {c.key_bits:<5} V {c.value_bits:<5} {c.policy}", markup=False, overflow="fold")
-        con.print("'kvprof methods NAME' describes one method and its parameters", style="dim")
-        return 0
-    table = Table("#", "name", "K bits", "V bits", "family", "policy", "what", show_edge=False)
+    # A narrow terminal leaves the prose out ('methods NAME' has it); the name never wraps.
+    wide = con.width >= 140
+    heads = ["#", "name", "K bits", "V bits", "policy", *(("family", "what") if wide else ())]
+    table = Table(*heads, show_edge=False, box=None, header_style="bold")
+    for col in table.columns[:4]:
+        col.no_wrap = True
+    table.columns[0].justify = "right"
     for i, c in enumerate(rows, 1):
-        table.add_row(str(i), c.name, c.key_bits, c.value_bits, c.family, c.policy, c.summary)
+        cells = [str(i), c.name, str(c.key_bits), str(c.value_bits), str(c.policy), *((c.family, c.summary) if wide else ())]
+        table.add_row(*(Text(v) for v in cells))  # policies hold brackets: never Rich markup
     con.print(table)
+    if not wide:
+        con.print("'kvprof methods NAME' describes one method and its parameters", style="dim")
     return 0
 
 
@@ -421,13 +436,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        return HANDLERS[args.command](args)
+        code = HANDLERS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, inside the handler below
+        return code
+    except BrokenPipeError:  # `kvprof compare --json T | head`: the reader has all it wanted
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (UsageError, TraceError) as exc:  # TraceError: a trace folder read outside the commands' own checks
         print(f"kvprof: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # outside a traced run (a traced run turns Ctrl-C into an interrupted trace)
         print("kvprof: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is left does not raise
+    again (the Python docs' pattern for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured in tests)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _one_line(message: str) -> str:

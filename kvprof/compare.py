@@ -192,13 +192,25 @@ def compare_table(
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     if sort:
         desc = sort.startswith("-")
-        col = sort.lstrip("-")
-        if col not in df.columns:
+        col = sort_column(sort.lstrip("-"), df.columns)
+        if col is None:
             raise UsageError(
-                f"--sort {sort!r}: no such column; columns: {', '.join(df.columns)} (prefix '-' to sort descending)"
+                f"--sort {sort!r}: no such column; columns: {', '.join(df.columns)}, or a shown title "
+                f"such as 'peak' or 'wall s' (prefix '-' to sort descending)"
             )
         df = df.sort_values(col, ascending=not desc, kind="stable", na_position="last")
     return df.reset_index(drop=True)
+
+
+def sort_column(name: str, columns: Sequence[str]) -> str | None:
+    """The column `name` means: a column's own name, or the title the text table shows for it
+    ('peak' for peak_bytes, 'decode ms' for ms_decode; case does not matter)."""
+    if name in columns:
+        return name
+    by_title = {column_title(c).lower(): c for c in columns}
+    by_name = {c.lower(): c for c in columns}
+    key = name.strip().lower()
+    return by_name.get(key) or by_title.get(key)
 
 
 def format_cell(col: str, value: Any) -> str:

@@ -6,8 +6,10 @@
   the trace has a host profile) as nested slices on their own track beside the stages. Counters
   are exact for traces up to `max_counter_rows` memory events; larger traces are reduced with the
   peak-keeping envelope.
-- csv / parquet: a folder of tables for pandas (allocations with their stage and phase, spans
-  with their paths, samples, counters, kv, and the wide memory timeline).
+- csv / parquet: a folder of tables for pandas: the trace's own five tables as the trace folder
+  holds them (allocations, spans, samples, counters, kv: one table, one shape), plus `stages`
+  (each span's path, kind path, depth, chunk, pass and phase; join allocations.span_id = stages.id)
+  and the wide memory `timeline`. Parquet files carry their column descriptions.
 - snapshot: for GPU traces, a PyTorch allocator snapshot (the pickle `torch.cuda.memory._snapshot()`
   returns; PyTorch's memory visualizer, pytorch.org/memory_viz, opens it) RECONSTRUCTED from the
   allocation table: addresses are synthetic, frames name the stage and category, segments hold
@@ -28,9 +30,10 @@ from kvprof.analysis import find_peak, timeline
 from kvprof.compare import open_trace, trace_label
 from kvprof.errors import UsageError
 from kvprof.hostprof import perfetto_host_events
-from kvprof.phases import allocation_phases, envelope
+from kvprof.phases import envelope, span_phases
 from kvprof.trace import Trace
 from tracers.categories import CATEGORIES
+from tracers.table_schema import write_parquet
 from tracers.trace_io import NO_FREE
 
 __all__ = ["FORMATS", "perfetto_trace", "allocator_snapshot", "table_frames", "export", "default_output"]
@@ -114,17 +117,15 @@ def perfetto_trace(trace: Trace, max_counter_rows: int = MAX_COUNTER_ROWS) -> di
 
 # --------------------------------------------------------------------------- tables
 def table_frames(trace: Trace) -> dict[str, pd.DataFrame]:
-    """The trace's tables with derived columns: allocations with stage path, kind path, chunk,
-    pass and phase; spans with path, kind path, depth, chunk and pass; the wide timeline."""
-    allocs = trace.allocations_with_stage.copy()
-    phases = allocation_phases(trace)
-    allocs["phase"] = allocs["id"].map(phases).astype("string")
+    """The trace's five tables unchanged (the shape the trace folder has), `stages` (per span id:
+    path, kind path, depth, chunk, pass and phase) and the wide `timeline`."""
+    spans = trace.spans
+    stages = spans[["id", "path", "kind_path", "depth", "chunk", "pass_name"]].copy()
+    phases = span_phases(trace).set_index("id")["phase"]
+    stages["phase"] = stages["id"].map(phases).astype("string")
     return {
-        "allocations": allocs,
-        "spans": trace.spans,
-        "samples": trace.samples,
-        "counters": trace.counters,
-        "kv": trace.kv,
+        **{name: trace.raw.tables[name] for name in ("allocations", "spans", "samples", "counters", "kv")},
+        "stages": stages.reset_index(drop=True),
         "timeline": timeline(trace),
     }
 
@@ -224,5 +225,5 @@ def export(trace: str | Path | Trace, fmt: str, out: str | Path | None = None) -
             if fmt == "csv":
                 df.to_csv(path / f"{name}.csv", index=False)
             else:
-                df.to_parquet(path / f"{name}.parquet", index=False)
+                write_parquet(path / f"{name}.parquet", name, df)
     return path

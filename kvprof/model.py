@@ -447,12 +447,14 @@ def init_weights(model: CausalWanModel, seed: int) -> None:
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        # One draw per parameter, scaled in place, named in the trace after the parameter it fills.
         if leaf == "modulation":
-            vals = torch.randn(p.shape, generator=gen, device=device) / dim**0.5
+            vals = torch.randn(p.shape, generator=gen, device=device).div_(dim**0.5)
         elif isinstance(owner, (WanRMSNorm, nn.LayerNorm)):
             vals = torch.ones(p.shape, device=device) if leaf == "weight" else torch.zeros(p.shape, device=device)
         else:
-            vals = torch.randn(p.shape, generator=gen, device=device) * INIT_STD
+            vals = torch.randn(p.shape, generator=gen, device=device).mul_(INIT_STD)
+        tag_tensor(vals, "weights", f"init draw of {name}")
         p.copy_(vals)
 
 

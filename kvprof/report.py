@@ -24,17 +24,22 @@ from kvprof.errors import UsageError
 from kvprof.phases import downsampled_timeline, pass_bands, phase_peaks
 from kvprof.trace import Trace
 from kvprof.units import fmt_bytes, fmt_ms
-from tracers.categories import CATEGORIES
+from tracers.categories import CATEGORIES, KV_CATEGORIES
 
 __all__ = [
-    "SUFFIXES", "CATEGORY_COLORS", "timeline_chart", "peak_breakdown_chart", "stage_time_chart",
+    "SUFFIXES", "CATEGORY_COLORS", "DEFAULT_SCALE", "timeline_chart", "kv_timeline_chart", "peak_breakdown_chart", "stage_time_chart",
     "comparison_chart", "trace_chart", "report_chart", "write_report", "render_chart", "markdown_report",
     "html_report",
 ]
 
 SUFFIXES: tuple[str, ...] = (".html", ".png", ".svg", ".pdf", ".md")
 DEFAULT_BUCKETS = 1500  # time buckets of a timeline; each keeps its min and max row
+DEFAULT_SCALE = 2.0  # .png/.pdf pixels per chart pixel: 2x is print resolution for a paper figure
 TIMELINE_WIDTH, TIMELINE_HEIGHT = 900, 260
+KV_PANEL_HEIGHT = 110
+# The KV cache's own categories (and the text K/V): tiny next to decode buffers, so they get a panel
+# with their own scale under the timeline.
+KV_PANEL_CATEGORIES: tuple[str, ...] = (*KV_CATEGORIES, "cross_kv")
 BAR_WIDTH = 420
 # One fixed color per category, the same in every chart and report (Tableau 20 order).
 CATEGORY_COLORS: dict[str, str] = dict(zip(CATEGORIES, (
@@ -79,6 +84,22 @@ def _present_categories(wide: pd.DataFrame) -> list[str]:
     return [c for c in CATEGORIES if c in wide.columns and (wide[c] != 0).any()]
 
 
+def time_axis(t_end_s: float):
+    """The x encoding of time charts: the axis ends where the trace does (no 'nice' rounding past
+    it), in few, well-spaced ticks."""
+    alt = _alt()
+    return alt.X("t_s:Q", title="time (s)", scale=alt.Scale(domain=[0.0, max(t_end_s, 1e-9)], nice=False, zero=True),
+                 axis=alt.Axis(tickCount=10, labelOverlap=True, labelFlush=True))
+
+
+def _trace_end_s(trace: Trace, wide: pd.DataFrame) -> float:
+    bands = pass_bands(trace)
+    ends = [float(wide["t_s"].max()) if not wide.empty else 0.0]
+    if not bands.empty:
+        ends.append(float(bands["end_s"].max()))
+    return max(ends)
+
+
 def peak_label_side(t_s: float, t_min: float, t_max: float) -> tuple[str, int]:
     """Text alignment and offset of the peak label: it runs into the plot, away from the nearer edge
     (a label ending at an early peak would run out of the plot over the axis)."""
@@ -98,11 +119,12 @@ def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str
         return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no allocations recorded").properties(
             width=width, height=height, title=title)
     data = wide[["t_s", *cats]].copy()
+    t_end = _trace_end_s(trace, wide)
     order = json.dumps(cats)
     area = alt.Chart(data).transform_fold(cats, as_=["category", "bytes"]).transform_calculate(
         value=f"datum.bytes / {usize}", stack_order=f"indexof({order}, datum.category)",
     ).mark_area(interpolate="step-after").encode(
-        x=alt.X("t_s:Q", title="time (s)"),
+        x=time_axis(t_end),
         y=alt.Y("value:Q", stack="zero", title=f"live ({uname})"),
         color=alt.Color("category:N", title="category",
                         scale=alt.Scale(domain=cats, range=[CATEGORY_COLORS[c] for c in cats])),
@@ -115,7 +137,8 @@ def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str
     if not band_rows.empty:
         kinds = [k for k in BAND_COLORS if k in set(band_rows["kind"])]
         layers.append(alt.Chart(band_rows).mark_rect(opacity=0.35).encode(
-            x="start_s:Q", x2="end_s:Q",
+            x=alt.X("start_s:Q", title="time (s)", scale=alt.Scale(domain=[0.0, max(t_end, 1e-9)], nice=False)),
+            x2="end_s:Q",
             color=alt.Color("kind:N", title="pass", scale=alt.Scale(domain=kinds, range=[BAND_COLORS[k] for k in kinds])),
             tooltip=["label:N", "chunk:Q", alt.Tooltip("start_s:Q", format=".4f"), alt.Tooltip("end_s:Q", format=".4f")],
         ))
@@ -134,6 +157,35 @@ def timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str
         layers.append(alt.Chart(pk).mark_text(align=align, dx=dx, dy=-6, color="#d62728", fontSize=11).encode(
             x="t_s:Q", y="value:Q", text="label:N"))
     return alt.layer(*layers).resolve_scale(color="independent").properties(width=width, height=height, title=title)
+
+
+def kv_timeline_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS, width: int = TIMELINE_WIDTH,
+                      height: int = KV_PANEL_HEIGHT):
+    """The KV cache's categories alone over the same time axis, on their own scale (beside decode
+    buffers they are a sliver); None when the trace holds no KV bytes."""
+    alt = _alt()
+    wide = downsampled_timeline(trace, buckets)
+    cats = [c for c in _present_categories(wide) if c in KV_PANEL_CATEGORIES]
+    if wide.empty or not cats:
+        return None
+    uname, usize = _unit(float(wide[cats].sum(axis=1).max()))
+    order = json.dumps(cats)
+    return alt.Chart(wide[["t_s", *cats]]).transform_fold(cats, as_=["category", "bytes"]).transform_calculate(
+        value=f"datum.bytes / {usize}", stack_order=f"indexof({order}, datum.category)",
+    ).mark_area(interpolate="step-after").encode(
+        x=time_axis(_trace_end_s(trace, wide)),
+        y=alt.Y("value:Q", stack="zero", title=f"KV live ({uname})", axis=alt.Axis(tickCount=4)),
+        color=alt.Color("category:N", title="KV category",
+                        scale=alt.Scale(domain=cats, range=[CATEGORY_COLORS[c] for c in cats])),
+        order=alt.Order("stack_order:Q"),
+        tooltip=[alt.Tooltip("t_s:Q", format=".4f"), "category:N", alt.Tooltip("value:Q", format=",.3f", title=uname)],
+    ).properties(width=width, height=height, title="KV cache alone (its own scale)")
+
+
+def memory_charts(trace: Trace, buckets: int = DEFAULT_BUCKETS, unit: tuple[str, int] | None = None) -> list[Any]:
+    """The timeline and, under it, the KV panel when the trace has KV bytes."""
+    kv = kv_timeline_chart(trace, buckets)
+    return [timeline_chart(trace, buckets, unit), *([kv] if kv is not None else [])]
 
 
 def peak_breakdown_chart(trace: Trace, unit: tuple[str, int] | None = None, top_stages: int = 12):
@@ -169,8 +221,13 @@ def stage_time_chart(trace: Trace, top: int = 16):
         return alt.Chart(pd.DataFrame({"x": [0]})).mark_text(text="no stages recorded")
     # Device time where measured; a CPU run has none, so its host time is plotted and titled so.
     col, where = ("device_ms", "device") if times["device_ms"].notna().any() else ("host_ms", "host (CPU run)")
+    # Seconds once the bars reach a second: '40,000' ms labels ran into each other.
+    unit, div = ("s", 1000.0) if float(times[col].max()) >= 1000 else ("ms", 1.0)
+    times = times.assign(value=times[col] / div)
     return alt.Chart(times).mark_bar(color="#72b7b2").encode(
-        y=alt.Y("stage:N", sort="-x", title=None), x=alt.X(f"{col}:Q", title=f"{where} ms, inclusive"),
+        y=alt.Y("stage:N", sort="-x", title=None),
+        x=alt.X("value:Q", title=f"{where} {unit}, inclusive",
+                axis=alt.Axis(tickCount=5, format="~g", labelOverlap=True, labelFlush=True)),
         tooltip=["stage:N", "count:Q", alt.Tooltip("device_ms:Q", format=",.1f"), alt.Tooltip("host_ms:Q", format=",.1f")],
     ).properties(width=BAR_WIDTH, title="time per stage kind")
 
@@ -250,7 +307,7 @@ def trace_chart(trace: Trace, buckets: int = DEFAULT_BUCKETS):
     peak = _peak_of(trace)
     unit = _unit(peak.bytes if peak else 0)
     return alt.vconcat(
-        timeline_chart(trace, buckets, unit),
+        *memory_charts(trace, buckets, unit),
         alt.hconcat(peak_breakdown_chart(trace, unit), stage_time_chart(trace)).resolve_scale(color="independent"),
     ).resolve_scale(color="independent")
 
@@ -265,8 +322,9 @@ def report_chart(traces: Sequence[Trace], buckets: int = DEFAULT_BUCKETS):
     return parts[0] if len(parts) == 1 else alt.vconcat(*parts).resolve_scale(color="independent")
 
 
-def render_chart(chart, fmt: str, scale: float = 1.0) -> bytes:
-    """PNG / SVG / PDF bytes of an altair chart through vl-convert (no browser, no network)."""
+def render_chart(chart, fmt: str, scale: float = DEFAULT_SCALE) -> bytes:
+    """PNG / SVG / PDF bytes of an altair chart through vl-convert (no browser, no network); `scale`
+    sizes the PNG (SVG and PDF are vector)."""
     import vl_convert as vlc
 
     spec = chart.to_dict()
@@ -275,7 +333,7 @@ def render_chart(chart, fmt: str, scale: float = 1.0) -> bytes:
     if fmt == "svg":
         return vlc.vegalite_to_svg(spec).encode()
     if fmt == "pdf":
-        return vlc.vegalite_to_pdf(spec, scale=scale)
+        return vlc.vegalite_to_pdf(spec)  # vector: vl-convert no longer takes a scale for PDF
     raise UsageError(f"unknown image format {fmt!r}; choose png, svg or pdf")
 
 
@@ -355,7 +413,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:14px;margin-bottom:4px}
 table{border-collapse:collapse;font-size:12px;margin:6px 0 14px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 th{background:#f4f4f4}.facts{font-size:13px;color:#444}.tables{display:flex;flex-wrap:wrap;gap:24px}
-code{background:#f4f4f4;padding:0 3px}
+code{background:#f4f4f4;padding:0 3px}.scroll{max-width:100%;overflow-x:auto}.scroll table{white-space:nowrap}
 """
 
 
@@ -372,7 +430,8 @@ def html_report(traces: Sequence[Trace], buckets: int = DEFAULT_BUCKETS) -> str:
             f"of each of {buckets} time buckets, so the marked peak is exact.</p>"]
     if len(traces) > 1:
         body.append("<h2>Comparison</h2>")
-        body.append(_compare_view(traces).to_html(index=False, border=0, escape=True))
+        # a wide table scrolls inside its box instead of running off the page
+        body.append("<div class='scroll'>" + _compare_view(traces).to_html(index=False, border=0, escape=True) + "</div>")
         charts.append(("cmp", comparison_chart(traces).to_dict()))
         body.append("<div id='cmp'></div>")
     for i, t in enumerate(traces):
@@ -380,8 +439,10 @@ def html_report(traces: Sequence[Trace], buckets: int = DEFAULT_BUCKETS) -> str:
         body.append("<p class='facts'>" + "<br>".join(html.escape(f) for f in _trace_facts(t)) + "</p>")
         peak = _peak_of(t)
         unit = _unit(peak.bytes if peak else 0)
-        for name, chart in ((f"tl{i}", timeline_chart(t, buckets, unit)), (f"pk{i}", peak_breakdown_chart(t, unit)),
-                            (f"st{i}", stage_time_chart(t))):
+        mem = memory_charts(t, buckets, unit)
+        named = [(f"tl{i}", mem[0]), *((f"kv{i}", c) for c in mem[1:]), (f"pk{i}", peak_breakdown_chart(t, unit)),
+                 (f"st{i}", stage_time_chart(t))]
+        for name, chart in named:
             charts.append((name, chart.to_dict()))
             body.append(f"<div id='{name}'></div>")
         body.append("<div class='tables'>")
@@ -398,7 +459,7 @@ def html_report(traces: Sequence[Trace], buckets: int = DEFAULT_BUCKETS) -> str:
 
 
 def write_report(traces: Sequence[str | Path | Trace], out: str | Path, *, buckets: int = DEFAULT_BUCKETS,
-                 scale: float = 1.0) -> Path:
+                 scale: float = DEFAULT_SCALE) -> Path:
     """Write the report of `traces` to `out`; the format follows the suffix (.html, .png, .svg,
     .pdf, .md). Works on incomplete traces (oom, failed, interrupted, still running)."""
     out = Path(out)

@@ -339,7 +339,7 @@ def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage,
                 load_checkpoint(model, req.checkpoint)
             except CheckpointError as exc:
                 raise UsageError(str(exc)) from None
-        run.tag_tensor(dict(model.named_parameters()), "weights", "dit")
+        run.tag_tensor(model, "weights", "dit")  # parameters and buffers, each by its own name
         vae = None
         if spec.decode:
             from kvprof.vae import VaeError, build_vae
@@ -349,6 +349,7 @@ def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage,
                     vae = build_vae(cfg.vae, seed=req.seed, device=device, dtype=cfg.torch_dtype, path=req.vae)
             except VaeError as exc:
                 raise UsageError(str(exc)) from None
+            run.tag_tensor(vae, "weights", "vae")
         with run.category("activations"):
             embeds = text_embeddings(cfg, req.seed, req.prompt_embeds, device)
         caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params), device)

@@ -17,6 +17,9 @@ def parse_size(text: str, what: str = "size") -> int:
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if value <= 0:
         raise UsageError(f"{what}: size must be positive, got {text!r}; write e.g. '24GiB' or '512MiB'")
+    if value < 1:  # would round to 0 B and be echoed as '0'
+        raise UsageError(f"{what}: {text!r} is less than one byte (sizes count whole bytes; a bare number is bytes); "
+                         "write e.g. '24GiB' or '512MiB'")
     return int(value)
 
 

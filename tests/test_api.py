@@ -120,6 +120,21 @@ def test_tagging_whole_caches_and_module_level_marks(tmp_path: Path) -> None:
     kv.tag_tensor(torch.zeros(1), "kv_fp")  # no trace open: nothing happens
 
 
+def test_weights_are_named_after_their_parameters(bf16_trace: Path) -> None:
+    """Every allocation of the built-in rollout's weights has a name: the DiT's and the VAE's
+    parameters and buffers by their module names, the seeded init's draws after the parameter."""
+    from kvprof.config import ModelConfig
+    from kvprof.model import build_model
+
+    a = load_trace(bf16_trace).allocations
+    weights = a[a["category"] == "weights"]
+    assert len(weights) and weights["name"].notna().all(), weights[weights["name"].isna()].head()
+    names = set(weights["name"])
+    meta = build_model(ModelConfig.from_name("tiny"), device="meta")
+    assert {f"dit.{k}" for k, _ in meta.named_parameters()} <= names
+    assert any(n.startswith("vae.decoder.") for n in names)
+
+
 def test_refuses_an_existing_trace_and_bad_budgets(tmp_path: Path, example_trace: Path) -> None:
     with pytest.raises(UsageError, match="a trace already exists there"):
         kv.trace(example_trace)

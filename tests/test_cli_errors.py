@@ -73,6 +73,7 @@ CASES: dict[str, Case] = {
     "budget unreadable": Case(trace("--budget", "lots"), "--budget: cannot read size 'lots'", "write e.g. '24GiB'"),
     "budget unit": Case(trace("--budget", "24GiBs"), "--budget: cannot read size '24GiBs'", "write e.g. '24GiB'"),
     "budget zero": Case(trace("--budget", "0"), "--budget: size must be positive", "24GiB"),
+    "budget below one byte": Case(trace("--budget", "0.1"), "--budget: '0.1' is less than one byte", "write e.g. '24GiB'"),
     "budget negative": Case(trace("--budget=-1GiB"), "--budget: cannot read size '-1GiB'", "write e.g."),
     # workload shape
     "frames not a multiple of the chunk": Case(trace("--frames", "10"), "--frames 10: must be a positive multiple of the chunk size (3",
@@ -161,6 +162,8 @@ for name, make in READERS.items():
                                          "written by 'kvprof trace'")
     CASES[f"{name}: no such folder"] = Case(lambda f, make=make: make(f.root / "gone", f), "not a trace folder (no such directory)",
                                             "written by 'kvprof trace'")
+    CASES[f"{name}: a file"] = Case(lambda f, make=make: make(f.a_file, f), "a-file.txt: is a file, not a trace folder",
+                                    "written by 'kvprof trace'")
     CASES[f"{name}: newer schema"] = Case(lambda f, make=make: make(f.newer, f), "schema 2.0 is newer than this kvprof reads (1.0)",
                                           "upgrade kvprof")
 
@@ -183,6 +186,14 @@ def test_bad_input_is_one_line_with_a_hint_and_exit_2(case: str, files: Files, c
     assert c.says in err, (c.says, err)
     assert c.hint in err, (c.hint, err)
     assert not (files.out / "refused").exists()  # a refused trace writes nothing
+
+
+def test_a_refused_trace_says_its_error_on_the_first_line_of_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    # the progress display used to leave a blank line on a stderr that is not a terminal
+    assert main(["trace", "--method", "nope"]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.err.startswith("kvprof: error: unknown method 'nope'"), repr(captured.err[:80])
+    assert captured.out == ""
 
 
 def test_the_registry_has_33_methods_and_each_resolves() -> None:

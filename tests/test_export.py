@@ -102,7 +102,56 @@ def test_tables_round_trip(bf16_trace, tmp_path, fmt):
     for col in ("id", "q_alloc", "q_free", "bytes", "span_id"):
         assert (allocs[col].to_numpy() == trace.allocations[col].to_numpy()).all()
     assert list(allocs["category"].astype(str)) == list(trace.allocations["category"].astype(str))
-    assert {"path", "kind_path", "phase"} <= set(allocs.columns)
+    stages = pd.read_csv(out / "stages.csv") if fmt == "csv" else pd.read_parquet(out / "stages.parquet")
+    assert {"id", "path", "kind_path", "phase"} <= set(stages.columns)
+    assert set(allocs["span_id"]) - {0} <= set(stages["id"])  # every allocation's stage joins
+
+
+def test_one_table_one_shape(bf16_trace, tmp_path):
+    """The trace folder's tables and the exported ones have the same columns and types: a reader
+    of `allocations.parquet` needs no case for where it came from."""
+    out = export(bf16_trace, "parquet", tmp_path / "pq")
+    for name in ("allocations", "spans", "samples", "counters", "kv"):
+        mine = pd.read_parquet(bf16_trace / f"{name}.parquet")
+        exported = pd.read_parquet(out / f"{name}.parquet")
+        assert list(exported.columns) == list(mine.columns), name
+        assert list(exported.dtypes) == list(mine.dtypes), name
+
+
+def test_parquet_files_describe_their_columns(bf16_trace, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = export(bf16_trace, "parquet", tmp_path / "pq")
+    wanted = {"allocations": ("q_alloc", "q_free"), "spans": ("q_start", "q_end"), "counters": ("q",), "kv": ("q",)}
+    for folder in (bf16_trace, out):
+        for table, cols in wanted.items():
+            schema = pq.read_schema(folder / f"{table}.parquet")
+            assert schema.metadata[b"kvprof.table"] == table.encode()
+            for col in cols:
+                text = (schema.field(col).metadata or {}).get(b"description", b"").decode()
+                assert "order" in text or "q of" in text, (folder, table, col, text)
+    assert b"-1" in pq.read_schema(bf16_trace / "allocations.parquet").field("q_free").metadata[b"description"]
+
+
+def test_empty_tables_keep_their_types(bf16_trace):
+    """On CPU there are no device samples or allocator counters: 0-row tables, but typed."""
+    for name in ("samples", "counters"):
+        df = pd.read_parquet(bf16_trace / f"{name}.parquet")
+        assert len(df) == 0 and all(str(t) == "int64" for t in df.dtypes), (name, df.dtypes.to_dict())
+
+
+def test_traces_written_before_still_load_and_export(bf16_trace, tmp_path):
+    """An older trace: empty tables of `object` columns, no descriptions in the files."""
+    old = tmp_path / "old"
+    shutil.copytree(bf16_trace, old)
+    for name in ("allocations", "spans", "samples", "counters", "kv"):
+        df = pd.read_parquet(old / f"{name}.parquet")
+        if len(df) == 0:
+            df = df.astype(object)
+        df.to_parquet(old / f"{name}.parquet", index=False)  # plain pandas, as before
+    assert str(load_trace(old).samples.dtypes.iloc[0]) == "object"
+    out = export(old, "parquet", tmp_path / "pq")
+    assert all(str(t) == "int64" for t in pd.read_parquet(out / "samples.parquet").dtypes)
 
 
 def test_snapshot_needs_a_gpu_trace(bf16_trace, tmp_path):
@@ -163,3 +212,26 @@ def test_snapshot_of_a_gpu_trace(bf16_trace, tmp_path):
     assert {e["user_metadata"] for e in entries} >= {"weights", "kv_fp", "decode"}
     assert allocator_snapshot(trace)["segments"][0]["address"] % 512 == 0
     assert np.all(np.diff([b["address"] for b in blocks]) > 0)
+
+
+def test_the_format_doc_covers_every_column_and_the_readme_links_stay_in_the_repo():
+    import re
+    from pathlib import Path
+
+    from tracers.table_schema import COLUMN_DOCS
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "../shared" not in readme  # a clone has no such folder
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert "docs/trace-format.md" in links
+    for link in links:
+        if not link.startswith(("http://", "https://")):
+            assert (root / link).is_file(), link
+    doc = (root / "docs" / "trace-format.md").read_text()
+    for table, cols in COLUMN_DOCS.items():
+        section = doc.split(f"### `{table}`", 1)[1].split("###", 1)[0]
+        for col in cols:
+            assert f"| `{col}` |" in section, (table, col)
+    for col in ("q_alloc", "q_free", "q_start", "q_end"):
+        assert f"`{col}`" in readme, col

@@ -97,11 +97,11 @@ def test_svg_png_pdf_sizes(bf16_trace, tmp_path):
     root = ET.fromstring(svg)
     w, h = float(root.get("width")), float(root.get("height"))
     assert w > TIMELINE_WIDTH and h > 300
-    png = write_report([bf16_trace], tmp_path / "r.png")
+    png = write_report([bf16_trace], tmp_path / "r.png", scale=1.0)
     with Image.open(png) as im:
         im.load()  # decodes the whole image
         assert im.format == "PNG" and im.size == (round(w), round(h))
-    png2 = write_report([bf16_trace], tmp_path / "r2.png", scale=2.0)
+    png2 = write_report([bf16_trace], tmp_path / "r2.png")  # print resolution by default
     with Image.open(png2) as im:
         assert im.size == (round(2 * w), round(2 * h))
     assert write_report([bf16_trace], tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
@@ -211,3 +211,58 @@ def test_peak_label_runs_into_the_plot_from_either_end(bf16_trace):
     peak = find_peak(trace)
     t = timeline(trace)["t_ns"] / 1e9
     assert (label["align"], label["dx"]) == peak_label_side(peak.t_ns / 1e9, float(t.min()), float(t.max()))
+
+
+# ----------------------------------------------------------------------------- the report as a paper figure
+
+
+def _x_scales(spec):
+    """Every x scale of a (layered) chart spec."""
+    layers = spec.get("layer", [spec])
+    return [layer["encoding"]["x"].get("scale") for layer in layers if "x" in layer.get("encoding", {})]
+
+
+def test_time_axes_end_where_the_trace_ends(bf16_trace):
+    from kvprof.phases import pass_bands
+    from kvprof.report import kv_timeline_chart, timeline_chart
+
+    trace = load_trace(bf16_trace)
+    end = max(float(downsampled_timeline(trace, 1500)["t_s"].max()), float(pass_bands(trace)["end_s"].max()))
+    for chart in (timeline_chart(trace), kv_timeline_chart(trace)):
+        scales = [sc for sc in _x_scales(chart.to_dict()) if sc]
+        assert scales, "the time axis has no explicit scale"
+        for sc in scales:  # not rounded up past the data ('54 s for 51 s')
+            assert sc["domain"] == [0.0, pytest.approx(end)] and sc["nice"] is False
+
+
+def test_kv_has_its_own_panel_and_scale(bf16_trace):
+    from kvprof.report import kv_timeline_chart, trace_chart
+
+    trace = load_trace(bf16_trace)
+    kv = kv_timeline_chart(trace).to_dict()
+    assert kv["encoding"]["y"]["title"].startswith("KV live")
+    folded = kv["transform"][0]["fold"]
+    assert "kv_fp" in folded and "decode" not in folded and "weights" not in folded
+    parts = trace_chart(trace).to_dict()["vconcat"]
+    assert len(parts) == 3 and parts[1]["title"] == kv["title"]
+
+
+def test_stage_time_axis_has_few_short_labels(bf16_trace):
+    from kvprof.report import stage_time_chart
+
+    spec = stage_time_chart(load_trace(bf16_trace)).to_dict()
+    x = spec["encoding"]["x"]
+    assert x["axis"]["tickCount"] <= 5 and x["axis"]["format"] == "~g" and x["axis"]["labelOverlap"] is True
+    values = pd.DataFrame(spec["datasets"][spec["data"]["name"]])
+    ms = values["device_ms"].max()
+    if ms >= 1000:  # seconds: no '40,00045,000'
+        assert " s," in x["title"] and values["value"].max() == pytest.approx(ms / 1000)
+
+
+def test_html_comparison_table_scrolls_in_its_box(trace_factory, tmp_path):
+    base = trace_factory(method="bf16")
+    small = trace_factory(method="bf16", frames=3)
+    page = write_report([base, small], tmp_path / "r.html").read_text()
+    assert re.search(r"\.scroll\{[^}]*overflow-x:auto", page)
+    start = page.index("<h2>Comparison</h2>")
+    assert page[start:].split("<table", 1)[0].endswith("<div class='scroll'>")

@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from tracers.table_schema import typed
+
 NO_FREE = -1  # q_free / t_free_ns of an allocation still live when the trace ended
 # q orders records exactly: q = context * Q_STRIDE + order within the context, where a context is
 # one stretch between stage boundaries (the writer's numbering; readers compare q // Q_STRIDE to
@@ -155,7 +157,7 @@ class TableFolder:
         return {
             "allocations": al[list(ALLOC_COLUMNS)],
             "spans": spans,
-            "samples": pd.DataFrame(self.samples, columns=list(SAMPLE_COLUMNS)),
-            "counters": pd.DataFrame(self.counters, columns=list(COUNTER_COLUMNS)),
-            "kv": pd.DataFrame(self.kv, columns=list(KV_COLUMNS)),
+            "samples": typed("samples", pd.DataFrame(self.samples, columns=list(SAMPLE_COLUMNS))),
+            "counters": typed("counters", pd.DataFrame(self.counters, columns=list(COUNTER_COLUMNS))),
+            "kv": typed("kv", pd.DataFrame(self.kv, columns=list(KV_COLUMNS))),
         }

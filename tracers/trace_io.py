@@ -18,7 +18,9 @@ Every record has a kind `k`:
   d  device       {t, used, proc, util}       (NVML sample)
   kv kv bytes     {t, q, chunk, logical, stored, resident}
   x  device ms    {id, dms}           (stage device time, resolved after the run)
-`q` orders records exactly (time stamps of different clocks may tie or drift).
+`q` orders records exactly (time stamps of different clocks may tie or drift); the tables keep it as
+q_alloc / q_free (allocations), q_start / q_end (spans) and q (counters, kv). What every column
+means: tracers/table_schema.py, also inside each Parquet file's schema, and docs/trace-format.md.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from tracers.table_schema import write_parquet
 from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
 
 SCHEMA_VERSION = "1.0"
@@ -195,10 +198,10 @@ def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.
 
 
 def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Write each table as `<name>.parquet` atomically."""
+    """Write each table as `<name>.parquet` atomically, its columns described in the file's schema."""
     for name, df in tables.items():
         tmp = folder / f"{name}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
+        write_parquet(tmp, name, df)
         os.replace(tmp, folder / f"{name}.parquet")
 
 
@@ -233,6 +236,9 @@ _JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an inte
 def read_meta(folder: Path) -> dict[str, Any]:
     """Read and check meta.json: present, JSON, a schema this reader understands."""
     meta_path = folder / META_FILE
+    if folder.is_file():
+        inside = f"; its folder {folder.parent} may be the trace" if folder.name == META_FILE else ""
+        raise TraceError(f"{folder}: is a file, not a trace folder{inside}")
     if not folder.is_dir():
         raise TraceError(f"{folder}: not a trace folder (no such directory)")
     if not meta_path.is_file():
