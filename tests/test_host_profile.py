@@ -158,8 +158,10 @@ def test_bf16_profile_samples_fall_inside_the_stage_spans(tmp_path):
     tol = err_ns + 4 * 1e9 / rate
     in_rollout = iv[iv["stack"].str.contains("run_rollout")]
     assert len(in_rollout) > 10
+    # an interval starts at the sample that saw its stack, and ends at the next sample, which a
+    # loaded machine can delay by far more than the sampling period: only starts are bounded
     assert in_rollout.t_start_ns.min() >= rollout.t_start_ns - tol
-    assert in_rollout.t_end_ns.max() <= rollout.t_end_ns + tol
+    assert in_rollout.t_start_ns.max() <= rollout.t_end_ns + tol
     # the profile covers the rollout, and what it saw there is the rollout's code
     table = host_stage_table(trace, iv).set_index("stage")
     assert table.loc["rollout", "profiled_ms"] >= 0.8 * table.loc["rollout", "host_ms"]
