@@ -15,6 +15,7 @@ import pandas as pd
 from kvprof.analysis import find_peak, kv_bytes, stage_times
 from kvprof.errors import UsageError
 from kvprof.hostprof import host_bound_share
+from kvprof.sweep.manifest import MANIFEST_FILE, is_sweep, result_traces
 from kvprof.trace import Trace, TraceError, list_traces, load_trace
 from kvprof.units import fmt_bytes
 
@@ -43,13 +44,20 @@ def open_trace(path: str | Path | Trace) -> Trace:
 
 def expand_trace_paths(paths: Iterable[str | Path | Trace]) -> list[str | Path | Trace]:
     """A folder that is not a trace but holds traces (e.g. `traces/`) stands for those traces,
-    by name; everything else is kept as given."""
+    by name; a sweep folder (`kvprof sweep`) for its cells' traces, in matrix order; everything
+    else is kept as given."""
     out: list[str | Path | Trace] = []
     for p in paths:
         if isinstance(p, Trace):
             out.append(p)
             continue
         folder = Path(p)
+        if is_sweep(folder):  # a sweep stands for the trace of each cell that finished (torn attempts left out)
+            found = result_traces(folder)
+            if not found:
+                raise UsageError(f"{folder}: a sweep with no finished cell yet; see {folder / MANIFEST_FILE}")
+            out.extend(found)
+            continue
         inner = sorted(list_traces(folder), key=lambda f: f.name) if folder.is_dir() and not (folder / "meta.json").exists() else []
         out.extend(inner if inner else [p])
     return out

@@ -1,0 +1,286 @@
+"""`kvprof sweep` (issue 17): the matrix, the manifest, the task, and a sweep on a local Dask cluster
+of 2 CPU workers that loses a worker mid-trace and its client mid-sweep, then resumes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from kvprof.cli import main
+from kvprof.sweep import manifest as mf
+from kvprof.sweep import run as task
+
+pytest.importorskip("distributed")
+psutil = pytest.importorskip("psutil")
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = "bf16,rtn_int4,kivi_int4,qaq_int4"
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `cond` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def sweep_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "kvprof.cli", "sweep", "--out", str(out), "--quiet", "--workers", "2", *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def manifest_or_none(out: Path) -> dict | None:
+    try:
+        return mf.read_manifest(out)
+    except ValueError:
+        return None
+
+
+def cells_with(out: Path, status: str) -> dict[str, dict]:
+    m = manifest_or_none(out)
+    return {c["id"]: c for c in (m or {"cells": []})["cells"] if c["status"] == status}
+
+
+# ---------------------------------------------------------------------- bad input: exit 2 before any cluster
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "bf16,prq_int9"], "--methods: unknown prq_int9"),
+    (["--integrations", "study,stagd"], "--integrations: unknown stagd"),
+    (["--frames", "42,5", "--methods", "bf16"], "--frames 5: must be a positive multiple"),
+    (["--frames", "six"], "--frames 'six': must be a comma list of integers"),
+    (["--methods", "bf16", "--param", "outlier_sigma=4"], "--param outlier_sigma: no method of the sweep has this parameter"),
+    (["--methods", "bf16", "--codes", "int4"], "--codes int4: not a code storage"),
+    (["--methods", "bf16", "--prompt-embeds", "nowhere.pt"], "--prompt-embeds nowhere.pt: no such file"),
+    (["--methods", "bf16", "--workers", "0"], "--workers 0: must be 1 or more"),
+    (["--resume"], "--resume: "),
+])
+def test_bad_input_exits_2_with_a_hint_before_any_cluster(tmp_path, capsys, monkeypatch, argv, message):
+    import kvprof.sweep.cluster as cl
+
+    monkeypatch.setattr(cl, "start", lambda *a: pytest.fail("a cluster started before the input was checked"))
+    out = tmp_path / "sw"
+    assert main(["sweep", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (out / mf.MANIFEST_FILE).exists()
+
+
+def test_resume_takes_the_matrix_of_the_manifest(tmp_path, capsys):
+    out = tmp_path / "sw"
+    out.mkdir()
+    mf.write_manifest(out, mf.new_manifest({}, [], ["kvprof"]))
+    assert main(["sweep", "--out", str(out), "--methods", "bf16"]) == 2
+    assert "holds a sweep already; add --resume" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(out), "--resume", "--methods", "bf16", "--frames", "6"]) == 2
+    assert "drop --methods, --frames" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- matrix
+def test_cells_are_every_combination_with_valid_codes_and_their_trace_flags():
+    import argparse
+
+    from kvprof.cli import _param
+    from kvprof.sweep.command import add_arguments
+    from kvprof.sweep.matrix import build_cells, parse_matrix
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, _param)
+    args = p.parse_args(["--out", "x", "--methods", "bf16,qaq_int4", "--integrations", "study,staged", "--codes", "int8,packed",
+                         "--frames", "6,12", "--seeds", "0,1", "--param", "outlier_sigma=4", "--no-decode"])
+    cells = build_cells(parse_matrix(args), gpu=False)
+    # packed is not a storage of study: 2 methods x (study int8 + staged int8/packed) x 2 frames x 2 seeds
+    assert len(cells) == 2 * 3 * 2 * 2 == len({c.id for c in cells})
+    qaq = next(c for c in cells if c.id == "qaq_int4-staged-packed-12f-s1-outlier_sigma4")
+    assert qaq.args == ["--method", "qaq_int4", "--integration", "staged", "--frames", "12", "--seed", "1", "--config", "tiny",
+                         "--codes", "packed", "--param", "outlier_sigma=4", "--no-decode"]
+    bf16 = next(c for c in cells if c.method == "bf16")
+    assert bf16.params == {} and "--param" not in bf16.args  # a parameter goes only to methods that have it
+    gpu = build_cells(parse_matrix(p.parse_args(["--out", "x", "--methods", "bf16"])), gpu=True)
+    assert [c.id for c in gpu] == ["bf16-study-42f-s0"] and "wan-1.3b" in gpu[0].args  # trace's GPU defaults
+
+
+# ---------------------------------------------------------------------- manifest
+def test_attempts_and_torn_traces(tmp_path):
+    root = tmp_path / "traces"
+    assert mf.next_attempt(root, "a-study-6f-s0") == "a-study-6f-s0"
+    for name, status in [("a-study-6f-s0", "running"), ("a-study-6f-s0.a2", "failed"), ("a-study-6f-s0.a3", "complete"),
+                         ("a-study-6f-s0-w3", "complete")]:  # the last: another cell, whose id extends this one's
+        (root / name).mkdir(parents=True)
+        (root / name / "meta.json").write_text(json.dumps({"status": status}))
+    assert mf.attempts(root, "a-study-6f-s0") == ["a-study-6f-s0", "a-study-6f-s0.a2", "a-study-6f-s0.a3"]
+    assert mf.next_attempt(root, "a-study-6f-s0") == "a-study-6f-s0.a4"
+    assert mf.torn_attempts(root, "a-study-6f-s0", "a-study-6f-s0.a3") == [
+        {"run_id": "a-study-6f-s0", "status": "running"}, {"run_id": "a-study-6f-s0.a2", "status": "failed"}]
+
+
+def test_readers_take_only_finished_cells_and_a_manifest_is_never_half_written(tmp_path):
+    out = tmp_path / "sw"
+    (out / "traces").mkdir(parents=True)
+    cells = [{"id": i, "method": "bf16"} for i in ("c1", "c2", "c3", "c4")]
+    m = mf.new_manifest({}, cells, ["kvprof"])
+    for c, (status, run_id) in zip(m["cells"], [("complete", "c1.a2"), ("oom", "c2"), ("failed", None), ("pending", None)]):
+        c.update(status=status, run_id=run_id)
+        (out / "traces" / (run_id or c["id"])).mkdir()
+        (out / "traces" / (run_id or c["id"]) / "meta.json").write_text("{}")
+    mf.write_manifest(out, m)
+    assert mf.is_sweep(out) and not mf.is_sweep(tmp_path)
+    assert mf.result_traces(out) == [out / "traces" / "c1.a2", out / "traces" / "c2"]
+    assert mf.cell_trace_paths(out)[2:] == [out / "traces" / "c3", out / "traces" / "c4"]
+    assert not list(out.glob("*.tmp")) and json.loads((out / mf.MANIFEST_FILE).read_text())["cells"][0]["run_id"] == "c1.a2"
+
+
+# ---------------------------------------------------------------------- the task
+def _fake_trace(returncode: int, status: str = "complete"):
+    def fake(cmd, **kw):
+        out, run_id = Path(cmd[cmd.index("--out") + 1]), cmd[cmd.index("--run-id") + 1]
+        (out / run_id).mkdir()
+        (out / run_id / "meta.json").write_text(json.dumps({"status": status}))
+        summary = {"status": status, "peak": {"bytes": 123, "stage": "rollout"}, "kv": None, "wall_s": 1.0,
+                   "stage_times": [{"stage": "rollout", "host_ms": 500.0}], "reconciliation": {"tracker": "dispatch"}}
+        return subprocess.CompletedProcess(cmd, returncode, json.dumps(summary) if returncode in (0, 3) else "", "boom")
+    return fake
+
+
+def test_a_worker_that_does_not_see_the_folder_ships_the_trace_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(task.subprocess, "run", _fake_trace(0))
+    out = tmp_path / "sw"
+    res = task.run_cell({"id": "bf16-study-6f-s0", "args": []}, str(out), str(tmp_path / "no-marker"), "tok")
+    assert not (out / "traces").exists()  # nothing written on the worker's side of the client's folder
+    assert res["status"] == "complete" and res["run_id"] == "bf16-study-6f-s0" and res["result"]["rollout_s"] == 0.5
+    task.unpack(res["tar"], out / "traces", "bf16-study-6f-s0.a2")
+    assert json.loads((out / "traces" / "bf16-study-6f-s0.a2" / "meta.json").read_text()) == {"status": "complete"}
+
+
+def test_oom_is_an_outcome_and_a_dead_trace_process_raises_for_a_retry(tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    marker.write_text("tok")
+    monkeypatch.setattr(task.subprocess, "run", _fake_trace(3, "oom"))
+    res = task.run_cell({"id": "c", "args": []}, str(tmp_path), str(marker), "tok")
+    assert res["status"] == "oom" and "tar" not in res and (tmp_path / "traces" / "c").is_dir()
+    monkeypatch.setattr(task.subprocess, "run", _fake_trace(-9, "running"))
+    with pytest.raises(task.CellError, match=r"c\.a2: kvprof trace killed by signal 9 .*boom"):
+        task.run_cell({"id": "c", "args": []}, str(tmp_path), str(marker), "tok")
+
+
+# ---------------------------------------------------------------------- the acceptance sweep
+def _descendants(pid: int) -> list:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _tracing_worker(sweep_pid: int, done: set[str]) -> tuple[Any, str] | None:
+    """A worker process running a trace of a cell not done yet, and that trace's run id."""
+    for p in _descendants(sweep_pid):
+        try:
+            cmd = p.cmdline()
+            if "trace" in cmd and "--run-id" in cmd:
+                run_id = cmd[cmd.index("--run-id") + 1]
+                if run_id not in done and (Path(cmd[cmd.index("--out") + 1]) / run_id / "meta.json").exists():
+                    return p.parent(), run_id
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_sweep_survives_a_lost_worker_and_a_lost_client_then_resumes(tmp_path):
+    out = tmp_path / "sw"
+    args = ("--methods", METHODS, "--integrations", "study,staged", "--frames", "6", "--no-decode")
+    proc = subprocess.Popen(sweep_cmd(out, *args), env=env(), cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # a worker killed mid-trace: its trace process goes with it, the cell is retried on a worker
+        first = wait_until(lambda: cells_with(out, "complete"), 300, "a first complete cell")
+        worker, killed = wait_until(lambda: _tracing_worker(proc.pid, {c["run_id"] for c in first.values()}), 300,
+                                    "a worker tracing")
+        worker.send_signal(signal.SIGKILL)
+        wait_until(lambda: len(cells_with(out, "complete")) >= 4, 300, "4 complete cells")
+    finally:  # the client, its cluster and their traces all killed at once
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                               for p in psutil.process_iter() if _in_group(p, proc.pid)), 60, "the sweep's processes to end")
+    before = cells_with(out, "complete")
+    assert 4 <= len(before) < 8
+    stamps = {c["run_id"]: (out / "traces" / c["run_id"] / "meta.json").stat().st_mtime_ns for c in before.values()}
+
+    done = subprocess.run(sweep_cmd(out, "--resume", "--json"), env=env(), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = mf.read_manifest(out)
+    assert json.loads(done.stdout)["counts"] == {"complete": 8} == mf.counts(m)
+    after = {c["id"]: c for c in m["cells"]}
+    for cid, c in before.items():  # finished cells were not run again
+        assert after[cid]["run_id"] == c["run_id"] and after[cid]["finished"] == c["finished"]
+        assert (out / "traces" / c["run_id"] / "meta.json").stat().st_mtime_ns == stamps[c["run_id"]]
+    cell_of_killed = next(c for c in m["cells"] if killed == c["id"] or killed.startswith(c["id"] + ".a"))
+    assert cell_of_killed["run_id"] != killed
+    assert {"run_id": killed, "status": "running"} in cell_of_killed["torn"]  # its writer died: torn, not a result
+    results = mf.result_traces(out)
+    assert len(results) == 8 and killed not in {p.name for p in results}
+    assert {json.loads((p / "meta.json").read_text())["status"] for p in results} == {"complete"}
+    assert len(m["runs"]) == 2 and m["cluster"]["workers"] == 2 and {c["worker_name"] for c in m["cells"]} <= {"cpu0", "cpu1"}
+    _readers_open_the_sweep(out, results, tmp_path)
+
+
+def _in_group(p: Any, pgid: int) -> bool:
+    try:
+        return os.getpgid(p.pid) == pgid
+    except (OSError, psutil.Error):
+        return False
+
+
+def _readers_open_the_sweep(out: Path, results: list[Path], tmp_path: Path) -> None:
+    """compare, report (md) and tui open the sweep as its 8 result traces."""
+    import asyncio
+    import contextlib
+    import io
+
+    import tui.app
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["compare", str(out), "--json"]) == 0
+    rows = json.loads(buf.getvalue())
+    assert [r["trace"] for r in rows] == [p.name for p in results]
+    assert sorted((r["method"], r["integration"]) for r in rows) == sorted(
+        (m, i) for m in METHODS.split(",") for i in ("study", "staged"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["report", str(out), "-o", str(tmp_path / "sweep.md")]) == 0
+    md = (tmp_path / "sweep.md").read_text()
+    assert all(p.name in md for p in results)
+
+    opened: dict[str, Any] = {}
+    orig = tui.app.run_tui
+    tui.app.run_tui = lambda paths, follow=False, root=None: opened.update(paths=paths, root=root) or 0
+    try:
+        assert main(["tui", str(out)]) == 0
+    finally:
+        tui.app.run_tui = orig
+    assert opened["paths"] == results and opened["root"] == out / "traces"
+
+    async def browse() -> None:
+        app = tui.app.KvprofApp(opened["paths"], root=opened["root"])
+        async with app.run_test(size=(140, 45)) as pilot:
+            deadline = time.monotonic() + 60
+            while app.current_view() is None:
+                assert time.monotonic() < deadline, "the TUI did not open the sweep's first trace"
+                await pilot.pause(0.05)
+            assert len(app.sources) == 8 and app.sources[0].error is None
+
+    asyncio.run(browse())
