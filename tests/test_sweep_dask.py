@@ -143,6 +143,55 @@ def test_readers_take_only_finished_cells_and_a_manifest_is_never_half_written(t
     assert not list(out.glob("*.tmp")) and json.loads((out / mf.MANIFEST_FILE).read_text())["cells"][0]["run_id"] == "c1.a2"
 
 
+def test_tui_opens_a_sweep_and_follows_every_cell(tmp_path, monkeypatch):
+    import tui.app
+
+    out = tmp_path / "sw"
+    m = mf.new_manifest({}, [{"id": "a"}, {"id": "b"}], ["kvprof"])
+    m["cells"][0].update(status="complete", run_id="a.a2")
+    (out / "traces" / "a.a2").mkdir(parents=True)
+    (out / "traces" / "a.a2" / "meta.json").write_text("{}")
+    mf.write_manifest(out, m)
+    calls = []
+    monkeypatch.setattr(tui.app, "run_tui", lambda paths, follow=False, root=None: calls.append((paths, follow, root)) or 0)
+    assert main(["tui", str(out)]) == 0 and main(["tui", str(out), "--follow"]) == 0
+    root = out / "traces"
+    assert calls == [([root / "a.a2"], False, root), ([root / "a.a2", root / "b"], True, root)]  # b: waited for
+
+
+# ---------------------------------------------------------------------- cluster and progress
+def test_local_workers_one_per_gpu_or_n_per_gpu_or_cpu(monkeypatch):
+    from kvprof.sweep.cluster import local_worker_specs
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    specs = local_worker_specs(2, 2, cpu_workers=7)
+    assert sorted(specs) == ["gpu0-0", "gpu0-1", "gpu1-0", "gpu1-1"]
+    assert {k: (v["options"]["env"]["CUDA_VISIBLE_DEVICES"], v["options"]["resources"], v["options"]["nthreads"])
+            for k, v in specs.items()} == {"gpu0-0": ("3", {"GPU": 1}, 1), "gpu0-1": ("3", {"GPU": 1}, 1),
+                                           "gpu1-0": ("5", {"GPU": 1}, 1), "gpu1-1": ("5", {"GPU": 1}, 1)}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert [v["options"]["env"]["CUDA_VISIBLE_DEVICES"] for v in local_worker_specs(2, 1, 7).values()] == ["0", "1"]
+    cpu = local_worker_specs(0, 1, cpu_workers=3)
+    assert sorted(cpu) == ["cpu0", "cpu1", "cpu2"] and all("resources" not in v["options"] for v in cpu.values())
+
+
+def test_eta_uses_the_median_cost_of_each_method_then_of_all():
+    from kvprof.sweep.progress import eta_s, render
+
+    done = [{"id": f"prq{i}", "method": "prq", "status": "complete", "seconds": s} for i, s in enumerate((400, 420, 9000))]
+    done += [{"id": "bf16", "method": "bf16", "status": "complete", "seconds": 30}, {"id": "x", "method": "rtn", "status": "failed"}]
+    pending = [{"id": "p", "method": "prq", "status": "pending"}, {"id": "q", "method": "new", "status": "pending"}]
+    assert eta_s(done + pending, pending, workers=2) == (420 + 410) / 2  # new: median of all finished cells
+    assert eta_s(done, [], workers=2) is None and eta_s(pending, pending, workers=2) is None
+    from rich.console import Console
+
+    con = Console(width=120, record=True)
+    con.print(render(done + pending, {"tcp://w0": ["p"]}, {"tcp://w0": {"name": "gpu0", "gpu": "0", "done": 4, "failed": 1}}, 65))
+    text = con.export_text()
+    assert "sweep: 4/7 done (0 oom) · 1 running · 1 failed · elapsed 1m05s · ETA 13m50s" in text  # one worker
+    assert "gpu0" in text and "p" in text
+
+
 # ---------------------------------------------------------------------- the task
 def _fake_trace(returncode: int, status: str = "complete"):
     def fake(cmd, **kw):

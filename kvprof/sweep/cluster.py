@@ -11,6 +11,7 @@ the task's own retries for a trace process that died.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,11 @@ def local_worker_specs(gpus: int, workers_per_gpu: int, cpu_workers: int) -> dic
     base = {"nthreads": 1, "memory_limit": 0, "silence_logs": logging.ERROR}  # traces run in child processes: worker memory is not theirs
     if gpus == 0:
         return {f"cpu{i}": {"cls": Nanny, "options": dict(base)} for i in range(cpu_workers)}
+    # GPU i of this process is the i-th of its own CUDA_VISIBLE_DEVICES, where that is set
+    ids = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()][:gpus]
+    ids = ids if len(ids) == gpus else [str(i) for i in range(gpus)]
     return {f"gpu{i}" + (f"-{j}" if workers_per_gpu > 1 else ""): {
-        "cls": Nanny, "options": {**base, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}}}
+        "cls": Nanny, "options": {**base, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}}}
         for i in range(gpus) for j in range(workers_per_gpu)}
 
 

@@ -117,11 +117,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: cannot write there ({exc.strerror}); pick a writable folder") from None
     quiet = args.quiet or args.json
     client, cluster, info = cl.start(args.scheduler, gpus, args.workers_per_gpu, args.workers)
+    t_start, code = time.time(), EXIT_INTERRUPTED
+    this_run = {"started": mf.now(), "command": ["kvprof", *sys.argv[1:]], "cluster": info.to_dict()}
     try:
         if matrix is not None and not manifest["cells"]:  # --scheduler: the workers say GPU or CPU
             manifest["cells"] = mf.new_manifest({}, [c.to_dict() for c in build_cells(matrix, gpu=info.gpus > 0)], [])["cells"]
         manifest["cluster"] = info.to_dict()
-        manifest["runs"].append({"started": mf.now(), "command": ["kvprof", *sys.argv[1:]], "cluster": info.to_dict()})
+        manifest["runs"].append(this_run)
         mf.write_manifest(out, manifest)
         if not quiet:
             print(f"kvprof sweep: {len(manifest['cells'])} cells, {info.workers} workers"
@@ -133,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         code = EXIT_INTERRUPTED
     finally:
+        if any(r is this_run for r in manifest["runs"]):  # not when the cells of a remote cluster were refused
+            this_run.update(finished=mf.now(), seconds=round(time.time() - t_start, 1), exit_code=code)
+            mf.write_manifest(out, manifest)
         cl.close(client, cluster)
     if args.json:
         print(json.dumps({"sweep": str(out), "counts": mf.counts(manifest), "cells": manifest["cells"]}, indent=2, default=str))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 
 def expected_cost(cell: dict[str, Any], costs: dict[str, list[float]], default: float | None) -> float | None:
@@ -76,7 +77,7 @@ class SweepProgress:
 
 
 def render(cells: list[dict[str, Any]], running: dict[str, list[str]], workers: dict[str, dict[str, Any]],
-           elapsed_s: float) -> Table:
+           elapsed_s: float) -> Group:
     """The view: a header line of counts and ETA, then one row per worker."""
     by: dict[str, int] = {}
     for c in cells:
@@ -84,13 +85,13 @@ def render(cells: list[dict[str, Any]], running: dict[str, list[str]], workers: 
     n_running = sum(len(v) for v in running.values())
     pending = [c for c in cells if c["status"] not in ("complete", "oom", "failed")]
     done = by.get("complete", 0) + by.get("oom", 0)
-    t = Table(title=f"sweep: {done}/{len(cells)} done ({by.get('oom', 0)} oom) · {n_running} running · "
-                    f"{by.get('failed', 0)} failed · elapsed {_fmt_s(elapsed_s)} · "
-                    f"ETA {_fmt_s(eta_s(cells, pending, max(1, len(workers))))}",
-              title_justify="left", show_edge=False)
+    header = Text(f"sweep: {done}/{len(cells)} done ({by.get('oom', 0)} oom) · {n_running} running · "
+                  f"{by.get('failed', 0)} failed · elapsed {_fmt_s(elapsed_s)} · "
+                  f"ETA {_fmt_s(eta_s(cells, pending, max(1, len(workers))))}", style="bold")
+    t = Table(show_edge=False)
     for col in ("worker", "GPU", "done", "failed", "tracing"):
         t.add_column(col)
     for addr, w in sorted(workers.items(), key=lambda kv: str(kv[1].get("name"))):
         t.add_row(str(w.get("name")), str(w.get("gpu") if w.get("gpu") is not None else "-"), str(w.get("done", 0)),
                   str(w.get("failed", 0)), ", ".join(running.get(addr, [])) or "idle")
-    return t
+    return Group(header, t)
