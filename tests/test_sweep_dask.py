@@ -225,6 +225,22 @@ def test_oom_is_an_outcome_and_a_dead_trace_process_raises_for_a_retry(tmp_path,
         task.run_cell({"id": "c", "args": []}, str(tmp_path), str(marker), "tok")
 
 
+def test_a_running_cluster_at_scheduler_runs_the_cells(tmp_path):
+    from distributed import LocalCluster
+
+    out = tmp_path / "sw"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as cluster:
+        code = main(["sweep", "--scheduler", cluster.scheduler_address, "--methods", "bf16", "--frames", "3", "--no-decode",
+                     "--out", str(out), "--quiet"])
+        assert code == 0 and len(cluster.workers) == 1  # the sweep leaves a cluster it did not start running
+    m = mf.read_manifest(out)
+    (cell,) = m["cells"]
+    assert m["cluster"]["local"] is False and m["cluster"]["gpus"] == 0
+    assert cell["id"] == "bf16-study-3f-s0" and "tiny" in cell["args"]  # CPU workers: trace's CPU defaults
+    assert cell["status"] == "complete" and mf.result_traces(out) == [out / "traces" / "bf16-study-3f-s0"]
+
+
 # ---------------------------------------------------------------------- the acceptance sweep
 def _descendants(pid: int) -> list:
     try:
@@ -309,6 +325,9 @@ def _readers_open_the_sweep(out: Path, results: list[Path], tmp_path: Path) -> N
     assert [r["trace"] for r in rows] == [p.name for p in results]
     assert sorted((r["method"], r["integration"]) for r in rows) == sorted(
         (m, i) for m in METHODS.split(",") for i in ("study", "staged"))
+    for r in rows:  # each row against the bf16 trace of its own shape, found in the sweep
+        assert r["baseline"] == f"bf16-{r['integration']}-6f-s0"
+        assert r["method"] != "bf16" or (r["peak_vs_baseline"] == 1.0 and r["peak_delta_bytes"] == 0)
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["report", str(out), "-o", str(tmp_path / "sweep.md")]) == 0
     md = (tmp_path / "sweep.md").read_text()

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         if not quiet:
             print(f"kvprof sweep: {len(manifest['cells'])} cells, {info.workers} workers"
                   f"{f' on {info.gpus // max(1, info.workers_per_gpu)} GPUs' if info.gpus else ' (CPU)'}; "
-                  f"dashboard: {info.dashboard or 'none (install bokeh for the Dask dashboard)'}", file=sys.stderr)
+                  f"dashboard: {info.dashboard or 'none'}{_bokeh_note()}", file=sys.stderr)
         code = _run_cells(client, info, manifest, out, token, args.retries, quiet)
     except KeyboardInterrupt:
         print(f"kvprof sweep: interrupted; finished cells are in {out / mf.MANIFEST_FILE} ('--resume' runs the rest)",
@@ -181,6 +181,13 @@ def _run_cells(client: Any, info: Any, manifest: dict[str, Any], out: Path, toke
             if not ac.has_ready():
                 time.sleep(0.5)  # polling the scheduler for the live view, not waiting on a result
     return EXIT_CELLS_FAILED if failed else 0
+
+
+def _bokeh_note() -> str:
+    """The dashboard page only says 'install bokeh' without it: say so here."""
+    import importlib.util
+
+    return "" if importlib.util.find_spec("bokeh") else " (its pages need bokeh>=3.1: pip install bokeh)"
 
 
 def _gpu_of(w: dict[str, Any]) -> str | None:

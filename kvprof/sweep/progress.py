@@ -61,6 +61,8 @@ class SweepProgress:
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
             self.live.__exit__(*exc)
+            if not self.console.is_terminal:
+                self.console.line()  # Live leaves its last frame without a line end where it cannot redraw
 
     def update(self, cells: list[dict[str, Any]], running: dict[str, list[str]], workers: dict[str, dict[str, Any]],
                elapsed_s: float) -> None:
