@@ -8,7 +8,7 @@
 # cluster of one worker per GPU; WORKERS_PER_GPU=N puts N traces on each GPU: bytes stay exact,
 # times include the others' load), sweep-1gpu and sweep-all (issue 17: all methods, staged, 42
 # frames, on GPU 0 alone and on every GPU of the machine; each resumes where the last call
-# stopped, so repeat the step until it says 'complete'), sweep-table (their tables and
+# stopped, so repeat the step until it says 'complete'; SWEEP_METHODS=M1,M2 for fewer), sweep-table (their tables and
 # throughput), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
@@ -67,11 +67,11 @@ for step in "$@"; do
       ;;
     sweep-1gpu)
       log "issue 17: all methods, staged, 42 frames, GPU 0 alone"
-      CUDA_VISIBLE_DEVICES=0 sweep /tmp/kv/sweep-1gpu --integrations staged --methods all --frames 42
+      CUDA_VISIBLE_DEVICES=0 sweep /tmp/kv/sweep-1gpu --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
       ;;
     sweep-all)
       log "issue 17: all methods, staged, 42 frames, every GPU ($(nvidia-smi -L | wc -l))"
-      sweep /tmp/kv/sweep-all --integrations staged --methods all --frames 42
+      sweep /tmp/kv/sweep-all --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
       ;;
     sweep-table)
       for s in sweep-1gpu sweep-all; do
