@@ -17,7 +17,7 @@ from typing import Any
 
 from kvprof.errors import UsageError
 from kvprof.sweep import manifest as mf
-from kvprof.sweep.matrix import AXES, build_cells, parse_matrix
+from kvprof.sweep.matrix import AXES, PASS_THROUGH, Matrix, build_cells, parse_matrix
 
 EXIT_CELLS_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -66,39 +66,38 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--retries {args.retries}: must be 0 or more")
 
 
-def _given_axes(args: argparse.Namespace) -> list[str]:
-    """The matrix flags given on the command line (those not at their default)."""
+def _given_cell_flags(args: argparse.Namespace) -> list[str]:
+    """The matrix and per-trace flags given on the command line (those not at their default)."""
     p = argparse.ArgumentParser()
     add_arguments(p, str)
     defaults = vars(p.parse_args(["--out", "."]))
-    return [a for a in AXES if getattr(args, a, None) != defaults.get(a)]
+    return [a for a in (*AXES, *PASS_THROUGH) if getattr(args, a, None) != defaults.get(a)]
 
 
-def prepare(args: argparse.Namespace, gpus: int) -> dict[str, Any]:
-    """The manifest to run: a new one from the matrix flags, or SWEEP's own with --resume. All
-    usage errors are raised here, before any cluster starts."""
+def prepare(args: argparse.Namespace, gpus: int) -> tuple[dict[str, Any], Matrix | None]:
+    """The manifest to run (a new one from the matrix flags, or SWEEP's own with --resume), and the
+    matrix when the cells wait for a remote cluster to say GPU or CPU. All usage errors are raised
+    here, before any cluster starts."""
     _check_flags(args)
     out: Path = args.out
     if args.resume:
         if not mf.is_sweep(out):
             raise UsageError(f"--resume: {out} holds no sweep (no {mf.MANIFEST_FILE}); drop --resume to start one there")
-        given = _given_axes(args)
+        given = _given_cell_flags(args)
         if given:
-            flags = ", ".join("--" + g.replace("_", "-") for g in given)
-            raise UsageError(f"--resume runs the matrix of {out / mf.MANIFEST_FILE}; drop {flags} (or start a new --out)")
-        return mf.read_manifest(out)
+            flags = ", ".join("--" + {"decode": "no-decode"}.get(g, g.replace("_", "-")) for g in given)
+            raise UsageError(f"--resume runs the cells of {out / mf.MANIFEST_FILE} as they are; drop {flags} "
+                             "(or start a new --out)")
+        return mf.read_manifest(out), None
     if out.exists() and (out / mf.MANIFEST_FILE).exists():
         raise UsageError(f"--out {out}: holds a sweep already; add --resume to finish it, or pick another --out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; pick a folder")
     matrix = parse_matrix(args)
-    if args.scheduler is None:  # the remote workers' GPUs are known once connected: checked then
-        cells = build_cells(matrix, gpu=gpus > 0)
-    else:
-        cells = []
-    m = mf.new_manifest(matrix.to_dict(), [c.to_dict() for c in cells], ["kvprof", *sys.argv[1:]])
-    m["_matrix"] = matrix  # not written: needed to build the cells of a remote cluster
-    return m
+    if args.scheduler is not None:  # the remote workers' GPUs are known once connected: cells built then
+        return mf.new_manifest(matrix.to_dict(), [], ["kvprof", *sys.argv[1:]]), matrix
+    cells = build_cells(matrix, gpu=gpus > 0)
+    return mf.new_manifest(matrix.to_dict(), [c.to_dict() for c in cells], ["kvprof", *sys.argv[1:]]), None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from kvprof.sweep import cluster as cl
 
     gpus = cl.visible_gpus() if args.scheduler is None else 0
-    manifest = prepare(args, gpus)
-    matrix = manifest.pop("_matrix", None)
+    manifest, matrix = prepare(args, gpus)
     out: Path = args.out
     try:
         mf.sweep_trace_root(out).mkdir(parents=True, exist_ok=True)
@@ -120,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     t_start, code = time.time(), EXIT_INTERRUPTED
     this_run = {"started": mf.now(), "command": ["kvprof", *sys.argv[1:]], "cluster": info.to_dict()}
     try:
-        if matrix is not None and not manifest["cells"]:  # --scheduler: the workers say GPU or CPU
+        if matrix is not None:  # --scheduler: the workers say GPU or CPU
             manifest["cells"] = mf.new_manifest({}, [c.to_dict() for c in build_cells(matrix, gpu=info.gpus > 0)], [])["cells"]
         manifest["cluster"] = info.to_dict()
         manifest["runs"].append(this_run)
@@ -209,6 +207,8 @@ def _record(cell: dict[str, Any], fut: Any, out: Path, workers: dict[str, dict[s
     from kvprof.sweep.run import unpack
 
     root = mf.sweep_trace_root(out)
+    if fut.status == "cancelled":  # the cluster went away under the sweep: the cell stays pending for --resume
+        return 0
     if fut.status == "finished":
         res = fut.result()
         tar = res.pop("tar", None)
