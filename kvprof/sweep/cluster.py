@@ -6,7 +6,9 @@ On a GPU machine each worker sees one GPU (`CUDA_VISIBLE_DEVICES`) and has the r
 each task asks for GPU=1: one trace per worker at a time; `--workers-per-gpu N` starts N such
 workers per GPU (several traces share a GPU: bytes stay exact, times include the others' load).
 A worker lost mid-task makes the scheduler run the task again once (allowed-failures 1), on top of
-the task's own retries for a trace process that died.
+the task's own retries for a trace process that died. dask-cuda's LocalCUDACluster would pin GPUs
+the same way, but adds a dependency (and its CUDA checks) for nothing a trace process needs: each
+trace is its own process and sets up CUDA itself.
 """
 from __future__ import annotations
 
@@ -61,15 +63,18 @@ def start(scheduler: str | None, gpus: int, workers_per_gpu: int, cpu_workers: i
     import dask
     from distributed import Client, Scheduler, SpecCluster
 
-    dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
     if scheduler:
         client = Client(scheduler, timeout="30s")
         workers = client.scheduler_info().get("workers", {})
         gpu_workers = sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU"))
         return client, None, ClusterInfo(scheduler, _dashboard(client), len(workers), gpu_workers, 1, False)
     specs = local_worker_specs(gpus, workers_per_gpu, cpu_workers)
-    cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-                          silence_logs=logging.ERROR)  # a lost worker shows in the cell's retry and torn attempt
+    # read by the scheduler when it starts; worker-saturation 1: a worker holds only the task it
+    # runs, so the next cell goes to whichever worker is free first
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                          "distributed.scheduler.worker-saturation": 1.0}):
+        cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                              silence_logs=logging.ERROR)  # a lost worker shows in the cell's retry and torn attempt
     client = Client(cluster)
     client.wait_for_workers(len(specs), timeout=120)
     return client, cluster, ClusterInfo(cluster.scheduler_address, _dashboard(client), len(specs),
