@@ -159,7 +159,7 @@ def _trace_args(method: str, integ: str, codes: str | None, frames: int, rolling
 
 def _check_cells(cells: list[Cell], config: str, common: dict[str, Any]) -> None:
     """Run `kvprof trace`'s checks on each distinct cell shape (without running anything)."""
-    from kvprof.runner import TraceRequest, check_inputs, resolve
+    from kvprof.runner import TraceRequest, check_inputs, load_prompt_embeds, resolve
     from kvprof.units import parse_size
 
     budget = parse_size(common["budget"], "--budget") if common.get("budget") else None
@@ -175,8 +175,10 @@ def _check_cells(cells: list[Cell], config: str, common: dict[str, Any]) -> None
                            checkpoint=_path(common.get("checkpoint")), vae=_path(common.get("vae")),
                            prompt_embeds=_path(c.prompt_embeds), budget_bytes=budget)
         _, cfg, *_ = resolve(req)
-        if len(seen) == 1 or c.prompt_embeds:
-            check_inputs(req, cfg)  # reads input files: once, and once per embeddings file
+        if len(seen) == 1:
+            check_inputs(req, cfg)  # reads the input files (checkpoint, embeddings, VAE) once
+        elif c.prompt_embeds:
+            load_prompt_embeds(Path(c.prompt_embeds), cfg)  # each embeddings file fits the config
 
 
 def _path(v: str | None) -> Path | None:

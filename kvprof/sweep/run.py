@@ -43,15 +43,25 @@ def sees_folder(marker: str, token: str) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    """In the trace process: be killed when the worker dies, so a lost worker's trace does not go
-    on holding the GPU beside the retry (Linux; elsewhere the trace runs to its end)."""
+def _die_with_parent(parent: int) -> None:
+    """In the trace process: be killed when the worker that started it dies, so a lost worker's
+    trace does not go on holding the GPU beside the retry (Linux; elsewhere it runs to its end).
+    Set here, after exec, rather than in a preexec_fn, which is unsafe in a threaded worker."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before the line above
+        os._exit(128 + signal.SIGKILL)
+
+
+def _summary(stdout: str) -> dict[str, Any]:
+    """The JSON summary `kvprof trace --json` printed (after whatever a library printed first)."""
+    lines = stdout.splitlines()
+    start = lines.index("{") if "{" in lines else 0
+    return json.loads("\n".join(lines[start:]))
 
 
 def where() -> dict[str, Any]:
@@ -74,12 +84,11 @@ def run_cell(cell: dict[str, Any], sweep_dir: str, marker: str, token: str) -> d
     out = Path(sweep_dir) / TRACES_DIR if shared else Path(tempfile.mkdtemp(prefix="kvprof-sweep-"))
     out.mkdir(parents=True, exist_ok=True)
     run_id = next_attempt(out, cell["id"])
-    cmd = [sys.executable, "-m", "kvprof.cli", "trace", *cell["args"], "--out", str(out), "--run-id", run_id,
-           "--json", "--quiet"]
+    cmd = [sys.executable, "-m", "kvprof.sweep.run", str(os.getpid()), "trace", *cell["args"], "--out", str(out),
+           "--run-id", run_id, "--json", "--quiet"]
     info = {**where(), "run_id": run_id, "started": time.time()}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         info["finished"] = time.time()
         info["seconds"] = info["finished"] - info["started"]
         if proc.returncode not in (0, EXIT_OOM):
@@ -87,7 +96,10 @@ def run_cell(cell: dict[str, Any], sweep_dir: str, marker: str, token: str) -> d
             how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
             raise CellError(f"{run_id}: kvprof trace {how} on {info['host']} (worker {info['worker_name']}, "
                             f"GPU {info['gpu']}): {tail}")
-        summary = json.loads(proc.stdout)
+        try:
+            summary = _summary(proc.stdout)
+        except ValueError:
+            raise CellError(f"{run_id}: kvprof trace printed no JSON summary: {proc.stdout[-300:]!r}") from None
         info.update(status=summary.get("status") or ("oom" if proc.returncode == EXIT_OOM else "complete"),
                     result=result_of(summary))
         if not shared:
@@ -129,3 +141,10 @@ def unpack(data: bytes, root: Path, name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / name
+
+
+if __name__ == "__main__":  # the trace process of a cell: python -m kvprof.sweep.run WORKER_PID trace ...
+    _die_with_parent(int(sys.argv[1]))
+    from kvprof.cli import main
+
+    sys.exit(main(sys.argv[2:]))
