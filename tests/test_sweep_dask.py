@@ -200,7 +200,8 @@ def _fake_trace(returncode: int, status: str = "complete"):
         (out / run_id / "meta.json").write_text(json.dumps({"status": status}))
         summary = {"status": status, "peak": {"bytes": 123, "stage": "rollout"}, "kv": None, "wall_s": 1.0,
                    "stage_times": [{"stage": "rollout", "host_ms": 500.0}], "reconciliation": {"tracker": "dispatch"}}
-        return subprocess.CompletedProcess(cmd, returncode, json.dumps(summary) if returncode in (0, 3) else "", "boom")
+        stdout = "a library printed this first\n" + json.dumps(summary, indent=2) if returncode in (0, 3) else ""
+        return subprocess.CompletedProcess(cmd, returncode, stdout, "boom")
     return fake
 
 
