@@ -74,12 +74,14 @@ for step in "$@"; do
       sweep /tmp/kv/sweep-all --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
       ;;
     sweep-table)
+      done_dirs=()
       for s in sweep-1gpu sweep-all; do
-        [ -d /tmp/kv/$s ] || continue
+        [ -f /tmp/kv/$s/manifest.json ] || continue
+        done_dirs+=(/tmp/kv/$s)
         python3 benchmarks/results_table.py /tmp/kv/$s > "$OUT/$s.md" 2>>"$OUT/steps.log"
         cp /tmp/kv/$s/manifest.json "$OUT/$s.manifest.json"
       done
-      python3 benchmarks/results_table.py --throughput /tmp/kv/sweep-1gpu /tmp/kv/sweep-all > "$OUT/sweep_throughput.txt" 2>>"$OUT/steps.log"
+      [ ${#done_dirs[@]} -gt 0 ] && python3 benchmarks/results_table.py --throughput "${done_dirs[@]}" > "$OUT/sweep_throughput.txt" 2>>"$OUT/steps.log"
       ;;
     render)
       log "issue 7: render"

@@ -89,6 +89,20 @@ def test_resume_takes_the_cells_of_the_manifest(tmp_path, capsys):
     assert "as they are; drop --methods, --frames, --no-decode" in capsys.readouterr().err
 
 
+def test_resuming_a_finished_sweep_starts_no_cluster(tmp_path, capsys, monkeypatch):
+    import kvprof.sweep.cluster as cl
+
+    monkeypatch.setattr(cl, "start", lambda *a: pytest.fail("a cluster started for a finished sweep"))
+    out = tmp_path / "sw"
+    out.mkdir()
+    m = mf.new_manifest({}, [{"id": "a"}, {"id": "b"}], ["kvprof"])
+    for c, status in zip(m["cells"], ("complete", "oom")):
+        c["status"] = status
+    mf.write_manifest(out, m)
+    assert main(["sweep", "--out", str(out), "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == {"complete": 1, "oom": 1}
+
+
 # ---------------------------------------------------------------------- matrix
 def test_cells_are_every_combination_with_valid_codes_and_their_trace_flags():
     import argparse

@@ -114,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write there ({exc.strerror}); pick a writable folder") from None
     quiet = args.quiet or args.json
+    if matrix is None and all(c["status"] in mf.DONE for c in manifest["cells"]):  # --resume of a finished sweep
+        if args.json:
+            _print_json(out, manifest)
+        elif not quiet:
+            print(f"kvprof sweep: every cell of {out} is complete or oom; nothing to run", file=sys.stderr)
+        return 0
     client, cluster, info = cl.start(args.scheduler, gpus, args.workers_per_gpu, args.workers)
     t_start, code = time.time(), EXIT_INTERRUPTED
     this_run = {"started": mf.now(), "command": ["kvprof", *sys.argv[1:]], "cluster": info.to_dict()}
@@ -138,10 +144,15 @@ def run(args: argparse.Namespace) -> int:
             mf.write_manifest(out, manifest)
         cl.close(client, cluster)
     if args.json:
-        print(json.dumps({"sweep": str(out), "counts": mf.counts(manifest), "cells": manifest["cells"]}, indent=2, default=str))
+        _print_json(out, manifest)
     elif not quiet or code:
         print(f"kvprof sweep: {', '.join(f'{n} {s}' for s, n in mf.counts(manifest).items())}; {out}", file=sys.stderr)
     return code
+
+
+def _print_json(out: Path, manifest: dict[str, Any]) -> None:
+    """`--json`: the sweep's counts and cells on stdout."""
+    print(json.dumps({"sweep": str(out), "counts": mf.counts(manifest), "cells": manifest["cells"]}, indent=2, default=str))
 
 
 def _run_cells(client: Any, info: Any, manifest: dict[str, Any], out: Path, token: str, retries: int, quiet: bool) -> int:
