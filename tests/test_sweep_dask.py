@@ -258,6 +258,40 @@ def test_a_running_cluster_at_scheduler_runs_the_cells_and_oom_is_a_result(tmp_p
     assert mf.result_traces(out) == [out / "traces" / "bf16-study-3f-s0"]
 
 
+class _Done:
+    """A finished (or failed) task as the client sees it."""
+
+    def __init__(self, status: str, result: Any = None, exc: BaseException | None = None) -> None:
+        self.status, self._result, self._exc = status, result, exc
+
+    def result(self) -> Any:
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        return self._exc
+
+
+def test_the_client_records_shipped_traces_failures_and_torn_attempts(tmp_path, monkeypatch):
+    from kvprof.sweep.command import _record
+    from kvprof.sweep.progress import SweepProgress
+
+    out, root = tmp_path / "sw", tmp_path / "sw" / "traces"
+    (root / "c").mkdir(parents=True)
+    (root / "c" / "meta.json").write_text(json.dumps({"status": "running"}))  # an attempt a lost worker left
+    monkeypatch.setattr(task.subprocess, "run", _fake_trace(0))
+    shipped = task.run_cell({"id": "c", "args": []}, str(tmp_path / "elsewhere"), str(tmp_path / "no-marker"), "tok")
+    cell, workers = {"id": "c", "status": "pending"}, {}
+    view = SweepProgress(1, disable=True)
+    assert _record(cell, _Done("finished", shipped), out, workers, view) == 0
+    assert cell["status"] == "complete" and cell["run_id"] == "c.a2" and "tar" not in cell  # renamed beside the torn one
+    assert (root / "c.a2" / "meta.json").is_file() and cell["torn"] == [{"run_id": "c", "status": "running"}]
+    assert list(workers.values())[0]["done"] == 1
+    failed = {"id": "c", "status": "pending"}
+    assert _record(failed, _Done("error", exc=RuntimeError("worker lost twice")), out, workers, view) == 1
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: worker lost twice"
+    assert [t["run_id"] for t in failed["torn"]] == ["c", "c.a2"]
+
+
 # ---------------------------------------------------------------------- the acceptance sweep
 def _descendants(pid: int) -> list:
     try:
