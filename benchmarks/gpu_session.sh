@@ -3,13 +3,15 @@
 #
 #   bash benchmarks/gpu_session.sh STEP [STEP...]     (on the device machine, from the repo root)
 #
-# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), held-before (blocks an earlier
-# trace of the process left), budget (issue 6 budget + diagnose), host (issue 8 py-spy host
-# profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps), notes (each trace's meta notes),
-# render (issue 7 PNGs of every trace written so far, skipping PNGs already rendered;
-# RENDER_ARGS=--pngs-only leaves out the comparison pages), pack (tar what render wrote). LANES=N
-# runs a sweep as N processes sharing the GPU (bytes stay exact, times include the other lanes'
-# load; see benchmarks/sweep.py).
+# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), budget (issue 6 budget + diagnose), host (issue 8 py-spy host
+# profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps, `kvprof sweep` on a local Dask
+# cluster of one worker per GPU; WORKERS_PER_GPU=N puts N traces on each GPU: bytes stay exact,
+# times include the others' load), sweep-1gpu and sweep-all (issue 17: all methods, staged, 42
+# frames, on GPU 0 alone and on every GPU of the machine; each resumes where the last call
+# stopped, so repeat the step until it says 'complete'; SWEEP_METHODS=M1,M2 for fewer), sweep-table (their tables and
+# throughput), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
+# far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
+# pack (tar what render wrote).
 # Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
 # image lacks are carried in .whl/ (see NEXT_GPU_SESSION.md); installed into a fresh /tmp/site.
 set -u
@@ -21,6 +23,16 @@ if [ ! -f /tmp/site/.done ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 KV="python3 -m kvprof.cli"
+# `kvprof sweep` into folder $1 (the matrix flags after it), resumed when the folder holds a sweep; a
+# call stops (SIGINT: finished cells stay in the manifest) before the device call's 10 minutes.
+sweep() {
+  local dir=$1; shift
+  local args=("$@"); [ -f "$dir/manifest.json" ] && args=(--resume)
+  timeout -s INT -k 30 "${SWEEP_S:-520}" $KV sweep --out "$dir" "${args[@]}" --workers-per-gpu "${WORKERS_PER_GPU:-1}" \
+    --quiet >> "$OUT/steps.log" 2>&1
+  local rc=$?
+  log "sweep $dir: exit $rc ($(python3 -c "import json,collections,sys; print(dict(collections.Counter(c['status'] for c in json.load(open(sys.argv[1]))['cells'])))" "$dir/manifest.json" 2>&1))"
+}
 T0=$(date +%s)
 log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.log"; }
 
@@ -50,34 +62,31 @@ for step in "$@"; do
     study:*|staged:*)
       integ=${step%%:*}; methods=${step#*:}
       log "issue 3: $integ sweep $methods"
-      timeout 560 python3 benchmarks/sweep.py --integration "$integ" --methods "$methods" --deadline "${DEADLINE:-500}" \
-        --lanes "${LANES:-1}" --costs benchmarks/results/sweep_*_h100*.jsonl \
-        --out "/tmp/kv/sweep" >> "$OUT/sweep_$integ.jsonl" 2>>"$OUT/steps.log"
+      sweep "/tmp/kv/sweep-$integ-${methods//,/_}" --integrations "$integ" --methods "$methods"
+      python3 benchmarks/results_table.py "/tmp/kv/sweep-$integ-${methods//,/_}" >> "$OUT/sweep_$integ.md" 2>>"$OUT/steps.log"
+      ;;
+    sweep-1gpu)
+      log "issue 17: all methods, staged, 42 frames, GPU 0 alone"
+      CUDA_VISIBLE_DEVICES=0 sweep /tmp/kv/sweep-1gpu --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
+      ;;
+    sweep-all)
+      log "issue 17: all methods, staged, 42 frames, every GPU ($(nvidia-smi -L | wc -l))"
+      sweep /tmp/kv/sweep-all --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
+      ;;
+    sweep-table)
+      done_dirs=()
+      for s in sweep-1gpu sweep-all; do
+        [ -f /tmp/kv/$s/manifest.json ] || continue
+        done_dirs+=(/tmp/kv/$s)
+        python3 benchmarks/results_table.py /tmp/kv/$s > "$OUT/$s.md" 2>>"$OUT/steps.log"
+        cp /tmp/kv/$s/manifest.json "$OUT/$s.manifest.json"
+      done
+      [ ${#done_dirs[@]} -gt 0 ] && python3 benchmarks/results_table.py --throughput "${done_dirs[@]}" > "$OUT/sweep_throughput.txt" 2>>"$OUT/steps.log"
       ;;
     render)
       log "issue 7: render"
       timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu /tmp/kv/host \
         --out /tmp/kv/report --skip-existing ${RENDER_ARGS:-} >> "$OUT/steps.log" 2>&1
-      ;;
-    held-before)
-      # Blocks an earlier trace of the process leaves allocated: held by the next trace as "live
-      # before tracing" (--keep-caches), or freed before it (the sweep's default).
-      log "held-before: two traces per process, caches released vs kept"
-      for mode in release keep; do
-        flag=; [ $mode = keep ] && flag=--keep-caches
-        timeout 200 python3 benchmarks/sweep.py --integration staged --methods rtn_int2,flowcache_prune_int2 $flag \
-          --out /tmp/kv/$mode > "$OUT/held_before_$mode.jsonl" 2>>"$OUT/steps.log"
-      done
-      python3 -c "
-import pathlib
-from kvprof.trace import load_trace
-for f in sorted(pathlib.Path('/tmp/kv').glob('*/*/meta.json')):
-    t = load_trace(f.parent); m = t.meta; a = t.allocations
-    lb = a[a['name'] == 'live before tracing']
-    print(f.parent.parent.name, f.parent.name, 'allocated_before', m.get('allocated_before_bytes'),
-          'held_before', m.get('held_before_bytes'), 'max_alloc', m.get('max_memory_allocated_bytes'),
-          'unregistered', len(lb), int(lb['bytes'].sum()), sorted(lb['bytes'].tolist())[:8], 'freed', int((lb['q_free'] != -1).sum()))
-" > "$OUT/held_before.txt" 2>>"$OUT/steps.log"
       ;;
     notes)
       # Each trace's meta notes and the other GPU processes NVML saw (confirms the "GPU shared" note).

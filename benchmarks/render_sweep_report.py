@@ -2,8 +2,8 @@
 
     python3 benchmarks/render_sweep_report.py traces/ [more/ ...] --out benchmarks/sweep-report [--results benchmarks/RESULTS.md]
 
-Reads every trace folder directly under each TRACES folder (those written by `kvprof trace` or
-benchmarks/sweep.py), keeps the GPU ones (meta tracker 'cuda-allocator-history'; --include-cpu
+Reads every trace folder directly under each TRACES folder (those written by `kvprof trace`; of a
+`kvprof sweep` folder, the trace of each finished cell), keeps the GPU ones (meta tracker 'cuda-allocator-history'; --include-cpu
 keeps all), and writes into --out:
   sweep.html            the comparison report, self-contained (scripts inlined, opens offline)
   sweep.md              the same as markdown tables
@@ -34,6 +34,7 @@ from kvprof.compare import compare_table, format_compare, open_trace  # noqa: E4
 from kvprof.diagnose import diagnose  # noqa: E402
 from kvprof.errors import UsageError  # noqa: E402
 from kvprof.report import comparison_chart, render_chart, trace_chart, write_report  # noqa: E402
+from kvprof.sweep.manifest import is_sweep, result_traces  # noqa: E402
 from kvprof.trace import list_traces  # noqa: E402
 
 GPU_TRACKER = "cuda-allocator-history"
@@ -41,7 +42,7 @@ GPU_TRACKER = "cuda-allocator-history"
 
 def select(roots: list[Path], include_cpu: bool, results: Path | None) -> list:
     """The traces to render, sorted by method then integration."""
-    folders = [f for root in roots if root.is_dir() for f in list_traces(root)]
+    folders = [f for root in roots if root.is_dir() for f in (result_traces(root) if is_sweep(root) else list_traces(root))]
     if results is not None:
         text = results.read_text()
         folders = [f for f in folders if f.name in text]

@@ -1,13 +1,16 @@
-"""Turn sweep JSON lines (benchmarks/sweep.py) into the markdown table of RESULTS.md.
+"""Turn sweeps (`kvprof sweep` folders, or the JSON lines of the former benchmarks/sweep.py) into
+the markdown table of RESULTS.md.
 
-rollout s is the rollout stage's wall time, trace s the whole trace (setup, rollout, writing the
-trace); * marks rows traced beside other sweep processes (`--lanes`), whose times include theirs.
+rollout s is the rollout stage's wall time, trace s the whole trace (its process: start-up, setup, rollout, writing the
+trace); * marks rows traced beside other traces on the same GPU (`--workers-per-gpu` > 1, formerly
+`--lanes`), whose times include theirs.
 peak is the allocator's own (`max_memory_allocated()`, which the trace's peak equals): sweep rows
 written before traces held the blocks live when tracking started have a smaller `peak_bytes` when
 an earlier trace of the same process left blocks allocated, and their reconciliation has the
 allocator's figure.
 
-    python3 benchmarks/results_table.py benchmarks/results/sweep_study_h100.jsonl [...]
+    python3 benchmarks/results_table.py SWEEP [benchmarks/results/sweep_study_h100.jsonl ...]
+    python3 benchmarks/results_table.py --throughput SWEEP [SWEEP ...]   # cells per hour of each sweep
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kvprof.sweep.manifest import MANIFEST_FILE, read_manifest  # noqa: E402
 from kvprof.units import fmt_bytes  # noqa: E402
 
 
@@ -29,13 +33,47 @@ def peak(r: dict) -> int:
     return int((r.get("reconciliation") or {}).get("max_memory_allocated_bytes") or r["peak_bytes"])
 
 
+def sweep_rows(folder: Path) -> list[dict]:
+    """The rows of a `kvprof sweep` folder, one per cell, from its manifest."""
+    m = read_manifest(folder)
+    lanes = (m.get("cluster") or {}).get("workers_per_gpu") or 1
+    out = []
+    for c in m["cells"]:
+        res = c.get("result") or {}
+        out.append({"method": c["method"], "integration": c["integration"], "status": c["status"],
+                    "peak_bytes": res.get("peak_bytes"), "peak_stage": res.get("peak_stage"), "kv": res.get("kv"),
+                    "rollout_s": res.get("rollout_s"), "process_s": c.get("seconds"),
+                    "reconciliation": res.get("reconciliation"), "lanes": lanes})
+    return out
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a sweep folder (or its manifest.json), or of a .jsonl file of the former sweep script."""
+    p = Path(path)
+    if p.name == MANIFEST_FILE:
+        p = p.parent
+    if p.is_dir():
+        return sweep_rows(p)
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def throughput(folder: Path) -> str:
+    """One line: cells finished per hour of the sweep's runs (all runs of a resumed sweep together)."""
+    m = read_manifest(folder)
+    done = sum(1 for c in m["cells"] if c["status"] in ("complete", "oom"))
+    seconds = sum(r.get("seconds") or 0 for r in m.get("runs", []))
+    c = m.get("cluster") or {}
+    rate = 3600 * done / seconds if seconds else float("nan")
+    return (f"{folder}: {done}/{len(m['cells'])} cells in {seconds:.0f} s over {len(m.get('runs', []))} run(s), "
+            f"{c.get('workers')} workers ({c.get('gpus')} GPU workers, {c.get('workers_per_gpu')} per GPU): {rate:.1f} cells/h")
+
+
 def rows(paths: list[str]) -> list[dict]:
     """Last complete row per (method, integration), in file order; a row traced alone on the GPU is
     not replaced by one traced beside other processes (bytes are exact in both, times only alone)."""
     best: dict[tuple[str, str], dict] = {}
     for p in paths:
-        for line in Path(p).read_text().splitlines():
-            r = json.loads(line)
+        for r in read_rows(p):
             key = (r["method"], r["integration"])
             old = best.get(key)
             keep_old = old is not None and (
@@ -67,6 +105,9 @@ def table(rs: list[dict], bf16_peak: int) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--throughput"]:
+        print("\n".join(throughput(Path(p)) for p in sys.argv[2:]))
+        sys.exit(0)
     rs = rows(sys.argv[1:])
     bf16 = next(peak(r) for r in rs if r["method"] == "bf16" and r.get("status") == "complete")
     print(table(rs, bf16))

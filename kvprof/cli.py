@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true")
     g.add_argument("--md", action="store_true")
 
+    from kvprof.sweep.command import add_arguments as add_sweep_arguments
+
+    add_sweep_arguments(sub.add_parser("sweep", help="trace a matrix of methods/shapes as Dask tasks (kvprof[sweep] extra)"), _param)
+
     e = sub.add_parser("export", help="perfetto JSON, csv/parquet tables, PyTorch allocator snapshot (GPU traces)")
     e.add_argument("trace", type=Path)
     e.add_argument("--format", required=True, choices=("perfetto", "csv", "parquet", "snapshot"))
@@ -215,8 +219,15 @@ def _cmd_tui(args: argparse.Namespace) -> int:
     from tracers.trace_io import META_FILE, TraceError, read_meta
     from tui.app import run_tui
 
+    from kvprof.sweep.manifest import cell_trace_paths, is_sweep, result_traces, sweep_trace_root
+
     paths: list[Path] = []
+    root = args.root
     for p in args.traces:
+        if is_sweep(p):  # following: every cell, each waited for until it starts; else the finished ones
+            paths.extend(cell_trace_paths(p) if args.follow else result_traces(p))
+            root = sweep_trace_root(p)
+            continue
         inner = list_traces(p) if p.is_dir() and not (p / META_FILE).exists() else []
         if inner:  # a folder of traces stands for its traces
             paths.extend(sorted(inner, key=lambda f: f.name))
@@ -229,7 +240,7 @@ def _cmd_tui(args: argparse.Namespace) -> int:
         except TraceError as exc:
             raise UsageError(f"{exc}; pass a folder written by 'kvprof trace' (see 'ls {args.root}/')") from None
         paths.append(p)
-    return run_tui(paths, follow=args.follow, root=args.root)
+    return run_tui(paths, follow=args.follow, root=root)
 
 
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -414,6 +425,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    try:
+        from kvprof.sweep.command import run
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError("kvprof sweep needs Dask: pip install 'kvprof[sweep]' (dask, distributed)") from None
+    return run(args)
+
+
 HANDLERS = {
     "trace": _cmd_trace,
     "methods": _cmd_methods,
@@ -423,6 +443,7 @@ HANDLERS = {
     "compare": _cmd_compare,
     "diagnose": _cmd_diagnose,
     "export": _cmd_export,
+    "sweep": _cmd_sweep,
 }
 
 

@@ -15,11 +15,12 @@ import pandas as pd
 from kvprof.analysis import find_peak, kv_bytes, logical_label, stage_times
 from kvprof.errors import UsageError
 from kvprof.hostprof import host_bound_share
+from kvprof.sweep.manifest import MANIFEST_FILE, is_sweep, result_traces
 from kvprof.trace import Trace, TraceError, list_traces, load_trace
 from kvprof.units import fmt_bytes, fmt_ms
 
 __all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_codes", "trace_label", "trace_row", "compare_table",
-           "format_compare", "TEXT_COLUMNS", "FORMATS", "LOSSLESS_METHODS"]
+           "shape_baselines", "format_compare", "TEXT_COLUMNS", "FORMATS", "LOSSLESS_METHODS"]
 
 # Stage kinds whose device time gets its own column in the text view (all kinds are in JSON/CSV).
 TEXT_STAGE_KINDS: tuple[str, ...] = ("denoise", "refresh", "kv_read", "kv_write", "attention", "decode")
@@ -47,13 +48,20 @@ def open_trace(path: str | Path | Trace) -> Trace:
 
 def expand_trace_paths(paths: Iterable[str | Path | Trace]) -> list[str | Path | Trace]:
     """A folder that is not a trace but holds traces (e.g. `traces/`) stands for those traces,
-    by name; everything else is kept as given."""
+    by name; a sweep folder (`kvprof sweep`) for its cells' traces, in matrix order; everything
+    else is kept as given."""
     out: list[str | Path | Trace] = []
     for p in paths:
         if isinstance(p, Trace):
             out.append(p)
             continue
         folder = Path(p)
+        if is_sweep(folder):  # a sweep stands for the trace of each cell that finished (torn attempts left out)
+            found = result_traces(folder)
+            if not found:
+                raise UsageError(f"{folder}: a sweep with no finished cell yet; see {folder / MANIFEST_FILE}")
+            out.extend(found)
+            continue
         inner = sorted(list_traces(folder), key=lambda f: f.name) if folder.is_dir() and not (folder / "meta.json").exists() else []
         out.extend(inner if inner else [p])
     return out
@@ -166,7 +174,8 @@ def compare_table(
 ) -> pd.DataFrame:
     """One row per trace. `sort` names any column (prefix '-' for descending). With a
     `baseline` trace, adds peak_delta_bytes, peak_vs_baseline (ratio), resident_kv_delta_bytes
-    and wall_delta_s, each the row's value minus (or over) the baseline's."""
+    and wall_delta_s, each the row's value minus (or over) the baseline's. Given a sweep folder
+    and no baseline, each row's baseline is the bf16 trace of its own shape (`shape_baselines`)."""
     loaded = open_traces(traces)
     rows = [trace_row(t) for t in loaded]
     df = pd.DataFrame(rows)
@@ -175,18 +184,21 @@ def compare_table(
     q_cols = sorted(c for c in df.columns if c.startswith("quality_"))
     base_cols = [c for c in df.columns if not c.startswith(("ms_", "host_ms_", "quality_"))]
     df = df[base_cols + ms_cols + host_cols + q_cols]
-    if baseline is not None:
-        b = trace_row(open_trace(baseline))
+    sweep = any(not isinstance(p, Trace) and is_sweep(p) for p in traces)
+    if baseline is not None or sweep:
+        bases = [trace_row(open_trace(baseline))] * len(df) if baseline is not None else shape_baselines(loaded, rows)
+
+        def base(col: str) -> pd.Series:
+            return pd.to_numeric(pd.Series([b.get(col) if b else None for b in bases], index=df.index, dtype="object"),
+                                 errors="coerce").astype("float64")
 
         def diff(col: str) -> pd.Series:
-            if b.get(col) is None:
-                return pd.Series([None] * len(df), index=df.index, dtype="float64")
-            return pd.to_numeric(df[col], errors="coerce") - b[col]
+            return pd.to_numeric(df[col], errors="coerce") - base(col)
 
-        df["baseline"] = b["trace"]
-        df["peak_delta_bytes"] = diff("peak_bytes").astype("Int64")
-        df["peak_vs_baseline"] = pd.to_numeric(df["peak_bytes"], errors="coerce") / b["peak_bytes"] if b.get("peak_bytes") else None
-        df["resident_kv_delta_bytes"] = diff("resident_kv_bytes").astype("Int64")
+        df["baseline"] = [b["trace"] if b else None for b in bases]
+        df["peak_delta_bytes"] = diff("peak_bytes").round().astype("Int64")
+        df["peak_vs_baseline"] = pd.to_numeric(df["peak_bytes"], errors="coerce") / base("peak_bytes").replace(0, float("nan"))
+        df["resident_kv_delta_bytes"] = diff("resident_kv_bytes").round().astype("Int64")
         df["wall_delta_s"] = diff("wall_s")
     for col in ("peak_bytes", "logical_kv_bytes", "stored_kv_bytes", "resident_kv_bytes"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
@@ -211,6 +223,24 @@ def sort_column(name: str, columns: Sequence[str]) -> str | None:
     by_name = {c.lower(): c for c in columns}
     key = name.strip().lower()
     return by_name.get(key) or by_title.get(key)
+
+
+def shape_baselines(traces: Sequence[Trace], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """For each trace, the row of the complete bf16 trace among `traces` of the same config,
+    rollout and device type (the same integration preferred), or None where there is none."""
+    from kvprof.diagnose import _rollout_key  # diagnose imports this module
+
+    def shape(t: Trace) -> str:
+        env = (t.meta.get("environment") or {}).get("device_type")
+        return json.dumps([t.meta.get("config"), _rollout_key(t.meta), env], sort_keys=True, default=str)
+
+    bf16 = [(t, r) for t, r in zip(traces, rows) if t.meta.get("method") == "bf16" and t.status == "complete"]
+    out: list[dict[str, Any] | None] = []
+    for t in traces:
+        same = [(bt, br) for bt, br in bf16 if shape(bt) == shape(t)]
+        same.sort(key=lambda tr: tr[0].meta.get("integration") != t.meta.get("integration"))
+        out.append(same[0][1] if same else None)
+    return out
 
 
 def format_cell(col: str, value: Any) -> str:

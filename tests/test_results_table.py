@@ -47,3 +47,25 @@ def test_peak_is_the_allocators_where_the_row_has_it():
     assert mod.peak(_row("bf16", 1000)) == 1000  # rows without a reconciliation keep their own peak
     text = mod.table([_row("bf16", 1000 + 33 * 2**20), later], bf16_peak=1000 + 33 * 2**20)
     assert "| reference (+0.0%) |" in text.splitlines()[2] and "| below (+0.0%) |" in text.splitlines()[3]
+
+
+def test_rows_come_from_a_kvprof_sweep_folder_too(tmp_path):
+    from kvprof.sweep import manifest as mf
+
+    cells = [{"id": "bf16-study-42f-s0", "method": "bf16", "integration": "study"},
+             {"id": "prq-study-42f-s0", "method": "prq", "integration": "study"}]
+    m = mf.new_manifest({}, cells, ["kvprof"])
+    m["cluster"] = {"workers_per_gpu": 2, "workers": 4, "gpus": 4}
+    m["runs"] = [{"seconds": 1800}]
+    res = _row("bf16", 100)
+    m["cells"][0].update(status="complete", seconds=40.0, result={k: res[k] for k in ("peak_bytes", "peak_stage", "kv", "rollout_s")})
+    m["cells"][1].update(status="oom")
+    (tmp_path / "sw").mkdir()
+    mf.write_manifest(tmp_path / "sw", m)
+    mod = _script()
+    rs = mod.rows([str(tmp_path / "sw")])
+    assert [(r["method"], r["status"], r["lanes"]) for r in rs] == [("bf16", "complete", 2), ("prq", "oom", 2)]
+    lines = mod.table(rs, bf16_peak=100).splitlines()
+    assert lines[2].endswith("| 20.0 * | 40 * |") and lines[3].startswith("| prq | study | oom |")
+    assert mod.rows([str(tmp_path / "sw" / "manifest.json")]) == rs
+    assert mod.throughput(tmp_path / "sw").endswith("2/2 cells in 1800 s over 1 run(s), 4 workers (4 GPU workers, 2 per GPU): 4.0 cells/h")  # oom is done
