@@ -432,7 +432,10 @@ class TraceRun:
                 summary["oom"] = oom
                 self.session.meta["oom"] = oom
                 write_json_atomic(self.path / META_FILE, self.session.meta)
-        write_json_atomic(self.path / SUMMARY_FILE, summary)
+        try:
+            write_json_atomic(self.path / SUMMARY_FILE, summary)
+        except OSError as exc:  # a full disk: the summary is still returned, and computed again on load
+            summary["notes"] = [*summary["notes"], f"summary.json not written ({exc.strerror or exc})"]
         return summary
 
     def _expandable_for_budget(self) -> None:

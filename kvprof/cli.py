@@ -168,6 +168,10 @@ def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:
     if outcome.status == "oom":
         print(oom_explanation(outcome.path, outcome.summary.get("oom") or {}), file=sys.stderr)
         return EXIT_OOM
+    if outcome.status == "failed":  # a failure that is no exception of the body: the folder could not be written
+        meta_error = _failure_reason(outcome.path)
+        print(f"kvprof: error: {meta_error}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     if outcome.status == "interrupted":
         failure = outcome.summary.get("failure") or {}
         where = f" in {failure['stage']}" if failure.get("stage") else ""
@@ -175,6 +179,16 @@ def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _failure_reason(folder: Path) -> str:
+    from tracers.trace_io import META_FILE
+
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return str(meta.get("write_error") or meta.get("error") or f"the run failed; see {folder / META_FILE}")
 
 
 def oom_explanation(path: Path, oom: dict[str, Any], top: int = 3) -> str:
@@ -407,7 +421,7 @@ HANDLERS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kvprof` console script."""
-    from tracers.trace_io import TraceError
+    from tracers.trace_io import TraceError, TraceWriteError
 
     parser = build_parser()
     try:
@@ -419,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, TraceError) as exc:  # TraceError: a trace folder read outside the commands' own checks
         print(f"kvprof: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except TraceWriteError as exc:  # a full disk: the trace closed as failed, saying why
+        print(f"kvprof: error: {exc.strerror}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt:  # outside a traced run (a traced run turns Ctrl-C into an interrupted trace)
         print("kvprof: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

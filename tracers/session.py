@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -26,9 +27,10 @@ from tracers.trace_io import (
     STATUSES,
     NO_FREE,
     EventLog,
+    TraceWriteError,
     tables_from_records,
+    write_closed_trace,
     write_json_atomic,
-    write_tables,
 )
 
 
@@ -114,6 +116,7 @@ class TraceSession:
             started_unix_ns=self._t0_unix_ns,
             tracker=self.tracker_kind,
             pid=os.getpid(),
+            host=socket.gethostname(),  # with pid: readers tell a killed writer from a running one
         )
         write_json_atomic(self.folder / META_FILE, self.meta)
         self._log = EventLog(self.folder / EVENTS_FILE)
@@ -215,9 +218,8 @@ class TraceSession:
         tables = tables_from_records(self._log.records, self._log.alloc_columns)
         if self._cuda is not None:
             self._note_blocks_from_before(tables["allocations"])
-        write_tables(self.folder, tables)
-        write_json_atomic(self.folder / META_FILE, self.meta)
-        (self.folder / EVENTS_FILE).unlink(missing_ok=True)
+        write_closed_trace(self.folder, self._log, tables, self.meta)  # a full disk: status failed, said in meta
+        self.status = self.meta["status"]
 
     # ----------------------------------------------------------------- clocks and order
     def _now(self) -> int:
@@ -499,6 +501,8 @@ class TraceSession:
             self.tracer_seconds += time.perf_counter() - t
         if self._log is not None:
             self._log.flush()
+            if self._log.error is not None:  # a full disk: stop the run, the trace closes as failed
+                raise TraceWriteError(self.folder, self._log.unwritten_bytes, self._log.error)
 
     def record_kv_bytes(self, chunk: int, logical: int, stored: int, resident: int) -> None:
         """KV byte accounting of the cache after a chunk."""

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -44,11 +45,48 @@ class TraceError(ValueError):
     """A trace folder that cannot be read; the message names the file and what is wrong."""
 
 
+class TraceWriteError(OSError):
+    """The trace folder could not be written (a full disk): names the folder and the bytes not written."""
+
+    def __init__(self, folder: Path, unwritten_bytes: int, cause: OSError):
+        self.folder = Path(folder)
+        self.unwritten_bytes = unwritten_bytes
+        self.cause = cause
+        try:
+            free = f"{shutil.disk_usage(self.folder).free:,} B free there"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(cause.errno, f"cannot write the trace folder {self.folder}: {cause.strerror or cause} "
+                                      f"(at least {unwritten_bytes:,} B more were needed, {free}); free some space "
+                                      "or pick another --out")
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` on a temporary file beside `path`, then rename it onto `path`; on any
+    failure the temporary file is removed and `path` is left as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON through a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json_in_place(path: Path, data: dict[str, Any]) -> None:
+    """Overwrite a small JSON file where a full disk leaves no room for a temporary copy: the old
+    file's blocks are released by the truncation first (used for the final meta of a failed write)."""
+    try:
+        write_json_atomic(path, data)
+    except OSError:
+        with open(path, "w") as fh:
+            fh.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 class EventLog:
@@ -67,6 +105,23 @@ class EventLog:
         # While True, records are kept for the tables but not written as lines: used for the final
         # replay of the CUDA allocator history, which nobody follows and which Parquet will hold.
         self.memory_only = False
+        # The first failed write (a full disk): later lines are kept in memory only and counted, so
+        # the error can say how many bytes the folder still needed.
+        self.error: OSError | None = None
+        self._line_bytes = 0  # every line handed to the file (JSON is ASCII: characters are bytes)
+
+    @property
+    def unwritten_bytes(self) -> int:
+        """Bytes of lines that did not reach the disk (after a failed write)."""
+        try:
+            on_disk = self.path.stat().st_size
+        except OSError:
+            on_disk = 0
+        return max(0, self._line_bytes - on_disk)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (a whole line)."""
@@ -75,11 +130,17 @@ class EventLog:
             if self._file is None or self.memory_only:
                 return
             line = json.dumps(record, separators=(",", ":")) + "\n"
-            self._file.write(line)
-            now = time.monotonic()
-            if now - self._last_flush > self._flush_interval_s:
-                self._file.flush()
-                self._last_flush = now
+            self._line_bytes += len(line)
+            if self.error is not None:
+                return
+            try:
+                self._file.write(line)
+                now = time.monotonic()
+                if now - self._last_flush > self._flush_interval_s:
+                    self._file.flush()
+                    self._last_flush = now
+            except OSError as exc:
+                self._failed(exc)
 
     def add_allocations(self, columns: dict[str, list[Any]]) -> None:
         """Keep a batch of allocation rows (the allocations table's columns) for the tables at close."""
@@ -87,17 +148,27 @@ class EventLog:
             self.alloc_columns.append(columns)
 
     def flush(self) -> None:
-        """Make everything written so far visible to followers."""
+        """Make everything written so far visible to followers (a failed write is kept in `error`)."""
         with self._lock:
-            if self._file is not None:
-                self._file.flush()
+            if self._file is not None and self.error is None:
+                try:
+                    self._file.flush()
+                except OSError as exc:
+                    self._failed(exc)
 
     def close(self) -> None:
         """Flush and close the file; later writes are kept in memory only."""
         with self._lock:
             if self._file is not None:
-                self._file.flush()
-                self._file.close()
+                try:
+                    if self.error is None:
+                        self._file.flush()
+                except OSError as exc:
+                    self._failed(exc)
+                try:
+                    self._file.close()
+                except OSError as exc:  # the buffer it could not write
+                    self._failed(exc)
                 self._file = None
 
 
@@ -291,11 +362,39 @@ def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.
 
 
 def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Write each table as `<name>.parquet` atomically."""
-    for name, df in tables.items():
-        tmp = folder / f"{name}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, folder / f"{name}.parquet")
+    """Write each table as `<name>.parquet` atomically; on a failure (a full disk) the tables of
+    this call are removed again, so the event log stays the trace's one source."""
+    written: list[Path] = []
+    try:
+        for name, df in tables.items():
+            path = folder / f"{name}.parquet"
+            write_atomic(path, lambda tmp, df=df: df.to_parquet(tmp, index=False))
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def write_closed_trace(folder: Path, log: EventLog, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
+    """Write the closed trace: Parquet tables, final meta, then remove the event log. When the event
+    log or a table could not be written (a full disk), meta says status `failed` with the reason,
+    no temporary file is left and the event log stays the trace (readable up to its last whole
+    record); `meta["write_error"]` then holds the one-line message for the user."""
+    error: OSError | None = log.error
+    unwritten = log.unwritten_bytes if error is not None else 0
+    if error is None:
+        try:
+            write_tables(folder, tables)
+        except OSError as exc:
+            error, unwritten = exc, int(sum(df.memory_usage(deep=False).sum() for df in tables.values()))
+    if error is None:
+        write_json_atomic(folder / META_FILE, meta)
+        (folder / EVENTS_FILE).unlink(missing_ok=True)
+        return
+    failure = TraceWriteError(folder, unwritten, error)
+    meta.update(status="failed", error=f"TraceWriteError: {failure.strerror}", write_error=failure.strerror)
+    write_json_in_place(folder / META_FILE, meta)
 
 
 @dataclass
@@ -313,7 +412,8 @@ class RawTrace:
 # Fields of meta.json that readers use, and their JSON types (a missing field or null is allowed).
 META_FIELDS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("run_id", "method", "integration", "codes", "error", "checkpoint", "tracker", "source",
-                     "interrupted_stage", "failed_stage", "interrupted_by", "allocator_settings"), (str,)),
+                     "interrupted_stage", "failed_stage", "interrupted_by", "allocator_settings", "host",
+                     "write_error"), (str,)),
     **dict.fromkeys(("config", "rollout", "environment", "method_params", "oom", "host_activity", "host_profile",
                      "allocator_layout"),
                     (dict,)),
