@@ -219,6 +219,14 @@ class InterruptGuard:
                                                                ctypes.py_object(KeyboardInterrupt))
 
 
+def _hold_close_for_tests() -> None:
+    """For tests of a second interrupt: with $KVPROF_TEST_HOLD_CLOSE set, closing writes that file and waits."""
+    marker = os.environ.get("KVPROF_TEST_HOLD_CLOSE")
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+        select.select([], [], [], 60)  # the second signal exits the process from its handler
+
+
 # --------------------------------------------------------------------------- the failure instant
 def _failure_q(trace: Trace, exc: BaseException | None, failure_stage: str | None) -> int | None:
     """Order key `q` of the last event before the run failed (None for a trace without events).
@@ -398,6 +406,7 @@ class TraceRun:
         """Close the trace with the status `error` implies, write summary.json; returns the summary."""
         s = self.session
         if s.status == "running":
+            _hold_close_for_tests()
             self.error = error
             where = s.failure_stage or s.stage_path() or None
             if error is None:

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from kvprof.trace import Trace, load_trace
+from tracers.liveness import shown_status
 from tracers.trace_io import (
     EVENTS_FILE,
     META_FILE,
@@ -239,7 +240,7 @@ class TraceFollower:
     # ------------------------------------------------------------------ results
     @property
     def state(self) -> FollowState:
-        status = None if self.meta is None else str(self.meta.get("status"))
+        status = None if self.meta is None else shown_status(self.meta)  # `killed`: the writer is gone
         records = self._folder.records if self._closed is None else 0
         return FollowState(self.phase, status, records, self.torn_tail, self.last_event_unix)
 

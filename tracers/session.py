@@ -20,18 +20,8 @@ from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
 from tracers.sampler import DeviceSampler
 from tracers.timing import StageTimer
-from tracers.trace_io import (
-    EVENTS_FILE,
-    META_FILE,
-    SCHEMA_VERSION,
-    STATUSES,
-    NO_FREE,
-    EventLog,
-    TraceWriteError,
-    tables_from_records,
-    write_closed_trace,
-    write_json_atomic,
-)
+from tracers.trace_io import (EVENTS_FILE, META_FILE, NO_FREE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
+                               tables_from_records, write_closed_trace, write_json_atomic)
 
 
 class SimulatedOOM(torch.OutOfMemoryError):
@@ -39,10 +29,8 @@ class SimulatedOOM(torch.OutOfMemoryError):
 
     def __init__(self, requested: int, live: int, budget: int):
         self.requested, self.live, self.budget = requested, live, budget
-        super().__init__(
-            f"kvprof budget exceeded: tried to allocate {requested} bytes with {live} bytes live "
-            f"(budget {budget} bytes)"
-        )
+        super().__init__(f"kvprof budget exceeded: tried to allocate {requested} bytes with {live} bytes live "
+                         f"(budget {budget} bytes)")
 
 
 class TraceSession:
