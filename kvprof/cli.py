@@ -154,9 +154,10 @@ def _trace_with_tui(req: Any) -> Any:
 
     _, cfg, spec, method_cls, _, _ = resolve(req)  # bad input: one clear error before the TUI opens
     check_inputs(req, cfg)
-    req.run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec)
     req.live = True  # the TUI follows the trace: drain GPU allocations at every chunk
-    folder = check_output(req.out, req.run_id)
+    folder = check_output(req.out, req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec),
+                          claim=req.run_id is None)
+    req.run_id = folder.name
     return run_live(folder, lambda: run_trace(req))
 
 

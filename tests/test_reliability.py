@@ -84,3 +84,67 @@ def test_disk_full_while_writing_the_tables_leaves_no_temporary_file(
     assert not list(folder.glob("*.parquet"))  # the event log stays the one source
     trace = load_trace(folder)
     assert trace.status == "failed" and trace.raw.live and len(trace.allocations) > 0
+
+
+# ---------------------------------------------------------------------- 3, 14, "Also": refused input
+@pytest.mark.parametrize("args, words", [
+    (["--method", "flowcache_hybrid_int2", "--param", "budget_first=1e400"], "'budget_first'"),
+    (["--method", "flowcache_hybrid_int2", "--param", "budget_first=1e300"], "'budget_first'"),
+    (["--method", "qaq_int4", "--param", "outlier_sigma=inf"], "'outlier_sigma'"),
+    (["--method", "qaq_int4", "--param", "outlier_sigma=nan"], "'outlier_sigma'"),
+    (["--method", "flowcache_native", "--param", "reuse_threshold=inf"], "'reuse_threshold'"),
+    (["--method", "spatial_mixed_fg_rtn_int4_bg_rtn_int2", "--param", "score_threshold=inf"], "'score_threshold'"),
+    (["--method", "spatial_mixed_fg_rtn_int4_bg_rtn_int2", "--param", "min_share=0.9", "--param", "max_share=0.5"],
+     "min_share 0.9 is above max_share 0.5"),
+    (["--seed", "99999999999999999999999"], "--seed"),
+    (["--run-id", "x" * 300], "--run-id: 300 characters"),
+    (["--run-id", "a\nb"], "control character"),
+    (["--native"], "add --host-profile"),
+    (["--free-cache-before-decode"], "--no-decode"),  # TINY has --no-decode
+])
+def test_bad_values_are_refused_before_any_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 args: list[str], words: str) -> None:
+    out = tmp_path / "out"
+    assert main([*TINY, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvprof: error: ") and words in err and "Traceback" not in err, err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_an_impossible_allocation_is_an_oom_with_its_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvprof.cli import EXIT_OOM
+
+    assert main([*TINY, "--frames", "300000000", "--out", str(tmp_path), "--run-id", "big"]) == EXIT_OOM
+    err = capsys.readouterr().err
+    assert "kvprof: out of memory in setup" in err and "asked for 1716.61 GiB" in err and "Traceback" not in err
+    trace = load_trace(tmp_path / "big")
+    assert trace.status == "oom" and trace.meta["oom"]["requested_bytes"] == 1_843_200_000_000
+
+
+def test_a_bad_vae_file_is_refused_before_the_trace_folder_is_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvprof.vae import build_vae
+
+    vae = tmp_path / "vae"
+    build_vae("tiny").save_pretrained(vae)
+    weights = vae / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out = tmp_path / "out"
+    assert main(["trace", "--frames", "3", "--quiet", "--vae", str(vae), "--out", str(out), "--run-id", "v"]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: not a readable safetensors file" in err
+    assert not (out / "v").exists()
+
+
+# ---------------------------------------------------------------------- 10: default run ids
+def test_two_runs_with_the_same_default_run_id_both_get_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from kvprof import runner
+
+    monkeypatch.setattr(runner, "default_run_id", lambda *a: "same-second")
+    assert main([*TINY, "--out", str(tmp_path)]) == 0
+    assert main([*TINY, "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same-second", "same-second-2"]
+    assert load_trace(tmp_path / "same-second-2").meta["run_id"] == "same-second-2"
+    # an explicit id is the user's choice: taken, it is refused
+    assert main([*TINY, "--out", str(tmp_path), "--run-id", "same-second"]) == 2
+    assert "a trace with this run id exists" in capsys.readouterr().err
