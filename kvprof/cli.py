@@ -239,40 +239,41 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
     """The human summary of a trace: peak (when, what), KV bytes, time per stage, reconciliation."""
     from rich.console import Console
+    from rich.markup import escape as esc  # paths, stage and category names are the user's: never markup
     from rich.table import Table
 
     con = Console()
     peak = summary.get("peak")
-    con.print(f"[bold]trace[/bold] {path}  status [bold]{summary.get('status')}[/bold]")
+    con.print(f"[bold]trace[/bold] {esc(str(path))}  status [bold]{esc(str(summary.get('status')))}[/bold]")
     if not peak:
         con.print("no allocations recorded")
         return
-    con.print(f"[bold]peak[/bold] {fmt_bytes(peak['bytes'])} ({peak['bytes']:,} B) during [cyan]{peak['stage']}[/cyan]")
+    con.print(f"[bold]peak[/bold] {fmt_bytes(peak['bytes'])} ({peak['bytes']:,} B) during [cyan]{esc(peak['stage'])}[/cyan]")
     cats = Table(title="live at the peak, by category", show_edge=False)
     cats.add_column("category")
     cats.add_column("bytes", justify="right")
     cats.add_column("share", justify="right")
     for cat, n in sorted(peak["by_category"].items(), key=lambda kv: -kv[1]):
-        cats.add_row(cat, fmt_bytes(n), f"{100 * n / peak['bytes']:.1f}%")
+        cats.add_row(esc(cat), fmt_bytes(n), f"{100 * n / peak['bytes']:.1f}%" if peak["bytes"] else "-")
     con.print(cats)
     stages = Table(title="live at the peak, by stage of origin", show_edge=False)
     stages.add_column("stage (kind path)")
     stages.add_column("bytes", justify="right")
     for st, n in list(peak["by_stage"].items())[:10]:
-        stages.add_row(st, fmt_bytes(n))
+        stages.add_row(esc(st), fmt_bytes(n))
     con.print(stages)
     kv = summary.get("kv")
     if kv:
         con.print(
             f"[bold]KV[/bold] logical {fmt_bytes(kv['logical_bytes'])} · stored {fmt_bytes(kv['stored_bytes'])} · "
-            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {kv['ratio_stored']:.2f}x, "
-            f"logical/resident {kv['ratio_resident']:.2f}x"
+            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {_ratio(kv.get('ratio_stored'))}, "
+            f"logical/resident {_ratio(kv.get('ratio_resident'))}"
         )
     times = Table(title="time per stage kind", show_edge=False)
     for col in ("stage", "count", "host ms", "device ms"):
         times.add_column(col, justify="right" if col != "stage" else "left")
     for row in summary.get("stage_times", [])[:12]:
-        times.add_row(str(row["stage"]), str(row["count"]), f"{row['host_ms']:.1f}", f"{row['device_ms']:.1f}")
+        times.add_row(esc(str(row["stage"])), str(row["count"]), f"{row['host_ms']:.1f}", f"{row['device_ms']:.1f}")
     con.print(times)
     rec = summary.get("reconciliation", {})
     if "peak_gap_bytes" in rec:
@@ -289,7 +290,7 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
                       f"{bs.get('snapshot_mismatches', 0):,} snapshot mismatches")
     else:
         unattr = peak["by_category"].get("unattributed", 0)
-        con.print(f"[bold]reconciliation[/bold] {rec.get('note', '')}; unattributed at peak {fmt_bytes(unattr)}")
+        con.print(f"[bold]reconciliation[/bold] {esc(str(rec.get('note', '')))}; unattributed at peak {fmt_bytes(unattr)}")
     if summary.get("host_profile"):
         from kvprof.hostprof import host_summary_lines
 
@@ -298,10 +299,17 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
     quality = summary.get("quality")
     if isinstance(quality, dict):
         shown = {k: quality[k] for k in ("latent_drift", "attention_drift", "psnr_db", "ssim", "lpips", "flicker") if k in quality}
-        con.print("[bold]quality vs bf16[/bold] " + " · ".join(
-            f"{k} {v.get('missing', v) if isinstance(v, dict) else v}" for k, v in shown.items()), markup=True)
+        text = " · ".join(f"{k} {v.get('missing', v) if isinstance(v, dict) else v}" for k, v in shown.items())
+        if "missing" in quality:  # no metric at all: say why (e.g. an unreadable reference, named)
+            text = f"missing: {quality['missing']}"
+        con.print("[bold]quality vs bf16[/bold] " + esc(text))
     for note in summary.get("notes", []):
-        con.print(f"[dim]{note}[/dim]")
+        con.print(f"[dim]{esc(str(note))}[/dim]")
+
+
+def _ratio(value: Any) -> str:
+    """A compression ratio, or "-" where there is none (no stored bytes: nothing to divide by)."""
+    return f"{value:.2f}x" if isinstance(value, (int, float)) and value > 0 else "-"
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:

@@ -148,3 +148,86 @@ def test_two_runs_with_the_same_default_run_id_both_get_a_folder(tmp_path: Path,
     # an explicit id is the user's choice: taken, it is refused
     assert main([*TINY, "--out", str(tmp_path), "--run-id", "same-second"]) == 2
     assert "a trace with this run id exists" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- 4: a bad quality reference
+def test_an_unreadable_quality_reference_is_missing_quality_and_the_summary_is_printed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    quick = ["trace", "--frames", "3", "--no-decode", "--quality", "--quiet", "--out", str(tmp_path)]
+    assert main([*quick, "--method", "bf16", "--run-id", "ref"]) == 0
+    latents = tmp_path / "ref" / "quality" / "latents.pt"
+    latents.write_bytes(latents.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    assert main([*quick, "--method", "rtn_int4", "--run-id", "cand"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "status complete" in out and "peak" in out
+    flat = "".join(out.split())  # wrapped at the terminal width
+    assert "".join(f"quality vs bf16 missing: the bf16 reference {latents}: unreadable saved output".split()) in flat
+    summary = json.loads((tmp_path / "cand" / "summary.json").read_text())
+    assert str(latents) in summary["quality"]["missing"]
+
+
+# ---------------------------------------------------------------------- 5: Rich markup in user strings
+def test_markup_in_paths_and_stage_names_is_printed_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from kvprof import api
+
+    out = tmp_path / "x["
+    assert main([*TINY, "--out", str(out), "--run-id", "b]"]) == 0
+    assert f"trace {out / 'b]'} status complete" in " ".join(capsys.readouterr().out.split())
+    with api.trace(tmp_path / "staged", device="cpu") as t:
+        with t.stage("step[/i]", 0), t.stage("[bold]inner"):
+            x = torch.ones(1024)
+        del x
+    assert main(["summary", str(tmp_path / "staged")]) == 0
+    text = capsys.readouterr().out
+    assert "step[/i][0]/[bold]inner" in text and "step[/i]/[bold]inner" in text
+
+
+# ---------------------------------------------------------------------- 7: summary.json checked on load
+def _closed_trace(tmp_path: Path) -> Path:
+    from kvprof import api
+    import torch
+
+    with api.trace(tmp_path / "t", device="cpu") as t:
+        with t.stage("work"):
+            x = torch.ones(256)
+        t.record_kv_bytes(0, 0, 0, 0)
+        del x
+    return tmp_path / "t"
+
+
+def test_a_zero_kv_ratio_is_shown_as_a_dash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _closed_trace(tmp_path)
+    assert main(["summary", str(folder)]) == 0
+    assert "ratio logical/stored -, logical/resident -" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda s: s["peak"].update(bytes=10**30), "peak.bytes"),
+    (lambda s: s.update(kv="x"), "kv"),
+    (lambda s: s.update(reconciliation=[1]), "reconciliation"),
+    (lambda s: s["peak"]["by_category"].update(weights="many"), "peak.by_category"),
+    (lambda s: s.update(stage_times={"a": 1}), "stage_times"),
+])
+def test_a_damaged_summary_is_named_on_load(tmp_path: Path, capsys: pytest.CaptureFixture[str], change, field: str) -> None:
+    folder = _closed_trace(tmp_path)
+    path = folder / "summary.json"
+    summary = json.loads(path.read_text())
+    change(summary)
+    path.write_text(json.dumps(summary))
+    for cmd in (["summary", str(folder)], ["compare", str(folder)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"field {field!r}" in err and str(path) in err and "Traceback" not in err, err
+
+
+def test_a_zero_peak_prints_without_dividing_by_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _closed_trace(tmp_path)
+    path = folder / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["peak"]["bytes"] = 0
+    path.write_text(json.dumps(summary))
+    assert main(["summary", str(folder)]) == 0
+    assert "peak 0 B" in capsys.readouterr().out

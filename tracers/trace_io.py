@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from tracers.summary_schema import check_summary  # noqa: F401 (re-exported)
 from tracers.atomic import TraceWriteError, write_atomic, write_json_atomic, write_json_in_place  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = "1.0"
@@ -413,21 +414,6 @@ def read_meta(folder: Path) -> dict[str, Any]:
             names = " or ".join(_JSON_NAMES[t] for t in types)
             raise TraceError(f"{meta_path}: field {key!r} should be {names}, not {type(value).__name__} (damaged trace)")
     return meta
-
-
-def check_summary(summary: Any, path: Path) -> None:
-    """summary.json holds an object whose peak (when present) has the fields readers use."""
-    if not isinstance(summary, dict):
-        raise TraceError(f"{path}: expected a JSON object (damaged summary; remove it and the numbers are recomputed from the tables)")
-    peak = summary.get("peak")
-    if peak is None:
-        return
-    ok = isinstance(peak, dict) and all(
-        isinstance(peak.get(k), t) and not isinstance(peak.get(k), bool)
-        for k, t in (("bytes", int), ("stage", str), ("t_ns", (int, float)))
-    ) and all(isinstance(peak.get(k, {}), dict) for k in ("by_category", "by_stage", "by_pass"))
-    if not ok:
-        raise TraceError(f"{path}: field 'peak' lacks bytes, stage or t_ns, or has them of the wrong type (damaged summary)")
 
 
 def read_raw_trace(folder: str | Path) -> RawTrace:
