@@ -375,8 +375,6 @@ def _cannot_write(flag: str, path: Path, exc: OSError) -> UsageError:
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvprof.report import write_report
 
-    if not args.scale > 0:
-        raise UsageError(f"--scale {args.scale}: must be positive (1 = natural size)")
     if args.out.is_dir():
         raise UsageError(f"-o {args.out}: is a folder; name the report file, e.g. -o {args.out / 'report.html'}")
     try:

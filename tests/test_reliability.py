@@ -231,3 +231,107 @@ def test_a_zero_peak_prints_without_dividing_by_it(tmp_path: Path, capsys: pytes
     path.write_text(json.dumps(summary))
     assert main(["summary", str(folder)]) == 0
     assert "peak 0 B" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- 8, 9, 11, 12, 13, 15: damaged traces, outputs
+@pytest.fixture
+def tiny_copy(trace_factory, tmp_path: Path) -> Path:
+    """A private copy of a closed tiny trace, free to damage."""
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(trace_factory(method="bf16", frames=3), dst)
+    return dst
+
+
+def test_allocations_freed_before_made_are_named_and_skipped(tiny_copy: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_copy / "allocations.parquet"
+    a = pd.read_parquet(path)
+    freed = a.index[a["q_free"] != -1][:2]
+    a.loc[freed, "q_free"] = a.loc[freed, "q_alloc"] - 1
+    a.to_parquet(path, index=False)
+    assert main(["report", str(tiny_copy), "-o", str(tmp_path / "r.md")]) == 0
+    err = capsys.readouterr().err
+    ids = ", ".join(str(i) for i in a.loc[freed, "id"])
+    assert f"skipped 2 damaged allocation row(s) freed before made (q_free < q_alloc): id {ids}" in err, err
+    assert len(load_trace(tiny_copy).allocations) == len(a) - 2
+
+
+def test_export_refuses_to_write_into_a_trace_folder(tiny_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = {p.name: p.read_bytes() for p in tiny_copy.iterdir()}
+    assert main(["export", str(tiny_copy), "--format", "parquet", "-o", str(tiny_copy)]) == 2
+    assert main(["export", str(tiny_copy), "--format", "perfetto", "-o", str(tiny_copy / "p.json")]) == 2
+    assert "is a trace folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tiny_copy.iterdir()} == before
+
+
+@pytest.mark.parametrize("scale", ["inf", "nan", "1000000", "0", "-1"])
+def test_report_scale_is_bounded(tiny_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], scale: str) -> None:
+    assert main(["report", str(tiny_copy), "-o", str(tmp_path / "r.png"), "--scale", scale]) == 2
+    assert "--scale" in capsys.readouterr().err and not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("cmd", [["report", "-o", "r.md"], ["export", "--format", "csv", "-o", "csv"],
+                                 ["export", "--format", "perfetto", "-o", "p.json"]])
+def test_report_and_export_on_a_full_disk_leave_no_half_file(tiny_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str], cmd: list[str]) -> None:
+    real = Path.write_bytes
+    real_csv = pd.DataFrame.to_csv
+
+    def half(self, data):
+        real(self, data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    def half_csv(self, path=None, *a, **kw):
+        Path(path).write_text("id,q")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Path, "write_bytes", half)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_csv)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [cmd[0], str(tiny_copy), *cmd[1:-1], str(out / cmd[-1])]
+    assert main(args) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    left = [p for p in out.rglob("*") if p.is_file()]
+    assert left == [], left
+
+
+def test_meta_fields_inside_rollout_are_checked_on_load(tiny_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    meta = json.loads((tiny_copy / META_FILE).read_text())
+    meta["rollout"]["frames"] = "twelve"
+    (tiny_copy / META_FILE).write_text(json.dumps(meta))
+    assert main(["diagnose", str(tiny_copy), "--run-baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'rollout.frames' should be an integer" in err and "Traceback" not in err
+
+
+def test_markdown_report_escapes_html_and_table_bars(tiny_copy: Path, tmp_path: Path) -> None:
+    meta = json.loads((tiny_copy / META_FILE).read_text())
+    meta.update(method='"><img src=x onerror=alert(1)>', error="<script>alert(1)</script> a|b")
+    (tiny_copy / META_FILE).write_text(json.dumps(meta))
+    out = tmp_path / "r.md"
+    assert main(["report", str(tiny_copy), str(tiny_copy), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "<script>" not in text and "<img" not in text and "&lt;script&gt;" in text
+    assert "a\\|b" in text
+    for line in text.splitlines():  # every table row keeps its column count
+        if line.startswith("| trace"):
+            cols = line.count(" | ")
+        elif line.startswith("| ") and "copy" in line:
+            assert line.replace("\\|", "").count(" | ") == cols, line
+
+
+def test_a_torn_tail_is_said_with_its_size(tiny_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    meta = json.loads((tiny_copy / META_FILE).read_text())
+    meta.update(status="running", pid=None)
+    (live / META_FILE).write_text(json.dumps(meta))
+    line = json.dumps({"k": "a", "id": 1, "t": 1, "q": 1, "b": 64, "c": "weights", "s": 0}) + "\n"
+    (live / EVENTS_FILE).write_text(line + '{"k":"a","id":2,' + "x" * 5000)
+    assert main(["summary", str(live)]) == 0
+    captured = capsys.readouterr()
+    assert f"{live / EVENTS_FILE}: skipped a torn tail of 5,016 bytes" in captured.err
+    assert "peak 64 B" in captured.out

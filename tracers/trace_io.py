@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -129,14 +129,14 @@ class EventLog:
                 self._file = None
 
 
-def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """Parse an event log up to its last whole record; return (records, torn_tail)."""
+def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Parse an event log up to its last whole record; return (records, bytes of a torn tail: 0 when none)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
     records: list[dict[str, Any]] = []
-    torn = False
+    torn = 0
     lines = raw.split(b"\n")
     for n, line in enumerate(lines):
         if not line.strip():
@@ -145,7 +145,7 @@ def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
             rec = json.loads(line)
         except ValueError:
             if n == len(lines) - 1 or all(not rest.strip() for rest in lines[n + 1 :]):
-                torn = True  # a torn final record of a live or crashed run: recover what precedes it
+                torn = len(raw) - sum(len(x) + 1 for x in lines[:n])  # a torn final record of a live or crashed run: recover what precedes it
                 break
             raise TraceError(f"{path}: line {n + 1} is not a JSON record (corrupted trace)") from None
         if not isinstance(rec, dict) or "k" not in rec:
@@ -297,9 +297,10 @@ def _column_ok(col: pd.Series, kind: str) -> bool:
     return isinstance(col.dtype, pd.StringDtype) or all(isinstance(v, str) for v in col[~missing])
 
 
-def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.DataFrame]:
+def check_tables(tables: dict[str, pd.DataFrame], source: Path, notes: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """The tables, after checking the columns readers rely on are there with usable types and
-    that ids are unique; TraceError naming the table and column otherwise."""
+    that ids are unique; TraceError naming the table and column otherwise. Allocation rows freed
+    before they were made are dropped, and said in `notes`."""
     for table, columns in TABLE_COLUMNS.items():
         df = tables.get(table)
         if df is None:
@@ -312,6 +313,14 @@ def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.
                                  f"(it holds {df[col].dtype}; damaged trace)")
         if table in ("allocations", "spans") and not df["id"].is_unique:
             raise TraceError(f"{source}: table {table!r} repeats ids (damaged trace)")
+    allocs = tables["allocations"]
+    bad = (allocs["q_free"] != NO_FREE) & (allocs["q_free"] < allocs["q_alloc"])
+    if bool(bad.any()):
+        ids = allocs.loc[bad, "id"].tolist()
+        shown = ", ".join(str(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        if notes is not None:
+            notes.append(f"{source}: skipped {len(ids)} damaged allocation row(s) freed before made (q_free < q_alloc): id {shown}")
+        tables["allocations"] = allocs[~bad].reset_index(drop=True)
     spans = tables["spans"]
     if spans["index"].dtype != "Int64":
         spans["index"] = spans["index"].astype("Int64")
@@ -364,6 +373,7 @@ class RawTrace:
     summary: dict[str, Any] | None
     live: bool  # tables came from the event log, not from Parquet
     torn_tail: bool  # the event log ended in a partial record that was skipped
+    notes: list[str] = field(default_factory=list)  # what the reader skipped (a torn tail, damaged rows), said to the user
 
 
 # Fields of meta.json that readers use, and their JSON types (a missing field or null is allowed).
@@ -380,7 +390,16 @@ META_FIELDS: dict[str, tuple[type, ...]] = {
                      "memory_allocated_end_bytes", "pid"), (int,)),
     **dict.fromkeys(("wall_s", "tracer_drain_s"), (int, float)),
 }
-_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number", bool: "true or false"}
+# Fields inside meta's objects that readers (diagnose's byte model, --run-baseline, labels) use.
+META_NESTED: dict[str, dict[str, tuple[type, ...]]] = {
+    "rollout": {**dict.fromkeys(("frames", "seed", "batch", "chunk_frames", "attn_window_frames", "rolling_frames",
+                                 "sink_frames"), (int,)),
+                "integration": (str,), "decode": (bool,), "free_cache_before_decode": (bool,), "timesteps": (list,)},
+    "config": {"name": (str,), "dtype": (str,), "vae": (str,),
+               **dict.fromkeys(("num_layers", "dim", "num_heads", "ffn_dim", "text_dim", "text_len", "latent_height",
+                                "latent_width", "freq_dim", "in_dim", "out_dim", "tokens_per_frame", "head_dim"), (int,))},
+}
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -413,6 +432,13 @@ def read_meta(folder: Path) -> dict[str, Any]:
         if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
             names = " or ".join(_JSON_NAMES[t] for t in types)
             raise TraceError(f"{meta_path}: field {key!r} should be {names}, not {type(value).__name__} (damaged trace)")
+    for outer, fields in META_NESTED.items():
+        inner = meta.get(outer) or {}
+        for key, types in fields.items():
+            value = inner.get(key)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+                names = " or ".join(_JSON_NAMES[t] for t in types)
+                raise TraceError(f"{meta_path}: field '{outer}.{key}' should be {names}, not {value!r:.40} (damaged trace)")
     return meta
 
 
@@ -437,12 +463,14 @@ def read_raw_trace(folder: str | Path) -> RawTrace:
                 tables[name] = pd.read_parquet(p)
             except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
                 raise TraceError(f"{p}: unreadable Parquet table ({type(exc).__name__}: {exc})") from None
-        return RawTrace(folder, meta, check_tables(tables, folder), summary, live=False, torn_tail=False)
+        notes: list[str] = []
+        return RawTrace(folder, meta, check_tables(tables, folder, notes), summary, live=False, torn_tail=False, notes=notes)
     if events.is_file():
         records, torn = read_event_lines(events)
         try:
             tables = tables_from_records(records)
         except TraceError as exc:
             raise TraceError(f"{events}: {exc}") from None
-        return RawTrace(folder, meta, check_tables(tables, events), summary, live=True, torn_tail=torn)
+        notes = [f"{events}: skipped a torn tail of {torn:,} bytes (an unterminated last record)"] if torn else []
+        return RawTrace(folder, meta, check_tables(tables, events, notes), summary, live=True, torn_tail=bool(torn), notes=notes)
     raise TraceError(f"{folder}: trace has neither {EVENTS_FILE} nor its Parquet tables (empty or damaged trace)")
