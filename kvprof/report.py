@@ -395,7 +395,7 @@ def write_report(traces: Sequence[str | Path | Trace], out: str | Path, *, bucke
     if buckets < 1:
         raise UsageError(f"--buckets {buckets}: must be at least 1")
     if not (math.isfinite(scale) and 0 < scale <= MAX_SCALE):  # vl-convert panics on inf and huge scales
-        raise UsageError(f"--scale {scale}: must be a number above 0 and at most {MAX_SCALE:g} (1 = natural size, 2 = print)")
+        raise UsageError(f"--scale {scale}: must be positive and at most {MAX_SCALE:g} (1 = natural size, 2 = print)")
     loaded = open_traces(traces)
     if out.parent and not out.parent.exists():
         raise UsageError(f"-o {out}: folder {out.parent} does not exist; create it first")

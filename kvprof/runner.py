@@ -111,8 +111,10 @@ def _check_shape(req: TraceRequest, chunk: int) -> None:
     elif req.rolling <= 0 or req.rolling % chunk or req.rolling <= req.sink:
         raise UsageError(f"--rolling {req.rolling}: must be a multiple of {chunk} frames larger than --sink ({req.sink}); "
                          f"try --rolling {max(chunk, req.sink + chunk)}")
-    if not 0 <= req.seed <= MAX_SEED:
-        raise UsageError(f"--seed {req.seed}: must be 0..{MAX_SEED:,} (a generator seed; offsets are added to it)")
+    if req.seed < 0:
+        raise UsageError(f"--seed {req.seed}: must be 0 or more")
+    if req.seed > MAX_SEED:
+        raise UsageError(f"--seed {req.seed}: too large; at most 2**62 = {MAX_SEED} (a generator seed; offsets are added to it)")
 
 
 def _check_input(flag: str, path: Path | None, want_dir: bool = False) -> None:

@@ -32,8 +32,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (tmp, str(tmp)):
+            exc.filename = str(path)  # the user named `path`; the temporary file is ours
         raise
 
 
