@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import os
 import platform
-import re
 import select
 import signal
 import subprocess
@@ -38,6 +37,8 @@ import torch
 from kvprof.analysis import live_at, memory_events, summarize
 from kvprof.errors import UsageError
 from kvprof.trace import Trace, load_trace
+from kvprof.oomfacts import CPU_REFUSED
+from kvprof.oomfacts import oom_facts as _oom_facts  # tests know it by this name
 from kvprof.units import parse_size
 from tracers import context
 from tracers.alloc_layout import ALLOC_CONF_VARS
@@ -49,11 +50,6 @@ __all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "
            "InterruptGuard", "EXIT_INTERRUPTED"]
 
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
-_TRIED = re.compile(r"Tried to allocate ([0-9.]+ ?[KMGT]?i?B)")
-# The caching allocator's own account at the failure: bytes in live blocks, and bytes its segments
-# hold that no block uses (fragmentation); a GPU budget caps the sum (reserved memory).
-_HELD = re.compile(r"Of the allocated memory ([\d.]+ ?[KMGT]?i?B) is allocated by PyTorch, and ([\d.]+ ?[KMGT]?i?B) is reserved")
-
 stage = context.stage
 category = context.tag
 
@@ -220,6 +216,14 @@ class InterruptGuard:
                                                                ctypes.py_object(KeyboardInterrupt))
 
 
+def _hold_close_for_tests() -> None:
+    """For tests of a second interrupt: with $KVPROF_TEST_HOLD_CLOSE set, closing writes that file and waits."""
+    marker = os.environ.get("KVPROF_TEST_HOLD_CLOSE")
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+        select.select([], [], [], 60)  # the second signal exits the process from its handler
+
+
 # --------------------------------------------------------------------------- the failure instant
 def _failure_q(trace: Trace, exc: BaseException | None, failure_stage: str | None) -> int | None:
     """Order key `q` of the last event before the run failed (None for a trace without events).
@@ -265,29 +269,6 @@ def failure_state(trace: Trace, q: int | None) -> dict[str, Any]:
         "live_by_category": {str(k): int(v) for k, v in by_cat.items() if v},
         "live_by_stage": {str(k): int(v) for k, v in by_stage.items() if v},
     }
-
-
-def _oom_facts(exc: BaseException, budget_bytes: int | None, meta: dict[str, Any]) -> dict[str, Any]:
-    """What is known about the failing request: its size, the budget, where the numbers come from."""
-    if isinstance(exc, SimulatedOOM):
-        return {"source": "kvprof budget (tracked live bytes, simulated on CPU)", "requested_bytes": exc.requested,
-                "budget_bytes": exc.budget, "tracker_live_bytes": exc.live}
-    facts: dict[str, Any] = {"source": "torch.OutOfMemoryError", "budget_bytes": budget_bytes}
-    held = _HELD.search(str(exc))
-    if held:
-        facts["allocated_bytes_at_failure"] = parse_size(held.group(1).replace(" ", ""), "OOM message")
-        facts["reserved_unallocated_bytes"] = parse_size(held.group(2).replace(" ", ""), "OOM message")
-    events = meta.get("allocator_oom_events") or []
-    last = events[-1] if events and isinstance(events[-1], dict) else {}
-    if last.get("size") is not None:
-        facts.update(requested_bytes=int(last["size"]), source="CUDA caching allocator (oom event)")
-        if last.get("device_free") is not None:
-            facts["device_free_bytes"] = int(last["device_free"])
-        return facts
-    m = _TRIED.search(str(exc))
-    facts["requested_bytes"] = parse_size(m.group(1).replace(" ", ""), "OOM message") if m else None
-    facts["requested_bytes_rounded"] = m is not None  # the message prints two decimals
-    return facts
 
 
 def _set_allocator_settings(settings: str) -> None:
@@ -399,6 +380,9 @@ class TraceRun:
         """Close the trace with the status `error` implies, write summary.json; returns the summary."""
         s = self.session
         if s.status == "running":
+            _hold_close_for_tests()
+            if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) and CPU_REFUSED.search(str(error)):
+                error = torch.OutOfMemoryError(str(error))  # the host has not that much memory: an OOM, not a failure
             self.error = error
             where = s.failure_stage or s.stage_path() or None
             if error is None:
@@ -433,7 +417,10 @@ class TraceRun:
                 summary["oom"] = oom
                 self.session.meta["oom"] = oom
                 write_json_atomic(self.path / META_FILE, self.session.meta)
-        write_json_atomic(self.path / SUMMARY_FILE, summary)
+        try:
+            write_json_atomic(self.path / SUMMARY_FILE, summary)
+        except OSError as exc:  # a full disk: the summary is still returned, and computed again on load
+            summary["notes"] = [*summary["notes"], f"summary.json not written ({exc.strerror or exc})"]
         return summary
 
     def _expandable_for_budget(self) -> None:

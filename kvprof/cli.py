@@ -169,9 +169,10 @@ def _trace_with_tui(req: Any) -> Any:
 
     _, cfg, spec, method_cls, storage, _ = resolve(req)  # bad input: one clear error before the TUI opens
     check_inputs(req, cfg)
-    req.run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, trace_codes(method_cls, storage))
     req.live = True  # the TUI follows the trace: drain GPU allocations at every chunk
-    folder = check_output(req.out, req.run_id)
+    run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, trace_codes(method_cls, storage))
+    folder = check_output(req.out, run_id, claim=req.run_id is None)
+    req.run_id = folder.name
     return run_live(folder, lambda: run_trace(req))
 
 
@@ -183,6 +184,10 @@ def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:
     if outcome.status == "oom":
         print(oom_explanation(outcome.path, outcome.summary.get("oom") or {}), file=sys.stderr)
         return EXIT_OOM
+    if outcome.status == "failed":  # a failure that is no exception of the body: the folder could not be written
+        meta_error = _failure_reason(outcome.path)
+        print(f"kvprof: error: {meta_error}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     if outcome.status == "interrupted":
         failure = outcome.summary.get("failure") or {}
         where = f" in {failure['stage']}" if failure.get("stage") else ""
@@ -190,6 +195,16 @@ def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _failure_reason(folder: Path) -> str:
+    from tracers.trace_io import META_FILE
+
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return str(meta.get("write_error") or meta.get("error") or f"the run failed; see {folder / META_FILE}")
 
 
 def oom_explanation(path: Path, oom: dict[str, Any], top: int = 3) -> str:
@@ -245,46 +260,44 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 
 def print_summary(path: Path, summary: dict[str, Any]) -> None:
     """The human summary of a trace: peak (when, what), KV bytes, time per stage, reconciliation."""
+    from rich.markup import escape as esc  # paths, stage and category names are the user's: never markup
     from rich.table import Table
 
     con = console()
     peak = summary.get("peak")
-    con.print(f"[bold]trace[/bold] {path}  status [bold]{summary.get('status')}[/bold]")
+    con.print(f"[bold]trace[/bold] {esc(str(path))}  status [bold]{esc(str(summary.get('status')))}[/bold]")
     if not peak:
         con.print("no allocations recorded")
         return
-    con.print(f"[bold]peak[/bold] {fmt_bytes(peak['bytes'])} ({peak['bytes']:,} B) during [cyan]{peak['stage']}[/cyan]")
+    con.print(f"[bold]peak[/bold] {fmt_bytes(peak['bytes'])} ({peak['bytes']:,} B) during [cyan]{esc(peak['stage'])}[/cyan]")
     cats = Table(title="live at the peak, by category", show_edge=False)
     cats.add_column("category")
     cats.add_column("bytes", justify="right")
     cats.add_column("share", justify="right")
     for cat, n in sorted(peak["by_category"].items(), key=lambda kv: -kv[1]):
-        cats.add_row(cat, fmt_bytes(n), f"{100 * n / peak['bytes']:.1f}%")
+        cats.add_row(esc(cat), fmt_bytes(n), f"{100 * n / peak['bytes']:.1f}%" if peak["bytes"] else "-")
     con.print(cats)
     stages = Table(title="live at the peak, by stage of origin", show_edge=False)
     stages.add_column("stage (kind path)")
     stages.add_column("bytes", justify="right")
     for st, n in list(peak["by_stage"].items())[:10]:
-        stages.add_row(st, fmt_bytes(n))
+        stages.add_row(esc(st), fmt_bytes(n))
     con.print(stages)
     kv = summary.get("kv")
     if kv:
         from kvprof.analysis import logical_label
 
-        def ratio(x: Any) -> str:
-            return "-" if not isinstance(x, (int, float)) or not x else f"{x:.2f}x"
-
         lab = logical_label(kv.get("logical_dtype"))
         con.print(
             f"[bold]KV[/bold] {lab} {fmt_bytes(kv['logical_bytes'])} · stored {fmt_bytes(kv['stored_bytes'])} · "
-            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {ratio(kv.get('ratio_stored'))}, "
-            f"logical/resident {ratio(kv.get('ratio_resident'))}"
+            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {_ratio(kv.get('ratio_stored'))}, "
+            f"logical/resident {_ratio(kv.get('ratio_resident'))}"
         )
     times = Table(title="time per stage kind", show_edge=False)
     for col in ("stage", "count", "host ms", "device ms"):
         times.add_column(col, justify="right" if col != "stage" else "left")
     for row in summary.get("stage_times", [])[:12]:
-        times.add_row(str(row["stage"]), str(row["count"]), fmt_ms(row.get("host_ms")), fmt_ms(row.get("device_ms")))
+        times.add_row(esc(str(row["stage"])), str(row["count"]), fmt_ms(row.get("host_ms")), fmt_ms(row.get("device_ms")))
     con.print(times)
     rec = summary.get("reconciliation", {})
     if "peak_gap_bytes" in rec:
@@ -301,7 +314,7 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
                       f"{bs.get('snapshot_mismatches', 0):,} snapshot mismatches")
     else:
         unattr = peak["by_category"].get("unattributed", 0)
-        con.print(f"[bold]reconciliation[/bold] {rec.get('note', '')}; unattributed at peak {fmt_bytes(unattr)}")
+        con.print(f"[bold]reconciliation[/bold] {esc(str(rec.get('note', '')))}; unattributed at peak {fmt_bytes(unattr)}")
     if summary.get("host_profile"):
         from kvprof.hostprof import host_summary_lines
 
@@ -310,10 +323,17 @@ def print_summary(path: Path, summary: dict[str, Any]) -> None:
     quality = summary.get("quality")
     if isinstance(quality, dict):
         shown = {k: quality[k] for k in ("latent_drift", "attention_drift", "psnr_db", "ssim", "lpips", "flicker") if k in quality}
-        con.print("[bold]quality vs bf16[/bold] " + " · ".join(
-            f"{k} {v.get('missing', v) if isinstance(v, dict) else v}" for k, v in shown.items()), markup=True)
+        text = " · ".join(f"{k} {v.get('missing', v) if isinstance(v, dict) else v}" for k, v in shown.items())
+        if "missing" in quality:  # no metric at all: say why (e.g. an unreadable reference, named)
+            text = f"missing: {quality['missing']}"
+        con.print("[bold]quality vs bf16[/bold] " + esc(text))
     for note in summary.get("notes", []):
-        con.print(f"[dim]{note}[/dim]")
+        con.print(f"[dim]{esc(str(note))}[/dim]")
+
+
+def _ratio(value: Any) -> str:
+    """A compression ratio, or "-" where there is none (no stored bytes: nothing to divide by)."""
+    return f"{value:.2f}x" if isinstance(value, (int, float)) and value > 0 else "-"
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -384,8 +404,6 @@ def _cannot_write(flag: str, path: Path, exc: OSError) -> UsageError:
 def _cmd_report(args: argparse.Namespace) -> int:
     from kvprof.report import write_report
 
-    if not args.scale > 0:
-        raise UsageError(f"--scale {args.scale}: must be positive (1 = natural size)")
     if args.out.is_dir():
         raise UsageError(f"-o {args.out}: is a folder; name the report file, e.g. -o {args.out / 'report.html'}")
     try:
@@ -449,7 +467,7 @@ HANDLERS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kvprof` console script."""
-    from tracers.trace_io import TraceError
+    from tracers.trace_io import TraceError, TraceWriteError
 
     parser = build_parser()
     try:
@@ -466,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, TraceError) as exc:  # TraceError: a trace folder read outside the commands' own checks
         print(f"kvprof: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except TraceWriteError as exc:  # a full disk: the trace closed as failed, saying why
+        print(f"kvprof: error: {exc.strerror}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt:  # outside a traced run (a traced run turns Ctrl-C into an interrupted trace)
         print("kvprof: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

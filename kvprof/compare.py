@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -41,9 +42,12 @@ def open_trace(path: str | Path | Trace) -> Trace:
     if isinstance(path, Trace):
         return path
     try:
-        return load_trace(path)
+        trace = load_trace(path)
     except TraceError as exc:
         raise UsageError(f"{exc}; pass a folder written by 'kvprof trace' (see 'ls traces/')") from None
+    for note in trace.raw.notes:  # what the reader skipped (a torn tail, damaged rows): never silent
+        print(f"kvprof: warning: {note}", file=sys.stderr)
+    return trace
 
 
 def expand_trace_paths(paths: Iterable[str | Path | Trace]) -> list[str | Path | Trace]:

@@ -17,6 +17,7 @@ Projections say which terms are measured and which come from the byte model.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import math
 import re
@@ -364,10 +365,16 @@ def _phases_text(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def md_text(value: Any) -> str:
+    """Text from a trace (names, paths, errors) made inert in Markdown: HTML escaped, `|` and line
+    breaks that would end a table cell or row escaped."""
+    return html.escape(" ".join(str(value).splitlines()), quote=True).replace("|", "\\|")
+
+
 def md_table(df: pd.DataFrame, byte_cols: Sequence[str] = ()) -> str:
-    """A GitHub markdown table of df; `byte_cols` are printed in binary units."""
+    """A GitHub markdown table of df; `byte_cols` are printed in binary units, text cells via `md_text`."""
     cols = list(df.columns)
-    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in df.itertuples(index=False):
         cells = []
         for c, v in zip(cols, row):
@@ -376,7 +383,7 @@ def md_table(df: pd.DataFrame, byte_cols: Sequence[str] = ()) -> str:
             elif c in byte_cols:
                 cells.append(_signed(int(v)) if "delta" in str(c) else fmt_bytes(int(v)))
             else:
-                cells.append(str(v).replace("|", "\\|"))
+                cells.append(md_text(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

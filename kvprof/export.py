@@ -34,7 +34,7 @@ from kvprof.phases import envelope, span_phases
 from kvprof.trace import Trace
 from tracers.categories import CATEGORIES
 from tracers.table_schema import write_parquet
-from tracers.trace_io import NO_FREE
+from tracers.trace_io import META_FILE, NO_FREE, write_atomic
 
 __all__ = ["FORMATS", "perfetto_trace", "allocator_snapshot", "table_frames", "export", "default_output"]
 
@@ -207,23 +207,23 @@ def export(trace: str | Path | Trace, fmt: str, out: str | Path | None = None) -
     path = Path(out) if out is not None else default_output(t, fmt)
     if fmt in ("perfetto", "snapshot") and not path.parent.exists():
         raise UsageError(f"-o {path}: folder {path.parent} does not exist; create it first")
+    folder = path if fmt in ("csv", "parquet") else path.parent
+    if (folder / META_FILE).exists():  # its own tables would be overwritten, or files mixed into it
+        raise UsageError(f"-o {path}: {folder} is a trace folder; export writes outside it (e.g. -o {folder.name}-{fmt})")
+    # Each file goes through a temporary file renamed into place: a full disk leaves no half file.
     if fmt == "perfetto":
-        data = json.dumps(perfetto_trace(t), separators=(",", ":"))
-        if path.suffix == ".gz":
-            path.write_bytes(gzip.compress(data.encode()))
-        else:
-            path.write_text(data)
+        data = json.dumps(perfetto_trace(t), separators=(",", ":")).encode()
+        write_atomic(path, lambda tmp: tmp.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data))
     elif fmt == "snapshot":
-        snap = allocator_snapshot(t)
-        with open(path, "wb") as fh:
-            pickle.dump(snap, fh)
+        snap = pickle.dumps(allocator_snapshot(t))
+        write_atomic(path, lambda tmp: tmp.write_bytes(snap))
     else:
         if path.exists() and not path.is_dir():
             raise UsageError(f"-o {path}: exists and is not a folder; {fmt} export writes one file per table into a folder")
         path.mkdir(parents=True, exist_ok=True)
         for name, df in table_frames(t).items():
             if fmt == "csv":
-                df.to_csv(path / f"{name}.csv", index=False)
+                write_atomic(path / f"{name}.csv", lambda tmp, df=df: df.to_csv(tmp, index=False))
             else:
-                write_parquet(path / f"{name}.parquet", name, df)
+                write_atomic(path / f"{name}.parquet", lambda tmp, df=df, name=name: write_parquet(tmp, name, df))
     return path

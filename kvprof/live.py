@@ -20,6 +20,7 @@ import pandas as pd
 from kvprof.trace import Trace, load_trace
 from tracers.trace_fold import TableFolder, TraceFoldError
 from tracers.trace_io import EVENTS_FILE, META_FILE, SUMMARY_FILE, TABLES, RawTrace, TraceError, check_tables, read_meta
+from tracers.liveness import shown_status
 
 __all__ = ["TraceFollower", "FollowState"]
 
@@ -171,7 +172,7 @@ class TraceFollower:
     # ------------------------------------------------------------------ results
     @property
     def state(self) -> FollowState:
-        status = None if self.meta is None else str(self.meta.get("status"))
+        status = None if self.meta is None else shown_status(self.meta)  # `killed`: the writer is gone
         records = self._folder.records if self._closed is None else 0
         return FollowState(self.phase, status, records, self.torn_tail, self.last_event_unix)
 

@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,11 +20,12 @@ import pandas as pd
 
 from kvprof.analysis import find_peak, kv_bytes, logical_label, stage_times
 from kvprof.compare import format_cell, column_title, compare_table, open_traces, text_columns, trace_label
-from kvprof.diagnose import md_table
+from kvprof.diagnose import md_table, md_text
 from kvprof.errors import UsageError
 from kvprof.phases import downsampled_timeline, pass_bands, phase_peaks
 from kvprof.trace import Trace
 from kvprof.units import fmt_bytes, fmt_ms
+from tracers.atomic import write_atomic
 from tracers.categories import CATEGORIES, KV_CATEGORIES
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
 SUFFIXES: tuple[str, ...] = (".html", ".png", ".svg", ".pdf", ".md")
 DEFAULT_BUCKETS = 1500  # time buckets of a timeline; each keeps its min and max row
 DEFAULT_SCALE = 2.0  # .png/.pdf pixels per chart pixel: 2x is print resolution for a paper figure
+MAX_SCALE = 8.0  # of .png/.pdf output: 8x the natural size is far past print resolution
 TIMELINE_WIDTH, TIMELINE_HEIGHT = 900, 260
 KV_PANEL_HEIGHT = 110
 # The KV cache's own categories (and the text K/V): tiny next to decode buffers, so they get a panel
@@ -400,8 +403,8 @@ def markdown_report(traces: Sequence[Trace]) -> str:
     if len(traces) > 1:
         out += ["## Comparison", "", md_table(_compare_view(traces)), ""]
     for t in traces:
-        out += [f"## {trace_label(t)}", ""]
-        out += [f"- {f}" for f in _trace_facts(t)]
+        out += [f"## {md_text(trace_label(t))}", ""]
+        out += [f"- {md_text(f)}" for f in _trace_facts(t)]
         out.append("")
         for title, df in _trace_tables(t).items():
             out += [f"### {title[0].upper() + title[1:]}", "", md_table(df) if not df.empty else "(none)", ""]
@@ -468,14 +471,17 @@ def write_report(traces: Sequence[str | Path | Trace], out: str | Path, *, bucke
         raise UsageError(f"-o {out}: unknown report format {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
     if buckets < 1:
         raise UsageError(f"--buckets {buckets}: must be at least 1")
+    if not (math.isfinite(scale) and 0 < scale <= MAX_SCALE):  # vl-convert panics on inf and huge scales
+        raise UsageError(f"--scale {scale}: must be positive and at most {MAX_SCALE:g} (1 = natural size, 2 = print)")
     loaded = open_traces(traces)
     if out.parent and not out.parent.exists():
         raise UsageError(f"-o {out}: folder {out.parent} does not exist; create it first")
     if suffix == ".html":
-        out.write_text(html_report(loaded, buckets), encoding="utf-8")
+        data = html_report(loaded, buckets).encode("utf-8")
     elif suffix == ".md":
-        out.write_text(markdown_report(loaded), encoding="utf-8")
+        data = markdown_report(loaded).encode("utf-8")
     else:
-        out.write_bytes(render_chart(report_chart(loaded, buckets), suffix[1:], scale))
+        data = render_chart(report_chart(loaded, buckets), suffix[1:], scale)
+    write_atomic(out, lambda tmp: tmp.write_bytes(data))  # a full disk leaves no half report
     return out
 

@@ -22,6 +22,8 @@ from methods.base import KVMethod, MethodError
 from tracers.trace_io import SUMMARY_FILE, write_json_atomic
 
 INTEGRATIONS: tuple[str, ...] = ("study", "staged")
+MAX_SEED = 2**62  # torch generators take 64 bits; the rollout adds small offsets per use
+MAX_RUN_ID = 128  # characters: the folder name, and export file names built from it, stay far below 255 bytes
 
 
 @dataclass
@@ -111,6 +113,8 @@ def _check_shape(req: TraceRequest, chunk: int) -> None:
                          f"try --rolling {max(chunk, req.sink + chunk)}")
     if req.seed < 0:
         raise UsageError(f"--seed {req.seed}: must be 0 or more")
+    if req.seed > MAX_SEED:
+        raise UsageError(f"--seed {req.seed}: too large; at most 2**62 = {MAX_SEED} (a generator seed; offsets are added to it)")
 
 
 def _check_input(flag: str, path: Path | None, want_dir: bool = False) -> None:
@@ -140,6 +144,10 @@ def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, 
     device = resolve_device(req.device)
     if (req.lpips_backbone or req.vbench_dims or req.vbench_python) and not req.quality:
         raise UsageError("--lpips-backbone/--vbench-dims/--vbench-python need --quality; add --quality")
+    if req.host_native and not req.host_profile:
+        raise UsageError("--native adds C/C++ frames to the host profile; add --host-profile")
+    if req.free_cache_before_decode and not req.decode:
+        raise UsageError("--free-cache-before-decode frees the cache before a decode that --no-decode skips; drop one of them")
     if req.host_profile and not 1 <= req.host_rate <= 10000:
         raise UsageError(f"--host-rate {req.host_rate}: must be 1..10000 samples per second")
     if req.vbench_dims:
@@ -157,7 +165,7 @@ def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, 
         cfg = cfg.with_dtype(req.dtype)
     try:
         method_cls = get_method_class(req.method)
-        params = {k: method_cls.validate_param(k, v) for k, v in req.params.items()}
+        params = method_cls.validate_params(req.params)
     except (ValueError, MethodError) as exc:
         raise UsageError(str(exc)) from None
     if req.integration not in INTEGRATIONS:
@@ -203,31 +211,45 @@ def check_inputs(req: TraceRequest, cfg: ModelConfig) -> None:
     if req.prompt_embeds is not None:
         load_prompt_embeds(req.prompt_embeds, cfg)
     if req.vae is not None and req.decode:
-        from kvprof.vae import VaeError, _local_vae_dir
+        from kvprof.vae import VaeError, check_vae_dir
 
         try:
-            _local_vae_dir(req.vae)
+            check_vae_dir(req.vae)
         except VaeError as exc:
             raise UsageError(f"--vae: {exc}; pass a diffusers Wan VAE folder") from None
 
 
-def check_output(out: Path, run_id: str) -> Path:
-    """The trace folder `out/run_id`, after checking it can be written and holds no trace yet."""
+def check_output(out: Path, run_id: str, claim: bool = False) -> Path:
+    """The trace folder `out/run_id`, after checking it can be written and holds no trace yet.
+    `claim` (a default run id): the folder is made at once, with a suffix -2, -3... when another
+    run took the name, so two runs started in the same second never collide."""
     if not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id:
         raise UsageError(f"--run-id {run_id!r}: must be a plain folder name (no '/'); e.g. --run-id my-run")
+    if len(run_id) > MAX_RUN_ID:
+        raise UsageError(f"--run-id: {len(run_id)} characters; at most {MAX_RUN_ID} (it names the trace folder)")
+    if any(not ch.isprintable() for ch in run_id):
+        raise UsageError(f"--run-id {run_id!r}: holds a control character (newline, tab...); use letters, digits, '-' or '_'")
     out = Path(out)
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:  # mkdir would only say "File exists"
         raise UsageError(f"--out {out}: {blocker} is a file, not a folder; pick another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".kvprof-write-test"
+        probe = out / f".kvprof-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write there ({exc.strerror}); pick a writable folder") from None
+    if claim:
+        for n in range(1, 1000):
+            folder = out / (run_id if n == 1 else f"{run_id}-{n}")
+            try:
+                folder.mkdir()  # atomic: of two runs asking for one name, one gets it
+                return folder
+            except FileExistsError:
+                continue
     folder = out / run_id
-    if folder.exists():
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # an empty folder (claimed) is fine
         raise UsageError(f"{folder}: a trace with this run id exists; pick another --run-id")
     return folder
 
@@ -282,8 +304,9 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
     device, cfg, spec, method_cls, storage, params = resolve(req)
     check_inputs(req, cfg)
     codes = trace_codes(method_cls, storage)
-    run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, codes)
-    folder = check_output(req.out, run_id)
+    folder = check_output(req.out, req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, codes),
+                          claim=req.run_id is None)
+    run_id = folder.name
     meta = {
         "run_id": run_id,
         "command": req.command,
@@ -310,6 +333,9 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
             outputs = _traced_body(run, req, device, cfg, spec, method_cls, storage, params, on_progress)
     except (torch.OutOfMemoryError, KeyboardInterrupt):
         pass  # an outcome: the trace says so (status oom / interrupted)
+    except RuntimeError:
+        if run.status != "oom":  # the CPU allocator's refusal closed the trace as oom (kvprof.api)
+            raise
     summary = run.summary or {}
     if req.host_profile:
         from kvprof.hostprof import host_profile_summary

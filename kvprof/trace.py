@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from tracers.liveness import shown_status
 from tracers.trace_io import NO_FREE, RawTrace, TraceError, read_raw_trace
 
 __all__ = ["Trace", "TraceError", "load_trace", "list_traces"]
@@ -33,7 +34,8 @@ class Trace:
 
     @property
     def status(self) -> str:
-        return str(self.raw.meta.get("status"))
+        """meta's status, or `killed` for a `running` trace whose writer process is gone."""
+        return shown_status(self.raw.meta)
 
     @property
     def allocations(self) -> pd.DataFrame:

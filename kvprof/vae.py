@@ -7,6 +7,7 @@ diffusers-format directory (`--vae DIR`, with `config.json` and weights, or its 
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,28 @@ def _local_vae_dir(path: str | Path) -> Path:
             "(e.g. the 'vae' folder of Wan2.1-T2V-1.3B-Diffusers)"
         )
     raise VaeError(f"VAE {root}: no config.json in {root} or {root / 'vae'}")
+
+
+def check_vae_dir(path: str | Path) -> Path:
+    """The VAE folder a run will load, checked far enough to know it loads (config.json parses, each
+    safetensors file has a whole header and data), without reading the weights; VaeError otherwise."""
+    vae_dir = _local_vae_dir(path)
+    try:
+        json.loads((vae_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise VaeError(f"VAE {vae_dir / 'config.json'}: unreadable ({exc})") from None
+    weights = sorted(vae_dir.glob("*.safetensors"))
+    if not weights and not list(vae_dir.glob("*.bin")):
+        raise VaeError(f"VAE {vae_dir}: no weights file (diffusion_pytorch_model.safetensors)")
+    from safetensors import safe_open
+
+    for f in weights:
+        try:
+            with safe_open(str(f), "pt") as fh:
+                fh.keys()
+        except Exception as exc:  # SafetensorError, OSError: a truncated or foreign file
+            raise VaeError(f"VAE {f}: not a readable safetensors file ({exc})") from None
+    return vae_dir
 
 
 def build_vae(

@@ -153,8 +153,19 @@ class KVMethod(ABC):
         self.storage: CodeStorage = storage
         self.marks = marks
         self.values: dict[str, Any] = {k: p.default for k, p in self.params.items()}
-        for key, value in overrides.items():
-            self.values[key] = self.validate_param(key, value)
+        self.values.update(self.validate_params(overrides))
+
+    @classmethod
+    def validate_params(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Parse and check `--param` overrides one by one, then together with the defaults
+        (`check_params`); MethodError naming the parameter otherwise. Returns the parsed overrides."""
+        parsed = {key: cls.validate_param(key, value) for key, value in overrides.items()}
+        cls.check_params({**{k: p.default for k, p in cls.params.items()}, **parsed})
+        return parsed
+
+    @classmethod
+    def check_params(cls, values: dict[str, Any]) -> None:
+        """Rules between parameters (e.g. min <= max); methods that have some override this."""
 
     @classmethod
     def validate_param(cls, key: str, value: Any) -> Any:
@@ -168,8 +179,10 @@ class KVMethod(ABC):
         spec = cls.params[key]
         try:
             parsed = spec.parse(value) if isinstance(value, str) else value
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise MethodError(f"parameter {key!r} of {cls.name!r}: cannot read {value!r} ({spec.help})") from None
+        if isinstance(parsed, float) and not math.isfinite(parsed):  # inf, nan, and 1e400 (read as inf)
+            raise MethodError(f"parameter {key!r} of {cls.name!r}: {value!r} is not a finite number ({spec.rule or spec.help})")
         if not spec.check(parsed):
             raise MethodError(f"parameter {key!r} of {cls.name!r}: {parsed!r} is out of range ({spec.rule or spec.help})")
         return parsed

@@ -107,8 +107,8 @@ class FlowCache(PartitionMethod):
     policy_kind: ClassVar[str] = "hybrid"  # hybrid | adaptive | prune | soft_prune
     low_bits: ClassVar[int] = 2  # old chunks (hybrid, adaptive) or retained chunks (prune)
     params: ClassVar[dict[str, Param]] = {
-        "budget_first": Param(0.75, "layer budget b_l at the first layer", float, lambda v: v > 0, "a positive number"),
-        "budget_last": Param(1.25, "layer budget b_l at the last layer", float, lambda v: v > 0, "a positive number"),
+        "budget_first": Param(0.75, "layer budget b_l at the first layer", float, lambda v: 0 < v <= 100, "a number in (0, 100]"),
+        "budget_last": Param(1.25, "layer budget b_l at the last layer", float, lambda v: 0 < v <= 100, "a number in (0, 100]"),
         "recent_ratio": with_default(fraction("recent_ratio", "r: recent chunks = max(1, round(min(r*b_l, 1)*C))"), 0.25),
     }
     score_params: ClassVar[dict[str, Param]] = {

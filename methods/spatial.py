@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from methods.base import KVCall, Param, register_method
+from methods.base import KVCall, MethodError, Param, register_method
 from methods.partition import Part, PartitionMethod, Plan, TokenSet, fraction, with_default
 from methods.schemes import KIVIScheme, QuaRotScheme, RTNScheme, Scheme
 
@@ -89,6 +89,13 @@ class Spatial(PartitionMethod):
     position_dependent = True
     fg_scheme: ClassVar[Callable[[], Scheme]]
     bg_scheme: ClassVar[Callable[[], Scheme]]
+
+    @classmethod
+    def check_params(cls, values: dict[str, Any]) -> None:
+        """The hybrid rule accepts shares in [min_share, max_share]: an empty range is refused."""
+        if values["min_share"] > values["max_share"]:
+            raise MethodError(f"parameters of {cls.name!r}: min_share {values['min_share']} is above max_share "
+                              f"{values['max_share']}; pick min_share <= max_share")
 
     def plan(self, k: torch.Tensor, v: torch.Tensor, call: KVCall) -> Plan:
         n, s = k.shape[1], call.tokens_per_frame

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -115,21 +116,29 @@ def test_interrupt_dropped_in_a_finalizer_is_raised_again(capsys: pytest.Capture
     assert sys.unraisablehook is not guard._unraisable
 
 
-def _start(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def _start(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     cmd = [sys.executable, "-m", "kvprof.cli", "trace", "--method", "bf16", "--frames", "30", "--no-decode",
            "--out", str(tmp_path), "--run-id", "r", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
     events = tmp_path / "r" / EVENTS_FILE
-    deadline = time.monotonic() + 25
+    if not _wait_for(lambda: events.is_file() and b'"n":"chunk"' in events.read_bytes(), proc):
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"the rollout never reached a chunk: {err.decode()[-2000:]}")
+    return proc, tmp_path / "r"
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout_s: float = 60) -> bool:
+    """Poll `condition` until it holds (True), the process ends or the generous timeout passes."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if events.is_file() and b'"n":"chunk"' in events.read_bytes():
-            return proc, tmp_path / "r"
+        if condition():
+            return True
         if proc.poll() is not None:
-            break
+            return False
         time.sleep(0.05)
-    proc.kill()
-    _, err = proc.communicate()
-    raise AssertionError(f"the rollout never reached a chunk: {err.decode()[-2000:]}")
+    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -150,25 +159,33 @@ def test_signal_closes_the_trace_as_interrupted(tmp_path: Path, sig: signal.Sign
 
 
 def test_second_interrupt_exits_at_once(tmp_path: Path) -> None:
-    proc, folder = _start(tmp_path)
+    """The second signal lands while the first is being handled: the test hook holds the close
+    open (and says so in a file), so no race decides which message is printed."""
+    marker = tmp_path / "closing"
+    proc, folder = _start(tmp_path, {"KVPROF_TEST_HOLD_CLOSE": str(marker)})
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.1)
-    sent = time.monotonic()
+    assert _wait_for(marker.is_file, proc), "the first interrupt never reached the close"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
-    assert time.monotonic() - sent < 3
-    assert proc.returncode == 130
+    _, err = proc.communicate(timeout=30)  # the hold lasts 60 s: only the second signal ends it sooner
+    assert proc.returncode == 130, err.decode()
     assert "second interrupt: exiting now" in err.decode()
-    load_trace(folder)  # whatever the close had reached, the folder reads
+    assert "Traceback" not in err.decode()
+    trace = load_trace(folder)  # whatever the close had reached, the folder reads
+    assert trace.raw.live and trace.status == "killed"  # its writer is gone: not `running` forever
 
 
-def test_sigkill_leaves_a_live_trace_that_loads_to_its_last_whole_record(tmp_path: Path) -> None:
+def test_sigkill_leaves_a_live_trace_that_loads_to_its_last_whole_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     proc, folder = _start(tmp_path)
     time.sleep(0.3)
     proc.kill()
     proc.communicate(timeout=10)
     trace = load_trace(folder)
-    assert trace.status == "running" and trace.raw.live
+    assert trace.status == "killed" and trace.raw.live  # meta says running; its writer is gone
+    assert trace.meta["status"] == "running" and trace.meta["pid"] == proc.pid
+    assert main(["summary", str(folder)]) == 0
+    assert "status killed" in " ".join(capsys.readouterr().out.split())
+    assert main(["compare", "--json", str(folder)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "killed"
     assert (trace.spans["name"] == "chunk").sum() >= 1 and len(trace.allocations) > 0
     # cut the log inside its last line, as a crash in the middle of a write would: the reader keeps
     # every whole record before it and says the tail was torn
@@ -179,7 +196,7 @@ def test_sigkill_leaves_a_live_trace_that_loads_to_its_last_whole_record(tmp_pat
     records, torn = read_event_lines(events)
     assert torn and len(records) == data[:cut].count(b"\n")
     torn_trace = load_trace(folder)
-    assert torn_trace.raw.torn_tail and torn_trace.status == "running"
+    assert torn_trace.raw.torn_tail and torn_trace.status == "killed"
 
 
 def test_cuda_oom_reads_the_allocators_own_account_of_reserved_memory() -> None:

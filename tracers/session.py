@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,17 +21,8 @@ from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
 from tracers.sampler import DeviceSampler
 from tracers.timing import StageTimer
-from tracers.trace_io import (
-    EVENTS_FILE,
-    META_FILE,
-    SCHEMA_VERSION,
-    STATUSES,
-    NO_FREE,
-    EventLog,
-    tables_from_records,
-    write_json_atomic,
-    write_tables,
-)
+from tracers.trace_io import (EVENTS_FILE, META_FILE, NO_FREE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
+                               tables_from_records, write_closed_trace, write_json_atomic)
 
 
 class SimulatedOOM(torch.OutOfMemoryError):
@@ -38,10 +30,8 @@ class SimulatedOOM(torch.OutOfMemoryError):
 
     def __init__(self, requested: int, live: int, budget: int):
         self.requested, self.live, self.budget = requested, live, budget
-        super().__init__(
-            f"kvprof budget exceeded: tried to allocate {requested} bytes with {live} bytes live "
-            f"(budget {budget} bytes)"
-        )
+        super().__init__(f"kvprof budget exceeded: tried to allocate {requested} bytes with {live} bytes live "
+                         f"(budget {budget} bytes)")
 
 
 class TraceSession:
@@ -115,6 +105,7 @@ class TraceSession:
             started_unix_ns=self._t0_unix_ns,
             tracker=self.tracker_kind,
             pid=os.getpid(),
+            host=socket.gethostname(),  # with pid: readers tell a killed writer from a running one
         )
         write_json_atomic(self.folder / META_FILE, self.meta)
         self._log = EventLog(self.folder / EVENTS_FILE)
@@ -216,9 +207,8 @@ class TraceSession:
         tables = tables_from_records(self._log.records, self._log.alloc_columns)
         if self._cuda is not None:
             self._note_blocks_from_before(tables["allocations"])
-        write_tables(self.folder, tables)
-        write_json_atomic(self.folder / META_FILE, self.meta)
-        (self.folder / EVENTS_FILE).unlink(missing_ok=True)
+        write_closed_trace(self.folder, self._log, tables, self.meta)  # a full disk: status failed, said in meta
+        self.status = self.meta["status"]
 
     # ----------------------------------------------------------------- clocks and order
     def _now(self) -> int:
@@ -500,6 +490,8 @@ class TraceSession:
             self.tracer_seconds += time.perf_counter() - t
         if self._log is not None:
             self._log.flush()
+            if self._log.error is not None:  # a full disk: stop the run, the trace closes as failed
+                raise TraceWriteError(self.folder, self._log.unwritten_bytes, self._log.error)
 
     def record_kv_bytes(self, chunk: int, logical: int, stored: int, resident: int) -> None:
         """KV byte accounting of the cache after a chunk."""

@@ -25,10 +25,9 @@ means: tracers/table_schema.py, also inside each Parquet file's schema, and docs
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,6 +35,8 @@ import pandas as pd
 
 from tracers.table_schema import write_parquet
 from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
+from tracers.summary_schema import check_summary  # noqa: F401 (re-exported)
+from tracers.atomic import TraceWriteError, write_atomic, write_json_atomic, write_json_in_place  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = "1.0"
 EVENTS_FILE = "events.jsonl"
@@ -47,13 +48,6 @@ STATUSES = ("running", "complete", "oom", "interrupted", "failed")
 
 class TraceError(ValueError):
     """A trace folder that cannot be read; the message names the file and what is wrong."""
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class EventLog:
@@ -72,6 +66,23 @@ class EventLog:
         # While True, records are kept for the tables but not written as lines: used for the final
         # replay of the CUDA allocator history, which nobody follows and which Parquet will hold.
         self.memory_only = False
+        # The first failed write (a full disk): later lines are kept in memory only and counted, so
+        # the error can say how many bytes the folder still needed.
+        self.error: OSError | None = None
+        self._line_bytes = 0  # every line handed to the file (JSON is ASCII: characters are bytes)
+
+    @property
+    def unwritten_bytes(self) -> int:
+        """Bytes of lines that did not reach the disk (after a failed write)."""
+        try:
+            on_disk = self.path.stat().st_size
+        except OSError:
+            on_disk = 0
+        return max(0, self._line_bytes - on_disk)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (a whole line)."""
@@ -80,11 +91,17 @@ class EventLog:
             if self._file is None or self.memory_only:
                 return
             line = json.dumps(record, separators=(",", ":")) + "\n"
-            self._file.write(line)
-            now = time.monotonic()
-            if now - self._last_flush > self._flush_interval_s:
-                self._file.flush()
-                self._last_flush = now
+            self._line_bytes += len(line)
+            if self.error is not None:
+                return
+            try:
+                self._file.write(line)
+                now = time.monotonic()
+                if now - self._last_flush > self._flush_interval_s:
+                    self._file.flush()
+                    self._last_flush = now
+            except OSError as exc:
+                self._failed(exc)
 
     def add_allocations(self, columns: dict[str, list[Any]]) -> None:
         """Keep a batch of allocation rows (the allocations table's columns) for the tables at close."""
@@ -92,28 +109,38 @@ class EventLog:
             self.alloc_columns.append(columns)
 
     def flush(self) -> None:
-        """Make everything written so far visible to followers."""
+        """Make everything written so far visible to followers (a failed write is kept in `error`)."""
         with self._lock:
-            if self._file is not None:
-                self._file.flush()
+            if self._file is not None and self.error is None:
+                try:
+                    self._file.flush()
+                except OSError as exc:
+                    self._failed(exc)
 
     def close(self) -> None:
         """Flush and close the file; later writes are kept in memory only."""
         with self._lock:
             if self._file is not None:
-                self._file.flush()
-                self._file.close()
+                try:
+                    if self.error is None:
+                        self._file.flush()
+                except OSError as exc:
+                    self._failed(exc)
+                try:
+                    self._file.close()
+                except OSError as exc:  # the buffer it could not write
+                    self._failed(exc)
                 self._file = None
 
 
-def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """Parse an event log up to its last whole record; return (records, torn_tail)."""
+def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Parse an event log up to its last whole record; return (records, bytes of a torn tail: 0 when none)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
     records: list[dict[str, Any]] = []
-    torn = False
+    torn = 0
     lines = raw.split(b"\n")
     for n, line in enumerate(lines):
         if not line.strip():
@@ -122,7 +149,7 @@ def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], bool]:
             rec = json.loads(line)
         except ValueError:
             if n == len(lines) - 1 or all(not rest.strip() for rest in lines[n + 1 :]):
-                torn = True  # a torn final record of a live or crashed run: recover what precedes it
+                torn = len(raw) - sum(len(x) + 1 for x in lines[:n])  # a torn final record of a live or crashed run: recover what precedes it
                 break
             raise TraceError(f"{path}: line {n + 1} is not a JSON record (corrupted trace)") from None
         if not isinstance(rec, dict) or "k" not in rec:
@@ -176,9 +203,10 @@ def _column_ok(col: pd.Series, kind: str) -> bool:
     return isinstance(col.dtype, pd.StringDtype) or all(isinstance(v, str) for v in col[~missing])
 
 
-def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.DataFrame]:
+def check_tables(tables: dict[str, pd.DataFrame], source: Path, notes: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """The tables, after checking the columns readers rely on are there with usable types and
-    that ids are unique; TraceError naming the table and column otherwise."""
+    that ids are unique; TraceError naming the table and column otherwise. Allocation rows freed
+    before they were made are dropped, and said in `notes`."""
     for table, columns in TABLE_COLUMNS.items():
         df = tables.get(table)
         if df is None:
@@ -191,6 +219,14 @@ def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.
                                  f"(it holds {df[col].dtype}; damaged trace)")
         if table in ("allocations", "spans") and not df["id"].is_unique:
             raise TraceError(f"{source}: table {table!r} repeats ids (damaged trace)")
+    allocs = tables["allocations"]
+    bad = (allocs["q_free"] != NO_FREE) & (allocs["q_free"] < allocs["q_alloc"])
+    if bool(bad.any()):
+        ids = allocs.loc[bad, "id"].tolist()
+        shown = ", ".join(str(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        if notes is not None:
+            notes.append(f"{source}: skipped {len(ids)} damaged allocation row(s) freed before made (q_free < q_alloc): id {shown}")
+        tables["allocations"] = allocs[~bad].reset_index(drop=True)
     spans = tables["spans"]
     if spans["index"].dtype != "Int64":
         spans["index"] = spans["index"].astype("Int64")
@@ -198,11 +234,39 @@ def check_tables(tables: dict[str, pd.DataFrame], source: Path) -> dict[str, pd.
 
 
 def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Write each table as `<name>.parquet` atomically, its columns described in the file's schema."""
-    for name, df in tables.items():
-        tmp = folder / f"{name}.parquet.tmp"
-        write_parquet(tmp, name, df)
-        os.replace(tmp, folder / f"{name}.parquet")
+    """Write each table as `<name>.parquet` atomically, its columns described in the file's schema; on a failure (a full disk) the tables of
+    this call are removed again, so the event log stays the trace's one source."""
+    written: list[Path] = []
+    try:
+        for name, df in tables.items():
+            path = folder / f"{name}.parquet"
+            write_atomic(path, lambda tmp, df=df, name=name: write_parquet(tmp, name, df))
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def write_closed_trace(folder: Path, log: EventLog, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
+    """Write the closed trace: Parquet tables, final meta, then remove the event log. When the event
+    log or a table could not be written (a full disk), meta says status `failed` with the reason,
+    no temporary file is left and the event log stays the trace (readable up to its last whole
+    record); `meta["write_error"]` then holds the one-line message for the user."""
+    error: OSError | None = log.error
+    unwritten = log.unwritten_bytes if error is not None else 0
+    if error is None:
+        try:
+            write_tables(folder, tables)
+        except OSError as exc:
+            error, unwritten = exc, int(sum(df.memory_usage(deep=False).sum() for df in tables.values()))
+    if error is None:
+        write_json_atomic(folder / META_FILE, meta)
+        (folder / EVENTS_FILE).unlink(missing_ok=True)
+        return
+    failure = TraceWriteError(folder, unwritten, error)
+    meta.update(status="failed", error=f"TraceWriteError: {failure.strerror}", write_error=failure.strerror)
+    write_json_in_place(folder / META_FILE, meta)
 
 
 @dataclass
@@ -215,12 +279,14 @@ class RawTrace:
     summary: dict[str, Any] | None
     live: bool  # tables came from the event log, not from Parquet
     torn_tail: bool  # the event log ended in a partial record that was skipped
+    notes: list[str] = field(default_factory=list)  # what the reader skipped (a torn tail, damaged rows), said to the user
 
 
 # Fields of meta.json that readers use, and their JSON types (a missing field or null is allowed).
 META_FIELDS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("run_id", "method", "integration", "codes", "error", "checkpoint", "tracker", "source",
-                     "interrupted_stage", "failed_stage", "interrupted_by", "allocator_settings"), (str,)),
+                     "interrupted_stage", "failed_stage", "interrupted_by", "allocator_settings", "host",
+                     "write_error"), (str,)),
     **dict.fromkeys(("config", "rollout", "environment", "method_params", "oom", "host_activity", "host_profile",
                      "allocator_layout"),
                     (dict,)),
@@ -230,7 +296,16 @@ META_FIELDS: dict[str, tuple[type, ...]] = {
                      "memory_allocated_end_bytes", "pid"), (int,)),
     **dict.fromkeys(("wall_s", "tracer_drain_s"), (int, float)),
 }
-_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number", bool: "true or false"}
+# Fields inside meta's objects that readers (diagnose's byte model, --run-baseline, labels) use.
+META_NESTED: dict[str, dict[str, tuple[type, ...]]] = {
+    "rollout": {**dict.fromkeys(("frames", "seed", "batch", "chunk_frames", "attn_window_frames", "rolling_frames",
+                                 "sink_frames"), (int,)),
+                "integration": (str,), "decode": (bool,), "free_cache_before_decode": (bool,), "timesteps": (list,)},
+    "config": {"name": (str,), "dtype": (str,), "vae": (str,),
+               **dict.fromkeys(("num_layers", "dim", "num_heads", "ffn_dim", "text_dim", "text_len", "latent_height",
+                                "latent_width", "freq_dim", "in_dim", "out_dim", "tokens_per_frame", "head_dim"), (int,))},
+}
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -266,22 +341,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
         if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
             names = " or ".join(_JSON_NAMES[t] for t in types)
             raise TraceError(f"{meta_path}: field {key!r} should be {names}, not {type(value).__name__} (damaged trace)")
+    for outer, fields in META_NESTED.items():
+        inner = meta.get(outer) or {}
+        for key, types in fields.items():
+            value = inner.get(key)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+                names = " or ".join(_JSON_NAMES[t] for t in types)
+                raise TraceError(f"{meta_path}: field '{outer}.{key}' should be {names}, not {value!r:.40} (damaged trace)")
     return meta
-
-
-def check_summary(summary: Any, path: Path) -> None:
-    """summary.json holds an object whose peak (when present) has the fields readers use."""
-    if not isinstance(summary, dict):
-        raise TraceError(f"{path}: expected a JSON object (damaged summary; remove it and the numbers are recomputed from the tables)")
-    peak = summary.get("peak")
-    if peak is None:
-        return
-    ok = isinstance(peak, dict) and all(
-        isinstance(peak.get(k), t) and not isinstance(peak.get(k), bool)
-        for k, t in (("bytes", int), ("stage", str), ("t_ns", (int, float)))
-    ) and all(isinstance(peak.get(k, {}), dict) for k in ("by_category", "by_stage", "by_pass"))
-    if not ok:
-        raise TraceError(f"{path}: field 'peak' lacks bytes, stage or t_ns, or has them of the wrong type (damaged summary)")
 
 
 def read_raw_trace(folder: str | Path) -> RawTrace:
@@ -305,12 +372,14 @@ def read_raw_trace(folder: str | Path) -> RawTrace:
                 tables[name] = pd.read_parquet(p)
             except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
                 raise TraceError(f"{p}: unreadable Parquet table ({type(exc).__name__}: {exc})") from None
-        return RawTrace(folder, meta, check_tables(tables, folder), summary, live=False, torn_tail=False)
+        notes: list[str] = []
+        return RawTrace(folder, meta, check_tables(tables, folder, notes), summary, live=False, torn_tail=False, notes=notes)
     if events.is_file():
         records, torn = read_event_lines(events)
         try:
             tables = tables_from_records(records)
         except TraceError as exc:
             raise TraceError(f"{events}: {exc}") from None
-        return RawTrace(folder, meta, check_tables(tables, events), summary, live=True, torn_tail=torn)
+        notes = [f"{events}: skipped a torn tail of {torn:,} bytes (an unterminated last record)"] if torn else []
+        return RawTrace(folder, meta, check_tables(tables, events, notes), summary, live=True, torn_tail=bool(torn), notes=notes)
     raise TraceError(f"{folder}: trace has neither {EVENTS_FILE} nor its Parquet tables (empty or damaged trace)")

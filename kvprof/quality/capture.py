@@ -230,15 +230,36 @@ def read_key(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+class UnreadableOutputs(LookupError):
+    """Saved quality outputs that cannot be read (truncated, foreign or hostile files): the
+    message names the file; quality is then reported as missing, never the run's failure."""
+
+
+def _load_saved(path: Path, want: type) -> Any:
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a bad file (UnpicklingError, RuntimeError...)
+        raise UnreadableOutputs(f"{path}: unreadable saved output ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if not isinstance(value, want):
+        raise UnreadableOutputs(f"{path}: holds {type(value).__name__}, not {want.__name__} (damaged saved output)")
+    return value
+
+
 def load_outputs(folder: Path) -> RolloutOutputs:
-    """The saved outputs of a trace (or reference) folder; video is None when it was not saved."""
+    """The saved outputs of a trace (or reference) folder; video is None when it was not saved.
+    UnreadableOutputs (a LookupError) naming the file when one cannot be read."""
     qdir = Path(folder) / QUALITY_DIR
     info = read_key(folder)
     if info is None:
         raise FileNotFoundError(f"{qdir / KEY_FILE}: no saved quality outputs")
-    latents = torch.load(qdir / LATENTS_FILE, map_location="cpu", weights_only=True)
-    attention = torch.load(qdir / ATTENTION_FILE, map_location="cpu", weights_only=True)
-    video = torch.load(qdir / VIDEO_FILE, map_location="cpu", weights_only=True) if info.get("video_saved") else None
+    if not isinstance(info, dict) or not isinstance(info.get("key"), dict) or not isinstance(info.get("method"), str):
+        raise UnreadableOutputs(f"{qdir / KEY_FILE}: lacks its key or method (damaged saved output)")
+    latents = _load_saved(qdir / LATENTS_FILE, torch.Tensor)
+    attention = _load_saved(qdir / ATTENTION_FILE, dict)
+    video = _load_saved(qdir / VIDEO_FILE, torch.Tensor) if info.get("video_saved") else None
+    try:
+        layers, max_elements = tuple(info.get("layers", ())), int(info.get("max_elements", MAX_ELEMENTS))
+    except (TypeError, ValueError):
+        raise UnreadableOutputs(f"{qdir / KEY_FILE}: layers or max_elements of the wrong type (damaged saved output)") from None
     return RolloutOutputs(key=info["key"], method=info["method"], latents=latents, video=video, attention=attention,
-                          layers=tuple(info.get("layers", ())), max_elements=int(info.get("max_elements", MAX_ELEMENTS)),
-                          folder=Path(folder))
+                          layers=layers, max_elements=max_elements, folder=Path(folder))

@@ -22,6 +22,7 @@ from kvprof.quality.capture import (
     QualityCapture,
     RolloutOutputs,
     RolloutRecipe,
+    UnreadableOutputs,
     load_outputs,
     read_key,
     save_outputs,
@@ -117,7 +118,10 @@ def get_reference(candidate: RolloutOutputs, traces_root: Path, *, exclude: Path
     found = find_reference(traces_root, candidate.key, exclude)
     if found is not None:
         kind = "cache" if found.parent.name == REFERENCE_CACHE else "trace"
-        return Reference(load_outputs(found), {"kind": kind, "path": str(found)})
+        try:
+            return Reference(load_outputs(found), {"kind": kind, "path": str(found)})
+        except UnreadableOutputs as exc:  # quality is then missing, naming the file; the trace stands
+            raise UnreadableOutputs(f"the bf16 reference {exc}") from None
     if candidate.method == REFERENCE_METHOD:
         return Reference(candidate, {"kind": "self", "path": None})
     if candidate.recipe is None:
