@@ -65,17 +65,19 @@ def test_disk_full_during_the_run_fails_the_trace_once_and_keeps_what_was_writte
 
 def test_disk_full_while_writing_the_tables_leaves_no_temporary_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    real = pd.DataFrame.to_parquet
+    import tracers.trace_io as trace_io
+
+    real = trace_io.write_parquet
     calls = []
 
-    def to_parquet(self, path, *a, **kw):
+    def write_parquet(path, name, df):
         calls.append(path)
         if len(calls) == 3:
             Path(path).write_bytes(b"PAR1 half")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, path, *a, **kw)
+        return real(path, name, df)
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    monkeypatch.setattr(trace_io, "write_parquet", write_parquet)
     code = main([*TINY, "--out", str(tmp_path), "--run-id", "full"])
     err = capsys.readouterr().err
     folder = tmp_path / "full"
