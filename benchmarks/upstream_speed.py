@@ -459,9 +459,22 @@ def main() -> None:
     profiles = {}
     if args.profile:
         for name, worker, root, kv_root in plan:
-            if worker != "traced":
+            if worker == "upstream" or (worker == "kvprof" and root == first_root):
                 profiles[name] = spawn(args, worker, root, kv_root, profile=True)
     summary = {name: summarize(r) for name, r in runs.items()}
+    if args.traced:
+        first, traced = summary[next(iter(trees))], summary[f"{next(iter(trees))}_traced"]
+        if first.get("median_s") and traced.get("median_s"):
+            summary["tracer_overhead"] = {"traced_over_untraced_median": traced["median_s"] / first["median_s"]}
+    if summary.get("upstream", {}).get("median_s"):
+        for name in trees:
+            row, up = summary[name], summary["upstream"]
+            if row.get("median_s"):
+                row["over_upstream"] = row["median_s"] / up["median_s"]
+            if row.get("warm_median_s") and up.get("warm_median_s"):
+                row["warm_over_upstream"] = row["warm_median_s"] / up["warm_median_s"]
+            if row.get("peak_bytes") and up.get("peak_bytes"):
+                row["peak_over_upstream"] = row["peak_bytes"] / up["peak_bytes"]
     env = next((r["environment"] for rs in runs.values() for r in rs if "environment" in r), {})
     doc = {"command": " ".join(sys.argv), "environment": env, "frames": args.frames, "config": args.config,
            "summary": summary, "runs": runs, "profiles": profiles}
@@ -477,6 +490,8 @@ def markdown(doc: dict) -> str:
              "", "| pipeline | rollout median s (min..max, n) | warm s | peak max_memory_allocated B | KV B | SDPA self / cross |",
              "|---|---|---|---|---|---|"]
     for name, row in s.items():
+        if name not in doc["runs"]:
+            continue
         runs = doc["runs"][name]
         peak = row.get("peak_bytes")
         if peak is None and runs and "peak" in runs[0]:
@@ -487,6 +502,8 @@ def markdown(doc: dict) -> str:
         spread = f"{med:.3f} ({row['min_s']:.3f}..{row['max_s']:.3f}, {row['runs']})" if med else "failed"
         warm = f"{row['warm_median_s']:.3f}" if "warm_median_s" in row else "-"
         lines.append(f"| {name} | {spread} | {warm} | {peak} | {row.get('kv_bytes', '-')} | {backends} |")
+    lines += ["", "ratios: " + json.dumps({k: {m: round(x, 4) for m, x in v.items() if "over" in m}
+                                           for k, v in s.items() if any("over" in m for m in v)})]
     for name, pr in prof.items():
         if "host_syncs" in pr:
             lines += ["", f"{name} host syncs in one rollout (set_sync_debug_mode): {pr['host_syncs']['total']}"]
