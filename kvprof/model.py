@@ -121,7 +121,8 @@ def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
 
 
 class WanRMSNorm(nn.Module):
-    """RMSNorm over the last dim with a weight, computed in float32 (Wan's `WanRMSNorm`)."""
+    """RMSNorm over the last dim with a weight (Wan's `WanRMSNorm`): normalised in float32, rounded to
+    the input dtype, then scaled by the weight, in one fused kernel plus the scale."""
 
     def __init__(self, dim: int, eps: float, device=None, dtype=None) -> None:
         super().__init__()
@@ -129,38 +130,34 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return y.type_as(x) * self.weight
+        # F.rms_norm upcasts internally and rounds once: the rounding points of Wan's
+        # `_norm(x.float()).type_as(x) * weight`, without a float32 copy of x in memory.
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
 class WanLayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 and returned in the input dtype (Wan's `WanLayerNorm`)."""
+    """LayerNorm in the input dtype (Wan's `WanLayerNorm`; the kernel accumulates in float32)."""
 
     def __init__(self, dim: int, eps: float, elementwise_affine: bool = False, device=None, dtype=None):
         super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine, device=device, dtype=dtype)
 
-    def forward_float(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised input in float32 (for modulation, which Wan does in float32)."""
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_float(x).type_as(x)
+        return super().forward(x).type_as(x)
 
 
-def _modulate(xn: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """xn [B, F*S, D] (float32) * (1 + scale) + shift, with per-frame shift/scale [B, F, 1, D]."""
+# Modulation and gates run in the model dtype, as Self-Forcing's bf16 pipeline runs them (its e0 comes
+# out of bf16 linears and its modulation parameters are bf16); addcmul makes each one kernel with a
+# single rounding instead of a float32 round trip of the whole hidden state.
+def _modulate(xn: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """xn [B, F*S, D] * (1 + scale) + shift, with per-frame shift/scale [B, F, 1, D]."""
     frames = shift.shape[1]
-    out = xn.unflatten(1, (frames, -1)) * (1 + scale) + shift
-    return out.flatten(1, 2).to(dtype)
+    return torch.addcmul(shift, xn.unflatten(1, (frames, -1)), 1 + scale).flatten(1, 2)
 
 
 def _gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """x + y * gate with a per-frame gate [B, F, 1, D]; the product in float32 as in Wan."""
+    """x + y * gate with a per-frame gate [B, F, 1, D]."""
     frames = gate.shape[1]
-    return x + (y.unflatten(1, (frames, -1)).float() * gate).flatten(1, 2).to(x.dtype)
+    return torch.addcmul(x.unflatten(1, (frames, -1)), y.unflatten(1, (frames, -1)), gate).flatten(1, 2)
 
 
 class _WanAttentionProjections(nn.Module):
@@ -235,8 +232,8 @@ class CausalWanBlock(nn.Module):
 
     def modulated_input(self, x: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
         """The self-attention input norm1(x) * (1 + scale) + shift (FlowCache native's change signal)."""
-        e = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)
-        return _modulate(self.norm1.forward_float(x), e[0], e[1], x.dtype)
+        e = (self.modulation.unsqueeze(1) + e0).chunk(6, dim=2)
+        return _modulate(self.norm1(x), e[0], e[1])
 
     def forward(
         self,
@@ -247,15 +244,15 @@ class CausalWanBlock(nn.Module):
         cache: AttentionCache,
         call: LayerCall,
     ) -> torch.Tensor:
-        """x [B, L, D] in the model dtype; e0 [B, F, 6, D] float32."""
+        """x [B, L, D] contiguous and e0 [B, F, 6, D], both in the model dtype."""
         # [1, 6, D] -> [1, 1, 6, D] so each frame gets its own six shift/scale/gate vectors.
-        e = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)
-        y = self.self_attn(_modulate(self.norm1.forward_float(x), e[0], e[1], x.dtype), rope, cache, call)
+        e = (self.modulation.unsqueeze(1) + e0).chunk(6, dim=2)
+        y = self.self_attn(_modulate(self.norm1(x), e[0], e[1]), rope, cache, call)
         x = _gated_add(x, y, e[2])
         with stage("cross_attn"):
             x = x + self.cross_attn(self.norm3(x), cross_kv)
         with stage("ffn"):
-            y = self.ffn(_modulate(self.norm2.forward_float(x), e[3], e[4], x.dtype))
+            y = self.ffn(_modulate(self.norm2(x), e[3], e[4]))
             x = _gated_add(x, y, e[5])
         return x
 
@@ -271,9 +268,9 @@ class CausalWanHead(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 2, config.dim, **dd))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """x [B, L, D]; e [B, F, 1, D] float32 (the time embedding, not its projection)."""
-        shift, scale = (self.modulation.float().unsqueeze(1) + e).chunk(2, dim=2)
-        return self.head(_modulate(self.norm.forward_float(x), shift, scale, x.dtype))
+        """x [B, L, D]; e [B, F, 1, D] (the time embedding, not its projection), model dtype."""
+        shift, scale = (self.modulation.unsqueeze(1) + e).chunk(2, dim=2)
+        return self.head(_modulate(self.norm(x), shift, scale))
 
 
 class CausalWanModel(nn.Module):
@@ -392,13 +389,16 @@ class CausalWanModel(nn.Module):
             )
 
         with tag("activations"):
-            h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)  # [B, L, D]
+            # Contiguous [B, L, D], as Self-Forcing's torch.cat makes it: a transposed view here would
+            # make every residual add in every layer keep that layout (strided copies, and a
+            # contiguous() inside each layer norm).
+            h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
 
-            # Self-Forcing runs these linears in the model dtype; the modulation math is float32.
+            # Self-Forcing runs the time embedding and all modulation math in the model dtype.
             sin_t = sinusoidal_embedding_1d(cfg.freq_dim, t.flatten()).to(self.dtype)
             e = self.time_embedding(sin_t)
-            e0 = self.time_projection(e).float().unflatten(1, (6, cfg.dim)).unflatten(0, (b, frames))
-            e = e.float().unflatten(0, (b, frames)).unsqueeze(2)  # [B, F, 1, D]
+            e0 = self.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (b, frames))
+            e = e.unflatten(0, (b, frames)).unsqueeze(2)  # [B, F, 1, D]
 
             rope = rope_tables(cfg.head_dim, call.frame_start, grid, h.device)
             skip = False
