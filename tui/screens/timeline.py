@@ -42,7 +42,7 @@ class TimelineScreen(ViewScreen):
         self.query_one(CursorPanel).show(view, event, at_cursor)
 
     def on_resize(self) -> None:
-        self.kv_app.redraw()
+        self.request_draw()
 
     def export_frame(self) -> pd.DataFrame | None:
         view = self.kv_app.current_view()

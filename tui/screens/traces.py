@@ -33,11 +33,7 @@ class TracesScreen(ViewScreen):
         yield FrameTable(COLUMNS, sort_key="started", reverse=True, id="traces")
 
     def on_mount(self) -> None:
-        self.set_interval(RELIST_S, self._relist)
-
-    def _relist(self) -> None:
-        if self.is_current:
-            self.kv_app.redraw()
+        self.set_interval(RELIST_S, self.request_draw)  # new trace folders appear without any event
 
     def update_body(self, view: TraceView | None) -> None:
         app = self.kv_app
