@@ -22,6 +22,7 @@ from tracers.trace_io import EVENTS_FILE, tables_from_records
 from tui.app import VIEW_NAMES, KvprofApp
 from tui.live_run import LiveRun
 from tui.model import build_view, column_points
+from tui.screens.breakdown import BreakdownScreen
 from tui.screens.help import HelpScreen
 from tui.widgets.breakdown import BreakdownPanel
 from tui.widgets.cursor import CursorPanel
@@ -556,21 +557,68 @@ async def test_live_run_failing_before_its_trace_starts_closes_the_app(tmp_path:
         live.outcome()
 
 
+def _timer_callbacks(app: KvprofApp) -> list[Callable[[], Any]]:
+    """The callbacks of every timer the app and its screens (of every mode) own."""
+    nodes = [app, *(screen for stack in app._screen_stacks.values() for screen in stack)]
+    return [timer._callback for node in nodes for timer in list(node._timers) if timer._callback is not None]
+
+
+class _ClosingProbe(KvprofApp):
+    """Runs every timer callback, and the handlers of the messages threads post, in the window where
+    issue 16's race struck: every screen closed, the app's own timers still alive."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.callbacks: list[Callable[[], Any]] = []
+        self.stack_was_empty = False
+        self.errors: list[BaseException] = []
+
+    async def _close_all(self) -> None:
+        await super()._close_all()
+        self.stack_was_empty = self.top_screen() is None
+        calls = [*self.callbacks, lambda: self.on_kvprof_app_sources_changed(self.SourcesChanged()),
+                 lambda: self.on_kvprof_app_rollout_ended(self.RolloutEnded()), self._post_rollout_ended]
+        for call in calls:
+            try:
+                call()
+            except Exception as exc:  # collected: an exception here would be swallowed by the shutdown
+                self.errors.append(exc)
+
+
 @asyncio_test
-async def test_status_tick_on_a_screen_whose_children_are_not_mounted_yet(bf16_trace: Path) -> None:
-    # The 4 Hz status tick once found a mounted screen without its StatusLine (screen switch) and
-    # crashed the app with NoMatches; a screen without the line is now left for the next tick.
+async def test_timers_and_thread_messages_are_safe_while_the_app_closes(bf16_trace: Path) -> None:
+    # issue 16: the status timer fired while the app closed (no screens on the stack) and raised
+    # ScreenStackError. Every timer callback, and every message a thread posts, must be harmless then.
+    live = LiveRun(lambda: None)
+    app = _ClosingProbe([bf16_trace], follow=True, poll_s=0.1, live=live)
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        for key in ("2", "7", "1"):  # a screen of several modes, each with its own timers
+            await pilot.press(key)
+            await pilot.pause(0.05)
+        app.callbacks = _timer_callbacks(app)
+        assert len(app.callbacks) >= 3
+        live.start()
+        live.join(5)
+        await pilot.press("q")
+    assert app.stack_was_empty and app.errors == []
+    assert app.return_code == 0 and app.return_value == 0
+
+
+@asyncio_test
+async def test_a_view_draws_itself_once_mounted_and_never_before(bf16_trace: Path) -> None:
+    # A screen on its way (pushed, not yet composed) used to be probed for its children; now a view
+    # ignores draw requests until it is mounted and on screen, then draws by itself.
     app = KvprofApp([bf16_trace])
     async with app.run_test(size=SIZE) as pilot:
         await opened(pilot, app)
-        screen = app.screen
-        await screen.query_one(StatusLine).remove()
-        assert not screen.ready
-        app._tick()
-        app._do_redraw()  # a redraw waits for the children instead of failing on them
-        await pilot.pause(0.3)  # further ticks and redraw retries as well
-        assert app.return_code is None and app.current_view() is not None
-        redraws = len(app.redraws)
-        await screen.mount(StatusLine(id="status"))
-        await wait_for(pilot, lambda: len(app.redraws) > redraws, what="the redraw once the children are back")
-        assert status(app)
+        screen = BreakdownScreen()
+        screen.request_draw()  # not mounted: nothing, no error
+        app.cursors = {0: 0}  # a state change while it mounts
+        drawn = len(app.redraws)
+        waiting = app.push_screen(screen)
+        screen.request_draw()
+        await waiting
+        await wait_for(pilot, lambda: len(app.redraws) > drawn and "event 1," in str(
+            screen.query_one("#cursor-category", FrameTable).border_title), what="the pushed view drawn")
+        assert app.return_code is None and app.screen is screen
