@@ -31,7 +31,7 @@ from tui.widgets.message import MessagePanel
 from tui.widgets.quality import QualityPanel
 from tui.widgets.status import StatusLine
 from tui.widgets.table import FrameTable
-from tui.widgets.timeline import TimelineChart
+from tui.widgets.timeline import MARGIN, TimelineChart, _run_length
 
 SIZE = (140, 45)
 asyncio_test = pytest.mark.asyncio
@@ -155,6 +155,34 @@ def test_timeline_points_are_the_analysis_timeline_and_hold_the_peak(bf16_trace:
     assert view.peak_event is not None and view.events_q[view.peak_event] == peak.q
     for cols in (7, 80, 300):  # every chart width draws the peak
         assert view.timeline.total[column_points(view.timeline, cols)].max() == peak.bytes
+
+
+def _band_tokens_are_whole_labels(labels: list[str]) -> None:
+    """The band row of `labels` (one per column) shows each run's label whole or short, at the run's
+    start, never cut and never touching the next one."""
+    row = TimelineChart()._band_row("pass", labels, None).plain[MARGIN:]
+    assert len(row) == len(labels)
+    start = 0
+    for label, n in _run_length(labels):
+        head, _, tail = label.partition(" ")
+        allowed = {"", label, head[:1] + tail if tail.isdigit() else head[:1]}
+        cell = row[start:start + n]
+        assert cell.rstrip() in allowed and (not cell.strip() or cell.endswith(" ")), (label, n, row)
+        start += n
+
+
+def test_pass_labels_never_collide_on_either_axis(bf16_trace: Path) -> None:
+    # issue 16: on the time axis runs are 1-2 columns wide and the labels ran together ("d3rddddr").
+    narrow = ["denoise 0"] * 2 + ["refresh"] + ["denoise 1"] * 3 + ["refresh"] * 2 + ["denoise 12"] * 3 + [""] * 2 \
+        + ["chunk 3"] * 8 + ["decode"] * 1
+    _band_tokens_are_whole_labels(narrow)
+    view = build_view(load_trace(bf16_trace))
+    for axis in ("events", "time"):
+        tl = view.timeline_for(axis)
+        for cols in (40, 129, 300):
+            pts = column_points(tl, cols)
+            _band_tokens_are_whole_labels([tl.pass_band[p] for p in pts])
+            _band_tokens_are_whole_labels([tl.stage_band[p] for p in pts])
 
 
 # ---------------------------------------------------------------------- views on the tiny rollout
