@@ -208,6 +208,47 @@ async def test_timeline_shows_peak_categories_and_stage(bf16_trace: Path) -> Non
         assert "complete" in status(app) and "last event" in status(app)
 
 
+def _stages_in_cursor_panel(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("live at cursor by stage of origin"))
+    return [line.split(None, 2)[2] for line in lines[start + 1:] if line.strip() and line.split()[0][0].isdigit()]
+
+
+@asyncio_test
+async def test_share_is_at_the_cursor_and_the_filter_narrows_the_stage_panel(bf16_trace: Path) -> None:
+    # issue 16: "share" was the share at the peak wherever the cursor was, and `/` left the
+    # "live at cursor by stage of origin" panel unfiltered while the chart was filtered.
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        view = app.current_view()
+        event = view.n_events // 4
+        cur, peak = view.breakdown_at_event(event), view.peak
+        assert any(abs(n / cur.total - peak.by_category.get(c, 0) / peak.bytes) > 0.01 for c, n in cur.by_category.items())
+        app.cursors = {0: event}
+        await wait_for(pilot, lambda: f"event {event + 1:,} of" in app.screen.query_one(CursorPanel).text, what="cursor")
+        lines = app.screen.query_one(BreakdownPanel).text.splitlines()
+        for cat, n in cur.by_category.items():
+            line = next(line for line in lines if line.startswith(f"█ {cat} "))
+            assert f" {100 * n / cur.total:.1f}%" in line, line
+        assert len(_stages_in_cursor_panel(app.screen.query_one(CursorPanel).text)) > 1
+        app.set_filter("kv_")
+        await wait_for(pilot, lambda: "filter 'kv_'" in app.screen.query_one(CursorPanel).text, what="filtered panel")
+        kv = view.breakdown_at_event(event, "kv_")
+        assert kv.total and kv.total < cur.total
+        assert _stages_in_cursor_panel(app.screen.query_one(CursorPanel).text) == list(kv.by_stage)
+        assert fmt_bytes(kv.total) in app.screen.query_one(CursorPanel).text
+
+
+def test_a_trace_that_has_started_is_loading_never_waiting(bf16_trace: Path, tmp_path: Path) -> None:
+    # issue 16: a finished trace showed "Waiting for the trace ... to start" until its first read.
+    for follow in (False, True):
+        text, _ = KvprofApp([bf16_trace], follow=follow).message_for_current()
+        assert text is not None and text.startswith("Loading") and "Waiting" not in text, text
+    text, _ = KvprofApp([tmp_path / "not-written-yet"], follow=True).message_for_current()
+    assert text is not None and text.startswith("Waiting for the trace")
+
+
 @asyncio_test
 async def test_cursor_keys_move_through_events_and_p_returns_to_peak(bf16_trace: Path) -> None:
     app = KvprofApp([bf16_trace])
@@ -281,19 +322,24 @@ async def test_tab_shift_tab_and_number_keys_switch_views(bf16_trace: Path) -> N
 async def test_breakdown_view_at_cursor_and_at_peak(bf16_trace: Path) -> None:
     peak = find_peak(load_trace(bf16_trace))
     app = KvprofApp([bf16_trace])
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(100, 45)) as pilot:
         await opened(pilot, app)
         await pilot.press("2")
         await wait_for(pilot, lambda: table(app, "peak-category").shown_rows, what="breakdown rows")
-        rows = {r[0]: r[1] for r in table(app, "peak-category").cell_texts()}
+        rows = {r["key"]: fmt_bytes(r["bytes"]) for r in table(app, "peak-category").shown_rows}
         assert rows == {c: fmt_bytes(b) for c, b in peak.by_category.items()}
-        stages = [r[0] for r in table(app, "peak-stage").cell_texts()]
+        stages = [r["key"] for r in table(app, "peak-stage").shown_rows]
         assert stages[0] == max(peak.by_stage, key=peak.by_stage.get) and "rollout/decode" in stages
-        assert [r[0] for r in table(app, "peak-pass").cell_texts()] == list(peak.by_pass)
-        assert {r[0] for r in table(app, "cursor-category").cell_texts()} == set(peak.by_category)
+        assert [r["key"] for r in table(app, "peak-pass").shown_rows] == list(peak.by_pass)
+        assert {r["key"] for r in table(app, "cursor-category").shown_rows} == set(peak.by_category)
+        for t in app.screen.query(FrameTable):  # issue 16: "share" was cut to "shar", "77.4%" to "77.4" (100 columns)
+            keys = [str(col.key.value) for col in t.ordered_columns]
+            widths = [col.get_render_width(t) for col in t.ordered_columns]
+            assert sum(widths[:keys.index("share") + 1]) <= t.scrollable_content_region.width, (t.id, keys, widths)
+            assert all(col.get_render_width(t) >= len(c) + 2 for col, c in zip(t.ordered_columns, ("bytes", "share")))
         await pilot.press("home")
         await wait_for(pilot, lambda: "event 1," in str(table(app, "cursor-category").border_title), what="cursor move")
-        at_start = {r[0] for r in table(app, "cursor-category").cell_texts()}
+        at_start = {r["key"] for r in table(app, "cursor-category").shown_rows}
         assert "decode" not in at_start  # nothing of the decode is live at the first event
 
 

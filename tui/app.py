@@ -260,9 +260,9 @@ class KvprofApp(App[int]):
         if src.error is not None:
             return (f"Cannot open trace {src.path}\n\n{src.error}", "error")
         if src.view is None:
-            if src.state.phase == "waiting":
+            if src.waiting_to_start():
                 return (f"Waiting for the trace at {src.path} to start...", "info")
-            return (f"Reading {src.path} ...", "info")
+            return (f"Loading {src.path} ...", "info")
         if src.view.n_events == 0:
             return (f"{src.name}: no allocation events yet (status {src.view.status})", "info")
         return (None, "")

@@ -80,7 +80,7 @@ class TraceView:
     stage_times: pd.DataFrame
     kv: dict[str, Any] | None
     built_s: float = 0.0
-    _breakdowns: dict[int, Breakdown] = field(default_factory=dict)
+    _breakdowns: dict[tuple[int, str], Breakdown] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -108,13 +108,15 @@ class TraceView:
         q = summary.get("quality")
         return q if isinstance(q, dict) else None
 
-    def breakdown_at_event(self, event: int) -> Breakdown:
-        """What was live just after event `event` (cached: the cursor revisits points)."""
-        if event not in self._breakdowns:
+    def breakdown_at_event(self, event: int, match: str = "") -> Breakdown:
+        """What was live just after event `event`, only allocations matching `match` (see `breakdown_at`);
+        cached: the cursor revisits points."""
+        key = (event, match.lower())
+        if key not in self._breakdowns:
             if len(self._breakdowns) > 256:
                 self._breakdowns.clear()
-            self._breakdowns[event] = breakdown_at(self.trace, int(self.events_q[event]))
-        return self._breakdowns[event]
+            self._breakdowns[key] = breakdown_at(self.trace, int(self.events_q[event]), match)
+        return self._breakdowns[key]
 
     def stage_of_event(self, event: int) -> str:
         """Stage path in which the allocation or free at `event` happened."""
@@ -123,9 +125,18 @@ class TraceView:
         return str(row.iat[0]) if len(row) else "?"
 
 
-def breakdown_at(trace: Trace, q: int) -> Breakdown:
-    """Live bytes after the event with order key q, by category, stage kind path and pass."""
+MATCHED_FIELDS = ("category", "kind_path", "path", "name")  # what the `/` filter text is looked for in
+
+
+def breakdown_at(trace: Trace, q: int, match: str = "") -> Breakdown:
+    """Live bytes after the event with order key q, by category, stage kind path and pass; with `match`,
+    only the allocations whose category, stage or name contains it (case-insensitive)."""
     live = live_at(trace, q)
+    if match:
+        hit = pd.Series(False, index=live.index)
+        for col in MATCHED_FIELDS:
+            hit |= live[col].astype("string").str.contains(match, case=False, regex=False).fillna(False).astype(bool)
+        live = live[hit]
     by_cat = {str(c): int(v) for c, v in live.groupby("category")["bytes"].sum().items() if v}
     by_cat = dict(sorted(by_cat.items(), key=lambda kv: -kv[1]))
     by_stage = {str(s): int(v) for s, v in live.groupby("kind_path")["bytes"].sum().sort_values(ascending=False).items() if v}
