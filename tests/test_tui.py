@@ -371,6 +371,31 @@ async def test_allocations_stages_and_kv_views(trace_copy: Path) -> None:
 
 
 @asyncio_test
+async def test_kv_view_lists_the_timelines_chunks_and_labels_the_logical_dtype(trace_copy: Path) -> None:
+    # issue 16 §2: 4 chunks on the timeline but chunks 0-4 ("after chunk 4") in the KV view; and
+    # "logical (BF16)" on a float32 rollout: the label is the dtype the summary says it counts at.
+    summary = json.loads((trace_copy / "summary.json").read_text())
+    summary["kv"]["logical_dtype"] = "float32"
+    (trace_copy / "summary.json").write_text(json.dumps(summary))
+    trace = load_trace(trace_copy)
+    spans = trace.spans
+    timeline_chunks = sorted(int(i) for i in spans.loc[spans["name"] == "chunk", "index"])
+    assert timeline_chunks == [0, 1, 2, 3] and len(trace.kv) == 5
+    app = KvprofApp([trace_copy])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: table(app, "kv-table").shown_rows, what="KV rows")
+        assert [r[0] for r in table(app, "kv-table").cell_texts()] == ["0", "1", "2", "3", "end"]
+        panel = app.screen.query_one(KVPanel)
+        assert "at the end of the rollout (4 chunks)" in panel.text and "chunk 4" not in panel.text
+        assert "logical (float32)" in panel.text and "BF16" not in panel.text
+        kv = {k: v for k, v in app.current_view().kv.items() if k != "logical_dtype"}
+        panel.show(kv, {}, "after chunk 1", None)  # a summary that does not say: plain "logical"
+        assert "  logical  " in panel.text and "logical (" not in panel.text
+
+
+@asyncio_test
 async def test_quality_panel_shows_metrics_when_summary_has_them(trace_copy: Path) -> None:
     summary = json.loads((trace_copy / "summary.json").read_text())
     summary["quality"] = {"latent_psnr_db": 41.25, "lpips": {"missing": "backbone file not supplied"}}

@@ -79,6 +79,7 @@ class TraceView:
     peak_event: int | None
     stage_times: pd.DataFrame
     kv: dict[str, Any] | None
+    n_chunks: int | None = None  # chunks of the rollout seen so far (None: the trace has no chunk stages)
     built_s: float = 0.0
     _breakdowns: dict[tuple[int, str], Breakdown] = field(default_factory=dict)
 
@@ -101,6 +102,26 @@ class TraceView:
     def timeline_for(self, axis: str) -> Timeline:
         """The timeline over event order ('events') or over time ('time')."""
         return self.timeline_time if axis == "time" else self.timeline
+
+    @property
+    def logical_dtype(self) -> str | None:
+        """The element type logical KV bytes are counted at, as the summary writer states it (None: not stated)."""
+        for kv in (self.kv, (self.trace.summary or {}).get("kv")):
+            dtype = kv.get("logical_dtype") if isinstance(kv, dict) else None
+            if isinstance(dtype, str) and dtype:
+                return dtype
+        return None
+
+    def kv_chunk(self, chunk: int) -> int | None:
+        """The timeline's chunk a KV record numbered `chunk` follows; None for the runner's record after
+        the rollout, which is numbered one past the last chunk."""
+        return None if self.n_chunks is not None and chunk >= self.n_chunks else chunk
+
+    def kv_label(self, chunk: int) -> str:
+        """When KV record `chunk` was taken, in words."""
+        if self.kv_chunk(chunk) is None:
+            return f"at the end of the rollout ({self.n_chunks} chunks)"
+        return f"after chunk {chunk}"
 
     @property
     def quality(self) -> dict[str, Any] | None:
@@ -232,6 +253,15 @@ def _bands(trace: Trace, q: np.ndarray) -> tuple[list[str], list[str]]:
     return labels(top, top_label), labels(passes, pass_label)
 
 
+def rollout_chunks(trace: Trace) -> int | None:
+    """How many chunk stages of the rollout the trace has (None when it has none)."""
+    spans = trace.spans
+    if spans.empty:
+        return None
+    chunks = spans.loc[(spans["name"] == "chunk") & (spans["kind_path"] == "rollout/chunk"), "index"].dropna()
+    return int(chunks.nunique()) if len(chunks) else None
+
+
 def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
     """Run the analyses the views need, once."""
     t0 = time.perf_counter()
@@ -249,7 +279,7 @@ def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
     return TraceView(
         trace=trace, events_q=q, events_t_ns=t_ns, events_live=live,
         events_alloc_id=ev["alloc_id"].to_numpy(dtype=np.int64), timeline=timeline, timeline_time=timeline_time, peak=peak,
-        peak_event=peak_event, stage_times=stage_times(trace), kv=kv_bytes(trace),
+        peak_event=peak_event, stage_times=stage_times(trace), kv=kv_bytes(trace), n_chunks=rollout_chunks(trace),
         built_s=time.perf_counter() - t0,
     )
 
