@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pandas as pd
 import pytest
 import torch
+from textual.app import App
 
 import tracers
 from kvprof.analysis import find_peak, stage_times, timeline
@@ -19,7 +20,7 @@ from kvprof.trace import load_trace
 from kvprof.units import fmt_bytes
 from tracers import TraceSession
 from tracers.trace_io import EVENTS_FILE, tables_from_records
-from tui.app import VIEW_NAMES, KvprofApp
+from tui.app import VIEW_NAMES, KvprofApp, run_tui
 from tui.live_run import LiveRun
 from tui.model import build_view, column_points
 from tui.screens.breakdown import BreakdownScreen
@@ -585,6 +586,33 @@ async def test_damaged_folders_open_with_a_clear_message(bf16_trace: Path, tmp_p
                 await pilot.press(key)
         await pilot.pause(0.15)
         assert app.is_running
+
+
+@asyncio_test
+async def test_a_bad_start_time_is_unknown_and_the_trace_list_still_opens(trace_copy: Path) -> None:
+    # issue 16 §4 row 6: meta started_unix_ns 10**30 crashed the trace list (OverflowError).
+    meta = json.loads((trace_copy / "meta.json").read_text())
+    bad = trace_copy.parent / "bad-start"
+    shutil.copytree(trace_copy, bad)
+    (bad / "meta.json").write_text(json.dumps({**meta, "started_unix_ns": 10**30}))
+    app = KvprofApp([bad], root=trace_copy.parent)
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)  # the trace itself opens
+        await pilot.press("7")
+        await wait_for(pilot, lambda: len(table(app, "traces").shown_rows) == 2, what="both traces listed")
+        cells = {r[0]: r for r in table(app, "traces").cell_texts()}
+        assert cells["bad-start"][3] == "unknown" and cells[trace_copy.name][3][:2] == "20"
+        assert app.is_running and app.return_code is None
+
+
+def test_a_crash_of_the_app_exits_non_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 16 §4 row 6: the app crashed (Textual printed the traceback) and `kvprof tui` exited 0.
+    def broken_listing(paths: list[Path]) -> list[dict]:
+        raise RuntimeError("a bug in a view")
+
+    monkeypatch.setattr("tui.screens.traces.trace_listing", broken_listing)
+    monkeypatch.setattr(KvprofApp, "run", lambda self: App.run(self, headless=True, size=SIZE))
+    assert run_tui([], root=tmp_path) == 1
 
 
 # ---------------------------------------------------------------------- live traces

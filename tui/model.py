@@ -319,6 +319,16 @@ def compare_row(view: TraceView) -> dict[str, Any]:
     }
 
 
+def _local_time(unix_ns: Any) -> str | None:
+    """'YYYY-mm-dd HH:MM:SS' of a meta timestamp; None (shown as unknown) when it is not one."""
+    if not isinstance(unix_ns, int) or isinstance(unix_ns, bool):
+        return None
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_ns / 1e9))
+    except (OverflowError, OSError, ValueError):  # far outside the clock's range (a damaged meta.json)
+        return None
+
+
 @lru_cache(maxsize=512)
 def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
     import json
@@ -334,9 +344,7 @@ def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
         row["note"] = str(exc)
         return row
     row.update(method=meta.get("method"), status=meta.get("status"))
-    started = meta.get("started_unix_ns")
-    if isinstance(started, int):
-        row["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started / 1e9))
+    row["started"] = _local_time(meta.get("started_unix_ns"))
     summary = path / "summary.json"
     if summary.is_file():
         try:

@@ -13,7 +13,7 @@ from tui.model import TraceView, trace_listing
 from tui.screens.base import ViewScreen
 from tui.widgets.table import Col, FrameTable
 
-COLUMNS = [Col("trace", "trace"), Col("method", "method"), Col("status", "status"), Col("started", "started"),
+COLUMNS = [Col("trace", "trace"), Col("method", "method"), Col("status", "status"), Col("started", "started", lambda x: "unknown" if x is None else str(x)),
            Col("peak_bytes", "peak", fmt_bytes, numeric=True), Col("note", "note"), Col("path", "folder")]
 RELIST_S = 2.0
 
