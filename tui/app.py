@@ -43,7 +43,6 @@ from tui.screens import (
 from tui.screens.base import ViewScreen
 from tui.source import TraceSource
 from tui.widgets.colors import STATUS_COLORS
-from tui.widgets.status import StatusLine
 
 VIEWS: tuple[tuple[str, type[ViewScreen]], ...] = (
     ("timeline", TimelineScreen),
