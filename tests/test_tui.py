@@ -1,15 +1,10 @@
-"""The Textual TUI (issue 4): every key, every view, follow mode, damaged folders; kvprof.live."""
+"""The Textual TUI (issue 4): kvprof.live, every key and every view (lifecycle, damaged and live traces: test_tui_app.py)."""
 from __future__ import annotations
 
 import json
-import shutil
-import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 import pandas as pd
-import pytest
 import torch
 
 import tracers
@@ -21,7 +16,6 @@ from kvprof.units import fmt_bytes
 from tracers import TraceSession
 from tracers.trace_io import EVENTS_FILE, tables_from_records
 from tui.app import VIEW_NAMES, KvprofApp
-from tui.live_run import LiveRun
 from tui.model import build_view, column_points
 from tui.screens.help import HelpScreen
 from tui.widgets.breakdown import BreakdownPanel
@@ -29,70 +23,11 @@ from tui.widgets.cursor import CursorPanel
 from tui.widgets.kv import KVPanel
 from tui.widgets.message import MessagePanel
 from tui.widgets.quality import QualityPanel
-from tui.widgets.status import StatusLine
 from tui.widgets.table import FrameTable
-from tui.widgets.timeline import TimelineChart
-
-SIZE = (140, 45)
-asyncio_test = pytest.mark.asyncio
-
-
-# ---------------------------------------------------------------------- helpers
-async def wait_for(pilot, cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
-    """Let the app run until `cond()` holds (then one more redraw period)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-    await pilot.pause(0.15)
-
-
-async def opened(pilot, app: KvprofApp) -> None:
-    await wait_for(pilot, lambda: app.current_view() is not None and app.screen.is_mounted, what="the trace view")
-
-
-def table(app: KvprofApp, table_id: str) -> FrameTable:
-    return app.screen.query_one(f"#{table_id}", FrameTable)
-
-
-def status(app: KvprofApp) -> str:
-    return app.screen.query_one(StatusLine).text
-
-
-@pytest.fixture
-def trace_copy(bf16_trace: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny bf16 trace (exports and summary edits go there)."""
-    dst = tmp_path / "traces" / bf16_trace.name
-    shutil.copytree(bf16_trace, dst)
-    return dst
-
-
-@pytest.fixture(autouse=True)
-def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # exports that fall back to cwd land in the test's folder
-
-
-def write_small_trace(folder: Path, chunks: int = 3, gate: Callable[[int], None] | None = None) -> None:
-    """A real trace from TraceSession: setup weights, a growing kv_fp cache, freed activations."""
-    with TraceSession(folder, {"run_id": folder.name, "method": "bf16", "integration": "study"}) as s:
-        with tracers.stage("setup"), tracers.tag("weights"):
-            weights = torch.zeros(4096)
-        keep = [weights]
-        with tracers.stage("rollout"):
-            for c in range(chunks):
-                with tracers.stage("chunk", c):
-                    for step in range(2):
-                        with tracers.stage("denoise", step):
-                            with tracers.tag("activations"):
-                                tmp = torch.ones(8192 * (c + 1))
-                                del tmp
-                    with tracers.stage("refresh"), tracers.tag("kv_fp"):
-                        keep.append(torch.zeros(2048))
-                s.record_kv_bytes(c, 8192 * (c + 1), 8192 * (c + 1), 8192 * (c + 1))
-                s.checkpoint()
-                if gate is not None:
-                    gate(c)
+from tui.widgets.timeline import MARGIN, TimelineChart, _run_length
+from tui_pilot import (  # noqa: F401  (trace_copy, _cwd: fixtures)
+    SIZE, _cwd, asyncio_test, opened, status, table, trace_copy, wait_for, write_small_trace,
+)
 
 
 # ---------------------------------------------------------------------- kvprof.live
@@ -157,6 +92,34 @@ def test_timeline_points_are_the_analysis_timeline_and_hold_the_peak(bf16_trace:
         assert view.timeline.total[column_points(view.timeline, cols)].max() == peak.bytes
 
 
+def _band_tokens_are_whole_labels(labels: list[str]) -> None:
+    """The band row of `labels` (one per column) shows each run's label whole or short, at the run's
+    start, never cut and never touching the next one."""
+    row = TimelineChart()._band_row("pass", labels, None).plain[MARGIN:]
+    assert len(row) == len(labels)
+    start = 0
+    for label, n in _run_length(labels):
+        head, _, tail = label.partition(" ")
+        allowed = {"", label, head[:1] + tail if tail.isdigit() else head[:1]}
+        cell = row[start:start + n]
+        assert cell.rstrip() in allowed and (not cell.strip() or cell.endswith(" ")), (label, n, row)
+        start += n
+
+
+def test_pass_labels_never_collide_on_either_axis(bf16_trace: Path) -> None:
+    # issue 16: on the time axis runs are 1-2 columns wide and the labels ran together ("d3rddddr").
+    narrow = ["denoise 0"] * 2 + ["refresh"] + ["denoise 1"] * 3 + ["refresh"] * 2 + ["denoise 12"] * 3 + [""] * 2 \
+        + ["chunk 3"] * 8 + ["decode"] * 1
+    _band_tokens_are_whole_labels(narrow)
+    view = build_view(load_trace(bf16_trace))
+    for axis in ("events", "time"):
+        tl = view.timeline_for(axis)
+        for cols in (40, 129, 300):
+            pts = column_points(tl, cols)
+            _band_tokens_are_whole_labels([tl.pass_band[p] for p in pts])
+            _band_tokens_are_whole_labels([tl.stage_band[p] for p in pts])
+
+
 # ---------------------------------------------------------------------- views on the tiny rollout
 @asyncio_test
 async def test_timeline_shows_peak_categories_and_stage(bf16_trace: Path) -> None:
@@ -178,6 +141,47 @@ async def test_timeline_shows_peak_categories_and_stage(bf16_trace: Path) -> Non
         info = app.screen.query_one(CursorPanel).text
         assert peak.stage in info and f"{peak.bytes:,} B" in info
         assert "complete" in status(app) and "last event" in status(app)
+
+
+def _stages_in_cursor_panel(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("live at cursor by stage of origin"))
+    return [line.split(None, 2)[2] for line in lines[start + 1:] if line.strip() and line.split()[0][0].isdigit()]
+
+
+@asyncio_test
+async def test_share_is_at_the_cursor_and_the_filter_narrows_the_stage_panel(bf16_trace: Path) -> None:
+    # issue 16: "share" was the share at the peak wherever the cursor was, and `/` left the
+    # "live at cursor by stage of origin" panel unfiltered while the chart was filtered.
+    app = KvprofApp([bf16_trace])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        view = app.current_view()
+        event = view.n_events // 4
+        cur, peak = view.breakdown_at_event(event), view.peak
+        assert any(abs(n / cur.total - peak.by_category.get(c, 0) / peak.bytes) > 0.01 for c, n in cur.by_category.items())
+        app.cursors = {0: event}
+        await wait_for(pilot, lambda: f"event {event + 1:,} of" in app.screen.query_one(CursorPanel).text, what="cursor")
+        lines = app.screen.query_one(BreakdownPanel).text.splitlines()
+        for cat, n in cur.by_category.items():
+            line = next(line for line in lines if line.startswith(f"█ {cat} "))
+            assert f" {100 * n / cur.total:.1f}%" in line, line
+        assert len(_stages_in_cursor_panel(app.screen.query_one(CursorPanel).text)) > 1
+        app.set_filter("kv_")
+        await wait_for(pilot, lambda: "filter 'kv_'" in app.screen.query_one(CursorPanel).text, what="filtered panel")
+        kv = view.breakdown_at_event(event, "kv_")
+        assert kv.total and kv.total < cur.total
+        assert _stages_in_cursor_panel(app.screen.query_one(CursorPanel).text) == list(kv.by_stage)
+        assert fmt_bytes(kv.total) in app.screen.query_one(CursorPanel).text
+
+
+def test_a_trace_that_has_started_is_loading_never_waiting(bf16_trace: Path, tmp_path: Path) -> None:
+    # issue 16: a finished trace showed "Waiting for the trace ... to start" until its first read.
+    for follow in (False, True):
+        text, _ = KvprofApp([bf16_trace], follow=follow).message_for_current()
+        assert text is not None and text.startswith("Loading") and "Waiting" not in text, text
+    text, _ = KvprofApp([tmp_path / "not-written-yet"], follow=True).message_for_current()
+    assert text is not None and text.startswith("Waiting for the trace")
 
 
 @asyncio_test
@@ -253,19 +257,24 @@ async def test_tab_shift_tab_and_number_keys_switch_views(bf16_trace: Path) -> N
 async def test_breakdown_view_at_cursor_and_at_peak(bf16_trace: Path) -> None:
     peak = find_peak(load_trace(bf16_trace))
     app = KvprofApp([bf16_trace])
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(100, 45)) as pilot:
         await opened(pilot, app)
         await pilot.press("2")
         await wait_for(pilot, lambda: table(app, "peak-category").shown_rows, what="breakdown rows")
-        rows = {r[0]: r[1] for r in table(app, "peak-category").cell_texts()}
+        rows = {r["key"]: fmt_bytes(r["bytes"]) for r in table(app, "peak-category").shown_rows}
         assert rows == {c: fmt_bytes(b) for c, b in peak.by_category.items()}
-        stages = [r[0] for r in table(app, "peak-stage").cell_texts()]
+        stages = [r["key"] for r in table(app, "peak-stage").shown_rows]
         assert stages[0] == max(peak.by_stage, key=peak.by_stage.get) and "rollout/decode" in stages
-        assert [r[0] for r in table(app, "peak-pass").cell_texts()] == list(peak.by_pass)
-        assert {r[0] for r in table(app, "cursor-category").cell_texts()} == set(peak.by_category)
+        assert [r["key"] for r in table(app, "peak-pass").shown_rows] == list(peak.by_pass)
+        assert {r["key"] for r in table(app, "cursor-category").shown_rows} == set(peak.by_category)
+        for t in app.screen.query(FrameTable):  # issue 16: "share" was cut to "shar", "77.4%" to "77.4" (100 columns)
+            keys = [str(col.key.value) for col in t.ordered_columns]
+            widths = [col.get_render_width(t) for col in t.ordered_columns]
+            assert sum(widths[:keys.index("share") + 1]) <= t.scrollable_content_region.width, (t.id, keys, widths)
+            assert all(col.get_render_width(t) >= len(c) + 2 for col, c in zip(t.ordered_columns, ("bytes", "share")))
         await pilot.press("home")
         await wait_for(pilot, lambda: "event 1," in str(table(app, "cursor-category").border_title), what="cursor move")
-        at_start = {r[0] for r in table(app, "cursor-category").cell_texts()}
+        at_start = {r["key"] for r in table(app, "cursor-category").shown_rows}
         assert "decode" not in at_start  # nothing of the decode is live at the first event
 
 
@@ -294,6 +303,31 @@ async def test_allocations_stages_and_kv_views(trace_copy: Path) -> None:
         assert "ratio logical/stored 1.00x" in app.screen.query_one(KVPanel).text
         assert "not computed" in app.screen.query_one(QualityPanel).text
         assert len(table(app, "kv-table").shown_rows) == len(trace.kv)
+
+
+@asyncio_test
+async def test_kv_view_lists_the_timelines_chunks_and_labels_the_logical_dtype(trace_copy: Path) -> None:
+    # issue 16 §2: 4 chunks on the timeline but chunks 0-4 ("after chunk 4") in the KV view; and
+    # "logical (BF16)" on a float32 rollout: the label is the dtype the summary says it counts at.
+    summary = json.loads((trace_copy / "summary.json").read_text())
+    summary["kv"]["logical_dtype"] = "float32"
+    (trace_copy / "summary.json").write_text(json.dumps(summary))
+    trace = load_trace(trace_copy)
+    spans = trace.spans
+    timeline_chunks = sorted(int(i) for i in spans.loc[spans["name"] == "chunk", "index"])
+    assert timeline_chunks == [0, 1, 2, 3] and len(trace.kv) == 5
+    app = KvprofApp([trace_copy])
+    async with app.run_test(size=SIZE) as pilot:
+        await opened(pilot, app)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: table(app, "kv-table").shown_rows, what="KV rows")
+        assert [r[0] for r in table(app, "kv-table").cell_texts()] == ["0", "1", "2", "3", "end"]
+        panel = app.screen.query_one(KVPanel)
+        assert "at the end of the rollout (4 chunks)" in panel.text and "chunk 4" not in panel.text
+        assert "logical (float32)" in panel.text and "BF16" not in panel.text
+        kv = {k: v for k, v in app.current_view().kv.items() if k != "logical_dtype"}
+        panel.show(kv, {}, "after chunk 1", None)  # a summary that does not say: plain "logical"
+        assert "  logical  " in panel.text and "logical (" not in panel.text
 
 
 @asyncio_test
@@ -430,148 +464,3 @@ async def test_no_argument_lists_traces_and_enter_opens_one(trace_copy: Path) ->
         await opened(pilot, app)
         assert app.current_mode == "timeline"
         assert app.screen.query_one(TimelineChart).peak_label.startswith("peak ")
-
-
-# ---------------------------------------------------------------------- damaged folders
-def _torn(folder: Path, src: Path) -> str:
-    shutil.copy(src / "meta.json", folder / "meta.json")
-    meta = json.loads((folder / "meta.json").read_text())
-    (folder / "meta.json").write_text(json.dumps({**meta, "status": "failed"}))
-    lines = [json.dumps(r) for r in ({"k": "b", "id": 1, "p": 0, "n": "rollout", "i": None, "t": 1, "q": 1},
-                                     {"k": "a", "id": 1, "t": 2, "q": 2, "b": 4096, "c": "activations", "s": 1})]
-    (folder / EVENTS_FILE).write_text("\n".join(lines) + '\n{"k": "a", "id": 2, "t"')
-    return "torn last record skipped"
-
-
-def _corrupt(folder: Path, src: Path) -> str:
-    shutil.copy(src / "meta.json", folder / "meta.json")
-    (folder / EVENTS_FILE).write_text('{"k": "b", "id": 1, "p": 0, "n": "x", "i": null, "t": 1, "q": 1}\nnot json\n{"k": "e"}\n')
-    return "line 2 is not a JSON record"
-
-
-CASES: dict[str, Callable[[Path, Path], str]] = {
-    "empty [b]": lambda folder, src: "no meta.json",  # a name that is not markup
-    "missing": lambda folder, src: (folder.rmdir(), "no such directory")[1],
-    "truncated-meta": lambda folder, src: ((folder / "meta.json").write_text('{"schema_version": "1.0", "stat'),
-                                           "unreadable or truncated JSON")[1],
-    "no-tables": lambda folder, src: (shutil.copy(src / "meta.json", folder / "meta.json"), "neither events.jsonl")[1],
-    "torn": _torn,
-    "corrupt": _corrupt,
-}
-
-
-@asyncio_test
-async def test_damaged_folders_open_with_a_clear_message(bf16_trace: Path, tmp_path: Path) -> None:
-    folders, expected = [], []
-    for case, make in CASES.items():
-        folder = tmp_path / case
-        folder.mkdir()
-        expected.append(make(folder, bf16_trace))
-        folders.append(folder)
-    app = KvprofApp(folders)
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: all(s.error or s.view for s in app.sources), what="every folder read")
-        for i, (case, text) in enumerate(zip(CASES, expected)):
-            if i:
-                await pilot.press("right_square_bracket")
-            await wait_for(pilot, lambda: app.screen.query_one(StatusLine).text.count(folders[i].name) >= 1, what=case)
-            if case == "torn":
-                assert text in status(app) and "failed" in status(app)
-                assert app.current_view().n_events == 1
-                continue
-            message = app.screen.query_one(MessagePanel).text
-            assert message.startswith("Cannot open trace") and text in message, (case, message)
-            assert "unreadable" in status(app)
-            for key in ("left", "p", "2", "e", "1"):
-                await pilot.press(key)
-        await pilot.pause(0.15)
-        assert app.is_running
-
-
-# ---------------------------------------------------------------------- live traces
-@asyncio_test
-async def test_follow_shows_growth_and_completion(tmp_path: Path) -> None:
-    folder = tmp_path / "traces" / "live"
-    gates = [threading.Event() for _ in range(3)]
-
-    def gate(chunk: int) -> None:
-        assert gates[chunk].wait(20), "the test did not release the writer"
-
-    live = LiveRun(lambda: write_small_trace(folder, chunks=3, gate=gate))
-    app = KvprofApp([folder], follow=True, poll_s=0.1, live=live)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.2)
-        assert "Waiting for the trace" in app.screen.query_one(MessagePanel).text or app.current_view() is not None
-        live.start()
-        await wait_for(pilot, lambda: app.current_view() is not None and app.current_view().kv, what="chunk 0")
-        first = app.current_view()
-        assert first.status == "running" and "running" in status(app) and "following" in status(app)
-        assert app.cursor_event() == first.n_events - 1  # a live trace's cursor follows the end
-        gates[0].set()
-        await wait_for(pilot, lambda: app.current_view().kv and app.current_view().kv["chunk"] == 1, what="chunk 1")
-        second = app.current_view()
-        assert second.n_events > first.n_events
-        assert second.timeline.total.max() > first.timeline.total.max()
-        assert app.cursor_event() == second.n_events - 1
-        rendered = app.screen.query_one(TimelineChart).render().plain
-        assert "chunk 1" in rendered
-        gates[1].set()
-        gates[2].set()
-        await wait_for(pilot, lambda: app.current_view().status == "complete", what="status complete")
-        await wait_for(pilot, lambda: "complete" in status(app), what="status line complete")
-        assert "following" not in status(app) and app.current_source().state.phase == "closed"
-        assert live.done and live.outcome() is None
-        final = app.current_view()
-        assert final.n_events > second.n_events and final.peak.bytes == find_peak(load_trace(folder)).bytes
-        await pilot.press("q")
-    live.join(5)
-
-
-@asyncio_test
-async def test_redraws_are_capped_at_ten_per_second(bf16_trace: Path) -> None:
-    app = KvprofApp([bf16_trace])
-    async with app.run_test(size=SIZE) as pilot:
-        await opened(pilot, app)
-        start = len(app.redraws)
-        for _ in range(12):
-            await pilot.press("left")
-        await pilot.pause(0.3)
-        stamps = app.redraws[start:]
-        assert stamps, "no redraw after key presses"
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-        assert all(g >= 0.1 for g in gaps), gaps
-
-
-@asyncio_test
-async def test_live_run_failing_before_its_trace_starts_closes_the_app(tmp_path: Path) -> None:
-    def bad_arguments() -> None:
-        raise ValueError("unknown method 'prq_in4'")
-
-    live = LiveRun(bad_arguments)
-    app = KvprofApp([tmp_path / "never-written"], follow=True, poll_s=0.1, live=live)
-    async with app.run_test(size=SIZE) as pilot:
-        live.start()
-        await wait_for(pilot, lambda: app.return_value is not None, what="the app to close")
-    assert app.return_value == 1
-    with pytest.raises(ValueError, match="prq_in4"):
-        live.outcome()
-
-
-@asyncio_test
-async def test_status_tick_on_a_screen_whose_children_are_not_mounted_yet(bf16_trace: Path) -> None:
-    # The 4 Hz status tick once found a mounted screen without its StatusLine (screen switch) and
-    # crashed the app with NoMatches; a screen without the line is now left for the next tick.
-    app = KvprofApp([bf16_trace])
-    async with app.run_test(size=SIZE) as pilot:
-        await opened(pilot, app)
-        screen = app.screen
-        await screen.query_one(StatusLine).remove()
-        assert not screen.ready
-        app._tick()
-        app._do_redraw()  # a redraw waits for the children instead of failing on them
-        await pilot.pause(0.3)  # further ticks and redraw retries as well
-        assert app.return_code is None and app.current_view() is not None
-        redraws = len(app.redraws)
-        await screen.mount(StatusLine(id="status"))
-        await wait_for(pilot, lambda: len(app.redraws) > redraws, what="the redraw once the children are back")
-        assert status(app)

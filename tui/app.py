@@ -17,9 +17,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from rich.text import Text
 from textual import work
-from textual.app import App
+from textual.app import App, ScreenStackError, UnknownModeError
 from textual.binding import Binding
-from textual.screen import ModalScreen
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -41,7 +43,6 @@ from tui.screens import (
 from tui.screens.base import ViewScreen
 from tui.source import TraceSource
 from tui.widgets.colors import STATUS_COLORS
-from tui.widgets.status import StatusLine
 
 VIEWS: tuple[tuple[str, type[ViewScreen]], ...] = (
     ("timeline", TimelineScreen),
@@ -54,8 +55,7 @@ VIEWS: tuple[tuple[str, type[ViewScreen]], ...] = (
 )
 VIEW_NAMES = tuple(name for name, _ in VIEWS)
 POLL_S = 0.5  # follow: how often the folder is polled
-REDRAW_MIN_S = 0.1  # redraw at most 10 times a second
-STATUS_TICK_S = 1.0  # the status line's age of the last event
+LIVE_CHECK_S = 0.25  # `kvprof trace --tui`: how often the app looks whether the rollout ended
 DEFAULT_CHART_COLUMNS = 120
 SCREEN_KEYS = [("s", "compare: sort by the next column"), ("r", "compare: reverse the sort"),
                ("enter", "compare: make the trace current · traces: open it"),
@@ -75,7 +75,18 @@ def _age(seconds: float | None) -> str:
 
 
 class KvprofApp(App[int]):
-    """Views of one or several traces; follows live traces when asked."""
+    """Views of one or several traces; follows live traces when asked.
+
+    What the views show is the app's reactive state (`current`, `cursors`, `filter_text`, `x_axis`,
+    `sources_version`); each view screen watches it and redraws itself (at most 10 times a second).
+    Threads never touch the screens: the follow worker and the live rollout post messages.
+    """
+
+    class SourcesChanged(Message):
+        """The follow worker rebuilt the view (or error) of at least one source."""
+
+    class RolloutEnded(Message):
+        """`kvprof trace --tui`: the rollout thread returned or raised."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "kvprof"
@@ -101,6 +112,12 @@ class KvprofApp(App[int]):
         Binding("right_square_bracket", "trace(1)", "next trace"),
     ]
 
+    current: reactive[int | None] = reactive(None)  # index of the current source
+    cursors: reactive[dict[int, int]] = reactive(dict)  # source index -> event index chosen by the user
+    filter_text: reactive[str] = reactive("")
+    x_axis: reactive[str] = reactive("events")  # the timeline's x: "events" (exact order) or "time"
+    sources_version: reactive[int] = reactive(0)  # bumped when a source's view or error changed
+
     def __init__(self, paths: Sequence[str | Path] = (), follow: bool = False, root: str | Path = "traces",
                  *, poll_s: float = POLL_S, live: LiveRun | None = None):
         super().__init__()
@@ -109,16 +126,10 @@ class KvprofApp(App[int]):
         self.poll_s = poll_s
         self.live = live
         self.sources: list[TraceSource] = [TraceSource(p, wait_for_start=follow) for p in paths]
-        self.current: int | None = 0 if self.sources else None
-        self.filter_text = ""
+        self.set_reactive(KvprofApp.current, 0 if self.sources else None)
         self.chart_columns = DEFAULT_CHART_COLUMNS
-        self.x_axis = "events"  # the timeline's x: "events" (exact order) or "time"
         self.last_export: Path | None = None
         self.redraws: list[float] = []  # monotonic time of every redraw (tests check the 10 Hz cap)
-        self._cursor: dict[int, int] = {}  # source index -> event index chosen by the user
-        self._redraw_pending = False
-        self._last_redraw = 0.0
-        self._follow_worker: Worker | None = None
         self._notified: set[tuple[int, str]] = set()
         self._live_reported = False
 
@@ -126,15 +137,25 @@ class KvprofApp(App[int]):
     def on_mount(self) -> None:
         self.switch_mode("timeline" if self.sources else "traces")
         self._start_follow()
-        self.set_interval(STATUS_TICK_S, self._tick)
+        if self.live is not None:
+            self.live.on_done = self._post_rollout_ended
+            if self.live.done:  # ended before the hook was set; the handler reports once
+                self._post_rollout_ended()
+
+    def _post_rollout_ended(self) -> None:
+        """Called in the rollout's thread: hand over to the app's own (post_message is thread-safe)."""
+        try:
+            self.post_message(self.RolloutEnded())
+        except RuntimeError:  # the app's event loop closed meanwhile: nobody to tell
+            pass
 
     def _start_follow(self) -> None:
         """(Re)start the follow worker; `exclusive` cancels a previous one, which stops at its next sleep."""
-        self._follow_worker = self._follow_loop()
+        self._follow_loop()
 
     @work(thread=True, exclusive=True, group="follow", exit_on_error=False)
     def _follow_loop(self) -> None:
-        """Poll every source; rebuild views of those that changed; stop when nothing can change."""
+        """Poll every source; tell the app when views changed; stop when nothing can change."""
         worker = get_current_worker()
         while not worker.is_cancelled:
             started = time.monotonic()
@@ -145,7 +166,7 @@ class KvprofApp(App[int]):
                 if self.follow or (src.view is None and src.error is None):
                     changed |= src.refresh()
             if changed:
-                self.call_from_thread(self._sources_changed)
+                self.post_message(self.SourcesChanged())  # thread-safe; dropped once the app closes
             pending = [s for s in self.sources if not s.finished and (self.follow or (s.view is None and s.error is None))]
             if not pending:
                 return
@@ -161,7 +182,7 @@ class KvprofApp(App[int]):
             self.notify(f"reading traces stopped: {type(event.worker.error).__name__}: {event.worker.error}",
                         severity="error", timeout=30, markup=False)
 
-    def _sources_changed(self) -> None:
+    def on_kvprof_app_sources_changed(self, _: SourcesChanged) -> None:
         if self.current is None and self.sources:
             self.current = 0
         for i, src in enumerate(self.sources):
@@ -170,26 +191,36 @@ class KvprofApp(App[int]):
                                   "warning")
             if src.error:
                 self._notify_once(i, "error:" + src.error, f"cannot read {src.path}", "error")
-        self.redraw()
+        self.sources_version += 1
 
     def _notify_once(self, i: int, key: str, message: str, severity: str = "information") -> None:
         if (i, key) not in self._notified:
             self._notified.add((i, key))
             self.notify(message, severity=severity, markup=False)  # type: ignore[arg-type]
 
-    def _tick(self) -> None:
-        screen = self.screen
-        if isinstance(screen, ViewScreen) and screen.ready:
-            screen.query_one(StatusLine).show(self.status_text())
+    def on_kvprof_app_rollout_ended(self, _: RolloutEnded) -> None:
         live = self.live
-        if live is not None and live.done and not self._live_reported:
-            self._live_reported = True
-            src = self.sources[0] if self.sources else None
-            if live.error is not None and (src is None or not src.seen_running):
-                self.exit(1)  # failed before its trace ran (bad arguments): the caller reports the error
-                return
-            status = src.state.status if src is not None else "?"
-            self.notify(f"rollout finished ({status}); press q to quit", timeout=10)
+        if live is None or not live.done or self._live_reported:
+            return
+        self._live_reported = True
+        src = self.sources[0] if self.sources else None
+        if live.error is not None and (src is None or not src.seen_running):
+            self.exit(1)  # failed before its trace ran (bad arguments): the caller reports the error
+            return
+        status = src.state.status if src is not None else "?"
+        self.notify(f"rollout finished ({status}); press q to quit", timeout=10)
+
+    def top_screen(self) -> Screen | None:
+        """The screen on top, or None while there is none (before the first, or while closing)."""
+        try:
+            return self.screen
+        except (ScreenStackError, UnknownModeError):
+            return None
+
+    def note_redraw(self) -> None:
+        """A view was drawn now (the 10 Hz cap is over all views)."""
+        self.redraws.append(time.monotonic())
+        del self.redraws[:-100]
 
     # ------------------------------------------------------------------ state
     def current_source(self) -> TraceSource | None:
@@ -206,7 +237,7 @@ class KvprofApp(App[int]):
         view = self.current_view()
         if view is None or view.n_events == 0:
             return None
-        chosen = self._cursor.get(self.current)  # type: ignore[arg-type]
+        chosen = self.cursors.get(self.current)  # type: ignore[arg-type]
         if chosen is None:
             live = view.status == "running" and self.follow
             chosen = view.n_events - 1 if live or view.peak_event is None else view.peak_event
@@ -215,11 +246,10 @@ class KvprofApp(App[int]):
     def _set_cursor(self, event: int | None) -> None:
         if self.current is None:
             return
-        if event is None:
-            self._cursor.pop(self.current, None)
-        else:
-            self._cursor[self.current] = event
-        self.redraw()
+        cursors = {k: v for k, v in self.cursors.items() if k != self.current}  # a new dict: the reactive sees it
+        if event is not None:
+            cursors[self.current] = event
+        self.cursors = cursors
 
     def message_for_current(self) -> tuple[str | None, str]:
         """What a single-trace view shows instead of data, with its severity; (None, '') when there is data."""
@@ -229,9 +259,9 @@ class KvprofApp(App[int]):
         if src.error is not None:
             return (f"Cannot open trace {src.path}\n\n{src.error}", "error")
         if src.view is None:
-            if src.state.phase == "waiting":
+            if src.waiting_to_start():
                 return (f"Waiting for the trace at {src.path} to start...", "info")
-            return (f"Reading {src.path} ...", "info")
+            return (f"Loading {src.path} ...", "info")
         if src.view.n_events == 0:
             return (f"{src.name}: no allocation events yet (status {src.view.status})", "info")
         return (None, "")
@@ -275,39 +305,10 @@ class KvprofApp(App[int]):
         out.append(" · ? help")
         return out
 
-    # ------------------------------------------------------------------ drawing
-    def redraw(self) -> None:
-        """Redraw the current view soon: at most every REDRAW_MIN_S."""
-        if self._redraw_pending:
-            return
-        wait = self._last_redraw + REDRAW_MIN_S - time.monotonic()
-        if wait <= 0:
-            self._do_redraw()
-        else:
-            self._redraw_pending = True
-            self.set_timer(wait, self._do_redraw)
-
-    def _do_redraw(self) -> None:
-        early = self._last_redraw + REDRAW_MIN_S - time.monotonic()
-        if early > 0:  # a timer may fire a little early: keep the cap exact
-            self.set_timer(early, self._do_redraw)
-            return
-        screen = self.screen
-        if isinstance(screen, ViewScreen) and screen.is_mounted and not screen.ready:
-            self._redraw_pending = True
-            self.set_timer(REDRAW_MIN_S, self._do_redraw)  # its children are on their way: draw then
-            return
-        self._redraw_pending = False
-        self._last_redraw = time.monotonic()
-        if isinstance(screen, ViewScreen) and screen.is_mounted:
-            self.redraws.append(self._last_redraw)
-            del self.redraws[:-100]
-            screen.refresh_view()
-
     # ------------------------------------------------------------------ actions
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         typing = isinstance(self.focused, Input)
-        modal = isinstance(self.screen, ModalScreen)
+        modal = isinstance(self.top_screen(), ModalScreen)
         if action in ("next_view", "prev_view", "view", "cursor", "cursor_event", "cursor_edge", "trace") and (typing or modal):
             return False
         return True
@@ -326,8 +327,9 @@ class KvprofApp(App[int]):
         self.switch_mode(VIEW_NAMES[(i + step) % len(VIEW_NAMES)])
 
     def action_help(self) -> None:
-        if isinstance(self.screen, HelpScreen):
-            self.screen.dismiss(None)
+        screen = self.top_screen()
+        if isinstance(screen, HelpScreen):
+            screen.dismiss(None)
             return
         keys = [(b.key.replace("question_mark", "?").replace("slash", "/").replace("left_square_bracket", "[")
                  .replace("right_square_bracket", "]"), b.description) for b in self.BINDINGS]  # type: ignore[union-attr]
@@ -376,23 +378,21 @@ class KvprofApp(App[int]):
     def action_toggle_axis(self) -> None:
         self.x_axis = "time" if self.x_axis == "events" else "events"
         self.notify(f"timeline x axis: {'host time' if self.x_axis == 'time' else 'event order'}", timeout=2)
-        self.redraw()
 
     def action_filter(self) -> None:
-        screen = self.screen
+        screen = self.top_screen()
         if isinstance(screen, ViewScreen):
             screen.open_filter(self.filter_text)
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text
-        self.redraw()
 
     def action_clear_filter(self) -> None:
         if self.filter_text:
             self.set_filter("")
 
     def action_export(self) -> None:
-        screen = self.screen
+        screen = self.top_screen()
         if not isinstance(screen, ViewScreen):
             return
         frame = screen.export_frame() if screen.is_mounted else None
@@ -417,7 +417,6 @@ class KvprofApp(App[int]):
         """Make trace `index` the current one and show its timeline."""
         self.current = index
         self.switch_mode("timeline")
-        self.redraw()
 
     def open_path(self, path: str | Path) -> None:
         """Open (or select) the trace folder `path`."""
@@ -427,6 +426,7 @@ class KvprofApp(App[int]):
                 self.select_source(i)
                 return
         self.sources.append(TraceSource(path, wait_for_start=self.follow))
+        self.sources_version += 1
         self._start_follow()
         self.select_source(len(self.sources) - 1)
 
@@ -437,8 +437,15 @@ class KvprofApp(App[int]):
 def run_tui(paths: list[Path], follow: bool = False, root: Path = Path("traces")) -> int:
     """`kvprof tui [TRACE ...] [--follow]`: open the traces (none: the list of traces under `root`)."""
     app = KvprofApp(paths, follow=follow, root=root)
-    code = app.run()
-    return int(code or 0)
+    app.run()
+    return exit_status(app)
+
+
+def exit_status(app: App[int]) -> int:
+    """The exit status of a closed app: 1 when it crashed (Textual printed the traceback), else what it returned."""
+    if app.return_code:
+        return app.return_code
+    return int(app.return_value or 0)
 
 
 def run_live(folder: Path, run: Callable[[], Any], *, root: Path | None = None) -> Any:

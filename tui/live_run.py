@@ -20,6 +20,8 @@ class LiveRun:
         self._run = run
         self.result: Any = None
         self.error: BaseException | None = None
+        self.on_done: Callable[[], None] | None = None  # called in the run's thread once it returned or raised
+        self._finished = threading.Event()
         self.thread = threading.Thread(target=self._main, name="kvprof-rollout", daemon=True)
 
     def _main(self) -> None:
@@ -27,13 +29,19 @@ class LiveRun:
             self.result = self._run()
         except BaseException as exc:  # handed to the caller by outcome(), re-raised there
             self.error = exc
+        finally:
+            self._finished.set()
+            hook = self.on_done
+            if hook is not None:
+                hook()
 
     def start(self) -> None:
         self.thread.start()
 
     @property
     def done(self) -> bool:
-        return self.thread.ident is not None and not self.thread.is_alive()
+        """The run returned or raised (its result or error is set)."""
+        return self._finished.is_set()
 
     def interrupt(self) -> None:
         """Raise QuitFromTUI (a KeyboardInterrupt) inside the run, as Ctrl-C would: a traced run closes

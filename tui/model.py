@@ -79,8 +79,9 @@ class TraceView:
     peak_event: int | None
     stage_times: pd.DataFrame
     kv: dict[str, Any] | None
+    n_chunks: int | None = None  # chunks of the rollout seen so far (None: the trace has no chunk stages)
     built_s: float = 0.0
-    _breakdowns: dict[int, Breakdown] = field(default_factory=dict)
+    _breakdowns: dict[tuple[int, str], Breakdown] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -103,18 +104,40 @@ class TraceView:
         return self.timeline_time if axis == "time" else self.timeline
 
     @property
+    def logical_dtype(self) -> str | None:
+        """The element type logical KV bytes are counted at, as the summary writer states it (None: not stated)."""
+        for kv in (self.kv, (self.trace.summary or {}).get("kv")):
+            dtype = kv.get("logical_dtype") if isinstance(kv, dict) else None
+            if isinstance(dtype, str) and dtype:
+                return dtype
+        return None
+
+    def kv_chunk(self, chunk: int) -> int | None:
+        """The timeline's chunk a KV record numbered `chunk` follows; None for the runner's record after
+        the rollout, which is numbered one past the last chunk."""
+        return None if self.n_chunks is not None and chunk >= self.n_chunks else chunk
+
+    def kv_label(self, chunk: int) -> str:
+        """When KV record `chunk` was taken, in words."""
+        if self.kv_chunk(chunk) is None:
+            return f"at the end of the rollout ({self.n_chunks} chunks)"
+        return f"after chunk {chunk}"
+
+    @property
     def quality(self) -> dict[str, Any] | None:
         summary = self.trace.summary or {}
         q = summary.get("quality")
         return q if isinstance(q, dict) else None
 
-    def breakdown_at_event(self, event: int) -> Breakdown:
-        """What was live just after event `event` (cached: the cursor revisits points)."""
-        if event not in self._breakdowns:
+    def breakdown_at_event(self, event: int, match: str = "") -> Breakdown:
+        """What was live just after event `event`, only allocations matching `match` (see `breakdown_at`);
+        cached: the cursor revisits points."""
+        key = (event, match.lower())
+        if key not in self._breakdowns:
             if len(self._breakdowns) > 256:
                 self._breakdowns.clear()
-            self._breakdowns[event] = breakdown_at(self.trace, int(self.events_q[event]))
-        return self._breakdowns[event]
+            self._breakdowns[key] = breakdown_at(self.trace, int(self.events_q[event]), match)
+        return self._breakdowns[key]
 
     def stage_of_event(self, event: int) -> str:
         """Stage path in which the allocation or free at `event` happened."""
@@ -123,9 +146,18 @@ class TraceView:
         return str(row.iat[0]) if len(row) else "?"
 
 
-def breakdown_at(trace: Trace, q: int) -> Breakdown:
-    """Live bytes after the event with order key q, by category, stage kind path and pass."""
+MATCHED_FIELDS = ("category", "kind_path", "path", "name")  # what the `/` filter text is looked for in
+
+
+def breakdown_at(trace: Trace, q: int, match: str = "") -> Breakdown:
+    """Live bytes after the event with order key q, by category, stage kind path and pass; with `match`,
+    only the allocations whose category, stage or name contains it (case-insensitive)."""
     live = live_at(trace, q)
+    if match:
+        hit = pd.Series(False, index=live.index)
+        for col in MATCHED_FIELDS:
+            hit |= live[col].astype("string").str.contains(match, case=False, regex=False).fillna(False).astype(bool)
+        live = live[hit]
     by_cat = {str(c): int(v) for c, v in live.groupby("category")["bytes"].sum().items() if v}
     by_cat = dict(sorted(by_cat.items(), key=lambda kv: -kv[1]))
     by_stage = {str(s): int(v) for s, v in live.groupby("kind_path")["bytes"].sum().sort_values(ascending=False).items() if v}
@@ -221,6 +253,15 @@ def _bands(trace: Trace, q: np.ndarray) -> tuple[list[str], list[str]]:
     return labels(top, top_label), labels(passes, pass_label)
 
 
+def rollout_chunks(trace: Trace) -> int | None:
+    """How many chunk stages of the rollout the trace has (None when it has none)."""
+    spans = trace.spans
+    if spans.empty:
+        return None
+    chunks = spans.loc[(spans["name"] == "chunk") & (spans["kind_path"] == "rollout/chunk"), "index"].dropna()
+    return int(chunks.nunique()) if len(chunks) else None
+
+
 def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
     """Run the analyses the views need, once."""
     t0 = time.perf_counter()
@@ -238,7 +279,7 @@ def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
     return TraceView(
         trace=trace, events_q=q, events_t_ns=t_ns, events_live=live,
         events_alloc_id=ev["alloc_id"].to_numpy(dtype=np.int64), timeline=timeline, timeline_time=timeline_time, peak=peak,
-        peak_event=peak_event, stage_times=stage_times(trace), kv=kv_bytes(trace),
+        peak_event=peak_event, stage_times=stage_times(trace), kv=kv_bytes(trace), n_chunks=rollout_chunks(trace),
         built_s=time.perf_counter() - t0,
     )
 
@@ -278,6 +319,16 @@ def compare_row(view: TraceView) -> dict[str, Any]:
     }
 
 
+def _local_time(unix_ns: Any) -> str | None:
+    """'YYYY-mm-dd HH:MM:SS' of a meta timestamp; None (shown as unknown) when it is not one."""
+    if not isinstance(unix_ns, int) or isinstance(unix_ns, bool):
+        return None
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_ns / 1e9))
+    except (OverflowError, OSError, ValueError):  # far outside the clock's range (a damaged meta.json)
+        return None
+
+
 @lru_cache(maxsize=512)
 def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
     import json
@@ -293,9 +344,7 @@ def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
         row["note"] = str(exc)
         return row
     row.update(method=meta.get("method"), status=meta.get("status"))
-    started = meta.get("started_unix_ns")
-    if isinstance(started, int):
-        row["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started / 1e9))
+    row["started"] = _local_time(meta.get("started_unix_ns"))
     summary = path / "summary.json"
     if summary.is_file():
         try:

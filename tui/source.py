@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from kvprof.live import FollowState, TraceFollower
-from tracers.trace_io import TraceError, read_meta
+from tracers.trace_io import META_FILE, TraceError, read_meta
 from tui.model import TraceView, build_view
 
 
@@ -75,6 +75,10 @@ class TraceSource:
         self.error = message
         self.version += 1
         return True
+
+    def waiting_to_start(self) -> bool:
+        """Following a folder that has no meta.json yet (a trace that has started is only loading)."""
+        return self.wait_for_start and self.state.phase == "waiting" and not (self.path / META_FILE).is_file()
 
     def age_s(self) -> float | None:
         """Seconds since the newest event of the trace."""

@@ -1,6 +1,12 @@
-"""ViewScreen: what every view has (title, message panel, body, filter prompt, status line)."""
+"""ViewScreen: what every view has (title, message panel, body, filter prompt, status line).
+
+A view draws itself: from its mount on it watches the app's reactive state and redraws when that
+changes, at most every REDRAW_MIN_S over all views, and only while it is on screen. Its timers are
+its own, so they end with it and never look for a screen that is gone.
+"""
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, ClassVar, Iterable
 
 import pandas as pd
@@ -8,6 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Container
 from textual.markup import escape
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -18,6 +25,10 @@ from tui.widgets.status import StatusLine
 
 if TYPE_CHECKING:
     from tui.app import KvprofApp
+
+REDRAW_MIN_S = 0.1  # redraw at most 10 times a second
+STATUS_TICK_S = 1.0  # the status line's age of the last event
+APP_STATE = ("current", "cursors", "filter_text", "x_axis", "sources_version")  # the app's reactives a view shows
 
 
 class ViewScreen(Screen):
@@ -32,12 +43,6 @@ class ViewScreen(Screen):
     def kv_app(self) -> "KvprofApp":
         return self.app  # type: ignore[return-value]
 
-    @property
-    def ready(self) -> bool:
-        """Mounted with its children: a screen can be mounted a tick before they are. Compose adds
-        them in one batch, so the last one (the status line) being there means all are."""
-        return self.is_mounted and bool(self.query(StatusLine))
-
     def compose(self) -> ComposeResult:
         yield Static(self.TITLE, id="title")
         yield MessagePanel(id="message")
@@ -46,11 +51,42 @@ class ViewScreen(Screen):
         yield FilterBar(id="filter")
         yield StatusLine(id="status")
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._draw_timer: Timer | None = None
+
     def compose_body(self) -> Iterable[Widget]:
         return ()
 
+    def on_mount(self) -> None:
+        # Mount comes after compose: the children exist from here on.
+        for name in APP_STATE:
+            self.watch(self.app, name, self.request_draw, init=False)
+        self.set_interval(STATUS_TICK_S, self._tick_status)
+
     def on_screen_resume(self) -> None:
-        self.kv_app.redraw()
+        self.request_draw()
+
+    def request_draw(self) -> None:
+        """Draw soon: now when the last draw is REDRAW_MIN_S old, else once it is (one timer at a time).
+        A view that is not mounted or not on screen does nothing: it draws when it is shown."""
+        if self._draw_timer is not None or not (self.is_mounted and self.is_current):
+            return
+        redraws = self.kv_app.redraws
+        wait = (redraws[-1] + REDRAW_MIN_S - time.monotonic()) if redraws else 0.0
+        if wait > 0:
+            self._draw_timer = self.set_timer(wait, self._draw_due)
+            return
+        self.kv_app.note_redraw()
+        self.refresh_view()
+
+    def _draw_due(self) -> None:
+        self._draw_timer = None
+        self.request_draw()  # a timer may fire a little early: this waits out the rest
+
+    def _tick_status(self) -> None:
+        if self.is_mounted and self.is_current:
+            self.query_one(StatusLine).show(self.kv_app.status_text())
 
     def refresh_view(self) -> None:
         """Redraw from the app's state: the current trace's view, the cursor and the filter."""

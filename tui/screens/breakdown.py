@@ -38,8 +38,9 @@ class BreakdownScreen(ViewScreen):
         with Grid(id="breakdown-grid"):
             for where in WHERE:
                 for axis, label in AXES:
-                    cols = [Col("key", axis if axis != "stage" else "stage (kind path)"),
-                            Col("bytes", "bytes", fmt_bytes, numeric=True), Col("share", "share", _pct, numeric=True)]
+                    # numbers first: a long stage path may run past the table's edge, the numbers never
+                    cols = [Col("bytes", "bytes", fmt_bytes, numeric=True), Col("share", "share", _pct, numeric=True),
+                            Col("key", axis if axis != "stage" else "stage (kind path)")]
                     table = FrameTable(cols, sort_key="bytes", reverse=True, id=f"{where}-{axis}")
                     table.border_title = f"at the {where}: {label}"
                     yield table

@@ -39,10 +39,11 @@ class TimelineScreen(ViewScreen):
         peak = view.peak
         self.query_one(BreakdownPanel).show(at_cursor, peak.by_category if peak else None,
                                             peak.bytes if peak else None, app.filter_text)
-        self.query_one(CursorPanel).show(view, event, at_cursor)
+        matching = view.breakdown_at_event(event, app.filter_text) if app.filter_text else at_cursor
+        self.query_one(CursorPanel).show(view, event, matching, app.filter_text)
 
     def on_resize(self) -> None:
-        self.kv_app.redraw()
+        self.request_draw()
 
     def export_frame(self) -> pd.DataFrame | None:
         view = self.kv_app.current_view()

@@ -13,7 +13,7 @@ from tui.model import TraceView, trace_listing
 from tui.screens.base import ViewScreen
 from tui.widgets.table import Col, FrameTable
 
-COLUMNS = [Col("trace", "trace"), Col("method", "method"), Col("status", "status"), Col("started", "started"),
+COLUMNS = [Col("trace", "trace"), Col("method", "method"), Col("status", "status"), Col("started", "started", lambda x: "unknown" if x is None else str(x)),
            Col("peak_bytes", "peak", fmt_bytes, numeric=True), Col("note", "note"), Col("path", "folder")]
 RELIST_S = 2.0
 
@@ -33,11 +33,7 @@ class TracesScreen(ViewScreen):
         yield FrameTable(COLUMNS, sort_key="started", reverse=True, id="traces")
 
     def on_mount(self) -> None:
-        self.set_interval(RELIST_S, self._relist)
-
-    def _relist(self) -> None:
-        if self.is_current:
-            self.kv_app.redraw()
+        self.set_interval(RELIST_S, self.request_draw)  # new trace folders appear without any event
 
     def update_body(self, view: TraceView | None) -> None:
         app = self.kv_app

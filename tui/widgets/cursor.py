@@ -17,7 +17,8 @@ class CursorPanel(Static):
         super().__init__("", **kwargs)
         self.text = ""
 
-    def show(self, view: TraceView, event: int, breakdown: Breakdown) -> None:
+    def show(self, view: TraceView, event: int, breakdown: Breakdown, filter_text: str = "") -> None:
+        """Draw the facts; `breakdown` is what is live at the cursor (already narrowed to `filter_text`)."""
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append("cursor ", style="bold")
         out.append(f"event {event + 1:,} of {view.n_events:,} · t {view.events_t_ns[event] / 1e9:.3f} s · "
@@ -29,8 +30,11 @@ class CursorPanel(Static):
             out.append(f"{fmt_bytes(view.peak.bytes)} ({view.peak.bytes:,} B) at t {view.peak.t_ns / 1e9:.3f} s\n")
             out.append("  stage ", style="dim")
             out.append(view.peak.stage + "\n", style="cyan")
-        out.append("live at cursor by stage of origin\n", style="bold")
+        out.append("live at cursor by stage of origin", style="bold")
+        out.append(f" (filter '{filter_text}': {fmt_bytes(breakdown.total)})\n" if filter_text else "\n")
         for stage, n in list(breakdown.by_stage.items())[:TOP_STAGES]:
             out.append(f"  {fmt_bytes(n):>11}  {stage}\n")
+        if filter_text and not breakdown.by_stage:
+            out.append("  nothing live matches the filter\n", style="dim")
         self.text = out.plain
         self.update(out)

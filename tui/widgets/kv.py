@@ -20,16 +20,19 @@ class KVPanel(Static):
         super().__init__("", **kwargs)
         self.text = ""
 
-    def show(self, kv: dict[str, Any] | None, meta: dict[str, Any]) -> None:
+    def show(self, kv: dict[str, Any] | None, meta: dict[str, Any], when: str = "", logical_dtype: str | None = None) -> None:
+        """Draw `kv` (the last KV record) taken `when` ('after chunk 3'); logical bytes are labelled
+        with the element type they are counted at when the summary states it."""
         out = Text()
         out.append("KV cache ", style="bold")
         out.append(f"method {meta.get('method', '?')} · integration {meta.get('integration', '?')} · codes {meta.get('codes', '-')}\n")
         if not kv:
             out.append("no KV byte records yet (written after each chunk)", style="dim")
         else:
-            out.append(f"after chunk {kv['chunk']}\n")
-            for label, key in (("logical (BF16)", "logical_bytes"), ("stored", "stored_bytes"), ("resident", "resident_bytes")):
-                out.append(f"  {label:<15}{fmt_bytes(kv[key]):>12}  ({kv[key]:,} B)\n")
+            out.append(f"{when or 'after chunk ' + str(kv['chunk'])}\n")
+            logical = f"logical ({logical_dtype})" if logical_dtype else "logical"
+            for label, key in ((logical, "logical_bytes"), ("stored", "stored_bytes"), ("resident", "resident_bytes")):
+                out.append(f"  {label:<19}{fmt_bytes(kv[key]):>12}  ({kv[key]:,} B)\n")
             out.append(f"  ratio logical/stored {_ratio(kv.get('ratio_stored'))} · logical/resident {_ratio(kv.get('ratio_resident'))}")
         self.text = out.plain
         self.update(out)

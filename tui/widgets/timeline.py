@@ -23,12 +23,15 @@ FIXED_ROWS = 4  # peak marker row, stage band, pass band, axis
 
 
 def fit_label(label: str, width: int) -> str:
-    """`label` in `width` cells: whole, else short ('denoise 3' -> 'd3', 'chunk 12' -> 'c12'), else cut."""
-    if len(label) <= width:
-        return label.ljust(width)
+    """`label` in `width` cells with at least one blank after it, so that labels of neighbouring runs
+    never touch: whole, else short ('denoise 3' -> 'd3', 'chunk 12' -> 'c12', 'refresh' -> 'r'),
+    else nothing (a label is never cut: 'd' for 'd3' would read as another label)."""
     head, _, tail = label.partition(" ")
     short = head[:1] + tail if tail.isdigit() else head[:1]
-    return short[:width].ljust(width)
+    for text in (label, short):
+        if len(text) < width:
+            return text.ljust(width)
+    return " " * width
 
 
 def _run_length(labels: list[str]) -> list[tuple[str, int]]:
