@@ -10,7 +10,6 @@ import torch
 import tracers
 from kvprof.analysis import find_peak, stage_times, timeline
 from kvprof.live import TraceFollower
-from tracers.trace_fold import TableFolder
 from kvprof.trace import load_trace
 from kvprof.units import fmt_bytes
 from tracers import TraceSession
@@ -31,24 +30,6 @@ from tui_pilot import (  # noqa: F401  (trace_copy, _cwd: fixtures)
 
 
 # ---------------------------------------------------------------------- kvprof.live
-def test_table_folder_equals_tables_from_records(tmp_path: Path) -> None:
-    session = TraceSession(tmp_path / "t", {"run_id": "t"})
-    with session:
-        with tracers.stage("setup"), tracers.tag("weights"):
-            w = torch.zeros(100)
-        with tracers.stage("rollout"), tracers.tag("activations"):
-            x = torch.ones(1000)
-            del x
-        tracers.tag_tensor(w, "latents", "renamed")
-    records = list(session._log.records)
-    folder = TableFolder()
-    folder.fold(records[:7])
-    folder.fold(records[7:])
-    ours, theirs = folder.tables(), tables_from_records(records)
-    for name in theirs:
-        pd.testing.assert_frame_equal(ours[name], theirs[name], check_dtype=True)
-
-
 def test_follower_reads_only_whole_new_lines(tmp_path: Path) -> None:
     session = TraceSession(tmp_path / "src", {"run_id": "src"})
     with session:
@@ -296,6 +277,10 @@ async def test_allocations_stages_and_kv_views(trace_copy: Path) -> None:
         by_stage = {r[0]: r for r in table(app, "stages").cell_texts()}
         assert set(by_stage) == set(times["stage"])
         assert by_stage["denoise"][1] == "16" and by_stage["refresh"][1] == "4"
+        # a CPU trace has no device time: the share is of host time (it read "nan%" once device
+        # time stopped repeating host time)
+        shares = {r["stage"]: r["share"] for r in table(app, "stages").shown_rows}
+        assert shares["rollout"] is not None and 0 < shares["rollout"] <= 100
         await pilot.press("5")
         await wait_for(pilot, lambda: app.screen.query_one(KVPanel).text, what="KV panel")
         kv = trace.summary["kv"]

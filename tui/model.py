@@ -309,7 +309,8 @@ def compare_row(view: TraceView) -> dict[str, Any]:
     wall = meta.get("wall_s")
     if wall is None and not view.stage_times.empty:
         roll = view.stage_times[view.stage_times["stage"] == "rollout"]
-        wall = float(roll["device_ms"].sum()) / 1000 if len(roll) else None
+        ms = roll["device_ms"].where(roll["device_ms"].notna(), roll["host_ms"])  # CPU runs: host time
+        wall = float(ms.sum()) / 1000 if len(roll) else None
     return {
         "trace": view.name, "method": meta.get("method"), "integration": meta.get("integration"),
         "status": view.status, "peak_bytes": None if view.peak is None else view.peak.bytes,

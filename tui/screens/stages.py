@@ -40,9 +40,11 @@ class StagesScreen(ViewScreen):
             top = spans[spans["depth"] == 0]
             top_ms = top["device_ms"].where(top["device_ms"].notna(), top["host_ms"])
             total = float(top_ms.sum()) or None  # the run: every top-level stage (setup, rollout, ...)
+            # the share is of the same clock as the total: device time where measured, host time on CPU
+            own = st["device_ms"].where(st["device_ms"].notna(), st["host_ms"])
             rows = [{"stage": str(r.stage), "count": int(r.count), "host_ms": float(r.host_ms),
                      "device_ms": float(r.device_ms),
-                     "share": 100 * float(r.device_ms) / total if total else None} for r in st.itertuples()]
+                     "share": 100 * float(ms) / total if total else None} for r, ms in zip(st.itertuples(), own)]
             self._rows_for = (id(view), rows)
         self.query_one(FrameTable).set_rows(self._rows_for[1], self.kv_app.filter_text)
 
