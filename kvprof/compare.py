@@ -15,7 +15,7 @@ import pandas as pd
 from kvprof.analysis import find_peak, kv_bytes, stage_times
 from kvprof.errors import UsageError
 from kvprof.hostprof import host_bound_share
-from kvprof.trace import Trace, TraceError, list_traces, load_trace
+from kvprof.trace import Trace, TraceError, list_traces, load_trace, meta_label
 from kvprof.units import fmt_bytes
 
 __all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_label", "trace_row", "compare_table", "format_compare", "TEXT_COLUMNS", "FORMATS"]
@@ -65,10 +65,7 @@ def open_traces(paths: Iterable[str | Path | Trace]) -> list[Trace]:
 
 def trace_label(trace: Trace) -> str:
     """Short human label: method/integration/codes (config, frames)."""
-    m = trace.meta
-    cfg = (m.get("config") or {}).get("name", "?")
-    frames = (m.get("rollout") or {}).get("frames", "?")
-    return f"{m.get('method', '?')}/{m.get('integration', '?')}/{m.get('codes', '?')} ({cfg}, {frames}f)"
+    return meta_label(trace.meta)
 
 
 def _peak_facts(trace: Trace) -> dict[str, Any]:
