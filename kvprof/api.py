@@ -15,7 +15,8 @@ the body ended with: `complete`, `oom` (torch.OutOfMemoryError, or kvprof's simu
 live bytes would pass `budget` on CPU), `interrupted` (Ctrl-C; SIGTERM too when `signals`), or
 `failed`; the exception is re-raised once the trace is closed and its summary written. Code
 deeper in your stack can mark stages without holding `t`: `kvprof.api.stage`, `category`,
-`tag_tensor` and `register` act on the trace that is open.
+`tag_tensor`, `register` and `watch` act on the trace that is open; `instrument_module(model)`
+marks `layer[i]` stages through forward hooks (kvprof.integrations for the Self-Forcing pipeline).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import torch
 from kvprof.analysis import live_at, memory_events, summarize
 from kvprof.errors import UsageError
 from kvprof.integrations.hooks import instrument_module
-from kvprof.tagging import Watch
+from kvprof.tagging import watch, watch_in
 from kvprof.tagging import tensors_of as _tensors
 from kvprof.trace import Trace, load_trace
 from kvprof.units import parse_size
@@ -72,20 +73,6 @@ def register(obj: Any, category: str, name: str | None = None) -> None:
     """Account for tensors allocated before tracing began (weights, inputs) in the open trace."""
     for t, n in _tensors(obj, name):
         context.register(t, category, n)
-
-
-def watch(obj: Any, category: str, name: str | None = None) -> None:
-    """Like `tag_tensor`, and again at the end of every stage for tensors that code put into the
-    container since (a cache dict whose "k" is replaced); nothing when no trace is open."""
-    session = context.active_session()
-    if session is not None:
-        _watch(session, obj, category, name)
-
-
-def _watch(session: TraceSession, obj: Any, category: str, name: str | None) -> None:
-    w = Watch(obj, category, name, session.tag_tensor)
-    w.check()
-    session.stage_end_hooks.append(w.check)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -354,7 +341,7 @@ class TraceRun:
 
     def watch(self, obj: Any, category: str, name: str | None = None) -> None:
         """`tag_tensor`, repeated at every stage end for tensors swapped into the container since."""
-        _watch(self.session, obj, category, name)
+        watch_in(self.session, obj, category, name)
 
     def record_kv_bytes(self, chunk: int, logical: int, stored: int, resident: int) -> None:
         """KV byte counts of your cache after a chunk (the KV panel and compression ratios)."""

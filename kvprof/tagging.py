@@ -9,7 +9,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["tensors_of", "module_tensor_attributes", "Watch"]
+from tracers import context
+
+__all__ = ["tensors_of", "module_tensor_attributes", "Watch", "watch", "watch_in"]
 
 
 def tensors_of(obj: Any, name: str | None, top: bool = True) -> Iterator[tuple[torch.Tensor, str | None]]:
@@ -65,3 +67,18 @@ class Watch:
                 continue
             self._tag(t, self.category, n)
             self._seen[n] = weakref.ref(t)  # weak: watching must not keep a replaced tensor alive
+
+
+def watch(obj: Any, category: str, name: str | None = None) -> None:
+    """Like `tag_tensor`, and again at the end of every stage for tensors that code put into the
+    container since (a cache dict whose "k" is replaced); nothing when no trace is open."""
+    session = context.active_session()
+    if session is not None:
+        watch_in(session, obj, category, name)
+
+
+def watch_in(session: Any, obj: Any, category: str, name: str | None) -> None:
+    """`watch` in the trace session `session`."""
+    w = Watch(obj, category, name, session.tag_tensor)
+    w.check()
+    session.stage_end_hooks.append(w.check)

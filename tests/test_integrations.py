@@ -230,6 +230,21 @@ def test_every_reader_opens_the_instrumented_trace(upstream_traces, tmp_path):
     assert r.returncode == 0 and "rollout/chunk[" in r.stdout
 
 
+def test_a_second_trace_of_the_same_pipeline_reattributes_its_caches(tmp_path):
+    """The caches made in the first run are reused (indices replaced, cross K/V swapped again)."""
+    pipe, noise = us.make()
+    instrument(pipe)
+    assert instrument(pipe) is instrument(pipe)  # once per pipeline
+    for name in ("one", "two"):
+        with kv.trace(tmp_path / name, device="cpu") as t, torch.no_grad():  # no graph keeping run one's tensors
+            pipe.inference(noise, ["a cat"])
+    a = t.trace().allocations
+    live_end = a[a["q_free"] == -1].groupby("category")["bytes"].sum()
+    assert live_end["kv_fp"] == 2 * 2 * (4 * 3 * 16) * us.DIM * 4 and live_end["cross_kv"] == 2 * 2 * us.TEXT_LEN * us.DIM * 4
+    assert live_end["kv_meta"] == 2 * 2 * 8
+    assert {r["stage"]: r["count"] for r in t.summary["stage_times"]}["refresh"] == 2
+
+
 def test_instrument_refuses_objects_of_another_shape():
     with pytest.raises(TypeError, match="lacks generator"):
         instrument(torch.nn.Linear(2, 2))
