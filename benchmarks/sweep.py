@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods import method_names  # noqa: E402
+from methods import get_method_class, method_names  # noqa: E402
 
 
 def expected_costs(paths: list[Path], integration: str) -> dict[str, float]:
@@ -155,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.time()
     names = method_names() if args.methods == "all" else args.methods.split(",")
-    unknown = sorted(set(names) - set(method_names()))
-    if unknown:
-        p.error(f"--methods: unknown {', '.join(unknown)}; 'kvprof methods' lists them")
+    for name in names:  # built-in names, plugin specs (module:Class) and entry-point methods
+        try:
+            get_method_class(name)
+        except ValueError as exc:
+            p.error(f"--methods: {exc}")
     skip = set(filter(None, args.skip.split(",")))
     names = [n for n in names if n not in skip]
     if args.lanes > 1:

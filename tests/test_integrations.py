@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from importlib import metadata
 from pathlib import Path
 
@@ -283,22 +282,41 @@ def test_kvprof_run_passes_on_the_script_exit_code_and_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------- plugin methods
-def test_plugin_method_traces_and_is_listed_with_its_origin(tmp_path):
+@pytest.fixture
+def registry(monkeypatch):
+    """Plugins loaded by a test stay out of the registry other tests list."""
+    from methods import base, plugins
+
+    reg = dict(base._REGISTRY)
+    monkeypatch.setattr(base, "_REGISTRY", reg)
+    monkeypatch.setattr(plugins, "_REGISTRY", reg)
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.chdir(ROOT)  # module specs import from the current folder, as the CLI does
+    return plugins
+
+
+def test_plugin_method_traces_and_is_listed_with_its_origin(tmp_path, capsys, registry):
+    from kvprof.cli import main
+
     spec = "examples.my_method:TokenInt4Sink"
-    r = _cli("trace", "--method", spec, "--frames", "6", "--no-decode", "--quiet", "--json", "--out", str(tmp_path),
-             "--run-id", "plug")
-    assert r.returncode == 0, r.stderr
+    assert main(["trace", "--method", spec, "--frames", "3", "--no-decode", "--quiet", "--json", "--out", str(tmp_path),
+                 "--run-id", "plug"]) == 0
     t = load_trace(tmp_path / "plug")
     assert t.meta["method"] == "token_int4_sink"
     names = set(t.allocations["name"].dropna())
     assert any(n.endswith("k_codes") for n in names) and any(n.endswith("k_sink") for n in names)
-    r = _cli("methods", spec, "--json")
-    assert json.loads(r.stdout)["origin"] == f"module {spec}"
-    path_form = _cli("methods", "examples/my_method.py:TokenInt4Sink", cwd=tmp_path.parent)
-    assert path_form.returncode == 2  # relative to the repository: not found from elsewhere, said plainly
-    assert "no such file" in path_form.stderr
+    capsys.readouterr()
+    assert main(["methods", spec, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["origin"] == f"module {spec}"
+    assert main(["methods"]) == 0
+    assert f"plugin token_int4_sink: module {spec}" in capsys.readouterr().out
+    assert main(["methods", "no/such/file.py:TokenInt4Sink"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_plugin_by_file_path_from_another_folder(tmp_path):
     r = _cli("methods", f"{ROOT / 'examples' / 'my_method.py'}:TokenInt4Sink", cwd=tmp_path)
-    assert r.returncode == 0 and "token_int4_sink" in r.stdout
+    assert r.returncode == 0 and "token_int4_sink" in r.stdout and "plugin: file" in r.stdout
 
 
 @pytest.mark.parametrize("body, attr, message", [
@@ -308,17 +326,22 @@ def test_plugin_method_traces_and_is_listed_with_its_origin(tmp_path):
     ("from methods.reference import *\nimport methods.reference as r\nclass X(r.BF16):\n    pass", "X",
      "is a built-in method's"),
 ])
-def test_a_bad_plugin_exits_2_naming_it(tmp_path, body, attr, message):
+def test_a_bad_plugin_exits_2_naming_it(tmp_path, capsys, registry, body, attr, message):
+    from kvprof.cli import main
+
     (tmp_path / "plug.py").write_text(body + "\n")
-    r = _cli("trace", "--method", f"{tmp_path / 'plug.py'}:{attr}", "--frames", "3", "--no-decode", "--quiet",
-             "--out", str(tmp_path))
-    assert r.returncode == 2, r.stderr
-    assert message in r.stderr and "plug.py" in r.stderr and "Traceback" not in r.stderr
+    code = main(["trace", "--method", f"{tmp_path / 'plug.py'}:{attr}", "--frames", "3", "--no-decode", "--quiet",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "plug.py" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*/meta.json"))  # refused before anything ran
 
 
-def test_entry_point_plugins_are_found_by_name_and_listed(monkeypatch):
-    from methods import get_method_class, plugins
+def test_entry_point_plugins_are_found_by_name_and_listed(monkeypatch, registry):
+    from methods import get_method_class
 
+    plugins = registry
     ep = metadata.EntryPoint(name="token_int4_sink", value="examples.my_method:TokenInt4Sink", group="kvprof.methods")
     bad = metadata.EntryPoint(name="broken", value="no_such_module_here:Thing", group="kvprof.methods")
     monkeypatch.syspath_prepend(str(ROOT))
@@ -331,8 +354,3 @@ def test_entry_point_plugins_are_found_by_name_and_listed(monkeypatch):
     with pytest.raises(plugins.PluginError, match="entry point 'broken'.*ModuleNotFoundError"):
         plugins.load_entry_points()
 
-
-def test_bf16_reference_classes_exist_for_the_clash_case():
-    from methods import reference
-
-    assert hasattr(reference, "BF16"), textwrap.dedent("""the clash test derives from methods.reference.BF16""")
