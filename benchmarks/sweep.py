@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from methods import get_method_class, method_names  # noqa: E402
+from methods.plugins import PluginError  # noqa: E402
 
 
 def expected_costs(paths: list[Path], integration: str) -> dict[str, float]:
@@ -155,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.time()
     names = method_names() if args.methods == "all" else args.methods.split(",")
+    unknown = []
     for name in names:  # built-in names, plugin specs (module:Class) and entry-point methods
         try:
             get_method_class(name)
-        except ValueError as exc:
+        except PluginError as exc:
             p.error(f"--methods: {exc}")
+        except ValueError:
+            unknown.append(name)
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(sorted(unknown))}; 'kvprof methods' lists them")
     skip = set(filter(None, args.skip.split(",")))
     names = [n for n in names if n not in skip]
     if args.lanes > 1:
