@@ -203,7 +203,7 @@ def test_instrumented_pipeline_runs_unchanged_and_matches_hand_tagging(upstream_
     cats = a.allocations.groupby("category")["bytes"].sum()
     assert cats["kv_fp"] == 2 * 2 * (4 * 3 * 16) * us.DIM * 4  # layers x (k, v) x tokens x dim x fp32
     assert cats["cross_kv"] == 2 * 2 * 2 * us.TEXT_LEN * us.DIM * 4  # zeros at init, then the swapped-in K/V
-    assert cats["kv_meta"] == 2 * 2 * 8
+    assert cats["kv_meta"] == 2 * 2 * 8 and a.meta["rollout"]["cache_tokens"] == 4 * 3 * 16
     weights = a.allocations[a.allocations["name"] == "generator.model.freqs"]
     assert set(weights["category"]) == {"weights"} and len(weights) == 2  # float64 table, then the one it became
 

@@ -285,6 +285,9 @@ class SelfForcingInstrument:
             return
         resident = sum(t.untyped_storage().nbytes() for t in tensors)
         k = tensors[0]
+        rollout = session.meta.get("rollout")
+        if isinstance(rollout, dict) and rollout.get("cache_tokens") is None:
+            rollout["cache_tokens"] = int(k.shape[1])  # the cache is made after inference() starts
         written = min(int(self._chunk_start) + self._chunk_tokens, k.shape[1])
         logical = len(tensors) * k.shape[0] * written * k.shape[2] * k.shape[3] * k.element_size()
         session.record_kv_bytes(self._chunk_index, logical, resident, resident)
