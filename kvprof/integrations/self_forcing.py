@@ -53,9 +53,25 @@ def looks_like_pipeline(obj: Any) -> bool:
     return all(hasattr(obj, a) for a in _REQUIRED)
 
 
-class _CacheView(Mapping):
-    """The tensors under `keys` of the cache list `pipeline.<attr>` as it is now (re-read at every
-    look, so a re-created cache is seen), named for kvprof's readers."""
+class _Live(Mapping):
+    """A read-only mapping recomputed at every look (`items()`), for a `Watch` to walk."""
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:  # type: ignore[override]
+        raise NotImplementedError
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return dict(self.items())[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for n, _ in self.items()])
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+
+class _CacheView(_Live):
+    """The tensors under `keys` of the cache list `owner.<attr>` as it is now (a re-created cache
+    is seen), named for kvprof's readers."""
 
     def __init__(self, owner: Any, attr: str, keys: tuple[str, ...], fmt: str):
         self.owner, self.attr, self.keys, self.fmt = owner, attr, keys, fmt
@@ -70,17 +86,8 @@ class _CacheView(Mapping):
                         out.append((self.fmt.format(layer=layer, key=key), t))
         return out
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return dict(self.items())[name]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter([n for n, _ in self.items()])
-
-    def __len__(self) -> int:
-        return len(self.items())
-
-
-class _TensorAttrs(Mapping):
+class _TensorAttrs(_Live):
     """A module's plain tensor attributes as they are now (`freqs` after its move to the device)."""
 
     def __init__(self, module: torch.nn.Module, prefix: str):
@@ -88,15 +95,6 @@ class _TensorAttrs(Mapping):
 
     def items(self) -> list[tuple[str, torch.Tensor]]:  # type: ignore[override]
         return [(f"{self.prefix}.{n}", t) for n, t in module_tensor_attributes(self.module)]
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return dict(self.items())[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([n for n, _ in self.items()])
-
-    def __len__(self) -> int:
-        return len(self.items())
 
 
 def _tag(t: torch.Tensor, category: str, name: str | None) -> None:
