@@ -4,9 +4,9 @@
 
 Puts the repository first on sys.path and, for each third-party module its imports need that is
 not installed, registers a stand-in: a module whose names are inert placeholders. Only modules that
-the text-to-video inference path never calls may be missing (tokenizer, text-encoder and
-distributed helpers: transformers, ftfy, xfuser, easydict configs, einops in training code); the
-stand-ins used are printed, so a run says what it did without.
+the text-to-video inference path never calls may be missing (tokenizer, text-encoder, config and
+distributed helpers: transformers, ftfy, regex, xfuser, easydict, torchvision); einops is needed (the
+VAE decode uses it) and diffusers too. Each stand-in is printed to stderr when made.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import types
 
 # Never flash_attn: upstream picks its attention kernel by whether that import succeeds.
-OPTIONAL = ("easydict", "ftfy", "transformers", "xfuser", "omegaconf", "torchvision", "tqdm")  # not einops: the VAE decode uses it
+OPTIONAL = ("easydict", "ftfy", "regex", "transformers", "xfuser", "omegaconf", "torchvision", "tqdm")
 
 
 class _Placeholder:
@@ -57,6 +57,7 @@ class _StandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         mod.__path__ = []
         mod.__getattr__ = lambda n: (_ for _ in ()).throw(AttributeError(n)) if n.startswith("__") else _Placeholder
         self.used.append(spec.name)
+        print(f"upstream_env: stand-in for {spec.name} (not installed)", file=sys.stderr)
         return mod
 
     def exec_module(self, module):
