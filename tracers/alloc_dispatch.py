@@ -31,8 +31,9 @@ class DispatchAllocTracker(TorchDispatchMode):
         for leaf in tree_leaves((args, kwargs)):
             # A storage an op reads that the tracker never saw existed before tracing: it is held,
             # not made here (else a view of it would count as a new allocation of this stage).
-            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta" and id(leaf.untyped_storage()) not in self._known:
-                self.track(leaf, "unattributed", LIVE_BEFORE_TRACING, before=True)
+            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta" and leaf.layout == torch.strided:
+                if id(leaf.untyped_storage()) not in self._known:
+                    self.track(leaf, "unattributed", LIVE_BEFORE_TRACING, before=True)
         t0 = time.perf_counter_ns()
         out = func(*args, **(kwargs or {}))
         t1 = time.perf_counter_ns()
