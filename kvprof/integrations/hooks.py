@@ -23,29 +23,19 @@ class StageHooks:
         self._handles: list[Any] = []
         self._open: list[contextlib.ExitStack] = []
 
-    def add(self, module: torch.nn.Module, enter: Callable[[], Sequence[ContextManager[Any]]],
-            before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> None:
-        """Run `module.forward` inside the context managers `enter()` returns; `before` runs once
-        they are entered, `after` just before they close."""
+    def add(self, module: torch.nn.Module, enter: Callable[[], Sequence[ContextManager[Any]]]) -> None:
+        """Run `module.forward` inside the context managers `enter()` returns (when a trace is open)."""
 
         def pre(mod: torch.nn.Module, args: Any) -> None:
             stack = contextlib.ExitStack()
             if context.active_session() is not None:
                 for cm in enter():
                     stack.enter_context(cm)
-                if before is not None:
-                    before()
             self._open.append(stack)
 
         def post(mod: torch.nn.Module, args: Any, out: Any) -> None:
-            if not self._open:  # hooks added while this module was running
-                return
-            stack = self._open.pop()
-            try:
-                if after is not None and context.active_session() is not None:
-                    after()
-            finally:
-                stack.close()
+            if self._open:  # empty when the hooks were added while this module was running
+                self._open.pop().close()
 
         self._handles.append(module.register_forward_pre_hook(pre))
         self._handles.append(module.register_forward_hook(post, always_call=True))
