@@ -12,6 +12,7 @@
 # throughput), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
+# upstream and plugin (issue 18: upstream Self-Forcing instrumented, the example plugin method).
 # Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
 # image lacks are carried in .whl/ (see NEXT_GPU_SESSION.md); installed into a fresh /tmp/site.
 set -u
@@ -87,6 +88,40 @@ for step in "$@"; do
       log "issue 7: render"
       timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu /tmp/kv/host \
         --out /tmp/kv/report --skip-existing ${RENDER_ARGS:-} >> "$OUT/steps.log" 2>&1
+      ;;
+    upstream)
+      # Issue 18: upstream Self-Forcing's own pipeline (carried, never committed: UPSTREAM=its folder;
+      # needs the einops wheel in .whl) traced with `instrument` alone, directly and through `kvprof run`.
+      R=${UPSTREAM:-.upstream/Self-Forcing}
+      log "issue 18: upstream pipeline, instrument(pipeline) in the script"
+      timeout 400 python3 benchmarks/self_forcing_upstream.py "$R" /tmp/kv/upstream/direct > "$OUT/upstream.txt" 2>>"$OUT/steps.log"
+      log "issue 18: the same through kvprof run --instrument self-forcing"
+      PYTHONPATH=$PYTHONPATH:$PWD/benchmarks timeout 400 $KV run --instrument self-forcing --out /tmp/kv/upstream --run-id via-run \
+        -- python3 benchmarks/self_forcing_upstream.py "$R" >> "$OUT/upstream.txt" 2>>"$OUT/steps.log"
+      python3 -c "
+from kvprof.trace import load_trace
+for name in ('direct', 'via-run'):
+    t = load_trace('/tmp/kv/upstream/' + name); s = t.summary; p = s['peak']; a = t.allocations
+    kv = a[a['name'].astype(str).str.match(r'layer \d+ / [kv]$')]; cross = a[a['name'].astype(str).str.startswith('cross_')]
+    print(name, 'peak', p['bytes'], 'max_memory_allocated', t.meta.get('max_memory_allocated_bytes'), 'stage', p['stage'])
+    print('  at peak', p['by_category'])
+    print('  kv_fp blocks', int(kv['bytes'].sum()), 'cross_kv blocks live at end', int(cross.loc[cross['q_free'] == -1, 'bytes'].sum()))
+    print('  stages', {r['stage']: r['count'] for r in s['stage_times']}, 'reconciliation', s.get('reconciliation'))
+" >> "$OUT/upstream.txt" 2>>"$OUT/steps.log"
+      $KV diagnose /tmp/kv/upstream/direct >> "$OUT/upstream.txt" 2>&1
+      ;;
+    plugin)
+      # Issue 18: the example plugin method (examples/my_method.py) at full size, study and staged, against bf16.
+      P=examples.my_method:TokenInt4Sink
+      for integ in study staged; do
+        log "issue 18: plugin $P under $integ"
+        timeout 280 $KV trace --method "$P" --integration $integ --out /tmp/kv/plugin --run-id "plugin-$integ" --json \
+          > "$OUT/plugin_$integ.json" 2>>"$OUT/steps.log"
+      done
+      [ -d /tmp/kv/plugin/bf16 ] || timeout 120 $KV trace --method bf16 --out /tmp/kv/plugin --run-id bf16 --quiet > /dev/null 2>>"$OUT/steps.log"
+      for integ in study staged; do
+        $KV diagnose /tmp/kv/plugin/plugin-$integ --baseline /tmp/kv/plugin/bf16 >> "$OUT/plugin_diagnose.txt" 2>&1
+      done
       ;;
     notes)
       # Each trace's meta notes and the other GPU processes NVML saw (confirms the "GPU shared" note).

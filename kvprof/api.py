@@ -15,12 +15,14 @@ the body ended with: `complete`, `oom` (torch.OutOfMemoryError, or kvprof's simu
 live bytes would pass `budget` on CPU), `interrupted` (Ctrl-C; SIGTERM too when `signals`), or
 `failed`; the exception is re-raised once the trace is closed and its summary written. Code
 deeper in your stack can mark stages without holding `t`: `kvprof.api.stage`, `category`,
-`tag_tensor` and `register` act on the trace that is open.
+`tag_tensor`, `register` and `watch` act on the trace that is open; `instrument_module(model)`
+marks `layer[i]` stages through forward hooks (kvprof.integrations for the Self-Forcing pipeline).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import platform
 import select
@@ -36,6 +38,9 @@ import torch
 
 from kvprof.analysis import live_at, memory_events, summarize
 from kvprof.errors import UsageError
+from kvprof.integrations.hooks import instrument_module
+from kvprof.tagging import watch, watch_in
+from kvprof.tagging import tensors_of as _tensors
 from kvprof.trace import Trace, load_trace
 from kvprof.oomfacts import CPU_REFUSED
 from kvprof.oomfacts import oom_facts as _oom_facts  # tests know it by this name
@@ -44,31 +49,14 @@ from tracers import context
 from tracers.alloc_layout import ALLOC_CONF_VARS
 from tracers.session import SimulatedOOM, TraceSession
 from tracers.trace_fold import Q_STRIDE
-from tracers.trace_io import META_FILE, NO_FREE, SUMMARY_FILE, write_json_atomic
+from tracers.trace_io import META_FILE, NO_FREE, SUMMARY_FILE, meta_field_problem, write_json_atomic
 
-__all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "environment", "failure_state",
+__all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "watch", "instrument_module", "environment", "failure_state",
            "InterruptGuard", "EXIT_INTERRUPTED"]
 
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 stage = context.stage
 category = context.tag
-
-
-def _tensors(obj: Any, name: str | None) -> Iterator[tuple[torch.Tensor, str | None]]:
-    """(tensor, name) for a tensor, a module's parameters and buffers, or a dict/list/tuple of them."""
-    if isinstance(obj, torch.Tensor):
-        yield obj, name
-    elif isinstance(obj, torch.nn.Module):
-        for key, t in [*obj.named_parameters(), *obj.named_buffers()]:
-            yield t, f"{name}.{key}" if name else key
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
-            yield from _tensors(value, f"{name}.{key}" if name else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{name}[{i}]" if name else f"[{i}]")
-    else:
-        raise TypeError(f"cannot tag a {type(obj).__name__}: pass a tensor, a torch module, or a dict/list/tuple of tensors")
 
 
 def tag_tensor(obj: Any, category: str, name: str | None = None) -> None:
@@ -333,6 +321,10 @@ class TraceRun:
         for t, n in _tensors(obj, name):
             self.session.register(t, category, n)
 
+    def watch(self, obj: Any, category: str, name: str | None = None) -> None:
+        """`tag_tensor`, repeated at every stage end for tensors swapped into the container since."""
+        watch_in(self.session, obj, category, name)
+
     def record_kv_bytes(self, chunk: int, logical: int, stored: int, resident: int) -> None:
         """KV byte counts of your cache after a chunk (the KV panel and compression ratios)."""
         self.session.record_kv_bytes(chunk, logical, stored, resident)
@@ -449,6 +441,22 @@ class TraceRun:
             self._guard = None
 
 
+def _check_meta(meta: dict[str, Any] | None) -> None:
+    """Refuse meta that readers could not open, before anything runs (not when the trace closes)."""
+    if meta is None:
+        return
+    if not isinstance(meta, Mapping):
+        raise UsageError(f"meta must be a dict of JSON values, not {type(meta).__name__}")
+    try:
+        as_written = json.loads(json.dumps(dict(meta)))  # what readers will see: tuples become lists
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"meta must hold JSON values only ({exc}); convert tensors and paths to numbers and strings") from None
+    problem = meta_field_problem(as_written)
+    if problem:
+        raise UsageError(f"meta {problem}: kvprof's readers use this field (meta 'config' is the model's shape, "
+                         "e.g. {'name': 'mine', 'num_layers': 30, ...}); put your own values under other keys")
+
+
 def trace(
     folder: str | Path,
     *,
@@ -473,4 +481,5 @@ def trace(
         raise UsageError(f"budget {budget!r}: must be a positive number of bytes")
     if (Path(folder) / META_FILE).exists():
         raise UsageError(f"{folder}: a trace already exists there; pick another folder")
+    _check_meta(meta)
     return TraceRun(folder, meta, dev, budget_bytes, live, signals)

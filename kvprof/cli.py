@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_arguments(sub.add_parser("sweep", help="trace a matrix of methods/shapes as Dask tasks (kvprof[sweep] extra)"), _param)
 
+    x = sub.add_parser("run", help="run your script under a trace: kvprof run [--instrument self-forcing] -- python SCRIPT ARGS")
+    x.add_argument("--instrument", default=None, metavar="NAME", help="instrument what the script builds: self-forcing")
+    x.add_argument("--out", type=Path, default=Path("traces"), help="output folder (default traces/)")
+    x.add_argument("--run-id", default=None, help="trace folder name (default: time-run-SCRIPT)")
+    x.add_argument("--device", default=None, help="where the script's tensors live: cpu or cuda[:N] (default: cuda when present)")
+    x.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- python SCRIPT ARGS")
+
     e = sub.add_parser("export", help="perfetto JSON, csv/parquet tables, PyTorch allocator snapshot (GPU traces)")
     e.add_argument("trace", type=Path)
     e.add_argument("--format", required=True, choices=("perfetto", "csv", "parquet", "snapshot"))
@@ -341,8 +348,13 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from methods import get_method_class, method_names
+    from methods.plugins import load_entry_points, origin_of
 
     con = console()
+    try:
+        load_entry_points()  # installed plugin methods are listed with the built-ins
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.name:
         try:
             cls = get_method_class(args.name)
@@ -350,13 +362,15 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         info = {"name": cls.name, "family": cls.family, "key_bits": cls.key_bits, "value_bits": cls.value_bits,
                 "policy": cls.policy, "cadence": cls.cadence, "summary": cls.summary,
-                "params": {k: {"default": p.default, "help": p.help} for k, p in cls.params.items()}}
+                "params": {k: {"default": p.default, "help": p.help} for k, p in cls.params.items()}, "origin": origin_of(cls.name)}
         if args.json:
             print(json.dumps(info, indent=2, default=str))
             return 0
         con.print(f"{cls.name} ({cls.family}): {cls.summary}", markup=False)
         con.print(f"keys {cls.key_bits} bit · values {cls.value_bits} bit · policy {cls.policy} · cadence {cls.cadence}",
                   markup=False)
+        if info["origin"] != "built-in":
+            con.print(f"plugin: {info['origin']}", markup=False)
         table = Table("parameter", "default", "meaning", show_edge=False)
         for k, p in cls.params.items():
             table.add_row(Text(k), Text(str(p.default)), Text(p.help))
@@ -365,7 +379,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     rows = [get_method_class(n) for n in method_names()]
     if args.json:
         print(json.dumps([{"name": c.name, "family": c.family, "key_bits": c.key_bits, "value_bits": c.value_bits,
-                           "policy": c.policy, "summary": c.summary} for c in rows], indent=2))
+                           "policy": c.policy, "summary": c.summary, "origin": origin_of(c.name)} for c in rows], indent=2))
         return 0
     # A narrow terminal leaves the prose out ('methods NAME' has it); the name never wraps.
     wide = con.width >= 140
@@ -378,9 +392,18 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         cells = [str(i), c.name, str(c.key_bits), str(c.value_bits), str(c.policy), *((c.family, c.summary) if wide else ())]
         table.add_row(*(Text(v) for v in cells))  # policies hold brackets: never Rich markup
     con.print(table)
+    _print_plugins(con, rows)
     if not wide:
         con.print("'kvprof methods NAME' describes one method and its parameters", style="dim")
     return 0
+
+
+def _print_plugins(con: Any, rows: list[Any]) -> None:
+    from methods.plugins import origin_of
+
+    for c in rows:
+        if origin_of(c.name) != "built-in":
+            con.print(f"plugin {c.name}: {origin_of(c.name)}", markup=False)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -452,6 +475,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kvprof.integrations.run import RunRequest, run_script
+
+    return run_script(RunRequest(args.cmd, args.out, args.run_id, args.instrument, args.device), print_summary)
+
+
 HANDLERS = {
     "trace": _cmd_trace,
     "methods": _cmd_methods,
@@ -462,6 +491,7 @@ HANDLERS = {
     "diagnose": _cmd_diagnose,
     "export": _cmd_export,
     "sweep": _cmd_sweep,
+    "run": _cmd_run,
 }
 
 

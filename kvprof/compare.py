@@ -17,7 +17,7 @@ from kvprof.analysis import find_peak, kv_bytes, logical_label, stage_times
 from kvprof.errors import UsageError
 from kvprof.hostprof import host_bound_share
 from kvprof.sweep.manifest import MANIFEST_FILE, is_sweep, result_traces
-from kvprof.trace import Trace, TraceError, list_traces, load_trace
+from kvprof.trace import Trace, TraceError, list_traces, load_trace, meta_label
 from kvprof.units import fmt_bytes, fmt_ms
 
 __all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_codes", "trace_label", "trace_row", "compare_table",
@@ -88,11 +88,7 @@ def trace_codes(meta: dict[str, Any]) -> str | None:
 
 def trace_label(trace: Trace) -> str:
     """Short human label: method/integration[/codes] (config, frames); no codes for lossless methods."""
-    m = trace.meta
-    cfg = (m.get("config") or {}).get("name", "?")
-    frames = (m.get("rollout") or {}).get("frames", "?")
-    codes = trace_codes(m)
-    return f"{m.get('method', '?')}/{m.get('integration', '?')}{'/' + codes if codes else ''} ({cfg}, {frames}f)"
+    return meta_label({**trace.meta, "codes": trace_codes(trace.meta)})
 
 
 def _peak_facts(trace: Trace) -> dict[str, Any]:

@@ -167,7 +167,7 @@ class Diagnosis:
 
     def headline(self) -> str:
         """One sentence: the peak, how it compares with bf16, the largest cause."""
-        s = f"{self.method} peaks at {fmt_bytes(self.peak_bytes)} in {self.peak_stage} ({self.peak_phase} phase)"
+        s = f"{self.method or self.label} peaks at {fmt_bytes(self.peak_bytes)} in {self.peak_stage} ({self.peak_phase} phase)"
         if self.baseline is not None:
             d = self.difference_bytes or 0
             rel = d / self.baseline["peak_bytes"] * 100 if self.baseline["peak_bytes"] else 0.0
@@ -544,7 +544,8 @@ class _Context:
         self.meta = trace.meta
         self.method = trace.meta.get("method")
         self.cls = _method_class(self.method)
-        self.lossless = bool(getattr(self.cls, "lossless", False)) or self.method in LOSSLESS_METHODS
+        self.lossless = bool(getattr(self.cls, "lossless", False)) or self.method in LOSSLESS_METHODS or (
+            self.cls is None and not (trace.allocations["category"] == "kv_codes").any())  # your own plain cache (API traces)
         self.codes = trace.meta.get("codes")
         self.integration = trace.meta.get("integration")
         self.geo = Geometry.from_meta(trace.meta)

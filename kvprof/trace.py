@@ -130,3 +130,14 @@ def list_traces(root: str | Path = "traces") -> list[Path]:
         return []
     found = [p for p in root.iterdir() if (p / "meta.json").is_file()]
     return sorted(found, key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
+
+
+def meta_label(meta: dict[str, Any]) -> str:
+    """Short human label of a trace: `method/integration/codes (config, frames)`, leaving out
+    what the trace does not say (a `kvprof.api` trace without them: its run id and "api trace")."""
+    parts = [str(meta[k]) for k in ("method", "integration", "codes") if meta.get(k)]
+    cfg = (meta.get("config") or {}).get("name")
+    frames = (meta.get("rollout") or {}).get("frames")
+    shape = ", ".join(x for x in (str(cfg) if cfg else "", f"{frames}f" if frames is not None else "") if x)
+    head = "/".join(parts) or f"{meta.get('run_id') or 'trace'} [{meta.get('source') or 'no method recorded'}]"
+    return f"{head} ({shape})" if shape else head

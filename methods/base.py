@@ -224,11 +224,18 @@ def method_names() -> list[str]:
 
 
 def get_method_class(name: str) -> type[KVMethod]:
-    """The class registered as `name`, or MethodError with the closest names."""
+    """The class registered as `name` (a plugin spec `module:Class` or an entry-point method
+    loads first), or MethodError with the closest names."""
     try:
         return _REGISTRY[name]
     except KeyError:
         import difflib
+
+        from methods import plugins
+
+        found = plugins.find(name)  # `module:Class` specs and the kvprof.methods entry points
+        if found is not None:
+            return found
 
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""

@@ -32,3 +32,16 @@ def trace_factory(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Plugins loaded by a test stay out of the registry other tests list."""
+    from methods import base, plugins
+
+    reg = dict(base._REGISTRY)
+    monkeypatch.setattr(base, "_REGISTRY", reg)
+    monkeypatch.setattr(plugins, "_REGISTRY", reg)
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module specs import from the current folder, as the CLI does
+    return plugins

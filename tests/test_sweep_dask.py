@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from kvprof.cli import main
+from kvprof.errors import UsageError
 from kvprof.sweep import manifest as mf
 from kvprof.sweep import run as task
 
@@ -58,7 +59,7 @@ def cells_with(out: Path, status: str) -> dict[str, dict]:
 
 # ---------------------------------------------------------------------- bad input: exit 2 before any cluster
 @pytest.mark.parametrize("argv, message", [
-    (["--methods", "bf16,prq_int9"], "--methods: unknown prq_int9"),
+    (["--methods", "bf16,prq_int9"], "--methods: unknown method 'prq_int9'; did you mean 'prq_int4'"),
     (["--integrations", "study,stagd"], "--integrations: unknown stagd"),
     (["--frames", "42,5", "--methods", "bf16"], "--frames 5: must be a positive multiple"),
     (["--frames", "six"], "--frames 'six': must be a comma list of integers"),
@@ -104,7 +105,7 @@ def test_resuming_a_finished_sweep_starts_no_cluster(tmp_path, capsys, monkeypat
 
 
 # ---------------------------------------------------------------------- matrix
-def test_cells_are_every_combination_with_valid_codes_and_their_trace_flags():
+def test_cells_are_every_combination_with_valid_codes_and_their_trace_flags(registry) -> None:
     import argparse
 
     from kvprof.cli import _param
@@ -125,6 +126,13 @@ def test_cells_are_every_combination_with_valid_codes_and_their_trace_flags():
     assert bf16.params == {} and "--param" not in bf16.args  # a parameter goes only to methods that have it
     gpu = build_cells(parse_matrix(p.parse_args(["--out", "x", "--methods", "bf16"])), gpu=True)
     assert [c.id for c in gpu] == ["bf16-study-42f-s0"] and "wan-1.3b" in gpu[0].args  # trace's GPU defaults
+    # a plugin method (issue 18) by its spec: traced by the spec, named by its class's name
+    plugin = build_cells(parse_matrix(p.parse_args(["--out", "x", "--methods", "examples.my_method:TokenInt4Sink",
+                                                    "--integrations", "staged"])), gpu=False)
+    assert [c.id for c in plugin] == ["token_int4_sink-staged-12f-s0"]
+    assert plugin[0].args[:2] == ["--method", "examples.my_method:TokenInt4Sink"]
+    with pytest.raises(UsageError, match="--methods: .*nope"):
+        parse_matrix(p.parse_args(["--out", "x", "--methods", "bf16,nope"]))
 
 
 # ---------------------------------------------------------------------- manifest

@@ -13,6 +13,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from tracers.trace_fold import LIVE_BEFORE_TRACING
+
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
 
@@ -26,6 +28,12 @@ class DispatchAllocTracker(TorchDispatchMode):
         self._known: dict[int, int] = {}  # id(storage) -> allocation id
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        for leaf in tree_leaves((args, kwargs)):
+            # A storage an op reads that the tracker never saw existed before tracing: it is held,
+            # not made here (else a view of it would count as a new allocation of this stage).
+            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta" and leaf.layout == torch.strided:
+                if id(leaf.untyped_storage()) not in self._known:
+                    self.track(leaf, "unattributed", LIVE_BEFORE_TRACING, before=True)
         t0 = time.perf_counter_ns()
         out = func(*args, **(kwargs or {}))
         t1 = time.perf_counter_ns()
@@ -35,8 +43,9 @@ class DispatchAllocTracker(TorchDispatchMode):
         self.session.host_activity.add_op(func, t1 - t0, time.perf_counter_ns() - t1)
         return out
 
-    def track(self, tensor: torch.Tensor, category: str | None, name: str | None) -> int | None:
-        """Record the tensor's storage if unseen; return its allocation id (None for empty/meta)."""
+    def track(self, tensor: torch.Tensor, category: str | None, name: str | None, before: bool = False) -> int | None:
+        """Record the tensor's storage if unseen; return its allocation id (None for empty/meta).
+        `before`: the storage existed before tracing (recorded outside any stage)."""
         if tensor.device.type == "meta":
             return None
         storage = tensor.untyped_storage()
@@ -47,7 +56,7 @@ class DispatchAllocTracker(TorchDispatchMode):
         nbytes = storage.nbytes()
         if nbytes == 0:
             return None
-        alloc_id = self.session.record_alloc(nbytes, category, name)
+        alloc_id = self.session.record_alloc(nbytes, category, name, root=before)
         self._known[key] = alloc_id
         # Storage Python objects are preserved while the C++ storage lives, so this fires at its free.
         weakref.finalize(storage, self._freed, key, alloc_id)

@@ -89,6 +89,7 @@ class TraceSession:
         self._armed = False
         self.host_activity = HostActivity(self._current_span_id)  # host syncs, op and tracer time per span
         self._close_hooks: list[Callable[["TraceSession"], None]] = []
+        self.stage_end_hooks: list[Callable[[], None]] = []  # api.watch: re-tag swapped tensors before a stage ends
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> "TraceSession":
@@ -205,8 +206,7 @@ class TraceSession:
         self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
         tables = tables_from_records(self._log.records, self._log.alloc_columns)
-        if self._cuda is not None:
-            self._note_blocks_from_before(tables["allocations"])
+        self._note_blocks_from_before(tables["allocations"])
         write_closed_trace(self.folder, self._log, tables, self.meta)  # a full disk: status failed, said in meta
         self.status = self.meta["status"]
 
@@ -273,6 +273,8 @@ class TraceSession:
             raise
         finally:
             self._timer.end(span_id)
+            for hook in self.stage_end_hooks:
+                hook()
             with self._lock:
                 t_end = self._now()
                 if self._span_stack and self._span_stack[-1][0] == span_id:
@@ -317,14 +319,14 @@ class TraceSession:
         return self._tag_stack[-1] if self._tag_stack else "unattributed"
 
     # ----------------------------------------------------------------- allocations
-    def record_alloc(self, nbytes: int, category: str | None, name: str | None) -> int:
-        """Record one allocation made now (dispatch tracker, registrations)."""
+    def record_alloc(self, nbytes: int, category: str | None, name: str | None, root: bool = False) -> int:
+        """Record one allocation made now (dispatch tracker, registrations); `root`: outside any stage."""
         with self._lock:
             if self._armed and self.budget_bytes is not None and self.live_bytes + nbytes > self.budget_bytes:
                 raise SimulatedOOM(nbytes, self.live_bytes, self.budget_bytes)
             alloc_id = self._next_alloc
             self._next_alloc += 1
-            span_id, default_cat = self._ctx_table[self._ctx]
+            span_id, default_cat = (0, "unattributed") if root else self._ctx_table[self._ctx]
             self._alloc_bytes[alloc_id] = nbytes
             self.live_bytes += nbytes
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
@@ -431,7 +433,7 @@ class TraceSession:
         """Declare what a tensor's storage is (for its whole life)."""
         if category not in CATEGORIES:
             raise ValueError(f"unknown memory category {category!r}; categories: {', '.join(CATEGORIES)}")
-        if tensor.device.type == "meta":
+        if tensor.device.type != self.device.type:  # meta tensors, or host copies in a GPU trace: not tracked memory
             return
         with self._lock:
             if self._dispatch is not None:

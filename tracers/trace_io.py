@@ -336,19 +336,28 @@ def read_meta(folder: Path) -> dict[str, Any]:
         )
     if meta.get("status") not in STATUSES:
         raise TraceError(f"{meta_path}: field 'status' is {meta.get('status')!r}; expected one of {', '.join(STATUSES)}")
+    problem = meta_field_problem(meta)
+    if problem:
+        raise TraceError(f"{meta_path}: {problem} (damaged trace)")
+    return meta
+
+
+def meta_field_problem(meta: dict[str, Any]) -> str | None:
+    """The first field of `meta` whose JSON type readers do not expect (META_FIELDS), said as
+    "field 'config' should be an object, not str"; None when every field fits."""
     for key, types in META_FIELDS.items():
         value = meta.get(key)
         if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
             names = " or ".join(_JSON_NAMES[t] for t in types)
-            raise TraceError(f"{meta_path}: field {key!r} should be {names}, not {type(value).__name__} (damaged trace)")
+            return f"field {key!r} should be {names}, not {type(value).__name__}"
     for outer, fields in META_NESTED.items():
         inner = meta.get(outer) or {}
         for key, types in fields.items():
             value = inner.get(key)
             if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
                 names = " or ".join(_JSON_NAMES[t] for t in types)
-                raise TraceError(f"{meta_path}: field '{outer}.{key}' should be {names}, not {value!r:.40} (damaged trace)")
-    return meta
+                return f"field '{outer}.{key}' should be {names}, not {value!r:.40}"
+    return None
 
 
 def read_raw_trace(folder: str | Path) -> RawTrace:

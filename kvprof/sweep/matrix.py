@@ -80,9 +80,13 @@ def parse_matrix(args: Any) -> Matrix:
 
     known = method_names()
     methods = known if args.methods == "all" else _names(args.methods)
-    unknown = [m for m in methods if m not in known]
-    if unknown or not methods:
-        raise UsageError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; 'kvprof methods' lists them, or use --methods all")
+    if not methods:
+        raise UsageError("--methods: none given; 'kvprof methods' lists them, or use --methods all")
+    for name in methods:  # built-in names, plugin specs (module:Class, file.py:Class), entry-point methods
+        try:
+            get_method_class(name)
+        except ValueError as exc:
+            raise UsageError(f"--methods: {exc}") from None
     skip = _names(args.skip or "")
     bad_skip = [m for m in skip if m not in known]
     if bad_skip:
@@ -130,7 +134,8 @@ def build_cells(m: Matrix, gpu: bool) -> list[Cell]:
             continue
         frames = frames if frames is not None else (42 if gpu else 12)
         params = {k: v for k, v in m.params.items() if k in get_method_class(method).params}
-        parts = [method, integ, *([codes] if codes else []), f"{frames}f", f"s{seed}",
+        # a plugin spec (module:Class) is named by its class's name: no ':' or '/' in cell ids
+        parts = [get_method_class(method).name, integ, *([codes] if codes else []), f"{frames}f", f"s{seed}",
                  *([f"w{rolling}"] if rolling else []), *([Path(embeds).stem] if embeds else []),
                  *(f"{k}{v}" for k, v in sorted(params.items()))]
         cells.append(Cell(id="-".join(parts).replace("/", "_"), method=method, integration=integ, codes=codes, frames=frames,

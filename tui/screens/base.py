@@ -18,6 +18,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Static
 
+from kvprof.trace import meta_label
 from tui.model import TraceView
 from tui.widgets.filter_bar import FilterBar
 from tui.widgets.message import MessagePanel
@@ -110,7 +111,7 @@ class ViewScreen(Screen):
         if view is None:
             return f"[b]{self.TITLE}[/b]"
         meta = view.trace.meta
-        return f"[b]{self.TITLE}[/b] · " + escape(f"{view.name} · {meta.get('method', '?')} / {meta.get('integration', '?')}")
+        return f"[b]{self.TITLE}[/b] · " + escape(f"{view.name} · {meta_label(meta)}")
 
     def update_body(self, view: TraceView | None) -> None:
         """Fill the view's widgets (called at most 10 times a second)."""
