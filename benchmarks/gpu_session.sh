@@ -99,7 +99,7 @@ for step in "$@"; do
       PYTHONPATH=$PYTHONPATH:$PWD/benchmarks timeout 400 $KV run --instrument self-forcing --out /tmp/kv/upstream --run-id via-run \
         -- python3 benchmarks/self_forcing_upstream.py "$R" >> "$OUT/upstream.txt" 2>>"$OUT/steps.log"
       python3 -c "
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 for name in ('direct', 'via-run'):
     t = load_trace('/tmp/kv/upstream/' + name); s = t.summary; p = s['peak']; a = t.allocations
     kv = a[a['name'].astype(str).str.match(r'layer \d+ / [kv]$')]; cross = a[a['name'].astype(str).str.startswith('cross_')]

@@ -30,12 +30,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvprof.compare import compare_table, format_compare, open_trace  # noqa: E402
+from kvprof.read.compare import compare_table, format_compare, open_trace  # noqa: E402
 from kvprof.diagnose import diagnose  # noqa: E402
 from kvprof.errors import UsageError  # noqa: E402
-from kvprof.report import comparison_chart, render_chart, trace_chart, write_report  # noqa: E402
-from kvprof.sweep.manifest import is_sweep, result_traces  # noqa: E402
-from kvprof.trace import list_traces  # noqa: E402
+from kvprof.read.report import comparison_chart, render_chart, trace_chart, write_report  # noqa: E402
+from kvprof.read.manifest import is_sweep, result_traces  # noqa: E402
+from kvprof.read.trace import list_traces  # noqa: E402
 
 GPU_TRACKER = "cuda-allocator-history"
 

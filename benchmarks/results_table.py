@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kvprof.sweep.manifest import MANIFEST_FILE, read_manifest  # noqa: E402
+from kvprof.read.manifest import MANIFEST_FILE, read_manifest  # noqa: E402
 from kvprof.units import fmt_bytes  # noqa: E402
 
 

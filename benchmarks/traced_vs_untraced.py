@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def untraced(args) -> dict:
     from kvprof.runner import TraceRequest, resolve, text_embeddings
-    from kvprof.model import build_model
-    from kvprof.rollout import build_caches, make_method_factory, run_rollout
-    from kvprof.vae import build_vae
+    from kvprof.workload.model import build_model
+    from kvprof.workload.rollout import build_caches, make_method_factory, run_rollout
+    from kvprof.workload.vae import build_vae
 
     req = TraceRequest(method=args.method, integration=args.integration, config=args.config, frames=args.frames,
                        decode=not args.no_decode)

@@ -191,7 +191,7 @@ def _cold(folder: Path) -> tuple[float, float]:
 
 
 def _pieces(folder: Path) -> dict[str, float]:
-    from kvprof.trace import load_trace
+    from kvprof.read.trace import load_trace
     from tui.model import build_view
 
     out = {}
@@ -234,7 +234,7 @@ def _live_log(folder: Path, live: Path) -> tuple[list[bytes], int]:
 def _follow(folder: Path) -> None:
     """Time following a live trace of the same size: first read of the whole log, a rebuild, and
     an incremental poll after 10,000 more lines."""
-    from kvprof.live import TraceFollower
+    from kvprof.read.live import TraceFollower
     from tracers.trace_io import EVENTS_FILE
     from tui.model import build_view
 

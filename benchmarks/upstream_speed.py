@@ -83,7 +83,7 @@ def load_upstream(upstream: Path):
 def upstream_worker(args) -> dict:
     import torch
 
-    from kvprof.config import ModelConfig
+    from kvprof.workload.config import ModelConfig
 
     cfg = ModelConfig.from_name(args.config).with_dtype(args.dtype)
     causal, wrapper_mod, pipe_mod = load_upstream(Path(args.root))
@@ -157,8 +157,8 @@ def upstream_worker(args) -> dict:
 def kvprof_worker(args) -> dict:
     import torch
 
-    from kvprof.model import build_model
-    from kvprof.rollout import build_caches, cache_bytes, make_method_factory, run_rollout
+    from kvprof.workload.model import build_model
+    from kvprof.workload.rollout import build_caches, cache_bytes, make_method_factory, run_rollout
     from kvprof.runner import TraceRequest, resolve, text_embeddings
 
     req = TraceRequest(method="bf16", integration="study", config=args.config, frames=args.frames, decode=False,

@@ -8,7 +8,7 @@
             with t.stage("step", i), t.category("activations"):
                 x = model(x)
             t.tag_tensor(cache, "kv_fp", "my cache")  # a tensor, module, dict or list of them
-    print(t.summary["peak"])                        # kvprof.analysis.summarize, also in summary.json
+    print(t.summary["peak"])                        # kvprof.read.analysis.summarize, also in summary.json
 
 `kvprof trace` opens its session through `trace()` as well. The session closes with the status
 the body ended with: `complete`, `oom` (torch.OutOfMemoryError, or kvprof's simulated one when
@@ -36,12 +36,12 @@ from typing import Any, Iterator
 
 import torch
 
-from kvprof.analysis import live_at, memory_events, summarize
+from kvprof.read.analysis import live_at, memory_events, summarize
 from kvprof.errors import UsageError
 from kvprof.integrations.hooks import instrument_module
 from kvprof.tagging import watch, watch_in
 from kvprof.tagging import tensors_of as _tensors
-from kvprof.trace import Trace, load_trace
+from kvprof.read.trace import Trace, load_trace
 from kvprof.oomfacts import CPU_REFUSED
 from kvprof.oomfacts import oom_facts as _oom_facts  # tests know it by this name
 from kvprof.units import parse_size

@@ -13,13 +13,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from kvprof import api
-from kvprof.config import DTYPES, ModelConfig
+from kvprof.workload.config import DTYPES, ModelConfig
 from kvprof.errors import UsageError
-from kvprof.trace import load_trace
-from kvprof.rollout import CHUNK_FRAMES, Progress, RolloutSpec, build_caches, cache_bytes, make_method_factory, run_rollout
+from kvprof.read.trace import Trace, load_trace
+from kvprof.workload.rollout import CHUNK_FRAMES, Progress, RolloutSpec, build_caches, cache_bytes, make_method_factory, run_rollout
 from methods import get_method_class
 from methods.base import KVMethod, MethodError
 from tracers.trace_io import SUMMARY_FILE, write_json_atomic
+from tracers.vocabulary import SETUP
 
 INTEGRATIONS: tuple[str, ...] = ("study", "staged")
 MAX_SEED = 2**62  # torch generators take 64 bits; the rollout adds small offsets per use
@@ -198,8 +199,8 @@ def check_inputs(req: TraceRequest, cfg: ModelConfig) -> None:
     if req.checkpoint is not None:
         import warnings
 
-        from kvprof.checkpoint import CheckpointError, load_checkpoint
-        from kvprof.model import build_model
+        from kvprof.workload.checkpoint import CheckpointError, load_checkpoint
+        from kvprof.workload.model import build_model
 
         try:
             with warnings.catch_warnings():
@@ -211,7 +212,7 @@ def check_inputs(req: TraceRequest, cfg: ModelConfig) -> None:
     if req.prompt_embeds is not None:
         load_prompt_embeds(req.prompt_embeds, cfg)
     if req.vae is not None and req.decode:
-        from kvprof.vae import VaeError, check_vae_dir
+        from kvprof.workload.vae import VaeError, check_vae_dir
 
         try:
             check_vae_dir(req.vae)
@@ -312,6 +313,7 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
         "command": req.command,
         "method": method_cls.name,
         "method_params": {**{k: p.default for k, p in method_cls.params.items()}, **params},
+        "method_facts": method_cls.facts(),
         "integration": spec.integration,
         "codes": codes,
         "config": {**dataclasses.asdict(cfg), "tokens_per_frame": cfg.tokens_per_frame, "head_dim": cfg.head_dim},
@@ -338,7 +340,7 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
             raise
     summary = run.summary or {}
     if req.host_profile:
-        from kvprof.hostprof import host_profile_summary
+        from kvprof.read.hostprof import host_profile_summary
 
         summary["host_profile"] = host_profile_summary(load_trace(folder))
         write_json_atomic(folder / SUMMARY_FILE, summary)
@@ -353,13 +355,13 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
 
 def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage, params, on_progress):
     """Build the workload inside the trace and run it; returns the quality capture's outputs (or None)."""
-    from kvprof.model import build_model
+    from kvprof.workload.model import build_model
 
-    with run.stage("setup"):
+    with run.stage(SETUP):
         with run.category("weights"):
             model = build_model(cfg, seed=req.seed, device=device)
         if req.checkpoint is not None:
-            from kvprof.checkpoint import CheckpointError, load_checkpoint
+            from kvprof.workload.checkpoint import CheckpointError, load_checkpoint
 
             try:
                 load_checkpoint(model, req.checkpoint)
@@ -368,7 +370,7 @@ def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage,
         run.tag_tensor(model, "weights", "dit")  # parameters and buffers, each by its own name
         vae = None
         if spec.decode:
-            from kvprof.vae import VaeError, build_vae
+            from kvprof.workload.vae import VaeError, build_vae
 
             try:
                 with run.category("weights"):
@@ -397,3 +399,22 @@ def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage,
         run.record_kv_bytes(spec.num_chunks, logical, stored, resident)
     run.checkpoint(force=True)  # while weights and cache are alive: learn their true block sizes
     return capture.finish(result) if capture is not None else None
+
+
+def run_baseline(trace: Trace, out: Path) -> Path:
+    """Run the bf16 rollout of `trace`'s shape (config, rollout, device) into `out`; its folder.
+    `kvprof diagnose --run-baseline` hands this to the (reading-only) diagnosis."""
+    meta = trace.meta
+    cfg, r = meta.get("config") or {}, meta.get("rollout") or {}
+    if not cfg.get("name") or not r.get("frames"):
+        raise UsageError(f"{trace.path}/meta.json: fields 'config.name' and 'rollout.frames' are needed to run a "
+                         "bf16 baseline; pass --baseline TRACE instead")
+    device = (meta.get("environment") or {}).get("device_type") or None
+    req = TraceRequest(
+        method="bf16", integration=meta.get("integration") or "study", config=cfg["name"], dtype=cfg.get("dtype"),
+        frames=int(r["frames"]), seed=int(r.get("seed", 0)), device=device, out=Path(out),
+        rolling=r.get("rolling_frames"), sink=int(r.get("sink_frames") or 0), decode=bool(r.get("decode", True)),
+        free_cache_before_decode=bool(r.get("free_cache_before_decode", False)),
+        command=["kvprof", "diagnose", str(trace.path), "--run-baseline"],
+    )
+    return run_trace(req).path

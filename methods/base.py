@@ -1,7 +1,7 @@
 """The KV-cache method interface: one base class, one registry, one encoded-state type.
 
 A method turns a layer's K/V (`[B, L, H, D]` each) into an `EncodedKV` and back. It knows
-nothing of the rollout: the cache (kvprof.cache) decides *what* tensor a method is given and
+nothing of the rollout: the cache (kvprof.workload.cache) decides *what* tensor a method is given and
 *when* (the integration), and passes a `KVCall` that says where in the rollout the call is.
 Methods import torch only; the cache injects `Marks` so inner steps show up as stages.
 """
@@ -186,6 +186,15 @@ class KVMethod(ABC):
         if not spec.check(parsed):
             raise MethodError(f"parameter {key!r} of {cls.name!r}: {parsed!r} is out of range ({spec.rule or spec.help})")
         return parsed
+
+    @classmethod
+    def facts(cls) -> dict[str, Any]:
+        """What readers need to know of the method, written into the trace's meta (`method_facts`)
+        at trace time, so no reader imports `methods` or guesses from the method's name."""
+        return {"family": cls.family, "key_bits": str(cls.key_bits), "value_bits": str(cls.value_bits),
+                "policy": cls.policy, "cadence": cls.cadence, "lossless": bool(cls.lossless),
+                "position_dependent": bool(cls.position_dependent),
+                "param_defaults": {k: p.default for k, p in cls.params.items()}}
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]

@@ -15,8 +15,8 @@ import kvprof.api as kv
 import kvprof.runner
 from kvprof.diagnose import diagnose
 from kvprof.errors import UsageError
-from kvprof.report import write_report
-from kvprof.trace import load_trace
+from kvprof.read.report import write_report
+from kvprof.read.trace import load_trace
 from tui.app import KvprofApp
 from tui.source import TraceSource
 from tui.widgets.breakdown import BreakdownPanel
@@ -123,8 +123,8 @@ def test_tagging_whole_caches_and_module_level_marks(tmp_path: Path) -> None:
 def test_weights_are_named_after_their_parameters(bf16_trace: Path) -> None:
     """Every allocation of the built-in rollout's weights has a name: the DiT's and the VAE's
     parameters and buffers by their module names, the seeded init's draws after the parameter."""
-    from kvprof.config import ModelConfig
-    from kvprof.model import build_model
+    from kvprof.workload.config import ModelConfig
+    from kvprof.workload.model import build_model
 
     a = load_trace(bf16_trace).allocations
     weights = a[a["category"] == "weights"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kvprof.cli import EXIT_USAGE, main
-from kvprof.config import ModelConfig
+from kvprof.workload.config import ModelConfig
 from methods import method_names
 
 

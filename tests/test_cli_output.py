@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvprof.cli import main, print_summary
-from kvprof.compare import compare_table
+from kvprof.read.compare import compare_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fake_cuda_allocator import KIB, MIB, FakeCachingAllocator, fake, install  # noqa: F401  (fixture)
-from kvprof.analysis import find_peak, reconcile
-from kvprof.trace import load_trace
+from kvprof.read.analysis import find_peak, reconcile
+from kvprof.read.trace import load_trace
 from tracers import TraceSession, stage, tag
 from tracers.trace_io import NO_FREE
 from tracers.alloc_layout import BlockLayout, round_size, should_split, unsupported_reason
@@ -299,7 +299,7 @@ def test_blocks_left_by_earlier_work_are_held_as_unattributed_and_count_in_the_p
 
 
 def test_trace_summary_prints_how_block_sizes_were_learned(tmp_path, fake, capsys):
-    from kvprof.analysis import summarize
+    from kvprof.read.analysis import summarize
     from kvprof.cli import print_summary
 
     s = _session(tmp_path)

@@ -10,11 +10,14 @@ from typing import Callable
 import pytest
 import torch
 
-from kvprof.diagnose import Geometry, code_bits, diagnose, find_baseline
-from kvprof.phases import OUTSIDE
+from kvprof.diagnose import diagnose
+from methods import get_method_class
+from kvprof.diagnose.bytemodel import Geometry, MethodFacts, code_bits
+from kvprof.read.baseline import find_baseline
+from kvprof.read.phases import OUTSIDE
 from kvprof.units import fmt_bytes
 from kvprof.errors import UsageError
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 from tracers import SimulatedOOM, TraceSession, stage, tag, tag_tensor
 
 # A small synthetic geometry: 2 layers, 2 heads x 32, 24 tokens/frame, bf16, 6 frames.
@@ -53,7 +56,8 @@ def synth(folder: Path, method: str, codes: str = "int8", cache: tuple = (), kv_
     outside: bytes allocated (and kept) after the rollout, outside every stage.
     """
     meta = {"run_id": folder.name, "method": method, "integration": integration, "codes": codes, "config": CFG,
-            "rollout": _rollout(**rollout), "method_params": {}, "environment": {"device_type": "cpu"}}
+            "rollout": _rollout(**rollout), "method_params": {}, "environment": {"device_type": "cpu"},
+            "method_facts": get_method_class(method).facts()}  # as the runner writes them
     keep: list[torch.Tensor] = []
     with TraceSession(folder, meta, budget_bytes=budget) as s:
         with stage("setup"):
@@ -338,12 +342,15 @@ def test_geometry_from_meta_without_head_dim():
     assert geo is not None and geo.token_bytes == TOKEN and geo.capacity_tokens == FRAMES * 24
 
 
-def test_code_bits_from_registry():
-    assert code_bits("prq_int2", "k_codes") == 2 and code_bits("prq_int2", "k_res_codes") == 4
-    assert code_bits("rtn_k2_v4", "k_codes") == 2 and code_bits("rtn_k2_v4", "v_codes") == 4
-    assert code_bits("age_tier_int2", "k_codes") is None  # mixed widths: the kv table decides
-    assert code_bits("no_such_method", "k_codes") is None
-    assert code_bits("x", "k_codes", {"code_bits": {"k_codes": 3}}) == 3
+def test_code_bits_from_the_method_facts_the_trace_records():
+    def facts(name: str) -> MethodFacts:  # what the runner writes into meta.json at trace time
+        return MethodFacts.from_meta({"method": name, "method_facts": get_method_class(name).facts()})
+
+    assert code_bits(facts("prq_int2"), "k_codes") == 2 and code_bits(facts("prq_int2"), "k_res_codes") == 4
+    assert code_bits(facts("rtn_k2_v4"), "k_codes") == 2 and code_bits(facts("rtn_k2_v4"), "v_codes") == 4
+    assert code_bits(facts("age_tier_int2"), "k_codes") is None  # mixed widths: the kv table decides
+    assert code_bits(MethodFacts.from_meta({"method": "rtn_int4"}), "k_codes") is None  # a trace without facts
+    assert MethodFacts.from_meta({"method": "bf16"}).lossless is True  # older traces: the lossless built-ins by name
 
 
 def test_tiny_rollout_prq_study_vs_bf16(trace_factory):
@@ -370,7 +377,9 @@ def test_run_baseline_on_request(trace_factory, tmp_path):
     root = tmp_path / "only"
     root.mkdir()
     shutil.copytree(prq, root / prq.name)
-    diag = diagnose(root / prq.name, traces_root=root, run_baseline_if_missing=True)
+    from kvprof.runner import run_baseline
+
+    diag = diagnose(root / prq.name, traces_root=root, run_baseline=run_baseline)
     assert diag.baseline["found_by"] == "run now with --run-baseline"
     made = load_trace(diag.baseline["path"])
     assert made.meta["method"] == "bf16" and made.meta["rollout"]["frames"] == 3

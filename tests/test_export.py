@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvprof.analysis import find_peak
+from kvprof.read.analysis import find_peak
 from kvprof.errors import UsageError
-from kvprof.export import SNAPSHOT_NOTE, allocator_snapshot, export, perfetto_trace, table_frames
-from kvprof.trace import load_trace
+from kvprof.read.export import SNAPSHOT_NOTE, allocator_snapshot, export, perfetto_trace, table_frames
+from kvprof.read.trace import load_trace
 from tracers.trace_io import NO_FREE
 
 from perfetto_checks import check_nesting

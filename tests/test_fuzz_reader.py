@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kvprof.api as kv
-from kvprof.analysis import summarize
+from kvprof.read.analysis import summarize
 from kvprof.diagnose import diagnose
 from kvprof.errors import UsageError
-from kvprof.report import write_report
-from kvprof.trace import load_trace
+from kvprof.read.report import write_report
+from kvprof.read.trace import load_trace
 from tracers.trace_io import EVENTS_FILE, TABLES, TraceError
 from tui.model import trace_listing
 from tui.source import TraceSource

@@ -15,23 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvprof.compare import compare_table, format_compare
-from kvprof.export import TID_HOST, perfetto_trace
-from kvprof.hostprof import host_bound_share, host_intervals_of, host_profile_summary, host_stage_table
+from kvprof.read.compare import compare_table, format_compare
+from kvprof.read.export import TID_HOST, perfetto_trace
+from kvprof.read.hostprof import host_bound_share, host_intervals_of, host_profile_summary, host_stage_table
 from kvprof.runner import TraceRequest, run_trace
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 from methods import base as methods_base
 from methods.reference import BF16
 from tracers import TraceSession, active_session, stage
-from tracers.host_profile import (
-    HOST_PROFILE_FILE,
-    MARKERS,
-    HostProfileOptions,
-    align,
-    host_intervals,
-    host_slices,
-    start_host_profile,
-)
+from tracers.host_profile import HostProfileOptions, start_host_profile
+from tracers.host_stacks import HOST_PROFILE_FILE, MARKERS, align, host_intervals, host_slices
 from tracers.host_sync import CUDA_SYNC_WARNING, HostActivity
 
 from perfetto_checks import check_nesting
@@ -199,17 +192,17 @@ def test_alignment_survives_missed_marker_runs():
 def test_intervals_and_slices_from_chrometrace():
     ev = [
         {"ph": "B", "name": "main", "tid": 1, "ts": 0, "args": {"filename": "/r/kvprof/runner.py", "line": 10}},
-        {"ph": "B", "name": "forward", "tid": 1, "ts": 100, "args": {"filename": "/r/kvprof/model.py", "line": 5}},
+        {"ph": "B", "name": "forward", "tid": 1, "ts": 100, "args": {"filename": "/r/kvprof/workload/model.py", "line": 5}},
         {"ph": "B", "name": "__call__", "tid": 1, "ts": 100, "args": {"filename": "/v/site-packages/torch/_ops.py", "line": 1}},
         {"ph": "E", "name": "__call__", "tid": 1, "ts": 300, "args": {"filename": "/v/site-packages/torch/_ops.py", "line": 1}},
-        {"ph": "E", "name": "forward", "tid": 1, "ts": 300, "args": {"filename": "/r/kvprof/model.py", "line": 5}},
+        {"ph": "E", "name": "forward", "tid": 1, "ts": 300, "args": {"filename": "/r/kvprof/workload/model.py", "line": 5}},
         {"ph": "B", "name": "other_thread", "tid": 2, "ts": 300, "args": {"filename": "/r/x.py", "line": 1}},
         {"ph": "E", "name": "main", "tid": 1, "ts": 400, "args": {"filename": "/r/kvprof/runner.py", "line": 10}},
     ]
     iv = host_intervals(ev, 1, 1_000)
     assert list(iv.t_start_ns) == [1_000, 101_000, 301_000] and list(iv.t_end_ns) == [101_000, 301_000, 401_000]
     assert iv.frame.iat[1] == "__call__ (torch/_ops.py:1)"
-    assert iv.code_frame.iat[1] == "forward (kvprof/model.py:5)"  # torch machinery is not the code under study
+    assert iv.code_frame.iat[1] == "forward (kvprof/workload/model.py:5)"  # torch machinery is not the code under study
     assert iv["stack"].iat[1] == "main;forward;__call__"
     sl = host_slices(ev, 1, 0)
     assert list(sl.function) == ["main", "forward", "__call__"] and list(sl.depth) == [0, 1, 2]

@@ -16,7 +16,7 @@ import kvprof.api as kv
 import upstream_shaped as us
 from kvprof.errors import UsageError
 from kvprof.integrations.self_forcing import instrument
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_unregistered_tensor_from_before_is_not_a_new_allocation_of_a_stage(tmp_
 def test_instrument_module_gives_layer_stages_and_plain_labels(tmp_path):
     """7: per-layer stages for any nn.Module stack without touching its forward; an API trace
     without method or config is labelled by its run id, not '?/?/? (?, ?f)'."""
-    from kvprof.compare import trace_label
+    from kvprof.read.compare import trace_label
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(3)]))
     hooks = kv.instrument_module(model, category="activations")
@@ -209,9 +209,9 @@ def test_instrumented_pipeline_runs_unchanged_and_matches_hand_tagging(upstream_
 
 
 def test_every_reader_opens_the_instrumented_trace(upstream_traces, tmp_path):
-    from kvprof.compare import compare_table
+    from kvprof.read.compare import compare_table
     from kvprof.diagnose import diagnose
-    from kvprof.report import write_report
+    from kvprof.read.report import write_report
     from tui.model import build_view
 
     inst, hand, _, _ = upstream_traces

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from kvprof.analysis import logical_label, stage_times
+from kvprof.read.analysis import logical_label, stage_times
 from kvprof.cli import main
-from kvprof.compare import compare_table, format_compare, trace_label
+from kvprof.read.compare import compare_table, format_compare, trace_label
 from kvprof.diagnose import diagnose
-from kvprof.phases import OUTSIDE, allocation_phases
-from kvprof.report import markdown_report
+from kvprof.read.phases import OUTSIDE, allocation_phases
+from kvprof.read.report import markdown_report
 from kvprof.runner import TraceRequest, run_trace
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 
 
 @pytest.fixture(scope="module")

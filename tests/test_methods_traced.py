@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvprof.analysis import live_at
+from kvprof.read.analysis import live_at
 from kvprof.runner import TraceRequest, run_trace
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 from methods import method_names
 from tracers.categories import KV_CATEGORIES
 

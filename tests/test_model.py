@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kvprof.checkpoint import CheckpointError, diffusers_to_wan_key, load_checkpoint
-from kvprof.config import CONFIG_NAMES, ModelConfig
-from kvprof.model import CausalWanModel, ForwardCall, LayerCall, build_model, model_num_params
-from kvprof.rope import apply_rope, axis_dims, rope_tables
+from kvprof.workload.checkpoint import CheckpointError, diffusers_to_wan_key, load_checkpoint
+from kvprof.workload.config import CONFIG_NAMES, ModelConfig
+from kvprof.workload.model import CausalWanModel, ForwardCall, LayerCall, build_model, model_num_params
+from kvprof.workload.rope import apply_rope, axis_dims, rope_tables
 from tracers import context as tracer_context
 
 WAN_13B_PARAMS = 1_418_996_800

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kvprof.config import ModelConfig
-from kvprof.model import ForwardCall, WanRMSNorm, build_model
-from kvprof.rollout import RolloutSpec, build_caches, make_method_factory, run_rollout
+from kvprof.workload.config import ModelConfig
+from kvprof.workload.model import ForwardCall, WanRMSNorm, build_model
+from kvprof.workload.rollout import RolloutSpec, build_caches, make_method_factory, run_rollout
 from methods.base import get_method_class
 
 TINY = ModelConfig.from_name("tiny")
@@ -157,7 +157,7 @@ def test_rollout_has_no_host_sync(cfg: ModelConfig) -> None:
 
 def test_rope_is_three_contiguous_kernels() -> None:
     # Upcast, one complex multiply, downcast: the strided unbind/stack version took nine.
-    from kvprof.rope import apply_rope, rope_tables
+    from kvprof.workload.rope import apply_rope, rope_tables
 
     x = torch.randn(1, 24, 2, 32).bfloat16()
     tables = rope_tables(32, 3, (1, 4, 6), "cpu")

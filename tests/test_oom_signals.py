@@ -17,7 +17,7 @@ from kvprof.api import InterruptGuard, _oom_facts
 from kvprof.cli import EXIT_OOM, main
 from kvprof.diagnose import diagnose
 from kvprof.runner import TraceRequest, run_trace
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 from tracers.trace_io import EVENTS_FILE, read_event_lines
 
 REPO = Path(__file__).resolve().parents[1]

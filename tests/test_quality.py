@@ -15,8 +15,8 @@ import torch
 
 import kvprof.quality.lpips as lp
 import kvprof.runner as runner
-from kvprof.compare import _quality as compare_quality_columns
-from kvprof.config import ModelConfig
+from kvprof.read.compare import _quality as compare_quality_columns
+from kvprof.workload.config import ModelConfig
 from kvprof.errors import UsageError
 from kvprof.quality import metrics
 from kvprof.quality.capture import (
@@ -39,7 +39,7 @@ from kvprof.quality.compute import (
 from kvprof.quality.reference import REFERENCE_CACHE, find_reference, run_outputs
 from kvprof.quality.tables import drift_table, quality_table
 from kvprof.quality import vbench
-from kvprof.rollout import RolloutSpec
+from kvprof.workload.rollout import RolloutSpec
 from kvprof.runner import TraceRequest, run_trace
 
 C1, C2 = (0.01) ** 2, (0.03) ** 2

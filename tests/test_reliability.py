@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kvprof.cli import EXIT_RUN_FAILED, main
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 from tracers import trace_io
 from tracers.trace_io import EVENTS_FILE, META_FILE
 
@@ -124,7 +124,7 @@ def test_an_impossible_allocation_is_an_oom_with_its_size(tmp_path: Path, capsys
 
 
 def test_a_bad_vae_file_is_refused_before_the_trace_folder_is_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from kvprof.vae import build_vae
+    from kvprof.workload.vae import build_vae
 
     vae = tmp_path / "vae"
     build_vae("tiny").save_pretrained(vae)

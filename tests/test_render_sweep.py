@@ -59,7 +59,7 @@ def _table(n: int):
 
 
 def test_comparison_of_a_whole_sweep_gets_one_row_per_trace():
-    from kvprof.report import WIDE_COMPARISON, comparison_chart
+    from kvprof.read.report import WIDE_COMPARISON, comparison_chart
 
     few = comparison_chart(_table(WIDE_COMPARISON)).to_dict()["layer"][0]["encoding"]
     many_spec = comparison_chart(_table(WIDE_COMPARISON + 1)).to_dict()

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from kvprof.analysis import find_peak, timeline
-from kvprof.compare import compare_table, format_compare
+from kvprof.read.analysis import find_peak, timeline
+from kvprof.read.compare import compare_table, format_compare
 from kvprof.errors import UsageError
-from kvprof.phases import downsampled_timeline, envelope, phase_peaks
-from kvprof.report import TIMELINE_WIDTH, write_report
-from kvprof.trace import load_trace
+from kvprof.read.phases import downsampled_timeline, envelope, phase_peaks
+from kvprof.read.report import TIMELINE_WIDTH, write_report
+from kvprof.read.trace import load_trace
 from tracers import SimulatedOOM, TraceSession, stage, tag
 
 # ----------------------------------------------------------------------------- the envelope
@@ -199,7 +199,7 @@ def test_compare_table_views(trace_factory):
 
 
 def test_peak_label_runs_into_the_plot_from_either_end(bf16_trace):
-    from kvprof.report import peak_label_side, timeline_chart
+    from kvprof.read.report import peak_label_side, timeline_chart
 
     assert peak_label_side(2.5, 0.0, 40.0) == ("left", 6)  # an early peak (a refresh pass): text to its right
     assert peak_label_side(35.0, 0.0, 40.0) == ("right", -6)  # a peak in the decode: text to its left
@@ -223,8 +223,8 @@ def _x_scales(spec):
 
 
 def test_time_axes_end_where_the_trace_ends(bf16_trace):
-    from kvprof.phases import pass_bands
-    from kvprof.report import kv_timeline_chart, timeline_chart
+    from kvprof.read.phases import pass_bands
+    from kvprof.read.report import kv_timeline_chart, timeline_chart
 
     trace = load_trace(bf16_trace)
     end = max(float(downsampled_timeline(trace, 1500)["t_s"].max()), float(pass_bands(trace)["end_s"].max()))
@@ -236,7 +236,7 @@ def test_time_axes_end_where_the_trace_ends(bf16_trace):
 
 
 def test_kv_has_its_own_panel_and_scale(bf16_trace):
-    from kvprof.report import kv_timeline_chart, trace_chart
+    from kvprof.read.report import kv_timeline_chart, trace_chart
 
     trace = load_trace(bf16_trace)
     kv = kv_timeline_chart(trace).to_dict()
@@ -248,7 +248,7 @@ def test_kv_has_its_own_panel_and_scale(bf16_trace):
 
 
 def test_stage_time_axis_has_few_short_labels(bf16_trace):
-    from kvprof.report import stage_time_chart
+    from kvprof.read.report import stage_time_chart
 
     spec = stage_time_chart(load_trace(bf16_trace)).to_dict()
     x = spec["encoding"]["x"]

@@ -50,7 +50,7 @@ def test_peak_is_the_allocators_where_the_row_has_it():
 
 
 def test_rows_come_from_a_kvprof_sweep_folder_too(tmp_path):
-    from kvprof.sweep import manifest as mf
+    from kvprof.read import manifest as mf
 
     cells = [{"id": "bf16-study-42f-s0", "method": "bf16", "integration": "study"},
              {"id": "prq-study-42f-s0", "method": "prq", "integration": "study"}]

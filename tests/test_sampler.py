@@ -7,9 +7,9 @@ import types
 
 import pytest
 
-from kvprof.compare import compare_table
-from kvprof.report import markdown_report
-from kvprof.trace import load_trace
+from kvprof.read.compare import compare_table
+from kvprof.read.report import markdown_report
+from kvprof.read.trace import load_trace
 from tracers.sampler import DeviceSampler
 from tracers.session import TraceSession
 

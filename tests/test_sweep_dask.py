@@ -15,7 +15,7 @@ import pytest
 
 from kvprof.cli import main
 from kvprof.errors import UsageError
-from kvprof.sweep import manifest as mf
+from kvprof.read import manifest as mf
 from kvprof.sweep import run as task
 
 pytest.importorskip("distributed")

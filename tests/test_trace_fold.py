@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvprof.live import TraceFollower
-from kvprof.trace import load_trace
+from kvprof.read.live import TraceFollower
+from kvprof.read.trace import load_trace
 from tracers.trace_fold import NO_FREE, TableFolder
 from tracers.trace_io import EVENTS_FILE, SCHEMA_VERSION, TraceError, tables_from_records
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from kvprof.analysis import find_peak, memory_events
-from kvprof.cache import CacheGeometry, LayerKVCache
-from kvprof.config import ModelConfig
-from kvprof.rollout import RolloutSpec, build_caches, cache_bytes
+from kvprof.read.analysis import find_peak, memory_events
+from kvprof.workload.cache import CacheGeometry, LayerKVCache
+from kvprof.workload.config import ModelConfig
+from kvprof.workload.rollout import RolloutSpec, build_caches, cache_bytes
 from kvprof.runner import TraceRequest, run_trace
-from kvprof.trace import load_trace
+from kvprof.read.trace import load_trace
 from methods import get_method_class
 from tracers.trace_io import NO_FREE
 
@@ -42,7 +42,7 @@ def test_peak_equals_independent_recount(bf16_trace):
         live += delta
         best = max(best, live)
     peak = find_peak(trace)
-    assert peak.bytes == best == trace.meta["tracker_peak_bytes"]
+    assert peak.bytes == best == trace.summary["peak"]["bytes"]
 
 
 def test_bf16_kv_bytes_match_formula_tiny(bf16_trace):

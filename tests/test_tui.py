@@ -1,4 +1,4 @@
-"""The Textual TUI (issue 4): kvprof.live, every key and every view (lifecycle, damaged and live traces: test_tui_app.py)."""
+"""The Textual TUI (issue 4): kvprof.read.live, every key and every view (lifecycle, damaged and live traces: test_tui_app.py)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import pandas as pd
 import torch
 
 import tracers
-from kvprof.analysis import find_peak, stage_times, timeline
-from kvprof.live import TraceFollower
-from kvprof.trace import load_trace
+from kvprof.read.analysis import find_peak, stage_times, timeline
+from kvprof.read.live import TraceFollower
+from kvprof.read.trace import load_trace
 from kvprof.units import fmt_bytes
 from tracers import TraceSession
 from tracers.trace_io import EVENTS_FILE, tables_from_records
@@ -29,7 +29,7 @@ from tui_pilot import (  # noqa: F401  (trace_copy, _cwd: fixtures)
 )
 
 
-# ---------------------------------------------------------------------- kvprof.live
+# ---------------------------------------------------------------------- kvprof.read.live
 def test_follower_reads_only_whole_new_lines(tmp_path: Path) -> None:
     session = TraceSession(tmp_path / "src", {"run_id": "src"})
     with session:

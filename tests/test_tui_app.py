@@ -10,8 +10,8 @@ from typing import Any, Callable
 import pytest
 from textual.app import App
 
-from kvprof.analysis import find_peak
-from kvprof.trace import load_trace
+from kvprof.read.analysis import find_peak
+from kvprof.read.trace import load_trace
 from tracers.trace_io import EVENTS_FILE
 from tui.app import KvprofApp, run_tui
 from tui.live_run import LiveRun

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from kvprof.vae import VAE_NAMES, VAE_PRESETS, VaeError, build_vae, decode_latents, decoded_shape
+from kvprof.workload.vae import VAE_NAMES, VAE_PRESETS, VaeError, build_vae, decode_latents, decoded_shape
 from tracers import context as tracer_context
 
 

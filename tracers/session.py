@@ -203,7 +203,6 @@ class TraceSession:
         self.meta["notes"] = self.notes
         self.meta["other_gpu_processes_max"] = self.max_other_gpu_processes
         self.meta["tracer_drain_s"] = self.tracer_seconds
-        self.meta["tracker_peak_bytes"] = self.peak_bytes  # the tracker's running maximum, for recounts
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
         tables = tables_from_records(self._log.records, self._log.alloc_columns)
         self._note_blocks_from_before(tables["allocations"])
@@ -313,10 +312,6 @@ class TraceSession:
             with self._lock:
                 self._tag_stack.pop()
                 self._new_context()
-
-    def current_category(self) -> str:
-        """The category an allocation made now would get."""
-        return self._tag_stack[-1] if self._tag_stack else "unattributed"
 
     # ----------------------------------------------------------------- allocations
     def record_alloc(self, nbytes: int, category: str | None, name: str | None, root: bool = False) -> int:

@@ -2,7 +2,7 @@
 
 Every reader of the format goes through `TableFolder`: the closed-trace loader
 (`trace_io.tables_from_records`, called once over the whole log), the writer at close (records
-plus the CUDA drains' bulk allocation rows) and the live follower (`kvprof.live`, folding only
+plus the CUDA drains' bulk allocation rows) and the live follower (`kvprof.read.live`, folding only
 what each poll read). So a record kind handled here is handled everywhere; before this module
 the follower ignored `z` (block size) records and showed requested bytes where the closed trace
 showed the allocator's blocks.

@@ -4,7 +4,7 @@
 
 Entry points for the CLI: `run_tui(paths, follow, root)` (`kvprof tui`) and
 `run_live(folder, run)` (`kvprof trace --tui`). The app reads only the trace folder, through
-kvprof's trace reader, its analyses and `kvprof.live` (incremental follow); never torch.
+kvprof's trace reader, its analyses and `kvprof.read.live` (incremental follow); never torch.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from kvprof.trace import list_traces
+from kvprof.read.trace import list_traces
 from kvprof.units import fmt_bytes
 from tui.export import export_csv
 from tui.live_run import LiveRun

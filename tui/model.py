@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvprof.analysis import Peak, find_peak, kv_bytes, live_at, memory_events, stage_times
-from kvprof.trace import Trace
+from kvprof.read.analysis import Peak, find_peak, kv_bytes, live_at, memory_events, stage_times
+from kvprof.read.trace import Trace
 from tracers.categories import CATEGORIES
+from tracers.vocabulary import PASS_NAMES
 from tracers.trace_io import NO_FREE
 
 MAX_BUCKETS = 2048
 TOP_ALLOCATIONS = 50
-PASS_NAMES = ("denoise", "refresh")
 
 
 X_AXES = ("events", "time")

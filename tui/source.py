@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from kvprof.live import FollowState, TraceFollower
+from kvprof.read.live import FollowState, TraceFollower
 from tracers.trace_io import META_FILE, TraceError, read_meta
 from tui.model import TraceView, build_view
 

@@ -40,6 +40,7 @@ import torch
 from kvprof.integrations.hooks import StageHooks
 from kvprof.tagging import Watch, module_tensor_attributes, tensors_of
 from tracers import context
+from tracers.vocabulary import CHUNK, DECODE, DENOISE, LAYER, REFRESH, ROLLOUT, TEXT_EMBED
 
 __all__ = ["instrument", "SelfForcingInstrument", "looks_like_pipeline", "METHOD"]
 
@@ -156,10 +157,10 @@ class SelfForcingInstrument:
         self._handles.append(gen.register_forward_pre_hook(self._generator_pre, with_kwargs=True))
         self._handles.append(gen.register_forward_hook(self._generator_post, always_call=True))
         for i, block in enumerate(self.model.blocks):
-            self.hooks.add(block, lambda i=i: [context.stage("layer", i)])
+            self.hooks.add(block, lambda i=i: [context.stage(LAYER, i)])
         te = getattr(p, "text_encoder", None)
         if isinstance(te, torch.nn.Module):
-            self.hooks.add(te, lambda: [context.stage("text_embed"), context.tag("activations")])
+            self.hooks.add(te, lambda: [context.stage(TEXT_EMBED), context.tag("activations")])
 
     def remove(self) -> None:
         """Take the wrappers and hooks off the pipeline."""
@@ -184,7 +185,7 @@ class SelfForcingInstrument:
             self._begin(session, bound)
             self._active = True
             try:
-                with context.stage("rollout"), context.tag("latents"):
+                with context.stage(ROLLOUT), context.tag("latents"):
                     try:
                         return orig(*args, **kwargs)
                     finally:
@@ -211,7 +212,7 @@ class SelfForcingInstrument:
             if context.active_session() is None:
                 return orig(*args, **kwargs)
             self._close_chunk()
-            with context.stage("decode"), context.tag("decode"):
+            with context.stage(DECODE), context.tag("decode"):
                 return orig(*args, **kwargs)
 
         return decode_to_pixel
@@ -304,14 +305,14 @@ class SelfForcingInstrument:
             x = bound.get("noisy_image_or_video")
             self._chunk_tokens = int(x.shape[1]) * int(getattr(self.pipeline, "frame_seq_length", 0)) if x is not None else 0
             self._chunk = contextlib.ExitStack()
-            self._chunk.enter_context(context.stage("chunk", self._chunk_index))
+            self._chunk.enter_context(context.stage(CHUNK, self._chunk_index))
         t = bound.get("timestep")
         at_zero = isinstance(t, torch.Tensor) and not bool(t.any())
         stack = contextlib.ExitStack()
         if at_zero or self._step >= len(self.pipeline.denoising_step_list):
-            stack.enter_context(context.stage("refresh"))
+            stack.enter_context(context.stage(REFRESH))
         else:
-            stack.enter_context(context.stage("denoise", self._step))
+            stack.enter_context(context.stage(DENOISE, self._step))
             self._step += 1
         stack.enter_context(context.tag("activations"))
         self._pass.append(stack)

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from kvprof.config import ModelConfig
-from kvprof.rollout import RolloutResult, RolloutSpec
+from kvprof.workload.config import ModelConfig
+from kvprof.workload.rollout import RolloutResult, RolloutSpec
 
 QUALITY_DIR = "quality"
 KEY_FILE = "key.json"

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kvprof.read.baseline import REFERENCE_METHOD
 from kvprof.quality.capture import (
     KEY_FILE,
     MAX_ELEMENTS,
@@ -28,7 +29,6 @@ from kvprof.quality.capture import (
     save_outputs,
 )
 
-REFERENCE_METHOD = "bf16"
 REFERENCE_CACHE = ".kvprof-reference"
 
 
@@ -65,9 +65,9 @@ def run_outputs(recipe: RolloutRecipe, method: str = REFERENCE_METHOD, *, storag
                 params: dict | None = None, integration: str = "study", layers: tuple[int, ...] | None = None,
                 max_elements: int = MAX_ELEMENTS) -> RolloutOutputs:
     """Run the recipe's rollout untraced with `method` and capture its outputs."""
-    from kvprof.checkpoint import load_checkpoint
-    from kvprof.model import build_model
-    from kvprof.rollout import build_caches, make_method_factory, run_rollout
+    from kvprof.workload.checkpoint import load_checkpoint
+    from kvprof.workload.model import build_model
+    from kvprof.workload.rollout import build_caches, make_method_factory, run_rollout
     from methods import get_method_class
 
     cfg, device = recipe.config, torch.device(recipe.device)
@@ -89,7 +89,7 @@ def run_outputs(recipe: RolloutRecipe, method: str = REFERENCE_METHOD, *, storag
 
 def build_reference_vae(recipe: RolloutRecipe):
     """The VAE the runner builds for this recipe (same preset, seed, dtype, device or files)."""
-    from kvprof.vae import build_vae
+    from kvprof.workload.vae import build_vae
 
     cfg = recipe.config
     return build_vae(cfg.vae, seed=recipe.spec.seed, device=recipe.device, dtype=cfg.torch_dtype, path=recipe.vae)
@@ -97,7 +97,7 @@ def build_reference_vae(recipe: RolloutRecipe):
 
 def decode_reference(recipe: RolloutRecipe, latents: torch.Tensor) -> torch.Tensor:
     """Decode saved reference latents with the recipe's VAE (host copy of the video)."""
-    from kvprof.vae import decode_latents
+    from kvprof.workload.vae import decode_latents
 
     vae = build_reference_vae(recipe)
     with torch.inference_mode():

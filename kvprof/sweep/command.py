@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kvprof.errors import UsageError
-from kvprof.sweep import manifest as mf
+from kvprof.read import manifest as mf
 from kvprof.sweep.matrix import AXES, PASS_THROUGH, Matrix, build_cells, parse_matrix
 
 EXIT_CELLS_FAILED = 1

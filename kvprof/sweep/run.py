@@ -5,7 +5,7 @@ trace left allocated (cuBLAS workspaces, cached blocks), and a CUDA error that p
 poisons only that trace, not the worker. The process costs ~2-5 s of start-up per trace, small
 against a GPU trace (30 s to 7 min). A trace process that dies (killed, crashed, a failure) raises
 `CellError`, which Dask retries (`retries`) as a new attempt with its own run id; the attempt left
-behind is torn (see kvprof.sweep.manifest).
+behind is torn (see kvprof.read.manifest).
 
 Workers that do not see the client's sweep folder (checked with a marker file the client wrote)
 trace into a temporary folder and send it back as a tar archive in the task's result.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kvprof.sweep.manifest import TRACES_DIR, next_attempt
+from kvprof.read.manifest import TRACES_DIR, next_attempt
 
 EXIT_OOM = 3  # kvprof.cli.EXIT_OOM (not imported: the CLI module is heavier than this task needs)
 
@@ -43,7 +43,7 @@ def sees_folder(marker: str, token: str) -> bool:
         return False
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """In the trace process: be killed when the worker that started it dies, so a lost worker's
     trace does not go on holding the GPU beside the retry (Linux; elsewhere it runs to its end).
     Set here, after exec, rather than in a preexec_fn, which is unsafe in a threaded worker."""
@@ -84,7 +84,7 @@ def run_cell(cell: dict[str, Any], sweep_dir: str, marker: str, token: str) -> d
     out = Path(sweep_dir) / TRACES_DIR if shared else Path(tempfile.mkdtemp(prefix="kvprof-sweep-"))
     out.mkdir(parents=True, exist_ok=True)
     run_id = next_attempt(out, cell["id"])
-    cmd = [sys.executable, "-m", "kvprof.sweep.run", str(os.getpid()), "trace", *cell["args"], "--out", str(out),
+    cmd = [sys.executable, "-m", "kvprof.sweep.trace_process", str(os.getpid()), "trace", *cell["args"], "--out", str(out),
            "--run-id", run_id, "--json", "--quiet"]
     info = {**where(), "run_id": run_id, "started": time.time()}
     try:
@@ -141,10 +141,3 @@ def unpack(data: bytes, root: Path, name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / name
-
-
-if __name__ == "__main__":  # the trace process of a cell: python -m kvprof.sweep.run WORKER_PID trace ...
-    _die_with_parent(int(sys.argv[1]))
-    from kvprof.cli import main
-
-    sys.exit(main(sys.argv[2:]))

@@ -18,7 +18,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Static
 
-from kvprof.trace import meta_label
+from kvprof.read.trace import meta_label
 from tui.model import TraceView
 from tui.widgets.filter_bar import FilterBar
 from tui.widgets.message import MessagePanel

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvprof.config import ModelConfig
-from kvprof.rope import RopeTables, apply_rope, rope_tables
+from kvprof.workload.config import ModelConfig
+from kvprof.workload.rope import RopeTables, apply_rope, rope_tables
 from tracers import stage, tag, tag_tensor
+from tracers.vocabulary import CROSS_ATTN, CROSS_KV, FFN, LAYER, PASS_NAMES, TEXT_EMBED
 
-PASS_NAMES = ("denoise", "refresh")
 INIT_STD = 0.02
 
 
@@ -249,9 +249,9 @@ class CausalWanBlock(nn.Module):
         e = (self.modulation.unsqueeze(1) + e0).chunk(6, dim=2)
         y = self.self_attn(_modulate(self.norm1(x), e[0], e[1]), rope, cache, call)
         x = _gated_add(x, y, e[2])
-        with stage("cross_attn"):
+        with stage(CROSS_ATTN):
             x = x + self.cross_attn(self.norm3(x), cross_kv)
-        with stage("ffn"):
+        with stage(FFN):
             y = self.ffn(_modulate(self.norm2(x), e[3], e[4]))
             x = _gated_add(x, y, e[5])
         return x
@@ -337,14 +337,14 @@ class CausalWanModel(nn.Module):
                 f"text context must be [B, n<={cfg.text_len}, {cfg.text_dim}], got {tuple(context.shape)}"
             )
         with tag("activations"):
-            with stage("text_embed"):
+            with stage(TEXT_EMBED):
                 pad = cfg.text_len - context.shape[1]
                 ctx = context.to(device=self.device, dtype=self.dtype)
                 if pad:
                     ctx = F.pad(ctx, (0, 0, 0, pad))
                 ctx = self.text_embedding(ctx)
             kvs: list[CrossKV] = []
-            with stage("cross_kv"):
+            with stage(CROSS_KV):
                 for i, block in enumerate(self.blocks):
                     k, v = block.cross_attn.project_context(ctx)
                     tag_tensor(k, "cross_kv", f"cross_k[{i}]")
@@ -411,7 +411,7 @@ class CausalWanModel(nn.Module):
             else:
                 h_in = h
                 for i, block in enumerate(self.blocks):
-                    with stage("layer", i):
+                    with stage(LAYER, i):
                         h = block(h, e0, rope, context_kv[i], caches[i], call.for_layer(i, n_layers))
                 if reuse is not None:
                     reuse.store(h_in, h)

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvprof.trace import Trace
-from tracers.host_profile import host_slices, read_host_intervals, read_host_profile
+from kvprof.read.trace import Trace
+from tracers.host_stacks import host_slices, read_host_intervals, read_host_profile
 from tracers.trace_io import NO_FREE
 
 __all__ = [

@@ -10,6 +10,7 @@ import pandas as pd
 
 from tracers.liveness import shown_status
 from tracers.trace_io import NO_FREE, RawTrace, TraceError, read_raw_trace
+from tracers.vocabulary import CHUNK, PASS_NAMES
 
 __all__ = ["Trace", "TraceError", "load_trace", "list_traces"]
 
@@ -97,9 +98,9 @@ class Trace:
             else:
                 paths[sid], kinds[sid], depth[sid] = elem[sid], names[sid], 0
                 chunk[sid], pass_name[sid] = None, None
-            if names[sid] == "chunk":
+            if names[sid] == CHUNK:
                 chunk[sid] = idx[sid]
-            if names[sid] in ("denoise", "refresh"):
+            if names[sid] in PASS_NAMES:
                 pass_name[sid] = elem[sid]
         spans["path"] = spans["id"].map(paths).astype("string")
         spans["kind_path"] = spans["id"].map(kinds).astype("string")

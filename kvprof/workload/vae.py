@@ -16,6 +16,7 @@ from diffusers import AutoencoderKLWan
 from torch import nn
 
 from tracers import stage, tag, tag_tensor
+from tracers.vocabulary import DECODE
 
 VAE_PRESETS: dict[str, dict[str, Any]] = {
     # Smallest width that keeps Wan's structure (3 spatial x2 stages, 2 temporal x2 stages,
@@ -136,7 +137,7 @@ def decode_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor
     cfg = vae.config
     if latents.dim() != 5 or latents.shape[1] != cfg.z_dim:
         raise ValueError(f"latents must be [B, {cfg.z_dim}, F, H, W], got {tuple(latents.shape)}")
-    with stage("decode"), tag("decode"):
+    with stage(DECODE), tag("decode"):
         z = latents.to(device=vae.device, dtype=vae.dtype)
         mean = torch.tensor(cfg.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
         inv_std = 1.0 / torch.tensor(cfg.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)

@@ -14,11 +14,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from kvprof.cache import CacheGeometry, LayerKVCache, TracerMarks
-from kvprof.config import ModelConfig
-from kvprof.model import CausalWanModel, ForwardCall
+from kvprof.workload.cache import CacheGeometry, LayerKVCache, TracerMarks
+from kvprof.workload.config import ModelConfig
+from kvprof.workload.model import CausalWanModel, ForwardCall
 from methods.base import KVMethod
 from tracers import stage, tag, tag_tensor
+from tracers.vocabulary import CHUNK, DENOISE, REFRESH, ROLLOUT
 
 CHUNK_FRAMES = 3
 DENOISING_TIMESTEPS: tuple[float, ...] = (1000.0, 937.5, 833.3, 625.0)
@@ -140,8 +141,8 @@ def generate_chunk(
     for step, t in enumerate(spec.timesteps):
         if on_progress:
             on_progress(Progress(chunk, spec.num_chunks, f"denoise[{step}]"))
-        with stage("denoise", step):
-            call = ForwardCall(chunk, "denoise", step, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
+        with stage(DENOISE, step):
+            call = ForwardCall(chunk, DENOISE, step, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
             t_frames = torch.full((spec.batch, spec.chunk_frames), t, device=device)
             v = model(x, t_frames, context_kv, caches, call, reuse)
             with tag("latents"):
@@ -154,8 +155,8 @@ def generate_chunk(
                     del noise
     if on_progress:
         on_progress(Progress(chunk, spec.num_chunks, "refresh"))
-    with stage("refresh"):
-        call = ForwardCall(chunk, "refresh", None, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
+    with stage(REFRESH):
+        call = ForwardCall(chunk, REFRESH, None, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
         t_frames = torch.zeros((spec.batch, spec.chunk_frames), device=device)
         model(x0, t_frames, context_kv, caches, call, reuse)  # only the K/V it writes matter
     return x0
@@ -174,7 +175,7 @@ def run_rollout(
     cfg = model.config
     device = model.device
     gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
-    with stage("rollout"):
+    with stage(ROLLOUT):
         context_kv = model.compute_cross_kv(text_embeddings)
         with tag("latents"):
             latents = torch.zeros(
@@ -186,7 +187,7 @@ def run_rollout(
         for c in range(spec.num_chunks):
             if reuse is not None:
                 reuse.start_chunk()
-            with stage("chunk", c):
+            with stage(CHUNK, c):
                 x0 = generate_chunk(model, c, spec, context_kv, caches, gen, on_progress, reuse)
                 latents[:, :, c * spec.chunk_frames : (c + 1) * spec.chunk_frames] = x0
                 del x0
@@ -199,7 +200,7 @@ def run_rollout(
             if spec.free_cache_before_decode:
                 caches.clear()
                 del context_kv
-            from kvprof.vae import decode_latents
+            from kvprof.workload.vae import decode_latents
 
             video = decode_latents(vae, latents)
     if on_progress:

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvprof.analysis import find_peak, timeline
-from kvprof.compare import open_trace, trace_label
+from kvprof.read.analysis import find_peak, timeline
+from kvprof.read.compare import open_trace, trace_label
 from kvprof.errors import UsageError
-from kvprof.hostprof import perfetto_host_events
-from kvprof.phases import envelope, span_phases
-from kvprof.trace import Trace
+from kvprof.read.hostprof import perfetto_host_events
+from kvprof.read.phases import envelope, span_phases
+from kvprof.read.trace import Trace
 from tracers.categories import CATEGORIES
 from tracers.table_schema import write_parquet
 from tracers.trace_io import META_FILE, NO_FREE, write_atomic

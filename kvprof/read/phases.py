@@ -9,14 +9,17 @@ of the trace's tables returning DataFrames.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import pandas as pd
 
-from kvprof.analysis import memory_events, timeline
-from kvprof.trace import Trace
+from kvprof.read.analysis import memory_events, timeline
+from kvprof.read.trace import Trace
 from kvprof.units import fmt_bytes
 from tracers.categories import CATEGORIES
 from tracers.trace_fold import NO_FREE, Q_STRIDE
+from tracers.vocabulary import CHUNK, DECODE, PASS_NAMES, PHASE_NAMES, ROLLOUT
 
 __all__ = [
     "PHASE_NAMES",
@@ -28,12 +31,10 @@ __all__ = [
     "envelope",
     "downsampled_timeline",
     "pass_bands",
-    "cache_categories",
     "OUTSIDE_NOTE",
     "phase_notes",
 ]
 
-PHASE_NAMES: tuple[str, ...] = ("setup", "text_embed", "cross_kv", "denoise", "refresh", "decode")
 OUTSIDE = "(outside stages)"
 OUTSIDE_NOTE = (f"{OUTSIDE}: allocations made while no kvprof stage was open (before setup or after the rollout, "
                 "by the caller or a library), so no phase owns them; their row is the peak right after one of them")
@@ -41,11 +42,6 @@ OUTSIDE_NOTE = (f"{OUTSIDE}: allocations made while no kvprof stage was open (be
 # KV cache (full precision, codes, metadata) and the text K/V. Dequantized copies and scratch are
 # per-call temporaries, not cache state.
 CACHE_CATEGORIES: tuple[str, ...] = ("kv_fp", "kv_codes", "kv_meta", "cross_kv")
-
-
-def cache_categories() -> tuple[str, ...]:
-    """The categories of the KV cache's persistent state and the cross-attention K/V."""
-    return CACHE_CATEGORIES
 
 
 def span_phases(trace: Trace) -> pd.DataFrame:
@@ -57,10 +53,10 @@ def span_phases(trace: Trace) -> pd.DataFrame:
         sid, par, name = int(sid), int(par), str(name)
         if name in PHASE_NAMES:
             phase[sid], phase_span[sid] = name, sid
-        elif par in phase and phase[par] not in ("rollout", "chunk"):
+        elif par in phase and phase[par] not in (ROLLOUT, CHUNK):
             phase[sid], phase_span[sid] = phase[par], phase_span[par]
-        elif name == "chunk":
-            phase[sid], phase_span[sid] = "chunk", sid
+        elif name == CHUNK:
+            phase[sid], phase_span[sid] = CHUNK, sid
         elif par in phase:
             phase[sid], phase_span[sid] = phase[par], phase_span[par]
         else:
@@ -107,12 +103,14 @@ def phase_peaks(trace: Trace) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values("first_q").reset_index(drop=True)
 
 
-def retained_mask(trace: Trace, live: pd.DataFrame, q: int) -> pd.Series:
+def retained_mask(trace: Trace, live: pd.DataFrame, q: int, owner: Mapping[int, int] | None = None) -> pd.Series:
     """For allocations `live` at order key `q`: True where the stage that made them ended before `q`
-    (the allocation outlived its stage, DESIGN section 5). Conservative on CUDA traces: a stage that
+    (the allocation outlived its stage, DESIGN section 5). `owner` maps a span to the span whose end
+    counts instead (diagnose: the enclosing layer call). Conservative on CUDA traces: a stage that
     ended in the same tracer context as `q` does not count as ended."""
     s = trace.spans.set_index("id")["q_end"]
-    end = live["span_id"].map(s)
+    spans = live["span_id"] if owner is None else live["span_id"].map(lambda sid: owner.get(int(sid), int(sid)))
+    end = spans.map(s)
     # Tracer contexts, not raw order keys: on CUDA the allocator's events of a context sort after
     # the session's own records of it (tracers.session), so only an earlier context is surely before.
     return end.notna() & (end != NO_FREE) & (end // Q_STRIDE < q // Q_STRIDE)
@@ -162,7 +160,7 @@ def pass_bands(trace: Trace) -> pd.DataFrame:
     if s.empty:
         return pd.DataFrame(columns=cols)
     end_default = int(max(s["t_end_ns"].max(), s["t_start_ns"].max()))
-    sel = s[s["name"].isin(["denoise", "refresh", "decode", "chunk"])]
+    sel = s[s["name"].isin([*PASS_NAMES, DECODE, CHUNK])]
     ends = sel["t_end_ns"].where(sel["t_end_ns"] != NO_FREE, end_default)
     labels = sel["path"].str.rsplit("/", n=1).str[-1]
     out = pd.DataFrame({

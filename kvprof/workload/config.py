@@ -16,7 +16,7 @@ class ModelConfig:
     """Shape of a Wan2.1 text-to-video DiT plus the latent grid it runs on.
 
     `dtype` is a name ("float32" / "bfloat16") so the config stays JSON-friendly for trace
-    metadata; `torch_dtype` gives the torch object. `vae` names a preset in `kvprof.vae`.
+    metadata; `torch_dtype` gives the torch object. `vae` names a preset in `kvprof.workload.vae`.
     """
 
     name: str

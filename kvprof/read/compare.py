@@ -13,11 +13,12 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from kvprof.analysis import find_peak, kv_bytes, logical_label, stage_times
+from kvprof.read.analysis import find_peak, kv_bytes, logical_label, stage_times
 from kvprof.errors import UsageError
-from kvprof.hostprof import host_bound_share
-from kvprof.sweep.manifest import MANIFEST_FILE, is_sweep, result_traces
-from kvprof.trace import Trace, TraceError, list_traces, load_trace, meta_label
+from kvprof.read.hostprof import host_bound_share
+from kvprof.read.manifest import MANIFEST_FILE, is_sweep, result_traces
+from kvprof.read.baseline import REFERENCE_METHOD, shape_key
+from kvprof.read.trace import Trace, TraceError, list_traces, load_trace, meta_label
 from kvprof.units import fmt_bytes, fmt_ms
 
 __all__ = ["open_trace", "open_traces", "expand_trace_paths", "trace_codes", "trace_label", "trace_row", "compare_table",
@@ -226,18 +227,12 @@ def sort_column(name: str, columns: Sequence[str]) -> str | None:
 
 
 def shape_baselines(traces: Sequence[Trace], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
-    """For each trace, the row of the complete bf16 trace among `traces` of the same config,
-    rollout and device type (the same integration preferred), or None where there is none."""
-    from kvprof.diagnose import _rollout_key  # diagnose imports this module
-
-    def shape(t: Trace) -> str:
-        env = (t.meta.get("environment") or {}).get("device_type")
-        return json.dumps([t.meta.get("config"), _rollout_key(t.meta), env], sort_keys=True, default=str)
-
-    bf16 = [(t, r) for t, r in zip(traces, rows) if t.meta.get("method") == "bf16" and t.status == "complete"]
+    """For each trace, the row of the complete bf16 trace among `traces` of the same shape
+    (`kvprof.read.baseline.shape_key`; the same integration preferred), or None where there is none."""
+    bf16 = [(t, r) for t, r in zip(traces, rows) if t.meta.get("method") == REFERENCE_METHOD and t.status == "complete"]
     out: list[dict[str, Any] | None] = []
     for t in traces:
-        same = [(bt, br) for bt, br in bf16 if shape(bt) == shape(t)]
+        same = [(bt, br) for bt, br in bf16 if shape_key(bt.meta) == shape_key(t.meta)]
         same.sort(key=lambda tr: tr[0].meta.get("integration") != t.meta.get("integration"))
         out.append(same[0][1] if same else None)
     return out

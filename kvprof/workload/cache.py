@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from methods.base import EncodedKV, KVCall, KVMethod, Marks
 from tracers import stage, tag, tag_tensor
+from tracers.vocabulary import ATTENTION, DEQUANTIZE_BUFFER, KV_READ, KV_WRITE, layer_buffer_name
 
 INTEGRATIONS: tuple[str, ...] = ("study", "staged")
 
@@ -108,7 +109,7 @@ class LayerKVCache:
 
     # ------------------------------------------------------------------ helpers
     def _name(self, t: torch.Tensor, category: str, name: str) -> None:
-        tag_tensor(t, category, f"layer {self.layer} / {name}")
+        tag_tensor(t, category, layer_buffer_name(self.layer, name))
 
     def _encode(self, k: torch.Tensor, v: torch.Tensor, call: KVCall) -> EncodedKV:
         with tag("kv_scratch"):
@@ -121,7 +122,7 @@ class LayerKVCache:
 
     def _decode(self, state: EncodedKV, call: KVCall, start: int | None = None, end: int | None = None):
         call = state.extra.get("encoded_call", call)
-        with stage("dequantize_buffer") if start is None else contextlib.nullcontext(), tag("kv_dequant"):
+        with stage(DEQUANTIZE_BUFFER) if start is None else contextlib.nullcontext(), tag("kv_dequant"):
             if start is None:
                 return self.method.decode(state, call)
             return self.method.decode_range(state, call, start, end)
@@ -212,19 +213,19 @@ class LayerKVCache:
         return self._attend_staged(q, k, v, kvc)
 
     def _attend_lossless(self, q, k, v, start: int, end: int) -> torch.Tensor:
-        with stage("kv_write"):
+        with stage(KV_WRITE):
             self.buffer_k[:, start:end].copy_(k)
             self.buffer_v[:, start:end].copy_(v)
-        with stage("kv_read"):
+        with stage(KV_READ):
             lo, sink = self._window(end)
             kw, vw = self._window_kv(self.buffer_k, self.buffer_v, lo, end, sink)
-        with stage("attention"):
+        with stage(ATTENTION):
             out = self._sdpa(q, kw, vw)
         return out
 
     def _attend_study(self, q, k, v, kvc: KVCall) -> torch.Tensor:
         refresh_only = self.method.cadence == "refresh_only"
-        with stage("kv_read"):
+        with stage(KV_READ):
             if refresh_only and self.stage_k is not None:
                 full_k, full_v = self.stage_k, self.stage_v
             else:
@@ -238,12 +239,12 @@ class LayerKVCache:
             full_v[:, kvc.write_start : kvc.write_end] = v
             lo, sink = self._window(kvc.write_end)
             kw, vw = self._window_kv(full_k, full_v, lo, kvc.write_end, sink)
-        with stage("attention"):
+        with stage(ATTENTION):
             out = self._sdpa(q, kw, vw)
         del kw, vw
         if refresh_only and not kvc.is_refresh:
             return out
-        with stage("kv_write"):
+        with stage(KV_WRITE):
             old = self.state
             self.state = None
             del old  # the study replaced the codes: the old ones are gone before the new exist
@@ -253,7 +254,7 @@ class LayerKVCache:
         return out
 
     def _attend_staged(self, q, k, v, kvc: KVCall) -> torch.Tensor:
-        with stage("kv_write"):
+        with stage(KV_WRITE):
             if self.stage_k is None:
                 with tag("kv_fp"):
                     self.stage_k, self.stage_v = k.clone(), v.clone()
@@ -262,18 +263,18 @@ class LayerKVCache:
             else:
                 self.stage_k.copy_(k)
                 self.stage_v.copy_(v)
-        with stage("kv_read"):
+        with stage(KV_READ):
             lo, sink = self._window(kvc.write_end)
             parts_k, parts_v = self._read_segments(kvc, lo, kvc.write_start, sink)
             with tag("kv_dequant"):
                 kw = torch.cat(parts_k + [self.stage_k], 1) if parts_k else self.stage_k
                 vw = torch.cat(parts_v + [self.stage_v], 1) if parts_v else self.stage_v
             del parts_k, parts_v
-        with stage("attention"):
+        with stage(ATTENTION):
             out = self._sdpa(q, kw, vw)
         del kw, vw  # the window's dequantized copy is freed right after attention
         if kvc.is_refresh:
-            with stage("kv_write"):
+            with stage(KV_WRITE):
                 self._commit_staged(kvc)
         return out
 

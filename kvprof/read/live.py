@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 
-from kvprof.trace import Trace, load_trace
+from kvprof.read.trace import Trace, load_trace
 from tracers.trace_fold import TableFolder, TraceFoldError
 from tracers.trace_io import EVENTS_FILE, META_FILE, SUMMARY_FILE, TABLES, RawTrace, TraceError, check_tables, read_meta
 from tracers.liveness import shown_status

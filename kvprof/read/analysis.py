@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvprof.trace import Trace
+from kvprof.read.trace import Trace
 from tracers.categories import CATEGORIES
 from tracers.trace_io import NO_FREE
 

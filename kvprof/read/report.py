@@ -2,8 +2,8 @@
 comparison of several traces, as one self-contained HTML page (JavaScript inlined), PNG, SVG or
 PDF (vl-convert) or markdown tables.
 
-Charts are built from the analyses' tables (kvprof.analysis, kvprof.phases, kvprof.compare),
-never from the raw events. Timelines are reduced with `kvprof.phases.envelope`, which keeps
+Charts are built from the analyses' tables (kvprof.read.analysis, kvprof.read.phases, kvprof.read.compare),
+never from the raw events. Timelines are reduced with `kvprof.read.phases.envelope`, which keeps
 the minimum and maximum of every time bucket, so the plotted peak is the exact peak.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from kvprof.analysis import find_peak, kv_bytes, logical_label, stage_times
-from kvprof.compare import format_cell, column_title, compare_table, open_traces, text_columns, trace_label
-from kvprof.diagnose import md_table, md_text
+from kvprof.read.analysis import find_peak, kv_bytes, logical_label, stage_times
+from kvprof.read.compare import format_cell, column_title, compare_table, open_traces, text_columns, trace_label
+from kvprof.read.markdown import md_table, md_text
 from kvprof.errors import UsageError
-from kvprof.phases import downsampled_timeline, pass_bands, phase_peaks
-from kvprof.trace import Trace
+from kvprof.read.phases import downsampled_timeline, pass_bands, phase_peaks
+from kvprof.read.trace import Trace
 from kvprof.units import fmt_bytes, fmt_ms
 from tracers.atomic import write_atomic
 from tracers.categories import CATEGORIES, KV_CATEGORIES
