@@ -134,7 +134,7 @@ def test_bf16_profile_samples_fall_inside_the_stage_spans(tmp_path):
         pytest.skip("py-spy is not installed (pip install 'kvprof[host]')")
     rate = 200
     outcome = run_trace(
-        TraceRequest(method="bf16", out=tmp_path, run_id="bf16-host", frames=3, decode=False),
+        TraceRequest(method="bf16", out=tmp_path, run_id="bf16-host", frames=6, decode=False),
         on_start=lambda folder: start_host_profile(active_session(), HostProfileOptions(rate_hz=rate)),
     )
     trace = load_trace(outcome.path)
@@ -150,7 +150,7 @@ def test_bf16_profile_samples_fall_inside_the_stage_spans(tmp_path):
     rollout = spans[spans.path == "rollout"].iloc[0]
     tol = err_ns + 4 * 1e9 / rate
     in_rollout = iv[iv["stack"].str.contains("run_rollout")]
-    assert len(in_rollout) > 10
+    assert len(in_rollout) >= 5  # a CPU rollout of 6 frames lasts ~0.1-0.3 s: tens of samples, fewer on a loaded machine
     # an interval starts at the sample that saw its stack, and ends at the next sample, which a
     # loaded machine can delay by far more than the sampling period: only starts are bounded
     assert in_rollout.t_start_ns.min() >= rollout.t_start_ns - tol

@@ -16,6 +16,7 @@ import pandas as pd
 HOST_PROFILE_FILE = "host_profile.json"
 PROFILE_FORMAT = "chrometrace"
 MARKERS = ("_kvprof_align_a", "_kvprof_align_b")  # functions the recorder runs to mark the clock
+OWN_PACKAGES = ("kvprof", "tracers", "methods", "tui")
 
 
 def load_chrometrace(path: str | Path) -> list[dict[str, Any]]:
@@ -184,4 +185,7 @@ def _short(path: str) -> str:
     if m:
         return m.group(1)
     parts = Path(path).parts
+    ours = [i for i, p in enumerate(parts[:-1]) if p in OWN_PACKAGES]
+    if ours:  # kvprof's own files from their top-level package on, however deep
+        return "/".join(parts[ours[-1]:])
     return "/".join(parts[-2:]) if len(parts) >= 2 else path
