@@ -105,3 +105,15 @@ def test_no_source_file_over_500_lines(pkg: str) -> None:
     long = [f"{p.relative_to(ROOT)}: {n}" for p in (ROOT / pkg).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500]
     assert not long, long
+
+
+@pytest.mark.parametrize("command", [["summary"], ["compare"], ["diagnose"], ["report", "-o", "{tmp}/r.md"],
+                                     ["export", "--format", "csv", "-o", "{tmp}/x"]])
+def test_reading_commands_run_without_torch(bf16_trace: Path, tmp_path: Path, command: list[str]) -> None:
+    # every `kvprof` command that reads a trace starts without importing torch (it took seconds)
+    argv = [c.replace("{tmp}", str(tmp_path)) for c in command[:1]] + [str(bf16_trace)] + \
+        [c.replace("{tmp}", str(tmp_path)) for c in command[1:]]
+    code = ("import sys\nsys.modules['torch'] = None\nfrom kvprof.cli import main\n"
+            f"sys.exit(main({argv!r}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
