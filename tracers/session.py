@@ -119,6 +119,7 @@ class TraceSession:
             self._cuda.start()
             self._hold_blocks_from_before()
         else:
+            import torch._dynamo  # noqa: F401 (torch loads it at a mode's first op: 1-2 s, not the first stage's)
             self._dispatch = DispatchAllocTracker(self)
             self._dispatch.__enter__()
         if self.device.type == "cuda":
