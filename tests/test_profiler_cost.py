@@ -22,3 +22,47 @@ with kv.trace({str(tmp_path / 't')!r}):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[0] == "True"
+
+
+def _rollout_like_allocations(n: int, seed: int = 0):
+    """n allocations shaped like a rollout's: increasing order keys and times, short-lived
+    temporaries among long-lived cache buffers, sizes and names from a small vocabulary."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    q_alloc = np.cumsum(rng.integers(1, 4, n)) + (1 << 32)
+    t_alloc = np.cumsum(rng.integers(2_000, 40_000, n))
+    life = np.where(rng.random(n) < 0.9, rng.integers(1, 50, n), rng.integers(1_000, 200_000, n))
+    q_free = q_alloc + life
+    t_free = t_alloc + life * 20_000 + rng.integers(0, 5_000, n)
+    still = rng.random(n) < 0.02
+    q_free[still], t_free[still] = -1, -1
+    sizes = np.array([512, 1024, 4096, 65536, 262144, 1572864, 3145728, 25165824])
+    names = [f"layer {i} / {b}" for i in range(30) for b in ("k_codes", "v_codes", "k_scale", "v_scale", "k", "v")]
+    return pd.DataFrame({
+        "id": np.arange(1, n + 1), "q_alloc": q_alloc, "q_free": q_free, "t_alloc_ns": t_alloc, "t_free_ns": t_free,
+        "bytes": sizes[rng.integers(0, len(sizes), n)],
+        "category": pd.array(rng.choice(["activations", "kv_dequant", "kv_scratch", "kv_codes"], n), dtype="string"),
+        "span_id": np.cumsum(rng.random(n) < 0.05), "name": pd.array(rng.choice([*names, None], n), dtype="string"),
+    })
+
+
+def test_allocation_tables_are_compact_and_exact(tmp_path: Path) -> None:
+    # issue 15: 7.3 M events were 179 MB (24 B a row with Parquet's defaults)
+    import pandas as pd
+
+    from tracers.table_schema import write_parquet
+
+    df = _rollout_like_allocations(1_000_000)
+    path = tmp_path / "allocations.parquet"
+    write_parquet(path, "allocations", df)
+    per_row = path.stat().st_size / len(df)
+    plain = tmp_path / "plain.parquet"
+    df.to_parquet(plain, index=False)
+    # random lifetimes, sizes and names are close to incompressible (~60 bits of entropy a row):
+    # a real rollout repeats itself per layer and packs tighter (the tiny prq_int4 trace: 9.4 B a
+    # row, metadata included); the issue's <= 8 B an event is measured on GPU traces in RESULTS.md
+    assert per_row <= 12.5, per_row
+    assert plain.stat().st_size / path.stat().st_size > 2  # Parquet's defaults: 26 B a row here
+    pd.testing.assert_frame_equal(pd.read_parquet(path), df)

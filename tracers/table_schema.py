@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -121,4 +122,25 @@ def write_parquet(path: Path, name: str, df: pd.DataFrame) -> None:
     meta[b"kvprof.table"] = name.encode()
     meta[b"kvprof.description"] = TABLE_DOCS.get(name, "").encode()
     meta[b"kvprof.columns"] = json.dumps(docs).encode()
-    pq.write_table(pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=meta)), path)
+    pq.write_table(pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=meta)), path,
+                   **_compact_encoding(table.schema))
+
+
+# Integer columns with few distinct values (sizes, span ids, chunks): a dictionary beats deltas.
+_FEW_VALUES = frozenset({"bytes", "span_id", "parent", "chunk", "index", "host_syncs", "other_processes"})
+
+
+def _compact_encoding(schema: Any) -> dict[str, Any]:
+    """Parquet options that make a trace a few bytes per event, every value kept: order keys and
+    times (increasing, or nearly) delta-encoded, names and categories (and other columns of few
+    values) dictionary-encoded, all zstd-compressed. On a 1 M-allocation table this is ~3x
+    smaller than Parquet's defaults (tests/test_profiler_cost.py states the bound)."""
+    import pyarrow as pa
+
+    dictionary, delta = [], {}
+    for f in schema:
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or f.name in _FEW_VALUES:
+            dictionary.append(f.name)
+        elif pa.types.is_integer(f.type):
+            delta[f.name] = "DELTA_BINARY_PACKED"
+    return {"compression": "zstd", "use_dictionary": dictionary, "column_encoding": delta}
