@@ -430,6 +430,13 @@ class QAQScheme(KIVIScheme):
         return out
 
 
+def owns_storage(x: torch.Tensor) -> bool:
+    """True when x is the whole of its storage. `Tensor._is_view()` cannot tell: under
+    `torch.inference_mode()` (the rollout) views are not tracked, so a slice of a layer's whole
+    buffer looked like a tensor of its own and kept the whole buffer alive."""
+    return x.is_contiguous() and x.storage_offset() == 0 and x.untyped_storage().nbytes() == x.numel() * x.element_size()
+
+
 class FullPrecisionScheme(Scheme):
     """Tokens kept as they are, in the input dtype (`kv_fp`): recent windows."""
 
@@ -437,7 +444,7 @@ class FullPrecisionScheme(Scheme):
 
     def encode(self, x, role, sb, stem):
         with sb.marks.category("kv_fp"):
-            kept = x.clone() if x._is_view() else x  # own the storage, never alias the caller's
+            kept = x if owns_storage(x) else x.clone()  # never alias (and keep alive) the caller's buffer
         sb.add(stem, kept, "kv_fp")
 
     def decode(self, t, role, stem, codec, num_tokens, dtype, category, start=0, end=None):
