@@ -21,22 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def untraced(args) -> dict:
     from kvprof.runner import TraceRequest, resolve, text_embeddings
-    from kvprof.workload.model import build_model
-    from kvprof.workload.rollout import build_caches, make_method_factory, run_rollout
-    from kvprof.workload.vae import build_vae
+    from kvprof.workload.build import build_workload
+    from kvprof.workload.rollout import run_rollout
 
     req = TraceRequest(method=args.method, integration=args.integration, config=args.config, frames=args.frames,
                        decode=not args.no_decode)
-    device, cfg, spec, method_cls, storage, params = resolve(req)
-    model = build_model(cfg, seed=0, device=device)
-    vae = build_vae(cfg.vae, seed=0, device=device, dtype=cfg.torch_dtype) if spec.decode else None
-    embeds = text_embeddings(cfg, 0, None, device)
-    caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params), device)
+    r = resolve(req)
+    device, spec = r.device, r.spec
+    work = build_workload(r.cfg, spec, r.method_cls, r.storage, r.params, device,
+                          lambda: text_embeddings(r.cfg, 0, None, device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     with torch.inference_mode():
-        run_rollout(model, embeds, spec, caches, vae)
+        run_rollout(work.model, work.embeddings, spec, work.caches, work.vae)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0

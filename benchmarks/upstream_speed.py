@@ -163,7 +163,8 @@ def kvprof_worker(args) -> dict:
 
     req = TraceRequest(method="bf16", integration="study", config=args.config, frames=args.frames, decode=False,
                        dtype=args.dtype)
-    device, cfg, spec, method_cls, storage, params = resolve(req)
+    r = resolve(req)
+    device, cfg, spec, method_cls, storage, params = r.device, r.cfg, r.spec, r.method_cls, r.storage, r.params
     model = build_model(cfg, seed=0, device=device)
     embeds = text_embeddings(cfg, 0, None, device)
     state: dict = {}

@@ -17,44 +17,39 @@ live bytes would pass `budget` on CPU), `interrupted` (Ctrl-C; SIGTERM too when 
 deeper in your stack can mark stages without holding `t`: `kvprof.api.stage`, `category`,
 `tag_tensor`, `register` and `watch` act on the trace that is open; `instrument_module(model)`
 marks `layer[i]` stages through forward hooks (kvprof.integrations for the Self-Forcing pipeline).
+
+The run's other concerns live beside it: `kvprof.signals` (Ctrl-C into the body), `kvprof.environment`
+(versions for meta.json), `kvprof.oomfacts` (what an OOM says), `kvprof.allocator` (the GPU budget).
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
-import platform
-import select
-import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from kvprof.read.analysis import live_at, memory_events, summarize
+from kvprof.allocator import EXPANDABLE_BY_KVPROF, BudgetCap
+from kvprof.environment import environment
 from kvprof.errors import UsageError
 from kvprof.integrations.hooks import instrument_module
-from kvprof.tagging import watch, watch_in
-from kvprof.tagging import tensors_of as _tensors
+from kvprof.oomfacts import as_oom, oom_facts
+from kvprof.read.analysis import live_at, memory_events, summarize
 from kvprof.read.trace import Trace, load_trace
-from kvprof.oomfacts import CPU_REFUSED
-from kvprof.oomfacts import oom_facts as _oom_facts  # tests know it by this name
+from kvprof.signals import InterruptGuard, hold_close_for_tests
+from kvprof.tagging import tensors_of as _tensors
+from kvprof.tagging import watch, watch_in
 from kvprof.units import parse_size
 from tracers import context
-from tracers.alloc_layout import ALLOC_CONF_VARS
 from tracers.session import SimulatedOOM, TraceSession
 from tracers.trace_fold import Q_STRIDE
 from tracers.trace_io import META_FILE, NO_FREE, SUMMARY_FILE, meta_field_problem, write_json_atomic
 
-__all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "watch", "instrument_module", "environment", "failure_state",
-           "InterruptGuard", "EXIT_INTERRUPTED"]
+__all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "watch", "instrument_module", "failure_state"]
 
-EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 stage = context.stage
 category = context.tag
 
@@ -70,146 +65,6 @@ def register(obj: Any, category: str, name: str | None = None) -> None:
     """Account for tensors allocated before tracing began (weights, inputs) in the open trace."""
     for t, n in _tensors(obj, name):
         context.register(t, category, n)
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions and device facts for meta.json."""
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "host": platform.node(),
-        "device_type": device.type,
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(device_name=props.name, device_total_bytes=props.total_memory)
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception as exc:  # NVML missing or not permitted: say so in the trace
-            env["driver"] = f"unknown ({type(exc).__name__})"
-    else:
-        env["device_name"] = platform.processor() or "cpu"
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        env["git_revision"] = rev.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["git_revision"] = None
-    return env
-
-
-# --------------------------------------------------------------------------- signals
-class InterruptGuard:
-    """SIGINT and SIGTERM while the traced body runs raise KeyboardInterrupt there, so the trace
-    closes as `interrupted`; a second signal exits the process at once (128 + signal number).
-
-    Python runs signal handlers between bytecodes of the main thread, and an exception raised
-    while that thread is inside a weakref finalizer (the CPU tracker's frees) is printed and
-    dropped; so until the body acknowledges the interrupt, a watcher thread raises it again in
-    the main thread, and the dropped copy is not printed (it is no error: it comes back). The watcher also reads the signal wakeup fd, so a second signal ends the
-    process even while the main thread is stuck in a long kernel.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    REDELIVER_S = 0.2
-
-    def __init__(self) -> None:
-        self._old: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        self._main = threading.main_thread().ident
-        self.body_running = False
-        self.signal_name: str | None = None
-        self._pipe: tuple[int, int] | None = None
-        self._old_wakeup = -1
-        self._watcher: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._old_unraisable: Any = None
-
-    def _unraisable(self, unraisable: Any) -> None:
-        if self.signal_name is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
-            return  # our interrupt, dropped inside a finalizer: the watcher raises it again
-        self._old_unraisable(unraisable)
-
-    def install(self) -> bool:
-        """Take over the signals (main thread only; elsewhere signals are left alone)."""
-        if threading.current_thread() is not threading.main_thread():
-            return False
-        for sig in self.SIGNALS:
-            self._old[sig] = signal.signal(sig, self._handler)
-        self._old_unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisable
-        self.body_running = True
-        return True
-
-    def body_done(self) -> None:
-        """The body ended (any way): no more interrupts are raised into it."""
-        with self._lock:
-            self.body_running = False
-            if self._watcher is not None:  # drop a redelivered interrupt that has not landed yet
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main), None)
-
-    def uninstall(self) -> None:
-        self.body_done()
-        self._stop.set()
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-        if self._old_unraisable is not None:
-            sys.unraisablehook, self._old_unraisable = self._old_unraisable, None
-        if self._pipe is not None:
-            signal.set_wakeup_fd(self._old_wakeup)
-            if self._watcher is not None:
-                self._watcher.join(1.0)
-            for fd in self._pipe:
-                os.close(fd)
-            self._pipe = None
-
-    @staticmethod
-    def _exit_now(signum: int) -> None:
-        print("kvprof: second interrupt: exiting now; the trace stays as written so far", file=sys.stderr, flush=True)
-        os._exit(128 + signum)
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signal_name is not None:  # a second signal (the watcher may not have seen it yet)
-            self._exit_now(signum)
-        self.signal_name = signal.Signals(signum).name
-        self._start_watcher()
-        if self.body_running:
-            raise KeyboardInterrupt(f"signal {self.signal_name}")
-        print("kvprof: closing the trace; interrupt again to exit at once", file=sys.stderr)
-
-    def _start_watcher(self) -> None:
-        r, w = os.pipe()
-        os.set_blocking(w, False)
-        self._pipe = (r, w)
-        self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        self._watcher = threading.Thread(target=self._watch, args=(r,), name="kvprof-interrupt", daemon=True)
-        self._watcher.start()
-
-    def _watch(self, fd: int) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], self.REDELIVER_S)
-            if ready:
-                data = os.read(fd, 16)
-                if data:
-                    self._exit_now(data[-1])
-            with self._lock:
-                if self.body_running:
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main),
-                                                               ctypes.py_object(KeyboardInterrupt))
-
-
-def _hold_close_for_tests() -> None:
-    """For tests of a second interrupt: with $KVPROF_TEST_HOLD_CLOSE set, closing writes that file and waits."""
-    marker = os.environ.get("KVPROF_TEST_HOLD_CLOSE")
-    if marker:
-        Path(marker).write_text(str(os.getpid()))
-        select.select([], [], [], 60)  # the second signal exits the process from its handler
 
 
 # --------------------------------------------------------------------------- the failure instant
@@ -259,15 +114,6 @@ def failure_state(trace: Trace, q: int | None) -> dict[str, Any]:
     }
 
 
-def _set_allocator_settings(settings: str) -> None:
-    """Change the caching allocator's settings at runtime (torch >= 2.9 names it per accelerator)."""
-    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
-    if setter is not None:
-        setter(settings)
-    else:
-        torch.cuda.memory._set_allocator_settings(settings)
-
-
 # --------------------------------------------------------------------------- the API
 class TraceRun:
     """One traced run of your code; see the module docstring. Made by `trace()`."""
@@ -287,8 +133,7 @@ class TraceRun:
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self._guard: InterruptGuard | None = None
-        self._fraction: float | None = None
-        self._expandable_set = False
+        self._cap: BudgetCap | None = None
 
     # ---------------------------------------------------------------- what you mark
     @property
@@ -349,10 +194,11 @@ class TraceRun:
                 self._guard = None
         try:
             if self.budget_bytes is not None and self.device.type == "cuda":
-                total = torch.cuda.get_device_properties(self.session.device).total_memory
-                self._fraction = min(1.0, self.budget_bytes / total)
-                torch.cuda.set_per_process_memory_fraction(self._fraction, self.session.device)
-                self._expandable_for_budget()
+                self._cap = BudgetCap(self.session.device, self.budget_bytes)
+                self._cap.apply()
+                if self._cap.expandable:
+                    self.session.expandable_segments = True
+                    self.session.meta["allocator_settings"] = EXPANDABLE_BY_KVPROF
             self.session.start()
         except BaseException:
             self._release()
@@ -372,16 +218,15 @@ class TraceRun:
         """Close the trace with the status `error` implies, write summary.json; returns the summary."""
         s = self.session
         if s.status == "running":
-            _hold_close_for_tests()
-            if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) and CPU_REFUSED.search(str(error)):
-                error = torch.OutOfMemoryError(str(error))  # the host has not that much memory: an OOM, not a failure
+            hold_close_for_tests()
+            error = as_oom(error)
             self.error = error
             where = s.failure_stage or s.stage_path() or None
             if error is None:
                 s.close("complete")
             elif isinstance(error, torch.OutOfMemoryError):
                 s.meta["oom"] = {"stage": where, "message": str(error).splitlines()[0][:500] if str(error) else "",
-                                 **_oom_facts(error, self.budget_bytes, s.meta)}
+                                 **oom_facts(error, self.budget_bytes, s.meta)}
                 s.close("oom", error)
             elif isinstance(error, KeyboardInterrupt):
                 s.meta["interrupted_stage"] = where
@@ -415,27 +260,10 @@ class TraceRun:
             summary["notes"] = [*summary["notes"], f"summary.json not written ({exc.strerror or exc})"]
         return summary
 
-    def _expandable_for_budget(self) -> None:
-        """The cap holds reserved memory, live blocks plus what fragmentation leaves unused in fixed
-        segments; expandable segments keep that slack to whole 2 MiB pages, so the budget measures the
-        method's bytes, not the allocator's segment history. Only when nothing is reserved yet and the
-        user has not configured the allocator."""
-        if any(os.environ.get(v) for v in ALLOC_CONF_VARS):
-            return
-        if torch.cuda.memory_reserved(self.session.device) != 0:
-            return
-        _set_allocator_settings("expandable_segments:True")
-        self._expandable_set = True
-        self.session.expandable_segments = True
-        self.session.meta["allocator_settings"] = "expandable_segments:True (set by kvprof for --budget)"
-
     def _release(self) -> None:
-        if self._fraction is not None:
-            torch.cuda.set_per_process_memory_fraction(1.0, self.session.device)
-            self._fraction = None
-        if self._expandable_set:
-            _set_allocator_settings("expandable_segments:False")
-            self._expandable_set = False
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
         if self._guard is not None:
             self._guard.uninstall()
             self._guard = None

@@ -6,11 +6,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from kvprof.errors import UsageError
 from kvprof.console import console, failure_reason, oom_explanation, print_methods, print_summary
 from kvprof.units import parse_size
+
+if TYPE_CHECKING:  # the runner imports torch: only when a trace is run
+    from kvprof.runner import TraceOutcome, TraceRequest
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
@@ -161,18 +164,17 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return _report_outcome(args, outcome, err)
 
 
-def _trace_with_tui(req: Any) -> Any:
+def _trace_with_tui(req: TraceRequest) -> TraceOutcome:
     """`kvprof trace --tui`: the rollout in a thread, the TUI following its trace folder."""
-    from kvprof.runner import check_inputs, check_output, default_run_id, resolve, run_trace, trace_codes
+    import dataclasses
+
+    from kvprof.runner import prepare, run_trace
     from tui.app import run_live
 
-    _, cfg, spec, method_cls, storage, _ = resolve(req)  # bad input: one clear error before the TUI opens
-    check_inputs(req, cfg)
-    req.live = True  # the TUI follows the trace: drain GPU allocations at every chunk
-    run_id = req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, trace_codes(method_cls, storage))
-    folder = check_output(req.out, run_id, claim=req.run_id is None)
-    req.run_id = folder.name
-    return run_live(folder, lambda: run_trace(req))
+    # The TUI follows the trace: drain GPU allocations at every chunk. Bad input: one clear error
+    # before the TUI opens.
+    prep = prepare(dataclasses.replace(req, live=True))
+    return run_live(prep.folder, lambda: run_trace(prep))
 
 
 def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
+
 from kvprof.units import parse_size
 from tracers.session import SimulatedOOM
 
@@ -40,3 +42,11 @@ def oom_facts(exc: BaseException, budget_bytes: int | None, meta: dict[str, Any]
     facts["requested_bytes"] = parse_size(m.group(1).replace(" ", ""), "OOM message") if m else None
     facts["requested_bytes_rounded"] = m is not None  # the message prints two decimals
     return facts
+
+
+def as_oom(error: BaseException | None) -> BaseException | None:
+    """The CPU allocator's refusal (a RuntimeError) as the torch.OutOfMemoryError it means: the host
+    has not that much memory, an out-of-memory outcome rather than a failure. Other errors unchanged."""
+    if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) and CPU_REFUSED.search(str(error)):
+        return torch.OutOfMemoryError(str(error))
+    return error

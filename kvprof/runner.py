@@ -1,4 +1,10 @@
-"""`kvprof trace`: validate the request, build the workload, run it inside `kvprof.api.trace`."""
+"""`kvprof trace`: validate the request, build the workload, run it inside `kvprof.api.trace`.
+
+    TraceRequest --resolve--> Resolved --prepare (input files read, trace folder claimed)--> PreparedRun --run_trace--> TraceOutcome
+
+`kvprof trace` and `kvprof trace --tui` both go through `prepare` once, so a bad request fails with
+one clear error before any folder exists, and both paths name the folder the same way.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +22,10 @@ from kvprof import api
 from kvprof.workload.config import DTYPES, ModelConfig
 from kvprof.errors import UsageError
 from kvprof.read.trace import Trace, load_trace
-from kvprof.workload.rollout import CHUNK_FRAMES, Progress, RolloutSpec, build_caches, cache_bytes, make_method_factory, run_rollout
+from kvprof.workload.rollout import CHUNK_FRAMES, Progress, RolloutSpec, cache_bytes, run_rollout
 from methods import get_method_class
 from methods.base import KVMethod, MethodError
 from tracers.trace_io import SUMMARY_FILE, write_json_atomic
-from tracers.vocabulary import SETUP
 
 INTEGRATIONS: tuple[str, ...] = ("study", "staged")
 MAX_SEED = 2**62  # torch generators take 64 bits; the rollout adds small offsets per use
@@ -69,6 +74,52 @@ class TraceOutcome:
     status: str
     summary: dict[str, Any]
     error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request validated into concrete objects; nothing read or written yet."""
+
+    device: torch.device
+    cfg: ModelConfig
+    spec: RolloutSpec
+    method_cls: type[KVMethod]
+    storage: str  # the code storage asked for (or the integration's default)
+    params: dict[str, Any]  # the method parameters given, validated
+
+    @property
+    def codes(self) -> str | None:
+        """The code storage the trace records (None: a lossless method stores no codes)."""
+        return trace_codes(self.method_cls, self.storage)
+
+
+@dataclass(frozen=True)
+class PreparedRun(Resolved):
+    """A request checked (flags and input files) with its trace folder claimed: what `run_trace` runs."""
+
+    request: TraceRequest
+    folder: Path  # claimed: it exists (empty) or can be made
+
+    @property
+    def run_id(self) -> str:
+        return self.folder.name
+
+    def meta(self) -> dict[str, Any]:
+        """The run's fields of meta.json (kvprof.api adds the environment and the trace's own facts)."""
+        cls, cfg, req = self.method_cls, self.cfg, self.request
+        return {
+            "run_id": self.run_id,
+            "command": req.command,
+            "method": cls.name,
+            "method_params": {**{k: p.default for k, p in cls.params.items()}, **self.params},
+            "method_facts": cls.facts(),
+            "integration": self.spec.integration,
+            "codes": self.codes,
+            "config": {**dataclasses.asdict(cfg), "tokens_per_frame": cfg.tokens_per_frame, "head_dim": cfg.head_dim},
+            "rollout": self.spec.to_dict(),
+            "budget_bytes": req.budget_bytes,
+            "checkpoint": str(req.checkpoint) if req.checkpoint else None,
+        }
 
 
 _DEVICE_TYPES = ("cpu", "cuda")
@@ -140,7 +191,7 @@ def _check_input(flag: str, path: Path | None, want_dir: bool = False) -> None:
         raise UsageError(f"{flag} {path}: cannot read ({exc.strerror}); check its permissions") from None
 
 
-def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, type[KVMethod], str, dict]:
+def resolve(req: TraceRequest) -> Resolved:
     """Validate the request into concrete objects; UsageError (naming the flag, with a hint) on bad input."""
     device = resolve_device(req.device)
     if (req.lpips_backbone or req.vbench_dims or req.vbench_python) and not req.quality:
@@ -191,7 +242,17 @@ def resolve(req: TraceRequest) -> tuple[torch.device, ModelConfig, RolloutSpec, 
     _check_input("--vae", req.vae, want_dir=True)
     if req.budget_bytes is not None and req.budget_bytes <= 0:
         raise UsageError(f"--budget {req.budget_bytes}: must be a positive size, e.g. 24GiB")
-    return device, cfg, spec, method_cls, storage, params
+    return Resolved(device, cfg, spec, method_cls, storage, params)
+
+
+def prepare(req: TraceRequest) -> PreparedRun:
+    """Check the request and its input files, then claim its trace folder: every refusal (exit 2,
+    naming the flag) comes before any folder is made. The request is not changed."""
+    r = resolve(req)
+    check_inputs(req, r.cfg)
+    folder = check_output(req.out, req.run_id or default_run_id(r.method_cls.name, r.spec.integration, r.cfg, r.spec, r.codes),
+                          claim=req.run_id is None)
+    return PreparedRun(**{f.name: getattr(r, f.name) for f in dataclasses.fields(Resolved)}, request=req, folder=folder)
 
 
 def check_inputs(req: TraceRequest, cfg: ModelConfig) -> None:
@@ -298,47 +359,31 @@ def text_embeddings(cfg: ModelConfig, seed: int, path: Path | None, device: torc
     return torch.randn((1, cfg.text_len, cfg.text_dim), generator=gen).to(device)
 
 
-def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None = None, on_start: Callable[[Path], None] | None = None) -> TraceOutcome:
-    """Run the traced rollout through `kvprof.api.trace`; always leaves a readable trace, whatever
-    the outcome. OOM and interrupts are outcomes (status `oom` / `interrupted`); other failures
-    close the trace as `failed` and are re-raised."""
-    device, cfg, spec, method_cls, storage, params = resolve(req)
-    check_inputs(req, cfg)
-    codes = trace_codes(method_cls, storage)
-    folder = check_output(req.out, req.run_id or default_run_id(method_cls.name, spec.integration, cfg, spec, codes),
-                          claim=req.run_id is None)
-    run_id = folder.name
-    meta = {
-        "run_id": run_id,
-        "command": req.command,
-        "method": method_cls.name,
-        "method_params": {**{k: p.default for k, p in method_cls.params.items()}, **params},
-        "method_facts": method_cls.facts(),
-        "integration": spec.integration,
-        "codes": codes,
-        "config": {**dataclasses.asdict(cfg), "tokens_per_frame": cfg.tokens_per_frame, "head_dim": cfg.head_dim},
-        "rollout": spec.to_dict(),
-        "budget_bytes": req.budget_bytes,
-        "checkpoint": str(req.checkpoint) if req.checkpoint else None,
-    }
-    run = api.trace(folder, meta=meta, device=device, budget=req.budget_bytes, live=req.live)
+def run_trace(run: TraceRequest | PreparedRun, on_progress: Callable[[Progress], None] | None = None,
+              on_start: Callable[[Path], None] | None = None) -> TraceOutcome:
+    """Run the traced rollout through `kvprof.api.trace` (a request is prepared first); always leaves
+    a readable trace, whatever the outcome. OOM and interrupts are outcomes (status `oom` /
+    `interrupted`); other failures close the trace as `failed` and are re-raised."""
+    prep = run if isinstance(run, PreparedRun) else prepare(run)
+    req, folder = prep.request, prep.folder
+    traced = api.trace(folder, meta=prep.meta(), device=prep.device, budget=req.budget_bytes, live=req.live)
     outputs = None
     try:
-        with run:
+        with traced:
             if req.host_profile:
                 from tracers.host_profile import HostProfileOptions, start_host_profile
 
                 # stopped by the session's close hook on every outcome path
-                start_host_profile(run.session, HostProfileOptions(rate_hz=req.host_rate, native=req.host_native))
+                start_host_profile(traced.session, HostProfileOptions(rate_hz=req.host_rate, native=req.host_native))
             if on_start:
                 on_start(folder)
-            outputs = _traced_body(run, req, device, cfg, spec, method_cls, storage, params, on_progress)
+            outputs = _traced_body(traced, prep, on_progress)
     except (torch.OutOfMemoryError, KeyboardInterrupt):
         pass  # an outcome: the trace says so (status oom / interrupted)
     except RuntimeError:
-        if run.status != "oom":  # the CPU allocator's refusal closed the trace as oom (kvprof.api)
+        if traced.status != "oom":  # the CPU allocator's refusal closed the trace as oom (kvprof.api)
             raise
-    summary = run.summary or {}
+    summary = traced.summary or {}
     if req.host_profile:
         from kvprof.read.hostprof import host_profile_summary
 
@@ -349,43 +394,29 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
 
         summary = write_quality(folder, summary, outputs, QualityOptions(
             traces_root=Path(req.out), lpips_backbone=req.lpips_backbone, vbench_dims=tuple(req.vbench_dims),
-            vbench_python=req.vbench_python, device=str(device)), run.status)
-    return TraceOutcome(folder, run.status, summary, run.error)
+            vbench_python=req.vbench_python, device=str(prep.device)), traced.status)
+    return TraceOutcome(folder, traced.status, summary, traced.error)
 
 
-def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage, params, on_progress):
+def _traced_body(run: api.TraceRun, prep: PreparedRun, on_progress: Callable[[Progress], None] | None) -> Any:
     """Build the workload inside the trace and run it; returns the quality capture's outputs (or None)."""
-    from kvprof.workload.model import build_model
+    from kvprof.workload.build import build_workload
+    from kvprof.workload.checkpoint import CheckpointError
+    from kvprof.workload.vae import VaeError
 
-    with run.stage(SETUP):
-        with run.category("weights"):
-            model = build_model(cfg, seed=req.seed, device=device)
-        if req.checkpoint is not None:
-            from kvprof.workload.checkpoint import CheckpointError, load_checkpoint
-
-            try:
-                load_checkpoint(model, req.checkpoint)
-            except CheckpointError as exc:
-                raise UsageError(str(exc)) from None
-        run.tag_tensor(model, "weights", "dit")  # parameters and buffers, each by its own name
-        vae = None
-        if spec.decode:
-            from kvprof.workload.vae import VaeError, build_vae
-
-            try:
-                with run.category("weights"):
-                    vae = build_vae(cfg.vae, seed=req.seed, device=device, dtype=cfg.torch_dtype, path=req.vae)
-            except VaeError as exc:
-                raise UsageError(str(exc)) from None
-            run.tag_tensor(vae, "weights", "vae")
-        with run.category("activations"):
-            embeds = text_embeddings(cfg, req.seed, req.prompt_embeds, device)
-        caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params), device)
+    req, spec, device = prep.request, prep.spec, prep.device
+    try:
+        work = build_workload(prep.cfg, spec, prep.method_cls, prep.storage, prep.params, device,
+                              lambda: text_embeddings(prep.cfg, spec.seed, req.prompt_embeds, device),
+                              checkpoint=req.checkpoint, vae_path=req.vae)
+    except (CheckpointError, VaeError) as exc:
+        raise UsageError(str(exc)) from None
     capture = None
     if req.quality:
         from kvprof.quality.capture import QualityCapture
 
-        capture = QualityCapture(model, spec, embeds, method=method_cls.name, checkpoint=req.checkpoint, vae=req.vae)
+        capture = QualityCapture(work.model, spec, work.embeddings, method=prep.method_cls.name, checkpoint=req.checkpoint,
+                                 vae=req.vae)
 
     def chunk_end(chunk: int, caches_now) -> None:
         logical, stored, resident = cache_bytes(caches_now)
@@ -393,7 +424,7 @@ def _traced_body(run: api.TraceRun, req, device, cfg, spec, method_cls, storage,
         run.checkpoint()
 
     with torch.inference_mode():
-        result = run_rollout(model, embeds, spec, caches, vae, on_progress, chunk_end)
+        result = run_rollout(work.model, work.embeddings, spec, work.caches, work.vae, on_progress, chunk_end)
     if result.caches:
         logical, stored, resident = cache_bytes(result.caches)
         run.record_kv_bytes(spec.num_chunks, logical, stored, resident)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import kvprof.api as kv
+from kvprof import allocator
 import kvprof.runner
 from kvprof.diagnose import diagnose
 from kvprof.errors import UsageError
@@ -173,7 +174,7 @@ def test_a_cuda_budget_caps_the_allocator_of_the_resolved_device(tmp_path, monke
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", fraction)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
-    monkeypatch.setattr(kv, "_set_allocator_settings", settings.append)
+    monkeypatch.setattr(allocator, "set_allocator_settings", settings.append)
     monkeypatch.setattr(kv, "environment", lambda device: {})
     run = kv.TraceRun(tmp_path / "t", None, torch.device("cuda"), 20 << 30, live=False, signals=False)
     monkeypatch.setattr(run.session, "start", stop)

@@ -217,5 +217,4 @@ def test_embeddings_of_the_right_width_are_accepted(files: Files) -> None:
     path = files.root / "good-embeds.pt"
     torch.save({"context": torch.zeros(5, ModelConfig.from_name("tiny").text_dim)}, path)
     req = TraceRequest(prompt_embeds=path, device="cpu")
-    _, cfg, *_ = resolve(req)
-    check_inputs(req, cfg)  # no error
+    check_inputs(req, resolve(req).cfg)  # no error

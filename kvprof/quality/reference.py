@@ -65,41 +65,30 @@ def run_outputs(recipe: RolloutRecipe, method: str = REFERENCE_METHOD, *, storag
                 params: dict | None = None, integration: str = "study", layers: tuple[int, ...] | None = None,
                 max_elements: int = MAX_ELEMENTS) -> RolloutOutputs:
     """Run the recipe's rollout untraced with `method` and capture its outputs."""
-    from kvprof.workload.checkpoint import load_checkpoint
-    from kvprof.workload.model import build_model
-    from kvprof.workload.rollout import build_caches, make_method_factory, run_rollout
+    from kvprof.workload.build import build_workload
+    from kvprof.workload.rollout import run_rollout
     from methods import get_method_class
 
     cfg, device = recipe.config, torch.device(recipe.device)
     spec = dataclasses.replace(recipe.spec, integration=integration, free_cache_before_decode=False)
     method_cls = get_method_class(method)
-    model = build_model(cfg, seed=spec.seed, device=device)
-    if recipe.checkpoint is not None:
-        load_checkpoint(model, recipe.checkpoint)
-    vae = build_reference_vae(recipe) if spec.decode else None
-    caches = build_caches(cfg, spec, make_method_factory(method_cls, storage, params or {}), device)
-    with QualityCapture(model, spec, recipe.embeddings, method=method_cls.name, checkpoint=recipe.checkpoint,
+    work = build_workload(cfg, spec, method_cls, storage, params or {}, device, lambda: recipe.embeddings.to(device),
+                          checkpoint=recipe.checkpoint, vae_path=recipe.vae)
+    with QualityCapture(work.model, spec, recipe.embeddings, method=method_cls.name, checkpoint=recipe.checkpoint,
                         vae=recipe.vae, layers=layers, max_elements=max_elements) as cap:
         with torch.inference_mode():
-            result = run_rollout(model, recipe.embeddings.to(device), spec, caches, vae)
+            result = run_rollout(work.model, work.embeddings, spec, work.caches, work.vae)
         outputs = cap.finish(result)
     outputs.recipe = recipe
     return outputs
 
 
-def build_reference_vae(recipe: RolloutRecipe):
-    """The VAE the runner builds for this recipe (same preset, seed, dtype, device or files)."""
-    from kvprof.workload.vae import build_vae
-
-    cfg = recipe.config
-    return build_vae(cfg.vae, seed=recipe.spec.seed, device=recipe.device, dtype=cfg.torch_dtype, path=recipe.vae)
-
-
 def decode_reference(recipe: RolloutRecipe, latents: torch.Tensor) -> torch.Tensor:
     """Decode saved reference latents with the recipe's VAE (host copy of the video)."""
+    from kvprof.workload.build import workload_vae
     from kvprof.workload.vae import decode_latents
 
-    vae = build_reference_vae(recipe)
+    vae = workload_vae(recipe.config, recipe.spec.seed, recipe.device, recipe.vae)  # the one the run built
     with torch.inference_mode():
         video = decode_latents(vae, latents.to(recipe.device))
     return video.to("cpu")

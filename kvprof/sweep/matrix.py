@@ -179,7 +179,7 @@ def _check_cells(cells: list[Cell], config: str, common: dict[str, Any]) -> None
                            sink=common.get("sink") or 0, decode=common.get("decode", True),
                            checkpoint=_path(common.get("checkpoint")), vae=_path(common.get("vae")),
                            prompt_embeds=_path(c.prompt_embeds), budget_bytes=budget)
-        _, cfg, *_ = resolve(req)
+        cfg = resolve(req).cfg
         if len(seen) == 1:
             check_inputs(req, cfg)  # reads the input files (checkpoint, embeddings, VAE) once
         elif c.prompt_embeds:
