@@ -72,4 +72,17 @@ def setup(repo: str) -> list[str]:
     roots = [m for m in OPTIONAL if importlib.util.find_spec(m) is None]
     finder = _StandIn(roots)
     sys.meta_path.append(finder)
+    _attention_without_flash_attn()
     return finder.used
+
+
+def _attention_without_flash_attn() -> None:
+    """Upstream's cross-attention calls `flash_attention` directly, which asserts that the
+    flash_attn package is installed; without it, point that call at upstream's own SDPA path
+    (`wan.modules.attention.attention`, what its self-attention already falls back to)."""
+    attention = importlib.import_module("wan.modules.attention")
+    if attention.FLASH_ATTN_2_AVAILABLE or getattr(attention, "FLASH_ATTN_3_AVAILABLE", False):
+        return
+    model = importlib.import_module("wan.modules.model")
+    model.flash_attention = attention.attention
+    print("upstream_env: no flash_attn: cross-attention through upstream's SDPA fallback", file=sys.stderr)

@@ -273,6 +273,27 @@ def test_kvprof_run_instruments_the_pipelines_a_script_builds(tmp_path):
     assert bare.returncode == 0 and "chunk" not in set(load_trace(tmp_path / "bare").spans["name"])
 
 
+def test_the_import_hook_never_runs_a_library_class_s_own_lookups() -> None:
+    # diffusers' placeholder classes raise from their metaclass's __getattr__ (seen on the GPU
+    # machine, where wheels sit outside the Python installation: 'KeyError: auto_round' ended the script)
+    import types
+
+    from kvprof.integrations.run import PipelineFinder
+
+    class Lazy(type):
+        def __getattr__(cls, name):
+            raise KeyError(name)
+
+    module = types.ModuleType("lazy_lib")
+    module.Dummy = Lazy("Dummy", (), {"__module__": "lazy_lib"})
+    module.Shaped = type("Shaped", (), {"__module__": "lazy_lib", "inference": lambda self: None,
+                                        "_initialize_kv_cache": lambda self: None,
+                                        "_initialize_crossattn_cache": lambda self: None})
+    hook = PipelineFinder()
+    hook.after_import(module)
+    assert hook.patched == ["lazy_lib.Shaped"]
+
+
 def test_kvprof_run_passes_on_the_script_exit_code_and_errors(tmp_path):
     (tmp_path / "bad.py").write_text("import sys\nsys.exit(4)\n")
     r = _cli("run", "--device", "cpu", "--out", str(tmp_path), "--run-id", "x", "--", "python", str(tmp_path / "bad.py"))

@@ -79,7 +79,13 @@ def _is_user_file(origin: str | None) -> bool:
 
 
 def _pipeline_shaped(cls: type) -> bool:
-    return all(callable(getattr(cls, a, None)) for a in ("inference", "_initialize_kv_cache", "_initialize_crossattn_cache"))
+    """Whether a class has upstream's pipeline methods, looked up without running any of its code:
+    `getattr` on a library's lazy placeholder classes (diffusers' dummy objects) can raise, and an
+    exception in an import hook would end the user's script."""
+    import inspect
+
+    names = ("inference", "_initialize_kv_cache", "_initialize_crossattn_cache")
+    return all(callable(inspect.getattr_static(cls, a, None)) for a in names)
 
 
 def patch_pipeline_class(cls: type) -> None:
@@ -129,7 +135,7 @@ class PipelineFinder:
 
     def after_import(self, module: Any) -> None:
         for value in list(vars(module).values()):
-            if isinstance(value, type) and value.__module__ == module.__name__ and _pipeline_shaped(value):
+            if isinstance(value, type) and vars(value).get("__module__") == module.__name__ and _pipeline_shaped(value):
                 patch_pipeline_class(value)
                 self.patched.append(f"{module.__name__}.{value.__qualname__}")
 
