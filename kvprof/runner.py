@@ -15,11 +15,11 @@ import torch
 from kvprof import api
 from kvprof.workload.config import DTYPES, ModelConfig
 from kvprof.errors import UsageError
+from kvprof.read.summary import Summary, write_summary
 from kvprof.read.trace import Trace, load_trace
 from kvprof.workload.rollout import CHUNK_FRAMES, Progress, RolloutSpec, build_caches, cache_bytes, make_method_factory, run_rollout
 from methods import get_method_class
 from methods.base import KVMethod, MethodError
-from tracers.trace_io import SUMMARY_FILE, write_json_atomic
 from tracers.vocabulary import SETUP
 
 INTEGRATIONS: tuple[str, ...] = ("study", "staged")
@@ -67,7 +67,7 @@ class TraceOutcome:
 
     path: Path
     status: str
-    summary: dict[str, Any]
+    summary: Summary
     error: BaseException | None = None
 
 
@@ -338,12 +338,12 @@ def run_trace(req: TraceRequest, on_progress: Callable[[Progress], None] | None 
     except RuntimeError:
         if run.status != "oom":  # the CPU allocator's refusal closed the trace as oom (kvprof.api)
             raise
-    summary = run.summary or {}
+    summary = run.summary or Summary(status=run.status)
     if req.host_profile:
         from kvprof.read.hostprof import host_profile_summary
 
-        summary["host_profile"] = host_profile_summary(load_trace(folder))
-        write_json_atomic(folder / SUMMARY_FILE, summary)
+        summary = summary.with_host_profile(host_profile_summary(load_trace(folder)))
+        write_summary(folder, summary)
     if req.quality:
         from kvprof.quality.compute import QualityOptions, write_quality
 
