@@ -23,9 +23,9 @@ def test_method_traces_and_bytes_reconcile(method, integration, tmp_path):
     live_kv = int(live[live.category.isin(KV_CATEGORIES)]["bytes"].sum())
     # resident bytes (sum of the method's state tensors) = what the tracker sees live in kv_* then
     assert int(last.resident_bytes) == live_kv
-    assert outcome.summary["kv"]["resident_bytes"] == live_kv
+    assert outcome.summary.kv.resident_bytes == live_kv
     assert int(last.stored_bytes) <= int(last.resident_bytes) or integration == "study"
     if method == "bf16":
         assert last.logical_bytes == last.resident_bytes == last.stored_bytes
-    peak = outcome.summary["peak"]
-    assert sum(peak["by_category"].values()) == peak["bytes"]
+    peak = outcome.summary.peak
+    assert sum(peak.by_category.values()) == peak.bytes

@@ -283,8 +283,8 @@ async def test_allocations_stages_and_kv_views(trace_copy: Path) -> None:
         assert shares["rollout"] is not None and 0 < shares["rollout"] <= 100
         await pilot.press("5")
         await wait_for(pilot, lambda: app.screen.query_one(KVPanel).text, what="KV panel")
-        kv = trace.summary["kv"]
-        assert fmt_bytes(kv["resident_bytes"]) in app.screen.query_one(KVPanel).text
+        kv = trace.summary.kv
+        assert fmt_bytes(kv.resident_bytes) in app.screen.query_one(KVPanel).text
         assert "ratio logical/stored 1.00x" in app.screen.query_one(KVPanel).text
         assert "not computed" in app.screen.query_one(QualityPanel).text
         assert len(table(app, "kv-table").shown_rows) == len(trace.kv)

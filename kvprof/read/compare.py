@@ -18,7 +18,6 @@ from kvprof.errors import UsageError
 from kvprof.read.hostprof import host_bound_share
 from kvprof.read.manifest import MANIFEST_FILE, is_sweep, result_traces
 from kvprof.read.baseline import REFERENCE_METHOD, shape_key
-from kvprof.read.summary import Summary
 from kvprof.read.trace import Trace, TraceError, list_traces, load_trace, meta_label
 from kvprof.units import fmt_bytes, fmt_ms
 
@@ -103,10 +102,9 @@ def _peak_facts(trace: Trace) -> dict[str, Any]:
     return {"peak_bytes": peak.bytes, "peak_stage": peak.stage, "peak_t_s": peak.t_ns / 1e9}
 
 
-def _quality(summary: Summary | None) -> dict[str, Any]:
-    """Numeric quality metrics of summary.json, flattened to `quality_<name>` (missing ones are absent)."""
+def _quality(q: dict[str, Any] | None) -> dict[str, Any]:
+    """Numeric quality metrics (Summary.quality), flattened to `quality_<name>` (missing ones are absent)."""
     out: dict[str, Any] = {}
-    q = None if summary is None else summary.quality
     if not isinstance(q, dict):
         return out
 
@@ -167,7 +165,7 @@ def trace_row(trace: Trace) -> dict[str, Any]:
     for stage, dev, host in zip(times["stage"], times["device_ms"], times["host_ms"]):
         row[f"ms_{stage}"] = float(dev)  # device ms; NaN where none was measured (CPU runs)
         row[f"host_ms_{stage}"] = float(host)
-    row.update(_quality(trace.summary))
+    row.update(_quality(None if trace.summary is None else trace.summary.quality))
     return row
 
 
