@@ -198,8 +198,8 @@ def test_instrumented_pipeline_runs_unchanged_and_matches_hand_tagging(upstream_
     assert counts(sa) == counts(sb)
     assert counts(sa)["chunk"] == 2 and counts(sa)["denoise"] == 8 and counts(sa)["refresh"] == 2
     assert counts(sa)["layer"] == 2 * (8 + 2) and counts(sa)["decode"] == 1
-    assert sa["peak"]["bytes"] == sb["peak"]["bytes"]
-    assert sa["peak"]["by_category"] == sb["peak"]["by_category"]
+    assert sa.peak.bytes == sb.peak.bytes
+    assert sa.peak.by_category == sb.peak.by_category
     cats = a.allocations.groupby("category")["bytes"].sum()
     assert cats["kv_fp"] == 2 * 2 * (4 * 3 * 16) * us.DIM * 4  # layers x (k, v) x tokens x dim x fp32
     assert cats["cross_kv"] == 2 * 2 * 2 * us.TEXT_LEN * us.DIM * 4  # zeros at init, then the swapped-in K/V
