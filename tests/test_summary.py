@@ -134,3 +134,16 @@ def test_status_of_an_exception() -> None:
     assert status_of(torch.OutOfMemoryError("x")) == status_of(SimulatedOOM(1, 2, 3)) == "oom"
     assert status_of(KeyboardInterrupt()) == "interrupted"
     assert status_of(RuntimeError("boom")) == "failed"
+
+
+def test_trace_list_reads_the_summary_through_the_loader(bf16_trace: Path, tmp_path: Path) -> None:
+    from tui.model import trace_listing
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(bf16_trace, folder)
+    data = json.loads((folder / "summary.json").read_text())
+    assert trace_listing([bf16_trace])[0]["peak_bytes"] == data["peak"]["bytes"]
+    data["peak"]["bytes"] = "many"  # once shown as no peak and no word why
+    (folder / "summary.json").write_text(json.dumps(data))
+    row = trace_listing([folder])[0]
+    assert row["peak_bytes"] is None and "field 'peak.bytes'" in row["note"]

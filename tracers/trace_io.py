@@ -35,7 +35,7 @@ import pandas as pd
 
 from tracers.table_schema import write_parquet
 from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
-from tracers.summary_schema import check_summary, read_summary_file  # noqa: F401 (check_summary re-exported)
+from tracers.summary_schema import read_summary_file
 from tracers.atomic import TraceWriteError, write_atomic, write_json_atomic, write_json_in_place  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = "1.0"

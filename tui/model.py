@@ -17,7 +17,7 @@ import pandas as pd
 
 from kvprof.read.analysis import Breakdown, Peak, breakdown, find_peak, kv_bytes, memory_events, stage_times
 from kvprof.read.compare import trace_row
-from kvprof.read.summary import KVBytes
+from kvprof.read.summary import KVBytes, load_summary
 from kvprof.read.trace import Trace
 from tracers.categories import CATEGORIES
 from tracers.vocabulary import PASS_NAMES
@@ -295,8 +295,6 @@ def _local_time(unix_ns: Any) -> str | None:
 
 @lru_cache(maxsize=512)
 def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
-    import json
-
     from tracers.trace_io import TraceError, read_meta
 
     row: dict[str, Any] = {"trace": path.name, "path": str(path), "method": None, "status": None, "peak_bytes": None,
@@ -309,14 +307,11 @@ def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
         return row
     row.update(method=meta.get("method"), status=meta.get("status"))
     row["started"] = _local_time(meta.get("started_unix_ns"))
-    summary = path / "summary.json"
-    if summary.is_file():
-        try:
-            data = json.loads(summary.read_text())
-            peak = data.get("peak") if isinstance(data, dict) else None
-            row["peak_bytes"] = peak.get("bytes") if isinstance(peak, dict) and isinstance(peak.get("bytes"), int) else None
-        except ValueError:
-            row["note"] = "summary.json unreadable"
+    try:
+        summary = load_summary(path)
+        row["peak_bytes"] = None if summary is None or summary.peak is None else summary.peak.bytes
+    except TraceError as exc:  # names the file and the damaged field
+        row["note"] = str(exc)
     return row
 
 

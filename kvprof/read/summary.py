@@ -16,7 +16,7 @@ from typing import Any
 
 from tracers.atomic import write_json_atomic
 from tracers.summary_schema import check_summary, read_summary_file
-from tracers.trace_io import SUMMARY_FILE, TraceError
+from tracers.trace_io import SUMMARY_FILE
 
 __all__ = ["Peak", "KVBytes", "StageTime", "Reconciliation", "Failure", "Summary", "load_summary", "write_summary"]
 
