@@ -13,9 +13,10 @@ import time
 import torch
 
 import kvprof.api as kv
+from kvprof.read.summary import Summary
 
 
-def main(folder: str) -> dict:
+def main(folder: str) -> Summary:
     torch.manual_seed(0)
     weights = torch.randn(256, 256)  # made before tracing began
     cache: list[torch.Tensor] = []
@@ -28,7 +29,7 @@ def main(folder: str) -> dict:
                 cache.append(h.clone())  # kept across steps: the cache
                 x = h[-1:].expand(16, -1)
             t.tag_tensor(cache[-1], "kv_fp", f"cache / step {i}")
-    print(f"{folder}: peak {t.summary['peak']['bytes']:,} B during {t.summary['peak']['stage']}")
+    print(f"{folder}: peak {t.summary.peak.bytes:,} B during {t.summary.peak.stage}")
     return t.summary
 
 

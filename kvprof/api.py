@@ -8,7 +8,7 @@
             with t.stage("step", i), t.category("activations"):
                 x = model(x)
             t.tag_tensor(cache, "kv_fp", "my cache")  # a tensor, module, dict or list of them
-    print(t.summary["peak"])                        # kvprof.read.analysis.summarize, also in summary.json
+    print(t.summary.peak)                           # kvprof.read.summary.Summary, also in summary.json
 
 `kvprof trace` opens its session through `trace()` as well. The session closes with the status
 the body ended with: `complete`, `oom` (torch.OutOfMemoryError, or kvprof's simulated one when
@@ -27,6 +27,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,16 +38,18 @@ from kvprof.environment import environment
 from kvprof.errors import UsageError
 from kvprof.integrations.hooks import instrument_module
 from kvprof.oomfacts import as_oom, oom_facts
-from kvprof.read.analysis import live_at, memory_events, summarize
+from kvprof.read.analysis import breakdown, memory_events, summarize
+from kvprof.read.summary import Failure, Summary, write_summary
 from kvprof.read.trace import Trace, load_trace
 from kvprof.signals import InterruptGuard, hold_close_for_tests
 from kvprof.tagging import tensors_of as _tensors
 from kvprof.tagging import watch, watch_in
 from kvprof.units import parse_size
 from tracers import context
+from tracers.outcome import status_of
 from tracers.session import SimulatedOOM, TraceSession
 from tracers.trace_fold import Q_STRIDE
-from tracers.trace_io import META_FILE, NO_FREE, SUMMARY_FILE, meta_field_problem, write_json_atomic
+from tracers.trace_io import META_FILE, NO_FREE, meta_field_problem, write_json_atomic
 
 __all__ = ["trace", "TraceRun", "stage", "category", "tag_tensor", "register", "watch", "instrument_module", "failure_state"]
 
@@ -103,15 +106,8 @@ def failure_state(trace: Trace, q: int | None) -> dict[str, Any]:
     """Live bytes in total, by category and by stage of origin just after event `q`."""
     if q is None:
         return {"q": None, "live_bytes": 0, "live_by_category": {}, "live_by_stage": {}}
-    live = live_at(trace, q)
-    by_cat = live.groupby("category")["bytes"].sum().sort_values(ascending=False)
-    by_stage = live.groupby("kind_path")["bytes"].sum().sort_values(ascending=False)
-    return {
-        "q": q,
-        "live_bytes": int(live["bytes"].sum()),
-        "live_by_category": {str(k): int(v) for k, v in by_cat.items() if v},
-        "live_by_stage": {str(k): int(v) for k, v in by_stage.items() if v},
-    }
+    split = breakdown(trace, q)
+    return {"q": q, "live_bytes": split.total, "live_by_category": split.by_category, "live_by_stage": split.by_stage}
 
 
 # --------------------------------------------------------------------------- the API
@@ -130,7 +126,7 @@ class TraceRun:
             meta["environment"] = environment(device)
         self.session = TraceSession(self.path, meta, device, budget_bytes=budget_bytes if device.type == "cpu" else None,
                                     drain_at_checkpoints=live)
-        self.summary: dict[str, Any] | None = None
+        self.summary: Summary | None = None
         self.error: BaseException | None = None
         self._guard: InterruptGuard | None = None
         self._cap: BudgetCap | None = None
@@ -214,7 +210,7 @@ class TraceRun:
             self._release()
         return False  # the body's exception goes on to the caller, the trace closed
 
-    def close(self, error: BaseException | None = None) -> dict[str, Any]:
+    def close(self, error: BaseException | None = None) -> Summary:
         """Close the trace with the status `error` implies, write summary.json; returns the summary."""
         s = self.session
         if s.status == "running":
@@ -222,42 +218,38 @@ class TraceRun:
             error = as_oom(error)
             self.error = error
             where = s.failure_stage or s.stage_path() or None
-            if error is None:
-                s.close("complete")
-            elif isinstance(error, torch.OutOfMemoryError):
+            status = status_of(error)
+            if status == "oom":
                 s.meta["oom"] = {"stage": where, "message": str(error).splitlines()[0][:500] if str(error) else "",
                                  **oom_facts(error, self.budget_bytes, s.meta)}
-                s.close("oom", error)
-            elif isinstance(error, KeyboardInterrupt):
+            elif status == "interrupted":
                 s.meta["interrupted_stage"] = where
                 if self._guard is not None and self._guard.signal_name:
                     s.meta["interrupted_by"] = self._guard.signal_name
-                s.close("interrupted", error)
-            else:
+            elif status == "failed":
                 s.meta["failed_stage"] = where
-                s.close("failed", error)
+            s.close(status, error)
         if self.summary is None:
             self.summary = self._summarize(error)
         return self.summary
 
-    def _summarize(self, error: BaseException | None) -> dict[str, Any]:
+    def _summarize(self, error: BaseException | None) -> Summary:
         trace = load_trace(self.path)
-        summary = summarize(trace)
-        summary["notes"] = trace.meta.get("notes", [])
+        summary = replace(summarize(trace), notes=tuple(trace.meta.get("notes", [])))
         if trace.status in ("oom", "interrupted", "failed"):
             stage_key = {"oom": None, "interrupted": "interrupted_stage", "failed": "failed_stage"}[trace.status]
             where = (trace.meta.get("oom") or {}).get("stage") if stage_key is None else trace.meta.get(stage_key)
             state = failure_state(trace, _failure_q(trace, error, where))
-            summary["failure"] = {"status": trace.status, "stage": where, **state}
+            summary = replace(summary, failure=Failure(status=trace.status, stage=where, **state))
             if trace.status == "oom":
                 oom = {**trace.meta.get("oom", {}), **{k: v for k, v in state.items() if k != "q"}}
-                summary["oom"] = oom
+                summary = replace(summary, oom=oom)
                 self.session.meta["oom"] = oom
                 write_json_atomic(self.path / META_FILE, self.session.meta)
         try:
-            write_json_atomic(self.path / SUMMARY_FILE, summary)
+            write_summary(self.path, summary)
         except OSError as exc:  # a full disk: the summary is still returned, and computed again on load
-            summary["notes"] = [*summary["notes"], f"summary.json not written ({exc.strerror or exc})"]
+            summary = summary.with_notes(f"summary.json not written ({exc.strerror or exc})")
         return summary
 
     def _release(self) -> None:

@@ -179,19 +179,19 @@ def _trace_with_tui(req: TraceRequest) -> TraceOutcome:
 
 def _report_outcome(args: argparse.Namespace, outcome: Any, err: Any) -> int:
     if args.json:
-        print(json.dumps({"trace": str(outcome.path), **outcome.summary}, indent=2, default=str))
+        print(json.dumps({"trace": str(outcome.path), **outcome.summary.to_dict()}, indent=2, default=str))
     else:
         print_summary(outcome.path, outcome.summary)
     if outcome.status == "oom":
-        print(oom_explanation(outcome.path, outcome.summary.get("oom") or {}), file=sys.stderr)
+        print(oom_explanation(outcome.path, outcome.summary.oom or {}), file=sys.stderr)
         return EXIT_OOM
     if outcome.status == "failed":  # a failure that is no exception of the body: the folder could not be written
         meta_error = failure_reason(outcome.path)
         print(f"kvprof: error: {meta_error}", file=sys.stderr)
         return EXIT_RUN_FAILED
     if outcome.status == "interrupted":
-        failure = outcome.summary.get("failure") or {}
-        where = f" in {failure['stage']}" if failure.get("stage") else ""
+        failure = outcome.summary.failure
+        where = f" in {failure.stage}" if failure is not None and failure.stage else ""
         print(f"kvprof: interrupted{where}; the trace up to that moment is in {outcome.path} (status interrupted)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -234,7 +234,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     trace = open_trace(args.trace)
     summary = trace.summary or summarize(trace)
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(summary.to_json())
     else:
         print_summary(args.trace, summary)
     return 0

@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvprof.errors import UsageError
 from kvprof.units import fmt_bytes, fmt_ms
+
+if TYPE_CHECKING:
+    from kvprof.read.summary import Summary
 
 WIDE_OUTPUT = 1000  # columns of a Rich console writing to a pipe or file: long rows stay whole
 
@@ -54,76 +57,76 @@ def oom_explanation(path: Path, oom: dict[str, Any], top: int = 3) -> str:
     return "".join(parts)
 
 
-def print_summary(path: Path, summary: dict[str, Any]) -> None:
+def print_summary(path: Path, summary: Summary) -> None:
     """The human summary of a trace: peak (when, what), KV bytes, time per stage, reconciliation."""
     from rich.markup import escape as esc  # paths, stage and category names are the user's: never markup
     from rich.table import Table
 
     con = console()
-    peak = summary.get("peak")
-    con.print(f"[bold]trace[/bold] {esc(str(path))}  status [bold]{esc(str(summary.get('status')))}[/bold]")
+    peak = summary.peak
+    con.print(f"[bold]trace[/bold] {esc(str(path))}  status [bold]{esc(str(summary.status))}[/bold]")
     if not peak:
         con.print("no allocations recorded")
         return
-    con.print(f"[bold]peak[/bold] {fmt_bytes(peak['bytes'])} ({peak['bytes']:,} B) during [cyan]{esc(peak['stage'])}[/cyan]")
+    con.print(f"[bold]peak[/bold] {fmt_bytes(peak.bytes)} ({peak.bytes:,} B) during [cyan]{esc(peak.stage)}[/cyan]")
     cats = Table(title="live at the peak, by category", show_edge=False)
     cats.add_column("category")
     cats.add_column("bytes", justify="right")
     cats.add_column("share", justify="right")
-    for cat, n in sorted(peak["by_category"].items(), key=lambda kv: -kv[1]):
-        cats.add_row(esc(cat), fmt_bytes(n), f"{100 * n / peak['bytes']:.1f}%" if peak["bytes"] else "-")
+    for cat, n in sorted(peak.by_category.items(), key=lambda kv: -kv[1]):
+        cats.add_row(esc(cat), fmt_bytes(n), f"{100 * n / peak.bytes:.1f}%" if peak.bytes else "-")
     con.print(cats)
     stages = Table(title="live at the peak, by stage of origin", show_edge=False)
     stages.add_column("stage (kind path)")
     stages.add_column("bytes", justify="right")
-    for st, n in list(peak["by_stage"].items())[:10]:
+    for st, n in list(peak.by_stage.items())[:10]:
         stages.add_row(esc(st), fmt_bytes(n))
     con.print(stages)
-    kv = summary.get("kv")
+    kv = summary.kv
     if kv:
         from kvprof.read.analysis import logical_label
 
-        lab = logical_label(kv.get("logical_dtype"))
+        lab = logical_label(kv.logical_dtype)
         con.print(
-            f"[bold]KV[/bold] {lab} {fmt_bytes(kv['logical_bytes'])} · stored {fmt_bytes(kv['stored_bytes'])} · "
-            f"resident {fmt_bytes(kv['resident_bytes'])} · ratio logical/stored {_ratio(kv.get('ratio_stored'))}, "
-            f"logical/resident {_ratio(kv.get('ratio_resident'))}"
+            f"[bold]KV[/bold] {lab} {fmt_bytes(kv.logical_bytes)} · stored {fmt_bytes(kv.stored_bytes)} · "
+            f"resident {fmt_bytes(kv.resident_bytes)} · ratio logical/stored {_ratio(kv.ratio_stored)}, "
+            f"logical/resident {_ratio(kv.ratio_resident)}"
         )
     times = Table(title="time per stage kind", show_edge=False)
     for col in ("stage", "count", "host ms", "device ms"):
         times.add_column(col, justify="right" if col != "stage" else "left")
-    for row in summary.get("stage_times", [])[:12]:
-        times.add_row(esc(str(row["stage"])), str(row["count"]), fmt_ms(row.get("host_ms")), fmt_ms(row.get("device_ms")))
+    for row in summary.stage_times[:12]:
+        times.add_row(esc(str(row.stage)), str(row.count), fmt_ms(row.host_ms), fmt_ms(row.device_ms))
     con.print(times)
-    rec = summary.get("reconciliation", {})
-    if "peak_gap_bytes" in rec:
+    rec = summary.reconciliation
+    if rec.peak_gap_bytes is not None:
         con.print(
-            f"[bold]reconciliation[/bold] trace peak {rec['trace_peak_bytes']:,} B vs torch.cuda.max_memory_allocated "
-            f"{rec['max_memory_allocated_bytes']:,} B (gap {rec['peak_gap_bytes']:,} B); max gap at stage boundaries "
-            f"{rec.get('max_abs_gap_bytes', 0):,} B over {rec.get('boundaries', 0)} boundaries"
+            f"[bold]reconciliation[/bold] trace peak {rec.trace_peak_bytes:,} B vs torch.cuda.max_memory_allocated "
+            f"{rec.max_memory_allocated_bytes:,} B (gap {rec.peak_gap_bytes:,} B); max gap at stage boundaries "
+            f"{rec.max_abs_gap_bytes or 0:,} B over {rec.boundaries or 0} boundaries"
         )
-        bs = rec.get("block_sizes")
+        bs = rec.block_sizes
         if isinstance(bs, dict):
             how = (f"allocator layout mirror off ({bs.get('off_reason')})" if bs.get("model") == "off" else
                    f"{bs.get('exact_blocks', 0):,} from the allocator layout mirror")
             con.print(f"  block sizes: {how}, {bs.get('rounded_blocks', 0):,} rounded requests, "
                       f"{bs.get('snapshot_mismatches', 0):,} snapshot mismatches")
     else:
-        unattr = peak["by_category"].get("unattributed", 0)
-        con.print(f"[bold]reconciliation[/bold] {esc(str(rec.get('note', '')))}; unattributed at peak {fmt_bytes(unattr)}")
-    if summary.get("host_profile"):
+        unattr = peak.by_category.get("unattributed", 0)
+        con.print(f"[bold]reconciliation[/bold] {esc(str(rec.note or ''))}; unattributed at peak {fmt_bytes(unattr)}")
+    if summary.host_profile:
         from kvprof.read.hostprof import host_summary_lines
 
-        for line in host_summary_lines(summary["host_profile"]):
+        for line in host_summary_lines(summary.host_profile):
             con.print(line, markup=False)
-    quality = summary.get("quality")
+    quality = summary.quality
     if isinstance(quality, dict):
         shown = {k: quality[k] for k in ("latent_drift", "attention_drift", "psnr_db", "ssim", "lpips", "flicker") if k in quality}
         text = " · ".join(f"{k} {v.get('missing', v) if isinstance(v, dict) else v}" for k, v in shown.items())
         if "missing" in quality:  # no metric at all: say why (e.g. an unreadable reference, named)
             text = f"missing: {quality['missing']}"
         con.print("[bold]quality vs bf16[/bold] " + esc(text))
-    for note in summary.get("notes", []):
+    for note in summary.notes or ():
         con.print(f"[dim]{esc(str(note))}[/dim]")
 
 

@@ -21,11 +21,11 @@ import torch
 from kvprof import api
 from kvprof.workload.config import DTYPES, ModelConfig
 from kvprof.errors import UsageError
+from kvprof.read.summary import Summary, write_summary
 from kvprof.read.trace import Trace, load_trace
 from kvprof.workload.rollout import CHUNK_FRAMES, Progress, RolloutSpec, cache_bytes, run_rollout
 from methods import get_method_class
 from methods.base import KVMethod, MethodError
-from tracers.trace_io import SUMMARY_FILE, write_json_atomic
 
 INTEGRATIONS: tuple[str, ...] = ("study", "staged")
 MAX_SEED = 2**62  # torch generators take 64 bits; the rollout adds small offsets per use
@@ -72,7 +72,7 @@ class TraceOutcome:
 
     path: Path
     status: str
-    summary: dict[str, Any]
+    summary: Summary
     error: BaseException | None = None
 
 
@@ -383,12 +383,12 @@ def run_trace(run: TraceRequest | PreparedRun, on_progress: Callable[[Progress],
     except RuntimeError:
         if traced.status != "oom":  # the CPU allocator's refusal closed the trace as oom (kvprof.api)
             raise
-    summary = traced.summary or {}
+    summary = traced.summary or Summary(status=traced.status)
     if req.host_profile:
         from kvprof.read.hostprof import host_profile_summary
 
-        summary["host_profile"] = host_profile_summary(load_trace(folder))
-        write_json_atomic(folder / SUMMARY_FILE, summary)
+        summary = summary.with_host_profile(host_profile_summary(load_trace(folder)))
+        write_summary(folder, summary)
     if req.quality:
         from kvprof.quality.compute import QualityOptions, write_quality
 

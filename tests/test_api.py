@@ -85,8 +85,8 @@ def test_statuses_and_the_exception_goes_on(tmp_path: Path) -> None:
                 keep = torch.zeros(1000)
                 raise RuntimeError("boom")
     assert t.status == "failed" and t.meta["failed_stage"] == "outer/inner[3]"
-    assert t.summary["failure"]["live_bytes"] == keep.untyped_storage().nbytes()
-    assert t.summary["failure"]["live_by_category"] == {"activations": 4000}
+    assert t.summary.failure.live_bytes == keep.untyped_storage().nbytes()
+    assert t.summary.failure.live_by_category == {"activations": 4000}
 
     with pytest.raises(KeyboardInterrupt):
         with kv.trace(tmp_path / "interrupted", device="cpu") as t:

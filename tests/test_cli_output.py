@@ -12,6 +12,7 @@ import pytest
 
 from kvprof.cli import main, print_summary
 from kvprof.read.compare import compare_table
+from kvprof.read.summary import load_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_sort_by_title_on_the_command_line(bf16_trace: Path, capsys: pytest.Capt
 
 
 def test_summary_rows_are_whole_on_a_pipe(bf16_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = json.loads((bf16_trace / "summary.json").read_text())
+    summary = load_summary(bf16_trace)
     long_path = Path("/" + "x" * 90) / "bf16-tiny-study-12f-s0"
     print_summary(long_path, summary)
     lines = capsys.readouterr().out.splitlines()

@@ -165,9 +165,9 @@ def test_history_replay_categories_stages_retag_and_block_sizes(tmp_path, fake):
     peak = find_peak(trace)
     assert peak.bytes == fake.max_allocated == 1024 + 20 * MIB
     rec = reconcile(trace, peak)
-    assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
-    assert rec["block_sizes"]["exact_blocks"] == 6 and rec["block_sizes"]["rounded_blocks"] == 0
-    assert rec["block_sizes"]["snapshot_mismatches"] == 0 and rec["block_sizes"]["corrected_blocks"] == 0
+    assert rec.peak_gap_bytes == 0 and rec.max_abs_gap_bytes == 0
+    assert rec.block_sizes["exact_blocks"] == 6 and rec.block_sizes["rounded_blocks"] == 0
+    assert rec.block_sizes["snapshot_mismatches"] == 0 and rec.block_sizes["corrected_blocks"] == 0
 
 
 def _workload(fake: FakeCachingAllocator, session: TraceSession, rng: random.Random, drains: bool) -> None:
@@ -210,8 +210,8 @@ def test_trace_peak_and_every_boundary_equal_the_allocator_counters(tmp_path, fa
     peak = find_peak(trace)
     rec = reconcile(trace, peak)
     assert peak.bytes == fake.max_allocated
-    assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0 and rec["boundaries"] > 40
-    assert rec["block_sizes"]["rounded_blocks"] == 0 and rec["block_sizes"]["snapshot_mismatches"] == 0
+    assert rec.peak_gap_bytes == 0 and rec.max_abs_gap_bytes == 0 and rec.boundaries > 40
+    assert rec.block_sizes["rounded_blocks"] == 0 and rec.block_sizes["snapshot_mismatches"] == 0
 
 
 def test_without_the_layout_model_the_gap_is_measured_not_hidden(tmp_path, fake, monkeypatch):
@@ -222,10 +222,10 @@ def test_without_the_layout_model_the_gap_is_measured_not_hidden(tmp_path, fake,
     s.close("complete")
     trace = load_trace(tmp_path / "t")
     rec = reconcile(trace, find_peak(trace))
-    assert rec["block_sizes"]["model"] == "off"
-    assert rec["block_sizes"]["off_reason"] == "PYTORCH_CUDA_ALLOC_CONF sets max_split_size_mb"
-    assert rec["block_sizes"]["exact_blocks"] == 0 and rec["block_sizes"]["rounded_blocks"] > 0
-    assert rec["max_abs_gap_bytes"] > 0  # rounded sizes of unsplit blocks freed between drains
+    assert rec.block_sizes["model"] == "off"
+    assert rec.block_sizes["off_reason"] == "PYTORCH_CUDA_ALLOC_CONF sets max_split_size_mb"
+    assert rec.block_sizes["exact_blocks"] == 0 and rec.block_sizes["rounded_blocks"] > 0
+    assert rec.max_abs_gap_bytes > 0  # rounded sizes of unsplit blocks freed between drains
 
 
 def test_live_drains_write_the_same_rows_as_memory_only_drains(tmp_path, monkeypatch):
@@ -260,7 +260,7 @@ def test_register_adopts_blocks_from_before_tracking_with_their_block_size(tmp_p
     assert trace.meta["unregistered_before_bytes"] == 0  # all of it registered
     assert not any("before tracing started" in n for n in trace.meta["notes"])
     rec = reconcile(trace, find_peak(trace))
-    assert rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
+    assert rec.peak_gap_bytes == 0 and rec.max_abs_gap_bytes == 0
 
 
 def test_blocks_left_by_earlier_work_are_held_as_unattributed_and_count_in_the_peak(tmp_path, fake):
@@ -290,7 +290,7 @@ def test_blocks_left_by_earlier_work_are_held_as_unattributed_and_count_in_the_p
     assert peak.bytes == ws + 3 * MIB + 5 * MIB == fake.max_allocated
     assert peak.by_category == {"unattributed": ws, "weights": 3 * MIB, "activations": 5 * MIB}
     rec = reconcile(trace, peak)
-    assert rec["trace_peak_bytes"] == peak.bytes and rec["peak_gap_bytes"] == 0 and rec["max_abs_gap_bytes"] == 0
+    assert rec.trace_peak_bytes == peak.bytes and rec.peak_gap_bytes == 0 and rec.max_abs_gap_bytes == 0
     assert trace.meta["unregistered_before_bytes"] == ws
     assert [n for n in trace.meta["notes"] if "before tracing started" in n] == [
         f"{ws:,} B in 1 block(s) were allocated before tracing started and never registered (tensors made before "

@@ -194,12 +194,12 @@ def test_instrumented_pipeline_runs_unchanged_and_matches_hand_tagging(upstream_
     assert torch.equal(plain, video)  # the hooks change nothing the pipeline computes
     a, b = load_trace(inst), load_trace(hand)
     sa, sb = a.summary, b.summary
-    counts = lambda s: {r["stage"]: r["count"] for r in s["stage_times"]}  # noqa: E731
+    counts = lambda s: {r.stage: r.count for r in s.stage_times}  # noqa: E731
     assert counts(sa) == counts(sb)
     assert counts(sa)["chunk"] == 2 and counts(sa)["denoise"] == 8 and counts(sa)["refresh"] == 2
     assert counts(sa)["layer"] == 2 * (8 + 2) and counts(sa)["decode"] == 1
-    assert sa["peak"]["bytes"] == sb["peak"]["bytes"]
-    assert sa["peak"]["by_category"] == sb["peak"]["by_category"]
+    assert sa.peak.bytes == sb.peak.bytes
+    assert sa.peak.by_category == sb.peak.by_category
     cats = a.allocations.groupby("category")["bytes"].sum()
     assert cats["kv_fp"] == 2 * 2 * (4 * 3 * 16) * us.DIM * 4  # layers x (k, v) x tokens x dim x fp32
     assert cats["cross_kv"] == 2 * 2 * 2 * us.TEXT_LEN * us.DIM * 4  # zeros at init, then the swapped-in K/V
@@ -224,7 +224,7 @@ def test_every_reader_opens_the_instrumented_trace(upstream_traces, tmp_path):
     write_report([inst], md)
     assert "bf16 (upstream cache)/self-forcing" in md.read_text()
     view = build_view(load_trace(inst))
-    assert view.peak is not None and view.peak.bytes == load_trace(inst).summary["peak"]["bytes"]
+    assert view.peak is not None and view.peak.bytes == load_trace(inst).summary.peak.bytes
     r = _cli("summary", str(inst))
     assert r.returncode == 0 and "rollout/chunk[" in r.stdout
 
@@ -241,7 +241,7 @@ def test_a_second_trace_of_the_same_pipeline_reattributes_its_caches(tmp_path):
     live_end = a[a["q_free"] == -1].groupby("category")["bytes"].sum()
     assert live_end["kv_fp"] == 2 * 2 * (4 * 3 * 16) * us.DIM * 4 and live_end["cross_kv"] == 2 * 2 * us.TEXT_LEN * us.DIM * 4
     assert live_end["kv_meta"] == 2 * 2 * 8
-    assert {r["stage"]: r["count"] for r in t.summary["stage_times"]}["refresh"] == 2
+    assert {r.stage: r.count for r in t.summary.stage_times}["refresh"] == 2
 
 
 def test_instrument_refuses_objects_of_another_shape():
@@ -267,7 +267,7 @@ def test_kvprof_run_instruments_the_pipelines_a_script_builds(tmp_path):
     assert "frames 6 args ['--steps', '4']" in r.stdout
     t = load_trace(tmp_path / "sf")
     assert t.meta["method"] == "bf16 (upstream cache)" and t.meta["source"] == "kvprof run"
-    counts = {row["stage"]: row["count"] for row in t.summary["stage_times"]}
+    counts = {row.stage: row.count for row in t.summary.stage_times}
     assert counts["chunk"] == 2 and counts["refresh"] == 2 and counts["denoise"] == 8
     bare = _cli("run", "--device", "cpu", "--out", str(tmp_path), "--run-id", "bare", "--", str(script))
     assert bare.returncode == 0 and "chunk" not in set(load_trace(tmp_path / "bare").spans["name"])

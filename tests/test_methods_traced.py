@@ -39,12 +39,12 @@ def test_method_traces_and_bytes_reconcile(method, integration, tmp_path):
     kv_live = {c: int(b) for c, b in live[live.category.isin(KV_CATEGORIES)].groupby("category")["bytes"].sum().items() if b}
     # resident bytes (sum of the method's state tensors) = what the tracker sees live in kv_* then
     assert resident == sum(kv_live.values())
-    assert outcome.summary["kv"]["resident_bytes"] == resident
+    assert outcome.summary.kv.resident_bytes == resident
     assert logical == _logical_kv_bytes(trace.meta["config"], FRAMES)
     assert stored <= resident and stored <= logical
-    peak = outcome.summary["peak"]
-    assert sum(peak["by_category"].values()) == peak["bytes"]
-    peak_kv = {c for c, b in peak["by_category"].items() if c in KV_CATEGORIES and b}
+    peak = outcome.summary.peak
+    assert sum(peak.by_category.values()) == peak.bytes
+    peak_kv = {c for c, b in peak.by_category.items() if c in KV_CATEGORIES and b}
     if facts["lossless"]:
         assert logical == stored == resident
         assert set(kv_live) == peak_kv == {"kv_fp"}

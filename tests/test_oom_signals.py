@@ -59,7 +59,7 @@ def test_budget_above_the_peak_completes(trace_factory, tmp_path: Path) -> None:
     budget = peak + (64 << 10)
     outcome = run_trace(TraceRequest(out=tmp_path, run_id="fits", budget_bytes=budget, **SMALL))
     assert outcome.status == "complete" and outcome.error is None
-    assert abs(outcome.summary["peak"]["bytes"] - peak) < 0.01 * peak
+    assert abs(outcome.summary.peak.bytes - peak) < 0.01 * peak
     assert load_trace(outcome.path).meta["budget_bytes"] == budget
 
 

@@ -16,6 +16,7 @@ import torch
 import kvprof.quality.lpips as lp
 import kvprof.runner as runner
 from kvprof.read.compare import _quality as compare_quality_columns
+from kvprof.read.summary import Summary, load_summary
 from kvprof.workload.config import ModelConfig
 from kvprof.errors import UsageError
 from kvprof.quality import metrics
@@ -400,11 +401,11 @@ def traced_bf16(tmp_path_factory):
     finally:
         mp.undo()
     assert outcome.status == "complete" and len(captured) == 1
-    summary = write_quality(outcome.path, dict(outcome.summary), captured[0], QualityOptions(traces_root=root),
+    summary = write_quality(outcome.path, outcome.summary, captured[0], QualityOptions(traces_root=root),
                             outcome.status)
-    assert json.loads((outcome.path / "summary.json").read_text()) == summary
-    assert summary["peak"] == outcome.summary["peak"]
-    return root, outcome.path, captured[0], summary["quality"]
+    assert json.loads((outcome.path / "summary.json").read_text()) == summary.to_dict()
+    assert load_summary(outcome.path) == summary and summary.peak == outcome.summary.peak
+    return root, outcome.path, captured[0], summary.quality
 
 
 def test_bf16_quality_reports_zero_drift(traced_bf16):
@@ -420,15 +421,15 @@ def test_bf16_quality_reports_zero_drift(traced_bf16):
     assert sorted(p.name for p in (path / QUALITY_DIR).iterdir()) == ["attention.pt", "key.json", "latents.pt"]
     # 2 layers x 3 chunks x 5 passes (4 denoising steps + refresh), every token on the tiny config
     assert len(outputs.attention) == 30 and outputs.attention["c2/l1/refresh"].shape == (1, 72, 64)
-    cols = compare_quality_columns({"quality": q})
+    cols = compare_quality_columns(q)
     assert cols["quality_latent_drift"] == 0.0 and "quality_psnr_db" not in cols
     assert set(drift_table(q)["series"]) == {"latents", "attention layer 0", "attention layer 1"}
 
 
 def test_incomplete_rollout_has_quality_missing(tmp_path):
-    summary = write_quality(tmp_path, {"status": "oom"}, None, QualityOptions(traces_root=tmp_path), "oom")
-    assert summary["quality"] == {"missing": "the rollout did not complete (trace status oom)"}
-    assert json.loads((tmp_path / "summary.json").read_text())["quality"] == summary["quality"]
+    summary = write_quality(tmp_path, Summary(status="oom"), None, QualityOptions(traces_root=tmp_path), "oom")
+    assert summary.quality == {"missing": "the rollout did not complete (trace status oom)"}
+    assert json.loads((tmp_path / "summary.json").read_text())["quality"] == summary.quality
 
 
 def test_untraced_bf16_finds_the_traced_one_and_matches_it_exactly(traced_bf16):

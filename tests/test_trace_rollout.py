@@ -42,7 +42,7 @@ def test_peak_equals_independent_recount(bf16_trace):
         live += delta
         best = max(best, live)
     peak = find_peak(trace)
-    assert peak.bytes == best == trace.summary["peak"]["bytes"]
+    assert peak.bytes == best == trace.summary.peak.bytes
 
 
 def test_bf16_kv_bytes_match_formula_tiny(bf16_trace):

@@ -1,6 +1,7 @@
 """The Textual TUI (issue 4): kvprof.read.live, every key and every view (lifecycle, damaged and live traces: test_tui_app.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -283,8 +284,8 @@ async def test_allocations_stages_and_kv_views(trace_copy: Path) -> None:
         assert shares["rollout"] is not None and 0 < shares["rollout"] <= 100
         await pilot.press("5")
         await wait_for(pilot, lambda: app.screen.query_one(KVPanel).text, what="KV panel")
-        kv = trace.summary["kv"]
-        assert fmt_bytes(kv["resident_bytes"]) in app.screen.query_one(KVPanel).text
+        kv = trace.summary.kv
+        assert fmt_bytes(kv.resident_bytes) in app.screen.query_one(KVPanel).text
         assert "ratio logical/stored 1.00x" in app.screen.query_one(KVPanel).text
         assert "not computed" in app.screen.query_one(QualityPanel).text
         assert len(table(app, "kv-table").shown_rows) == len(trace.kv)
@@ -310,7 +311,7 @@ async def test_kv_view_lists_the_timelines_chunks_and_labels_the_logical_dtype(t
         panel = app.screen.query_one(KVPanel)
         assert "at the end of the rollout (4 chunks)" in panel.text and "chunk 4" not in panel.text
         assert "logical (float32)" in panel.text and "BF16" not in panel.text
-        kv = {k: v for k, v in app.current_view().kv.items() if k != "logical_dtype"}
+        kv = dataclasses.replace(app.current_view().kv, logical_dtype=None)
         panel.show(kv, {}, "after chunk 1", None)  # a summary that does not say: plain "logical"
         assert "  logical  " in panel.text and "logical (" not in panel.text
 

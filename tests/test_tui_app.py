@@ -128,7 +128,7 @@ async def test_follow_shows_growth_and_completion(tmp_path: Path) -> None:
         assert first.status == "running" and "running" in status(app) and "following" in status(app)
         assert app.cursor_event() == first.n_events - 1  # a live trace's cursor follows the end
         gates[0].set()
-        await wait_for(pilot, lambda: app.current_view().kv and app.current_view().kv["chunk"] == 1, what="chunk 1")
+        await wait_for(pilot, lambda: app.current_view().kv and app.current_view().kv.chunk == 1, what="chunk 1")
         second = app.current_view()
         assert second.n_events > first.n_events
         assert second.timeline.total.max() > first.timeline.total.max()

@@ -19,6 +19,7 @@ from tracers.trace_fold import LIVE_BEFORE_TRACING, Q_STRIDE
 from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
+from tracers.outcome import status_of
 from tracers.sampler import DeviceSampler
 from tracers.timing import StageTimer
 from tracers.trace_io import (EVENTS_FILE, META_FILE, NO_FREE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
@@ -139,14 +140,7 @@ class TraceSession:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if self.status != "running":
             return
-        if exc is None:
-            self.close("complete")
-        elif isinstance(exc, torch.OutOfMemoryError):
-            self.close("oom", exc)
-        elif isinstance(exc, KeyboardInterrupt):
-            self.close("interrupted", exc)
-        else:
-            self.close("failed", exc)
+        self.close(status_of(exc), exc)
 
     def close(self, status: str = "complete", error: BaseException | str | None = None) -> None:
         """Stop tracking, resolve device times, write Parquet tables and final meta."""

@@ -2,6 +2,7 @@
 range a number of bytes can have; TraceError naming the file and the field otherwise."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,18 @@ def check_summary(summary: Any, path: Path) -> None:
             _fail(path, key, f"is not {name}")
     if not all(isinstance(n, str) for n in summary.get("notes") or []):
         _fail(path, "notes", "holds a non-string")
+
+
+def read_summary_file(path: Path) -> dict[str, Any] | None:
+    """The checked JSON object of a summary.json (None when there is none): the one read of the
+    file, for the trace reader, the live follower and kvprof.read.summary.load_summary."""
+    from tracers.trace_io import TraceError
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TraceError(f"{path}: unreadable or truncated JSON ({exc})") from None
+    check_summary(data, path)
+    return data

@@ -35,7 +35,7 @@ import pandas as pd
 
 from tracers.table_schema import write_parquet
 from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
-from tracers.summary_schema import check_summary  # noqa: F401 (re-exported)
+from tracers.summary_schema import read_summary_file
 from tracers.atomic import TraceWriteError, write_atomic, write_json_atomic, write_json_in_place  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = "1.0"
@@ -364,14 +364,7 @@ def read_raw_trace(folder: str | Path) -> RawTrace:
     """Read a finished (Parquet) or live (event log) trace folder."""
     folder = Path(folder)
     meta = read_meta(folder)
-    summary = None
-    summary_path = folder / SUMMARY_FILE
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise TraceError(f"{summary_path}: unreadable or truncated JSON ({exc})") from None
-        check_summary(summary, summary_path)
+    summary = read_summary_file(folder / SUMMARY_FILE)
     parquet = [folder / f"{t}.parquet" for t in TABLES]
     events = folder / EVENTS_FILE
     if all(p.is_file() for p in parquet) and not events.is_file():

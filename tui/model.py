@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvprof.read.analysis import Peak, find_peak, kv_bytes, live_at, memory_events, stage_times
+from kvprof.read.analysis import Breakdown, Peak, breakdown, find_peak, kv_bytes, memory_events, stage_times
+from kvprof.read.compare import trace_row
+from kvprof.read.summary import KVBytes, load_summary
 from kvprof.read.trace import Trace
 from tracers.categories import CATEGORIES
 from tracers.vocabulary import PASS_NAMES
@@ -53,17 +55,6 @@ class Timeline:
         return max(0, int(np.searchsorted(self.index, event, side="right")) - 1)
 
 
-@dataclass(frozen=True)
-class Breakdown:
-    """Live bytes at one moment, split by category, by stage of origin and by pass of origin."""
-
-    q: int
-    total: int
-    by_category: dict[str, int]
-    by_stage: dict[str, int]
-    by_pass: dict[str, int]
-
-
 @dataclass
 class TraceView:
     """One trace as the views see it."""
@@ -78,7 +69,7 @@ class TraceView:
     peak: Peak | None
     peak_event: int | None
     stage_times: pd.DataFrame
-    kv: dict[str, Any] | None
+    kv: KVBytes | None
     n_chunks: int | None = None  # chunks of the rollout seen so far (None: the trace has no chunk stages)
     built_s: float = 0.0
     _breakdowns: dict[tuple[int, str], Breakdown] = field(default_factory=dict)
@@ -106,10 +97,10 @@ class TraceView:
     @property
     def logical_dtype(self) -> str | None:
         """The element type logical KV bytes are counted at, as the summary writer states it (None: not stated)."""
-        for kv in (self.kv, (self.trace.summary or {}).get("kv")):
-            dtype = kv.get("logical_dtype") if isinstance(kv, dict) else None
-            if isinstance(dtype, str) and dtype:
-                return dtype
+        summary = self.trace.summary
+        for kv in (self.kv, None if summary is None else summary.kv):
+            if kv is not None and kv.logical_dtype:
+                return kv.logical_dtype
         return None
 
     def kv_chunk(self, chunk: int) -> int | None:
@@ -125,18 +116,17 @@ class TraceView:
 
     @property
     def quality(self) -> dict[str, Any] | None:
-        summary = self.trace.summary or {}
-        q = summary.get("quality")
-        return q if isinstance(q, dict) else None
+        summary = self.trace.summary
+        return None if summary is None else summary.quality
 
     def breakdown_at_event(self, event: int, match: str = "") -> Breakdown:
-        """What was live just after event `event`, only allocations matching `match` (see `breakdown_at`);
+        """What was live just after event `event`, only allocations matching `match` (see `kvprof.read.analysis.breakdown`);
         cached: the cursor revisits points."""
         key = (event, match.lower())
         if key not in self._breakdowns:
             if len(self._breakdowns) > 256:
                 self._breakdowns.clear()
-            self._breakdowns[key] = breakdown_at(self.trace, int(self.events_q[event]), match)
+            self._breakdowns[key] = breakdown(self.trace, int(self.events_q[event]), match)
         return self._breakdowns[key]
 
     def stage_of_event(self, event: int) -> str:
@@ -144,26 +134,6 @@ class TraceView:
         a = self.trace.allocations_with_stage
         row = a.loc[a["id"] == int(self.events_alloc_id[event]), "path"]
         return str(row.iat[0]) if len(row) else "?"
-
-
-MATCHED_FIELDS = ("category", "kind_path", "path", "name")  # what the `/` filter text is looked for in
-
-
-def breakdown_at(trace: Trace, q: int, match: str = "") -> Breakdown:
-    """Live bytes after the event with order key q, by category, stage kind path and pass; with `match`,
-    only the allocations whose category, stage or name contains it (case-insensitive)."""
-    live = live_at(trace, q)
-    if match:
-        hit = pd.Series(False, index=live.index)
-        for col in MATCHED_FIELDS:
-            hit |= live[col].astype("string").str.contains(match, case=False, regex=False).fillna(False).astype(bool)
-        live = live[hit]
-    by_cat = {str(c): int(v) for c, v in live.groupby("category")["bytes"].sum().items() if v}
-    by_cat = dict(sorted(by_cat.items(), key=lambda kv: -kv[1]))
-    by_stage = {str(s): int(v) for s, v in live.groupby("kind_path")["bytes"].sum().sort_values(ascending=False).items() if v}
-    passes = live["pass_name"].fillna("outside chunks").astype(str).str.replace(r"\[\d+\]", "", regex=True)
-    by_pass = {str(s): int(v) for s, v in live.groupby(passes)["bytes"].sum().sort_values(ascending=False).items() if v}
-    return Breakdown(q, int(live["bytes"].sum()), by_cat, by_stage, by_pass)
 
 
 def _bucket_points(live: np.ndarray, buckets: int) -> np.ndarray:
@@ -285,8 +255,10 @@ def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
 
 
 # ---------------------------------------------------------------------- several traces
+# The TUI's comparison columns: a subset of kvprof.read.compare.trace_row (one meaning of each;
+# wall_s is meta.wall_s, the run's wall time, None while it runs) plus a quality headline.
 COMPARE_COLUMNS = ("trace", "method", "integration", "status", "peak_bytes", "peak_stage", "resident_kv_bytes",
-                   "ratio_resident", "time_s", "quality")
+                   "ratio_resident", "wall_s", "quality")
 
 
 def quality_headline(quality: dict[str, Any] | None) -> str:
@@ -303,21 +275,12 @@ def quality_headline(quality: dict[str, Any] | None) -> str:
 
 
 def compare_row(view: TraceView) -> dict[str, Any]:
-    """One row of the comparison view (raw values; the table formats them)."""
-    meta = view.trace.meta
-    kv = view.kv or {}
-    wall = meta.get("wall_s")
-    if wall is None and not view.stage_times.empty:
-        roll = view.stage_times[view.stage_times["stage"] == "rollout"]
-        ms = roll["device_ms"].where(roll["device_ms"].notna(), roll["host_ms"])  # CPU runs: host time
-        wall = float(ms.sum()) / 1000 if len(roll) else None
-    return {
-        "trace": view.name, "method": meta.get("method"), "integration": meta.get("integration"),
-        "status": view.status, "peak_bytes": None if view.peak is None else view.peak.bytes,
-        "peak_stage": None if view.peak is None else view.peak.stage,
-        "resident_kv_bytes": kv.get("resident_bytes"), "ratio_resident": kv.get("ratio_resident"),
-        "time_s": wall, "quality": quality_headline(view.quality),
-    }
+    """One row of the comparison view: `kvprof compare`'s row (kvprof.read.compare.trace_row) cut to
+    COMPARE_COLUMNS, named as the view names its trace, with a short quality headline."""
+    row = trace_row(view.trace)
+    out = {k: row.get(k) for k in COMPARE_COLUMNS}
+    out.update(trace=view.name, quality=quality_headline(view.quality))
+    return out
 
 
 def _local_time(unix_ns: Any) -> str | None:
@@ -332,8 +295,6 @@ def _local_time(unix_ns: Any) -> str | None:
 
 @lru_cache(maxsize=512)
 def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
-    import json
-
     from tracers.trace_io import TraceError, read_meta
 
     row: dict[str, Any] = {"trace": path.name, "path": str(path), "method": None, "status": None, "peak_bytes": None,
@@ -346,14 +307,11 @@ def _listing(path: Path, mtime_ns: int) -> dict[str, Any]:
         return row
     row.update(method=meta.get("method"), status=meta.get("status"))
     row["started"] = _local_time(meta.get("started_unix_ns"))
-    summary = path / "summary.json"
-    if summary.is_file():
-        try:
-            data = json.loads(summary.read_text())
-            peak = data.get("peak") if isinstance(data, dict) else None
-            row["peak_bytes"] = peak.get("bytes") if isinstance(peak, dict) and isinstance(peak.get("bytes"), int) else None
-        except ValueError:
-            row["note"] = "summary.json unreadable"
+    try:
+        summary = load_summary(path)
+        row["peak_bytes"] = None if summary is None or summary.peak is None else summary.peak.bytes
+    except TraceError as exc:  # names the file and the damaged field
+        row["note"] = str(exc)
     return row
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from kvprof.errors import UsageError
+from kvprof.read.summary import KVBytes
 
 __all__ = ["SOURCES", "FORMATS", "CAUSE_BUFFERS", "TEMPORARY_CATEGORIES", "BufferGroup", "Cause", "Projection", "Diagnosis"]
 
@@ -91,7 +92,7 @@ class Diagnosis:
     by_category: pd.DataFrame  # category, trace_bytes, baseline_bytes, delta_bytes
     by_stage: pd.DataFrame  # stage, trace_bytes, baseline_bytes, delta_bytes
     phases: pd.DataFrame  # phase, peak_bytes, cache_bytes, baseline_peak_bytes
-    kv: dict[str, Any] | None
+    kv: KVBytes | None
     causes: list[Cause]
     buffers: list[BufferGroup]
     projections: list[Projection]
@@ -113,7 +114,7 @@ class Diagnosis:
             "peak": {"bytes": self.peak_bytes, "stage": self.peak_stage, "phase": self.peak_phase, "t_s": self.peak_t_s},
             "baseline": self.baseline, "difference_bytes": self.difference_bytes,
             "by_category": frame(self.by_category), "by_stage": frame(self.by_stage), "phases": frame(self.phases),
-            "kv": self.kv,
+            "kv": None if self.kv is None else self.kv.to_dict(),
             "causes": [asdict(c) for c in self.causes],
             "buffers": [asdict(b) for b in self.buffers],
             "projections": [asdict(p) for p in self.projections],

@@ -88,8 +88,8 @@ def text(dg: "Diagnosis") -> str:
     if dg.kv:
         kv = dg.kv
         out.append("")
-        out.append(f"KV after the last chunk [kv table]: {logical_label(kv.get('logical_dtype'))} {fmt_bytes(kv['logical_bytes'])} · stored "
-                   f"{fmt_bytes(kv['stored_bytes'])} · resident {fmt_bytes(kv['resident_bytes'])}")
+        out.append(f"KV after the last chunk [kv table]: {logical_label(kv.logical_dtype)} {fmt_bytes(kv.logical_bytes)} · stored "
+                   f"{fmt_bytes(kv.stored_bytes)} · resident {fmt_bytes(kv.resident_bytes)}")
     out.append("")
     out.append("projections (max over phases of phase peak + change):")
     if not dg.projections:

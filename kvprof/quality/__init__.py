@@ -5,8 +5,8 @@
   metrics    relative L2 drift, PSNR, SSIM, flicker (torch, on the device)
   lpips      LPIPS (AlexNet) without torchvision
   vbench     VBench in its own environment, as a subprocess
-  compute    compute_quality / quality_after_rollout -> summary['quality']
-  tables     summary['quality'] as tables for reports (no torch)
+  compute    compute_quality / quality_after_rollout -> Summary.quality
+  tables     Summary.quality as tables for reports (no torch)
 
 Names are loaded lazily so that readers of summaries (TUI, reports) do not import torch.
 """

@@ -31,6 +31,7 @@ from kvprof.quality import metrics
 from kvprof.quality.capture import QUALITY_DIR, RolloutOutputs, parse_attention_key, save_outputs
 from kvprof.quality.lpips import lpips_metric
 from kvprof.quality.reference import REFERENCE_METHOD, Reference, decode_reference, get_reference
+from kvprof.read.summary import Summary, write_summary
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def compute_quality(trace_dir: Path | None, candidate: RolloutOutputs, reference
 def quality_after_rollout(trace_dir: Path, outputs: RolloutOutputs, options: QualityOptions = QualityOptions()) -> dict[str, Any]:
     """What the runner calls once the trace is closed: find or run the bf16 reference, save this
     run's outputs into `trace_dir/quality/`, compute every metric; a JSON-safe dict for
-    summary['quality']. Never raises for a metric that cannot run."""
+    Summary.quality. Never raises for a metric that cannot run."""
     try:
         if options.reuse_reference:
             reference = get_reference(outputs, options.traces_root, exclude=trace_dir,
@@ -181,17 +182,15 @@ def quality_after_rollout(trace_dir: Path, outputs: RolloutOutputs, options: Qua
     return json_safe(compute_quality(trace_dir, outputs, reference, options))
 
 
-def write_quality(trace_dir: Path, summary: dict[str, Any], outputs: RolloutOutputs | None,
-                  options: QualityOptions, status: str) -> dict[str, Any]:
-    """Set summary['quality'] (computed for a complete rollout, missing with the status otherwise)
-    and rewrite the trace's summary.json; returns the summary."""
-    from tracers.trace_io import SUMMARY_FILE, write_json_atomic
-
+def write_quality(trace_dir: Path, summary: Summary, outputs: RolloutOutputs | None,
+                  options: QualityOptions, status: str) -> Summary:
+    """The summary with its quality (computed for a complete rollout, missing with the status
+    otherwise), written to the trace's summary.json; returns the new summary."""
     if outputs is not None and status == "complete":
-        summary["quality"] = quality_after_rollout(Path(trace_dir), outputs, options)
+        summary = summary.with_quality(quality_after_rollout(Path(trace_dir), outputs, options))
     else:
-        summary["quality"] = missing(f"the rollout did not complete (trace status {status})")
-    write_json_atomic(Path(trace_dir) / SUMMARY_FILE, summary)
+        summary = summary.with_quality(missing(f"the rollout did not complete (trace status {status})"))
+    write_summary(trace_dir, summary)
     return summary
 
 

@@ -1,4 +1,4 @@
-"""summary['quality'] as tables, for reports and the TUI (plain pandas; no torch)."""
+"""Summary.quality (summary.json's quality) as tables, for reports and the TUI (plain pandas; no torch)."""
 from __future__ import annotations
 
 from typing import Any

@@ -4,17 +4,18 @@ The TUI, reports, `--json` and diagnose render these; none of them recounts byte
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from kvprof.read.summary import KVBytes, Peak, Reconciliation, StageTime, Summary
 from kvprof.read.trace import Trace
 from tracers.categories import CATEGORIES
 from tracers.trace_io import NO_FREE
 
-__all__ = ["Peak", "memory_events", "timeline", "find_peak", "live_at", "stage_times", "reconcile", "kv_bytes",
+__all__ = ["Peak", "Breakdown", "memory_events", "timeline", "find_peak", "live_at", "breakdown", "breakdown_of", "stage_times", "reconcile", "kv_bytes",
            "logical_dtype", "logical_label", "summarize"]
 
 # Short names of the rollout dtypes, for labels ("logical (FP32)").
@@ -37,21 +38,17 @@ def timeline(trace: Trace) -> pd.DataFrame:
     return wide
 
 
-@dataclass
-class Peak:
-    """The exact peak of tracked live bytes and what was live then."""
+@dataclass(frozen=True)
+class Breakdown:
+    """Live bytes at one moment (just after the event with order key `q`), split by category, by
+    stage kind path of origin and by pass of origin (denoise / refresh / "outside chunks", indices
+    dropped). Each split is sorted by bytes, largest first (ties in name order), without zeros."""
 
-    bytes: int
     q: int
-    t_ns: int
-    stage: str  # stage path during which the peak allocation was made
+    total: int
     by_category: dict[str, int]
-    by_stage: dict[str, int]  # stage kind path of origin -> live bytes at the peak
-    by_pass: dict[str, int]  # pass of origin (denoise[s] / refresh / outside) -> bytes
-    top_allocations: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    by_stage: dict[str, int]
+    by_pass: dict[str, int]
 
 
 def live_at(trace: Trace, q: int) -> pd.DataFrame:
@@ -59,6 +56,35 @@ def live_at(trace: Trace, q: int) -> pd.DataFrame:
     a = trace.allocations_with_stage
     mask = (a["q_alloc"] <= q) & ((a["q_free"] == NO_FREE) | (a["q_free"] > q))
     return a[mask]
+
+
+def _split(live: pd.DataFrame, key: str | pd.Series) -> dict[str, int]:
+    sums = live.groupby(key)["bytes"].sum()
+    sums = sums[sums != 0].sort_index(kind="stable").sort_values(ascending=False, kind="stable")
+    return {str(k): int(v) for k, v in sums.items()}
+
+
+def breakdown_of(live: pd.DataFrame, q: int) -> Breakdown:
+    """The Breakdown of a set of live allocations (rows of `live_at`, perhaps filtered)."""
+    passes = live["pass_name"].fillna("outside chunks").astype(str).str.replace(r"\[\d+\]", "", regex=True)
+    return Breakdown(q, int(live["bytes"].sum()), _split(live, "category"), _split(live, "kind_path"), _split(live, passes))
+
+
+# Columns the `match` text of `breakdown` is looked for in.
+MATCHED_FIELDS = ("category", "kind_path", "path", "name")
+
+
+def breakdown(trace: Trace, q: int, match: str = "") -> Breakdown:
+    """Live bytes just after the event with order key `q` by category, stage kind path and pass of
+    origin: the one split the summary's peak, the failure state and the TUI's cursor show. With
+    `match`, only allocations whose category, stage or name contains it (case-insensitive)."""
+    live = live_at(trace, q)
+    if match:
+        hit = pd.Series(False, index=live.index)
+        for col in MATCHED_FIELDS:
+            hit |= live[col].astype("string").str.contains(match, case=False, regex=False).fillna(False).astype(bool)
+        live = live[hit]
+    return breakdown_of(live, q)
 
 
 def find_peak(trace: Trace, top: int = 10) -> Peak | None:
@@ -72,16 +98,14 @@ def find_peak(trace: Trace, top: int = 10) -> Peak | None:
     alloc_id = int(ev["alloc_id"].iat[i])
     a = trace.allocations_with_stage
     stage = str(a.loc[a["id"] == alloc_id, "path"].iat[0])
-    by_cat = {c: int(v) for c, v in live.groupby("category")["bytes"].sum().items() if v}
-    by_stage = {str(s): int(v) for s, v in live.groupby("kind_path")["bytes"].sum().sort_values(ascending=False).items()}
-    passes = live["pass_name"].fillna("outside chunks").astype(str).str.replace(r"\[\d+\]", "", regex=True)
-    by_pass = {str(s): int(v) for s, v in live.groupby(passes)["bytes"].sum().sort_values(ascending=False).items()}
+    split = breakdown_of(live, q)
     biggest = live.sort_values("bytes", ascending=False).head(top)
     tops = [
         {"bytes": int(r.bytes), "category": str(r.category), "name": None if pd.isna(r.name) else str(r.name), "stage": str(r.path)}
         for r in biggest.itertuples()
     ]
-    return Peak(int(ev["live"].iat[i]), q, int(ev["t_ns"].iat[i]), stage, by_cat, by_stage, by_pass, tops)
+    return Peak(bytes=int(ev["live"].iat[i]), q=q, t_ns=int(ev["t_ns"].iat[i]), stage=stage, by_category=split.by_category,
+                by_stage=split.by_stage, by_pass=split.by_pass, top_allocations=tops)
 
 
 def stage_times(trace: Trace) -> pd.DataFrame:
@@ -98,17 +122,17 @@ def stage_times(trace: Trace) -> pd.DataFrame:
     return out.loc[key.sort_values(ascending=False, kind="stable").index].reset_index(drop=True)
 
 
-def reconcile(trace: Trace, peak: Peak | None) -> dict[str, Any]:
+def reconcile(trace: Trace, peak: Peak | None) -> Reconciliation:
     """Attributed live bytes vs the allocator's counters (CUDA) or the tracker's own total (CPU)."""
     meta = trace.meta
-    out: dict[str, Any] = {"tracker": meta.get("tracker")}
-    if meta.get("tracker") != "cuda-allocator-history":
-        out["note"] = "the dispatch tracker is the allocator of record on CPU: attributed = tracked by construction"
-        return out
+    tracker = meta.get("tracker")
+    if tracker != "cuda-allocator-history":
+        return Reconciliation(tracker=tracker, note="the dispatch tracker is the allocator of record on CPU: attributed = tracked by construction")
     # Bytes live before tracking that the trace does not hold: none since traces hold every block
     # from the start (held_before_bytes); older traces held only registered ones.
     held = meta.get("held_before_bytes", meta.get("registered_before_bytes", 0))
     before = int(meta.get("allocated_before_bytes", 0)) - int(held)
+    out: dict[str, Any] = {}
     counters = trace.counters
     ev = memory_events(trace)
     if not counters.empty and not ev.empty:
@@ -123,7 +147,7 @@ def reconcile(trace: Trace, peak: Peak | None) -> dict[str, Any]:
         out["peak_gap_bytes"] = int(max_alloc) - (peak.bytes + before)
     if isinstance(meta.get("allocator_layout"), dict):
         out["block_sizes"] = meta["allocator_layout"]
-    return out
+    return Reconciliation(tracker=tracker, **out)
 
 
 def logical_dtype(meta: dict[str, Any]) -> str | None:
@@ -143,7 +167,7 @@ def logical_label(dtype: str | None, word: str = "logical") -> str:
     return f"{word} ({DTYPE_SHORT.get(dtype, dtype)})"
 
 
-def kv_bytes(trace: Trace) -> dict[str, Any] | None:
+def kv_bytes(trace: Trace) -> KVBytes | None:
     """KV byte counts of the last recorded cache state, both compression ratios, and the dtype
     whose element size the logical bytes are counted at (`logical_dtype`)."""
     kv = trace.kv
@@ -151,27 +175,30 @@ def kv_bytes(trace: Trace) -> dict[str, Any] | None:
         return None
     last = kv.iloc[-1]
     logical, stored, resident = int(last.logical_bytes), int(last.stored_bytes), int(last.resident_bytes)
-    return {
-        "chunk": int(last.chunk), "logical_bytes": logical, "logical_dtype": logical_dtype(trace.meta),
-        "stored_bytes": stored, "resident_bytes": resident,
-        "ratio_stored": logical / stored if stored else None, "ratio_resident": logical / resident if resident else None,
-    }
+    return KVBytes(chunk=int(last.chunk), logical_bytes=logical, logical_dtype=logical_dtype(trace.meta), stored_bytes=stored,
+                   resident_bytes=resident, ratio_stored=logical / stored if stored else None,
+                   ratio_resident=logical / resident if resident else None)
 
 
-def summarize(trace: Trace) -> dict[str, Any]:
-    """The summary.json of a trace (DESIGN section 7), computed from its tables."""
+def _ms(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def summarize(trace: Trace) -> Summary:
+    """The summary of a trace (summary.json, docs/trace-format.md), computed from its tables."""
     peak = find_peak(trace)
     a = trace.allocations
     live_end = a[a["q_free"] == NO_FREE].groupby("category")["bytes"].sum()
     times = stage_times(trace)
-    return {
-        "status": trace.status,
-        "peak": None if peak is None else peak.to_dict(),
-        "live_at_end_by_category": {str(k): int(v) for k, v in live_end.items() if v},
-        "stage_times": times.astype(object).where(times.notna(), None).to_dict(orient="records"),  # no NaN in JSON
-        "kv": kv_bytes(trace),
-        "kv_per_chunk": trace.kv.to_dict(orient="records"),
-        "reconciliation": reconcile(trace, peak),
-        "wall_s": trace.meta.get("wall_s"),
-        "allocation_events": int(len(a)),
-    }
+    rows = times.astype(object).where(times.notna(), None).to_dict(orient="records")  # no NaN in JSON
+    return Summary(
+        status=trace.status,
+        peak=peak,
+        live_at_end_by_category={str(k): int(v) for k, v in live_end.items() if v},
+        stage_times=tuple(StageTime(str(r["stage"]), int(r["count"]), _ms(r["host_ms"]), _ms(r["device_ms"])) for r in rows),
+        kv=kv_bytes(trace),
+        kv_per_chunk=tuple(trace.kv.to_dict(orient="records")),
+        reconciliation=reconcile(trace, peak),
+        wall_s=trace.meta.get("wall_s"),
+        allocation_events=int(len(a)),
+    )

@@ -93,20 +93,18 @@ def trace_label(trace: Trace) -> str:
 
 
 def _peak_facts(trace: Trace) -> dict[str, Any]:
-    summary = trace.summary or {}
-    if summary.get("peak") and summary.get("status") == trace.status:
-        p = summary["peak"]
-        return {"peak_bytes": int(p["bytes"]), "peak_stage": p["stage"], "peak_t_s": p["t_ns"] / 1e9}
-    peak = find_peak(trace)
+    summary = trace.summary
+    peak = summary.peak if summary is not None and summary.status == trace.status else None
+    if peak is None:
+        peak = find_peak(trace)
     if peak is None:
         return {"peak_bytes": None, "peak_stage": None, "peak_t_s": None}
     return {"peak_bytes": peak.bytes, "peak_stage": peak.stage, "peak_t_s": peak.t_ns / 1e9}
 
 
-def _quality(summary: dict[str, Any] | None) -> dict[str, Any]:
-    """Numeric quality metrics of summary.json, flattened to `quality_<name>` (missing ones are absent)."""
+def _quality(q: dict[str, Any] | None) -> dict[str, Any]:
+    """Numeric quality metrics (Summary.quality), flattened to `quality_<name>` (missing ones are absent)."""
     out: dict[str, Any] = {}
-    q = (summary or {}).get("quality")
     if not isinstance(q, dict):
         return out
 
@@ -128,7 +126,10 @@ def _quality(summary: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def trace_row(trace: Trace) -> dict[str, Any]:
-    """The comparison row of one trace (raw numbers: bytes in bytes, times in ms / s)."""
+    """The comparison row of one trace (raw numbers: bytes in bytes, times in ms / s); `kvprof compare`
+    and the TUI's compare view show it. `wall_s` is the run's wall time from the session's start to
+    its close (meta.wall_s; None while a trace is still running); `ms_<stage>` device ms and
+    `host_ms_<stage>` host ms per stage kind."""
     m = trace.meta
     cfg = m.get("config") or {}
     rollout = m.get("rollout") or {}
@@ -149,12 +150,12 @@ def trace_row(trace: Trace) -> dict[str, Any]:
     row.update(_peak_facts(trace))
     kv = kv_bytes(trace)
     row.update(
-        logical_kv_bytes=kv["logical_bytes"] if kv else None,
-        logical_dtype=kv["logical_dtype"] if kv else None,
-        stored_kv_bytes=kv["stored_bytes"] if kv else None,
-        resident_kv_bytes=kv["resident_bytes"] if kv else None,
-        ratio_stored=kv["ratio_stored"] if kv else None,
-        ratio_resident=kv["ratio_resident"] if kv else None,
+        logical_kv_bytes=kv.logical_bytes if kv else None,
+        logical_dtype=kv.logical_dtype if kv else None,
+        stored_kv_bytes=kv.stored_bytes if kv else None,
+        resident_kv_bytes=kv.resident_bytes if kv else None,
+        ratio_stored=kv.ratio_stored if kv else None,
+        ratio_resident=kv.ratio_resident if kv else None,
     )
     row["wall_s"] = m.get("wall_s")
     # Other processes on the GPU make wall and device times theirs too (bytes stay this trace's own).
@@ -164,7 +165,7 @@ def trace_row(trace: Trace) -> dict[str, Any]:
     for stage, dev, host in zip(times["stage"], times["device_ms"], times["host_ms"]):
         row[f"ms_{stage}"] = float(dev)  # device ms; NaN where none was measured (CPU runs)
         row[f"host_ms_{stage}"] = float(host)
-    row.update(_quality(trace.summary))
+    row.update(_quality(None if trace.summary is None else trace.summary.quality))
     return row
 
 

@@ -210,7 +210,7 @@ def host_bound_share(trace: Trace, table: pd.DataFrame | None = None) -> float |
 
 
 def host_profile_summary(trace: Trace) -> dict[str, Any]:
-    """`summary["host_profile"]`: the profile's status (and why there is none), alignment, the
+    """`Summary.host_profile`: the profile's status (and why there is none), alignment, the
     per-stage table and the host-bound stages. The table is there even without py-spy (host
     syncs, op and tracer time come from the tracer)."""
     info = dict(trace.meta.get("host_profile") or {"status": "off", "reason": "not requested (kvprof trace --host-profile)"})
@@ -240,7 +240,7 @@ def host_profile_summary(trace: Trace) -> dict[str, Any]:
 
 
 def host_summary_lines(hp: dict[str, Any] | None, rows: int = 10) -> list[str]:
-    """Plain-text lines of `summary["host_profile"]` for `kvprof summary` / `kvprof trace` (print
+    """Plain-text lines of `Summary.host_profile` for `kvprof summary` / `kvprof trace` (print
     them without markup: frames hold brackets)."""
     if not hp:
         return []

@@ -20,6 +20,7 @@ from kvprof.read.trace import Trace, load_trace
 from tracers.trace_fold import TableFolder, TraceFoldError
 from tracers.trace_io import EVENTS_FILE, META_FILE, SUMMARY_FILE, TABLES, RawTrace, TraceError, check_tables, read_meta
 from tracers.liveness import shown_status
+from tracers.summary_schema import read_summary_file
 
 __all__ = ["TraceFollower", "FollowState"]
 
@@ -102,7 +103,7 @@ class TraceFollower:
         if closed or all((self.folder / f"{t}.parquet").is_file() for t in TABLES):
             self._closed = load_trace(self.folder)  # TraceError for an empty or damaged folder
             self.meta = self._closed.meta
-            self.summary = self._closed.summary
+            self.summary = self._closed.raw.summary
             self._summary_mtime = self._stat(self.folder / SUMMARY_FILE)
             self.phase = "closed"
             self.torn_tail = False
@@ -159,8 +160,8 @@ class TraceFollower:
         if mtime is None or mtime == self._summary_mtime:
             return False
         try:
-            self.summary = json.loads(path.read_text())
-        except ValueError:
+            self.summary = read_summary_file(path)
+        except TraceError:
             return False  # written by another process right now; read it next time
         self._summary_mtime = mtime
         if self._closed is not None:

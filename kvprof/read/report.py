@@ -389,8 +389,8 @@ def _trace_facts(trace: Trace) -> list[str]:
     facts.append(f"device {env.get('device_name', '?')} · torch {env.get('torch', '?')} · tracker {m.get('tracker', '?')}")
     kv = kv_bytes(trace)
     if kv:
-        facts.append(f"KV after chunk {kv['chunk']}: {logical_label(kv['logical_dtype'])} {fmt_bytes(kv['logical_bytes'])} · "
-                     f"stored {fmt_bytes(kv['stored_bytes'])} · resident {fmt_bytes(kv['resident_bytes'])}")
+        facts.append(f"KV after chunk {kv.chunk}: {logical_label(kv.logical_dtype)} {fmt_bytes(kv.logical_bytes)} · "
+                     f"stored {fmt_bytes(kv.stored_bytes)} · resident {fmt_bytes(kv.resident_bytes)}")
     if m.get("wall_s") is not None:
         facts.append(f"wall {m['wall_s']:.2f} s")
     facts += [f"note: {n}" for n in m.get("notes") or []]

@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from kvprof.read.summary import Summary
 from tracers.liveness import shown_status
-from tracers.trace_io import NO_FREE, RawTrace, TraceError, read_raw_trace
+from tracers.trace_io import NO_FREE, SUMMARY_FILE, RawTrace, TraceError, read_raw_trace
 from tracers.vocabulary import CHUNK, PASS_NAMES
 
 __all__ = ["Trace", "TraceError", "load_trace", "list_traces"]
@@ -30,8 +31,14 @@ class Trace:
         return self.raw.meta
 
     @property
-    def summary(self) -> dict[str, Any] | None:
-        return self.raw.summary
+    def summary(self) -> Summary | None:
+        """summary.json as read with the trace (None until written), typed; parsed once per
+        summary object (the live follower swaps in the summary when it appears)."""
+        data = self.raw.summary
+        cached = self.__dict__.get("_summary")
+        if cached is None or cached[0] is not data:
+            self.__dict__["_summary"] = (data, None if data is None else Summary.from_dict(data, self.path / SUMMARY_FILE))
+        return self.__dict__["_summary"][1]
 
     @property
     def status(self) -> str:

@@ -1,4 +1,4 @@
-"""View 6: several traces side by side (peak, peak stage, resident KV, time, quality), sortable."""
+"""View 6: several traces side by side (peak, peak stage, resident KV, wall time, quality), sortable."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -21,7 +21,7 @@ COLUMNS = [Col("trace", "trace"), Col("method", "method"), Col("integration", "i
            Col("peak_bytes", "peak", fmt_bytes, numeric=True), Col("peak_stage", "peak stage"),
            Col("resident_kv_bytes", "resident KV", fmt_bytes, numeric=True),
            Col("ratio_resident", "KV ratio", lambda x: "-" if x is None else f"{x:.2f}x", numeric=True),
-           Col("time_s", "time s", _num(".2f"), numeric=True), Col("quality", "quality")]
+           Col("wall_s", "wall s", _num(".2f"), numeric=True), Col("quality", "quality")]
 
 
 class CompareScreen(ViewScreen):

@@ -37,7 +37,7 @@ class KVScreen(ViewScreen):
     def update_body(self, view: TraceView | None) -> None:
         if view is None:
             return
-        when = view.kv_label(view.kv["chunk"]) if view.kv else ""
+        when = view.kv_label(view.kv.chunk) if view.kv else ""
         self.query_one(KVPanel).show(view.kv, view.trace.meta, when, view.logical_dtype)
         self.query_one(QualityPanel).show(view.quality)
         if self._rows_for is None or self._rows_for[0] != id(view):

@@ -6,6 +6,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
+from kvprof.read.summary import KVBytes
 from kvprof.units import fmt_bytes
 
 
@@ -20,7 +21,7 @@ class KVPanel(Static):
         super().__init__("", **kwargs)
         self.text = ""
 
-    def show(self, kv: dict[str, Any] | None, meta: dict[str, Any], when: str = "", logical_dtype: str | None = None) -> None:
+    def show(self, kv: KVBytes | None, meta: dict[str, Any], when: str = "", logical_dtype: str | None = None) -> None:
         """Draw `kv` (the last KV record) taken `when` ('after chunk 3'); logical bytes are labelled
         with the element type they are counted at when the summary states it."""
         out = Text()
@@ -29,10 +30,10 @@ class KVPanel(Static):
         if not kv:
             out.append("no KV byte records yet (written after each chunk)", style="dim")
         else:
-            out.append(f"{when or 'after chunk ' + str(kv['chunk'])}\n")
+            out.append(f"{when or 'after chunk ' + str(kv.chunk)}\n")
             logical = f"logical ({logical_dtype})" if logical_dtype else "logical"
-            for label, key in ((logical, "logical_bytes"), ("stored", "stored_bytes"), ("resident", "resident_bytes")):
-                out.append(f"  {label:<19}{fmt_bytes(kv[key]):>12}  ({kv[key]:,} B)\n")
-            out.append(f"  ratio logical/stored {_ratio(kv.get('ratio_stored'))} · logical/resident {_ratio(kv.get('ratio_resident'))}")
+            for label, n in ((logical, kv.logical_bytes), ("stored", kv.stored_bytes), ("resident", kv.resident_bytes)):
+                out.append(f"  {label:<19}{fmt_bytes(n):>12}  ({n:,} B)\n")
+            out.append(f"  ratio logical/stored {_ratio(kv.ratio_stored)} · logical/resident {_ratio(kv.ratio_resident)}")
         self.text = out.plain
         self.update(out)
