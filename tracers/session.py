@@ -4,6 +4,7 @@ stage timer, device sampler and the trace folder. Code under trace talks to it o
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 import threading
@@ -120,7 +121,7 @@ class TraceSession:
             self._cuda.start()
             self._hold_blocks_from_before()
         else:
-            import torch._dynamo  # noqa: F401 (torch loads it at a mode's first op: 1-2 s, not the first stage's)
+            importlib.import_module("torch._dynamo")  # torch loads it at a mode's first op: 1-2 s, not the first stage's
             self._dispatch = DispatchAllocTracker(self)
             self._dispatch.__enter__()
         if self.device.type == "cuda":
