@@ -431,9 +431,8 @@ class QAQScheme(KIVIScheme):
 
 
 def owns_storage(x: torch.Tensor) -> bool:
-    """True when x is the whole of its storage. `Tensor._is_view()` cannot tell: under
-    `torch.inference_mode()` (the rollout) views are not tracked, so a slice of a layer's whole
-    buffer looked like a tensor of its own and kept the whole buffer alive."""
+    """True when x is the whole of its storage (`_is_view()` cannot tell under inference_mode, where
+    the rollout runs: a slice of a layer's buffer passed for its own tensor and kept it all alive)."""
     return x.is_contiguous() and x.storage_offset() == 0 and x.untyped_storage().nbytes() == x.numel() * x.element_size()
 
 

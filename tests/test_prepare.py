@@ -141,6 +141,6 @@ def test_one_workload_recipe_traced_or_not(tmp_path: Path) -> None:
     with kv.trace(tmp_path / "t", device="cpu") as t:
         work = build_workload(r.cfg, r.spec, r.method_cls, r.storage, r.params, r.device, embeds)
     weights = sum(x.numel() * x.element_size() for x, _ in tensors_of(work.model, "dit"))
-    assert t.summary["peak"]["by_category"]["weights"] == weights
-    assert t.summary["peak"]["by_category"]["activations"] == work.embeddings.numel() * 4
+    assert t.summary.peak.by_category["weights"] == weights
+    assert t.summary.peak.by_category["activations"] == work.embeddings.numel() * 4
     assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), work.model.state_dict().values()))
