@@ -15,7 +15,7 @@ class TextEncoder(torch.nn.Module):  # noqa: E302
         return {"prompt_embeds": torch.randn(len(text_prompts), 512, 4096, device="cuda", dtype=torch.bfloat16)}
 args = types.SimpleNamespace(denoising_step_list=[1000, 750, 500, 250], warp_denoising_step=True, num_frame_per_block=3,
                              independent_first_frame=False, context_noise=0, model_kwargs={"timestep_shift": 5.0})
-torch.manual_seed(0)
+torch.manual_seed(0); torch.set_grad_enabled(False)  # as upstream's inference.py does
 load, torch.load = torch.load, lambda *a, **k: None  # the VAE's weight file (random weights above)
 pipe = CausalInferencePipeline(args, device="cuda", text_encoder=TextEncoder()).to(device="cuda", dtype=torch.bfloat16)
 torch.load = load
