@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
@@ -13,7 +13,7 @@ from kvprof.read.analysis import logical_label
 from kvprof.units import fmt_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kvprof.diagnose.model import Cause, Diagnosis  # noqa: F401 (annotations)
+    from kvprof.diagnose.model import BufferGroup, Cause, Diagnosis  # noqa: F401 (annotations)
 
 __all__ = ["headline", "text", "markdown"]
 
@@ -69,11 +69,7 @@ def text(dg: "Diagnosis") -> str:
         save = f"; removing it saves {fmt_bytes(c.saving_bytes)}" if c.saving_bytes else ""
         out.append(f"  {i}. {c.title}: {fmt_bytes(c.bytes)} ({c.bytes:,} B){_excess_text(c)}{save}")
         out.append(f"     {c.detail} [{c.source}]")
-        for bg in c.buffers[:CAUSE_BUFFERS]:
-            out.append(f"       - {fmt_bytes(bg.bytes):>11}  {bg.label()}")
-        more = more_line(c.buffers, CAUSE_BUFFERS)
-        if more:
-            out.append(f"       - {more}")
+        out += _buffer_lines(c, "       - ", lambda bg: f"{fmt_bytes(bg.bytes):>11}  {bg.label()}")
     out.append("")
     out.append("largest live buffers at the peak [allocation table]:")
     for bg in dg.buffers[:12]:
@@ -136,11 +132,7 @@ def markdown(dg: "Diagnosis") -> str:
     for i, c in enumerate(dg.causes, 1):
         save = f"; removing it saves {fmt_bytes(c.saving_bytes)}" if c.saving_bytes else ""
         out.append(f"{i}. **{c.title}**: {fmt_bytes(c.bytes)}{_excess_text(c)}{save}. {c.detail} _(source: {c.source})_")
-        for bg in c.buffers[:CAUSE_BUFFERS]:
-            out.append(f"    - {fmt_bytes(bg.bytes)}: {bg.label()}")
-        more = more_line(c.buffers, CAUSE_BUFFERS)
-        if more:
-            out.append(f"    - {more}")
+        out += _buffer_lines(c, "    - ", lambda bg: f"{fmt_bytes(bg.bytes)}: {bg.label()}")
     out.append("")
     out.append("### Phase peaks")
     out.append("")
@@ -203,3 +195,8 @@ def _md_bytes_table(df: pd.DataFrame, key: str) -> str:
     return md_table(df[cols], byte_cols=cols[1:])
 
 
+def _buffer_lines(c: "Cause", bullet: str, line: Callable[["BufferGroup"], str]) -> list[str]:
+    """The buffer groups listed under a cause, then one "and N more (X)" line for the rest."""
+    out = [bullet + line(bg) for bg in c.buffers[:CAUSE_BUFFERS]]
+    more = more_line(c.buffers, CAUSE_BUFFERS)
+    return out + ([bullet + more] if more else [])
