@@ -112,7 +112,8 @@ class PreparedRun(Resolved):
             "command": req.command,
             "method": cls.name,
             "method_params": {**{k: p.default for k, p in cls.params.items()}, **self.params},
-            "method_facts": cls.facts(),
+            # a plugin is named by what the user typed (module:Class): the name alone would not find it again
+            "method_facts": {**cls.facts(), "spec": req.method},
             "integration": self.spec.integration,
             "codes": self.codes,
             "config": {**dataclasses.asdict(cfg), "tokens_per_frame": cfg.tokens_per_frame, "head_dim": cfg.head_dim},

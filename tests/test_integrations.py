@@ -313,6 +313,11 @@ def test_plugin_method_traces_and_is_listed_with_its_origin(tmp_path, capsys, re
     assert t.meta["method"] == "token_int4_sink"
     names = set(t.allocations["name"].dropna())
     assert any(n.endswith("k_codes") for n in names) and any(n.endswith("k_sink") for n in names)
+    # diagnose's "make it real" commands name the plugin as it was given: its name alone finds nothing
+    from kvprof.diagnose import diagnose
+
+    commands = [p.command for p in diagnose(t).projections if p.command]
+    assert commands and all(f"--method {spec} " in c for c in commands)
     capsys.readouterr()
     assert main(["methods", spec, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["origin"] == f"module {spec}"

@@ -22,7 +22,8 @@ def trace_command(meta: dict[str, Any], **changes: Any) -> str | None:
     if not meta.get("method") or not cfg.get("name") or not r.get("frames"):
         return None
     integration = changes.get("integration", meta.get("integration"))
-    parts = ["kvprof", "trace", "--method", str(meta["method"]), "--integration", str(integration)]
+    method = (meta.get("method_facts") or {}).get("spec") or meta["method"]  # a plugin's module:Class
+    parts = ["kvprof", "trace", "--method", str(method), "--integration", str(integration)]
     codes = changes.get("codes", meta.get("codes") if integration == meta.get("integration") else None)
     if codes:
         parts += ["--codes", str(codes)]
