@@ -367,6 +367,10 @@ def run_trace(run: TraceRequest | PreparedRun, on_progress: Callable[[Progress],
     `interrupted`); other failures close the trace as `failed` and are re-raised."""
     prep = run if isinstance(run, PreparedRun) else prepare(run)
     req, folder = prep.request, prep.folder
+    # diffusers makes small constant tensors when its modules load: loaded before the trace opens,
+    # they are not the run's allocations
+    from kvprof.workload import build, vae  # noqa: F401
+
     traced = api.trace(folder, meta=prep.meta(), device=prep.device, budget=req.budget_bytes, live=req.live)
     outputs = None
     try:

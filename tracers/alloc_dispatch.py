@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
 
 
+_LIFT_FRESH = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
+
+
 class DispatchAllocTracker(TorchDispatchMode):
     """Sees every storage created by an aten op while active."""
 
@@ -28,6 +31,12 @@ class DispatchAllocTracker(TorchDispatchMode):
         self._known: dict[int, int] = {}  # id(storage) -> allocation id
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _LIFT_FRESH:
+            # `torch.tensor(data)` makes its storage outside dispatch and hands it in here, fresh:
+            # made now, in this stage (not a storage from before tracing)
+            for leaf in tree_leaves((args, kwargs)):
+                if isinstance(leaf, torch.Tensor):
+                    self.track(leaf, None, None)
         for leaf in tree_leaves((args, kwargs)):
             # A storage an op reads that the tracker never saw existed before tracing: it is held,
             # not made here (else a view of it would count as a new allocation of this stage).

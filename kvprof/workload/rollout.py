@@ -143,7 +143,8 @@ def generate_chunk(
             on_progress(Progress(chunk, spec.num_chunks, f"denoise[{step}]"))
         with stage(DENOISE, step):
             call = ForwardCall(chunk, DENOISE, step, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
-            t_frames = torch.full((spec.batch, spec.chunk_frames), t, device=device)
+            with tag("activations"):  # the step's timestep per frame: an input of the forward pass
+                t_frames = torch.full((spec.batch, spec.chunk_frames), t, device=device)
             v = model(x, t_frames, context_kv, caches, call, reuse)
             with tag("latents"):
                 x0 = (x.float() - sigma(t) * v.float()).to(dtype)
@@ -157,7 +158,8 @@ def generate_chunk(
         on_progress(Progress(chunk, spec.num_chunks, "refresh"))
     with stage(REFRESH):
         call = ForwardCall(chunk, REFRESH, None, frame_start, spec.chunk_frames, cfg.tokens_per_frame, cfg.num_layers)
-        t_frames = torch.zeros((spec.batch, spec.chunk_frames), device=device)
+        with tag("activations"):
+            t_frames = torch.zeros((spec.batch, spec.chunk_frames), device=device)
         model(x0, t_frames, context_kv, caches, call, reuse)  # only the K/V it writes matter
     return x0
 
