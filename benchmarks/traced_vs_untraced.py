@@ -50,7 +50,7 @@ def traced(args) -> dict:
     req = TraceRequest(method=args.method, integration=args.integration, config=args.config, frames=args.frames,
                        decode=not args.no_decode, out=Path(args.out))
     outcome = run_trace(req)
-    s = outcome.summary
+    s = outcome.summary.to_dict()  # the summary.json shape
     rollout_ms = next((r["host_ms"] for r in s["stage_times"] if r["stage"] == "rollout"), None)
     return {"mode": "traced", "trace": str(outcome.path), "rollout_wall_s": rollout_ms / 1e3 if rollout_ms else None,
             "peak": s["peak"], "kv": s["kv"], "reconciliation": s["reconciliation"],

@@ -188,7 +188,7 @@ def traced_worker(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         req = TraceRequest(method="bf16", integration="study", config=args.config, frames=args.frames, decode=False,
                            dtype=args.dtype, out=Path(tmp))
-        s = run_trace(req).summary
+        s = run_trace(req).summary.to_dict()  # the summary.json shape
     rollout_ms = next((r["host_ms"] for r in s["stage_times"] if r["stage"] == "rollout"), None)
     return {"rollout_wall_s": [rollout_ms / 1e3 if rollout_ms else None], "peak": s["peak"], "kv": s["kv"],
             "stage_times": s["stage_times"][:16]}

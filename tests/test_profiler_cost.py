@@ -66,3 +66,18 @@ def test_allocation_tables_are_compact_and_exact(tmp_path: Path) -> None:
     assert per_row <= 12.5, per_row
     assert plain.stat().st_size / path.stat().st_size > 2  # Parquet's defaults: 26 B a row here
     pd.testing.assert_frame_equal(pd.read_parquet(path), df)
+
+
+def test_traced_vs_untraced_reads_the_typed_summary(tmp_path: Path) -> None:
+    # the overhead benchmark's traced mode (its GPU numbers are in RESULTS.md) on the tiny config
+    import argparse
+
+    from benchmark_scripts import load
+
+    tvu = load("traced_vs_untraced")
+    args = argparse.Namespace(method="bf16", integration="study", config="tiny", frames=3, no_decode=True, out=tmp_path)
+    row = tvu.traced(args)
+    assert row["mode"] == "traced" and row["rollout_wall_s"] > 0
+    assert row["peak"]["bytes"] > 0 and row["kv"]["logical_bytes"] > 0
+    untraced = tvu.untraced(args)
+    assert untraced["mode"] == "untraced" and untraced["rollout_wall_s"] > 0
