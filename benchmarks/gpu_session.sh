@@ -101,7 +101,7 @@ for step in "$@"; do
       python3 -c "
 from kvprof.read.trace import load_trace
 for name in ('direct', 'via-run'):
-    t = load_trace('/tmp/kv/upstream/' + name); s = t.summary; p = s['peak']; a = t.allocations
+    t = load_trace('/tmp/kv/upstream/' + name); s = t.summary.to_dict(); p = s['peak']; a = t.allocations
     kv = a[a['name'].astype(str).str.match(r'layer \d+ / [kv]$')]; cross = a[a['name'].astype(str).str.startswith('cross_')]
     print(name, 'peak', p['bytes'], 'max_memory_allocated', t.meta.get('max_memory_allocated_bytes'), 'stage', p['stage'])
     print('  at peak', p['by_category'])
