@@ -44,7 +44,7 @@ for step in "$@"; do
       { nvidia-smi -L; python3 -c "import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda)"; } > "$OUT/env.txt" 2>&1
       python3 benchmarks/probe_allocator.py --counters > "$OUT/counters_cost.json" 2>>"$OUT/steps.log"
       log "issue 2: bf16 traced vs untraced"
-      timeout 300 python3 benchmarks/traced_vs_untraced.py --method bf16 --repeat 2 --out /tmp/kv/tvu > "$OUT/bf16_traced_vs_untraced.json" 2>>"$OUT/steps.log"
+      timeout 560 python3 benchmarks/overhead.py --method bf16 --repeat 3 --out /tmp/kv/tvu > "$OUT/bf16_overhead.json" 2>>"$OUT/steps.log"
       log "issue 5: lpips vs official"
       timeout 120 python3 benchmarks/lpips_vs_official.py --device cuda --out "$OUT/lpips_vs_official_cuda.json" >> "$OUT/steps.log" 2>&1
       ;;

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,16 +70,26 @@ def test_allocation_tables_are_compact_and_exact(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(pd.read_parquet(path), df)
 
 
-def test_traced_vs_untraced_reads_the_typed_summary(tmp_path: Path) -> None:
-    # the overhead benchmark's traced mode (its GPU numbers are in RESULTS.md) on the tiny config
+def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
+    # benchmarks/overhead.py (issue 15's comparison; its GPU numbers go to RESULTS.md) on the tiny config
     import argparse
 
     from benchmark_scripts import load
 
-    tvu = load("traced_vs_untraced")
-    args = argparse.Namespace(method="bf16", integration="study", config="tiny", frames=3, no_decode=True, out=tmp_path)
-    row = tvu.traced(args)
-    assert row["mode"] == "traced" and row["rollout_wall_s"] > 0
-    assert row["peak"]["bytes"] > 0 and row["kv"]["logical_bytes"] > 0
-    untraced = tvu.untraced(args)
-    assert untraced["mode"] == "untraced" and untraced["rollout_wall_s"] > 0
+    oh = load("overhead")
+    args = argparse.Namespace(method="bf16", integration="study", config="tiny", frames=3, no_decode=True, out=str(tmp_path))
+    kv_row = oh.run_mode("kvprof", args)
+    assert kv_row["rollout_wall_s"] > 0 and kv_row["usable_s"] >= kv_row["rollout_wall_s"] and kv_row["disk_bytes"] > 0
+    assert kv_row["peak_bytes"] > 0 and kv_row["events"] > 0 and kv_row["max_rss_bytes"] > 0
+    plain = oh.run_mode("untraced", args)
+    assert plain["rollout_wall_s"] > 0 and plain["disk_bytes"] == 0
+    assert oh.run_mode("history", args) == {"mode": "history", "skipped": "the allocator history is CUDA's"}
+    rows = [{"mode": "untraced", "rollout_wall_s": 2.0}, {"mode": "untraced", "rollout_wall_s": 4.0},
+            {"mode": "kvprof", "rollout_wall_s": 3.3}, {"mode": "kvprof", "timed_out": True},
+            {"mode": "history", "skipped": "no GPU"}]
+    s = oh.summarize(rows)
+    assert s["untraced"]["rollout_wall_s"] == {"median": 3.0, "min": 2.0, "max": 4.0}
+    assert s["kvprof"]["rollout_over_untraced"] == pytest.approx(1.1) and s["kvprof"]["timed_out"] == 1
+    assert s["history"]["runs"] == 0 and s["history"]["rollout_over_untraced"] is None
+    with pytest.raises(SystemExit):
+        oh.main(["--modes", "untraced,nope"])

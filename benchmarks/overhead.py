@@ -1,0 +1,168 @@
+"""The profiler's own cost: the same rollout untraced, under kvprof, under the allocator's raw
+history, and under `torch.profiler` with `export_memory_timeline` (the tool a user would pick instead).
+
+    python3 benchmarks/overhead.py --method bf16 [--config wan-1.3b] [--frames 42] [--repeat 3]
+        [--modes untraced,kvprof,history,profiler] [--mode-timeout 600] [--out /tmp/kv/overhead]
+
+Every run is its own process (fresh allocator statistics and RSS), the modes alternated `--repeat`
+times. Per mode: rollout wall seconds, seconds until the result is usable (rollout plus closing the
+trace / taking the snapshot / exporting the timeline), bytes of what it leaves on disk and the
+process's max RSS; then medians, spreads and each mode's rollout time over untraced. A run past
+`--mode-timeout` counts as timed out (the profiler's export has run for minutes). `history` needs a
+GPU. Prints JSON; `--mode NAME` runs one mode in this process (what the alternation calls).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODES = ("untraced", "kvprof", "history", "profiler")
+
+
+def _bytes_under(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _workload(args: argparse.Namespace) -> tuple[Any, Any]:
+    from kvprof.runner import TraceRequest, resolve, text_embeddings
+    from kvprof.workload.build import build_workload
+
+    r = resolve(TraceRequest(method=args.method, integration=args.integration, config=args.config, frames=args.frames,
+                             decode=not args.no_decode))
+    work = build_workload(r.cfg, r.spec, r.method_cls, r.storage, r.params, r.device,
+                          lambda: text_embeddings(r.cfg, 0, None, r.device))
+    return r, work
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One mode in this process; the row the alternation collects."""
+    out: dict[str, Any] = {"mode": mode}
+    if mode == "kvprof":
+        from kvprof.runner import TraceRequest, run_trace
+
+        t0 = time.perf_counter()
+        outcome = run_trace(TraceRequest(method=args.method, integration=args.integration, config=args.config,
+                                         frames=args.frames, decode=not args.no_decode, out=Path(args.out)))
+        s = outcome.summary
+        rollout = next((r for r in s.stage_times if r.stage == "rollout"), None)
+        out.update(rollout_wall_s=rollout.host_ms / 1e3 if rollout else None, usable_s=time.perf_counter() - t0,
+                   disk_bytes=_bytes_under(outcome.path), events=s.allocation_events,
+                   peak_bytes=s.peak.bytes if s.peak else None,
+                   peak_gap_bytes=s.reconciliation.peak_gap_bytes if s.reconciliation else None)
+        return {**out, "max_rss_bytes": _max_rss_bytes()}
+    from kvprof.workload.rollout import run_rollout
+
+    r, work = _workload(args)
+    if mode == "history" and r.device.type != "cuda":
+        return {**out, "skipped": "the allocator history is CUDA's"}
+    folder = Path(args.out) / f"{mode}-{time.strftime('%H%M%S')}-{id(out)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    _sync(r.device)
+    prof = None
+    if mode == "history":
+        torch.cuda.memory._record_memory_history(max_entries=50_000_000)
+    elif mode == "profiler":
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if r.device.type == "cuda" else [])
+        prof = torch.profiler.profile(activities=acts, profile_memory=True, record_shapes=True, with_stack=True)
+        prof.__enter__()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        run_rollout(work.model, work.embeddings, r.spec, work.caches, work.vae)
+    _sync(r.device)
+    out["rollout_wall_s"] = time.perf_counter() - t0
+    if mode == "history":
+        snap = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        (folder / "snapshot.pickle").write_bytes(pickle.dumps(snap))
+    elif prof is not None:
+        prof.__exit__(None, None, None)
+        prof.export_memory_timeline(str(folder / "memory.json.gz"), device=str(r.device))
+    out["usable_s"] = time.perf_counter() - t0
+    if r.device.type == "cuda":
+        out["peak_bytes"] = torch.cuda.max_memory_allocated(r.device)
+    return {**out, "disk_bytes": _bytes_under(folder) if mode != "untraced" else 0, "max_rss_bytes": _max_rss_bytes()}
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians and spreads per mode, and each mode's median rollout time over untraced's."""
+    out: dict[str, Any] = {}
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mine = [r for r in rows if r["mode"] == mode and not r.get("skipped") and not r.get("timed_out")]
+        out[mode] = {k: _spread([r.get(k) for r in mine]) for k in ("rollout_wall_s", "usable_s", "disk_bytes", "max_rss_bytes")}
+        out[mode]["runs"] = len(mine)
+        out[mode]["timed_out"] = sum(bool(r.get("timed_out")) for r in rows if r["mode"] == mode)
+    base = (out.get("untraced") or {}).get("rollout_wall_s", {}).get("median")
+    for mode, s in out.items():
+        med = s["rollout_wall_s"]["median"]
+        s["rollout_over_untraced"] = med / base if base and med else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="bf16")
+    p.add_argument("--integration", default="study")
+    p.add_argument("--config", default=None)
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--no-decode", action="store_true")
+    p.add_argument("--out", default="/tmp/kv/overhead")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--mode", choices=MODES, help="run one mode in this process")
+    p.add_argument("--mode-timeout", type=float, default=600.0)
+    args = p.parse_args(argv)
+    if args.mode:
+        print(json.dumps(run_mode(args.mode, args)))
+        return 0
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        p.error(f"--modes: unknown {', '.join(bad)}; choose from {', '.join(MODES)}")
+    shared = ["--method", args.method, "--integration", args.integration, "--out", args.out] + \
+        (["--config", args.config] if args.config else []) + (["--frames", str(args.frames)] if args.frames else []) + \
+        (["--no-decode"] if args.no_decode else [])
+    rows = []
+    for _ in range(args.repeat):
+        for mode in modes:
+            try:
+                done = subprocess.run([sys.executable, __file__, "--mode", mode, *shared], capture_output=True, text=True,
+                                      timeout=args.mode_timeout)
+                sys.stderr.write(done.stderr[-2000:])
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else
+                            {"mode": mode, "failed": done.stderr.strip().splitlines()[-1:] or ["?"]})
+            except subprocess.TimeoutExpired:
+                rows.append({"mode": mode, "timed_out": True})
+    print(json.dumps({"rows": rows, "summary": summarize(rows)}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
