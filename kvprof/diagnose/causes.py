@@ -76,7 +76,7 @@ def detect_causes(ctx: TraceContext, live: pd.DataFrame, peak_phase: str, phases
         if width is not None:
             b = int(codes["bytes"].sum())
             excess, terms, fallback = ctx.packed_excess(live)
-            src = "allocation table, meta.json codes, " + ("kv table" if fallback else "method registry bits")
+            src = "allocation table, meta.json codes, " + ("kv table" if fallback else "method facts bits")
             detail = (f"codes are stored one per {ctx.codes} ({width} bits) although they hold fewer bits: "
                       + "; ".join(terms))
             if width == 16:

@@ -72,19 +72,15 @@ class TraceContext:
         """Bytes the live code tensors would shrink by if bit-packed instead of one code per
         int8/int16; (excess, terms, used_kv_table). Bits per code come from `code_bits`; code
         tensors of mixed width use the packed/resident fraction of the KV table instead."""
-        codes = live[live["category"] == "kv_codes"]
         width = STORAGE_BITS.get(str(self.codes))
-        if codes.empty or width is None:
+        known, unknown = self._code_widths(live)
+        if not (known or unknown) or width is None:
             return 0, [], False
-        excess, terms, unknown = 0, [], 0
-        for buf, b in codes.groupby("buffer")["bytes"].sum().items():
-            bits = code_bits(self.facts, str(buf))
-            if bits is None:
-                unknown += int(b)
-                continue
-            new = math.ceil(int(b) * bits / width)
-            excess += int(b) - new
-            terms.append(f"{buf} {fmt_bytes(int(b))} at {width} bits/code -> {fmt_bytes(new)} at {bits} bits")
+        excess, terms = 0, []
+        for buf, b, bits in known:
+            new = math.ceil(b * bits / width)
+            excess += b - new
+            terms.append(f"{buf} {fmt_bytes(b)} at {width} bits/code -> {fmt_bytes(new)} at {bits} bits")
         used_kv = False
         if unknown:
             frac = self.kv_packed_fraction()
@@ -100,19 +96,27 @@ class TraceContext:
     def int8_growth(self, live: pd.DataFrame) -> tuple[int, list[str]]:
         """Bytes bit-packed code tensors would grow by if stored one code per int8 (bits from
         `code_bits`; tensors of unknown width are left out and said so)."""
-        codes = live[live["category"] == "kv_codes"]
-        grow, terms, unknown = 0, [], 0
-        for buf, b in codes.groupby("buffer")["bytes"].sum().items():
-            bits = code_bits(self.facts, str(buf))
-            if bits is None:
-                unknown += int(b)
-                continue
-            new = int(b) * 8 // bits
-            grow += new - int(b)
-            terms.append(f"+{fmt_bytes(new - int(b))} {buf} one per int8 ({fmt_bytes(int(b))} packed at {bits} bits -> {fmt_bytes(new)}) [method registry bits]")
+        known, unknown = self._code_widths(live)
+        grow, terms = 0, []
+        for buf, b, bits in known:
+            new = b * 8 // bits
+            grow += new - b
+            terms.append(f"+{fmt_bytes(new - b)} {buf} one per int8 ({fmt_bytes(b)} packed at {bits} bits -> {fmt_bytes(new)}) [method facts bits]")
         if unknown:
             terms.append(f"{fmt_bytes(unknown)} of mixed-width codes left packed (bit width per tensor unknown)")
         return grow, terms
+
+    def _code_widths(self, live: pd.DataFrame) -> tuple[list[tuple[str, int, int]], int]:
+        """Live code tensors by buffer as (buffer, bytes, bits of one code), and the bytes of those
+        whose width the method facts do not give (mixed widths)."""
+        known, unknown = [], 0
+        for buf, b in live[live["category"] == "kv_codes"].groupby("buffer")["bytes"].sum().items():
+            bits = code_bits(self.facts, str(buf))
+            if bits is None:
+                unknown += int(b)
+            else:
+                known.append((str(buf), int(b), bits))
+        return known, unknown
 
     def kv_packed_fraction(self) -> float | None:
         """Packed code bytes / resident code bytes at the last KV record: (codes - (resident -
