@@ -12,6 +12,8 @@ import pytest
 import torch
 
 KIB, MIB = 1 << 10, 1 << 20
+# tracers/native/alloc_events.cpp's action numbers (c10's TraceEntry::Action order)
+ACTIONS = {"alloc": 0, "free_requested": 1, "free_completed": 2, "segment_alloc": 3, "segment_free": 4}
 
 
 def _round(size: int) -> int:
@@ -39,8 +41,12 @@ class FakeCachingAllocator:
         self.unsplit = 0  # blocks handed out larger than their rounded request
         self._next_segment = 1 << 40
         self._segment_gap = segment_gap  # 0: segments are adjacent in address space
+        self.native: Any = None  # the native recorder's library, when the trace uses it
 
     def _emit(self, action: str, addr: int, size: int) -> None:
+        if self.native is not None:  # the allocator's trace tracker, as attach_cuda.cpp forwards it
+            self.native.kvp_record(ACTIONS[action], 0, addr, size)
+            return
         self.trace.append({"action": action, "addr": addr, "size": size, "time_us": len(self.trace) + 1,
                            "user_metadata": self.metadata})
 
@@ -130,6 +136,22 @@ def install(monkeypatch, f: FakeCachingAllocator) -> FakeCachingAllocator:
     monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict", lambda *a, **k: f.nested_stats())
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    return f
+
+
+def native_core() -> Any:
+    """The native recorder's core library, with the CUDA hook's attach made a no-op (no CUDA here)."""
+    from tracers import native
+
+    lib = native.load(cuda=False)
+    lib.kvp_attach = lambda: 1
+    return lib
+
+
+def install_native(monkeypatch, f: FakeCachingAllocator) -> FakeCachingAllocator:
+    """As `install`, with `f`'s events going to the native recorder (tracker="native" on a CPU session)."""
+    install(monkeypatch, f)
+    f.native = native_core()
     return f
 
 

@@ -8,7 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fake_cuda_allocator import KIB, MIB, FakeCachingAllocator, fake, install  # noqa: F401  (fixture)
+import pandas as pd
+
+from fake_cuda_allocator import KIB, MIB, FakeCachingAllocator, fake, install, install_native  # noqa: F401  (fixture)
 from kvprof.read.analysis import find_peak, reconcile
 from kvprof.read.trace import load_trace
 from tracers import TraceSession, stage, tag
@@ -312,3 +314,28 @@ def test_trace_summary_prints_how_block_sizes_were_learned(tmp_path, fake, capsy
     n = len(trace.allocations)
     assert f"block sizes: {n:,} from the allocator layout mirror, 0 rounded requests, 0 snapshot mismatches" in out
     assert "(gap 0 B); max gap at stage boundaries 0 B" in out
+
+
+# ----------------------------------------------------------------------------- the native recorder
+def test_native_recorder_gives_the_python_replays_tables(tmp_path, monkeypatch):
+    """The same workload through the native recorder (C++ replay, streamed parts) and the Python
+    replay of the allocator's history: identical allocation rows, exact against the allocator."""
+    tables = {}
+    for name in ("allocator", "native"):
+        f = FakeCachingAllocator()
+        (install_native if name == "native" else install)(monkeypatch, f)
+        s = TraceSession(tmp_path / name, {"run_id": name}, "cpu", tracker=name, drain_at_checkpoints=False)
+        s.start()
+        _workload(f, s, random.Random(11), drains=True)
+        s.close("complete")
+        trace = load_trace(tmp_path / name)
+        peak = find_peak(trace)
+        rec = reconcile(trace, peak)
+        assert peak.bytes == f.max_allocated
+        assert rec.peak_gap_bytes == 0 and rec.max_abs_gap_bytes == 0 and rec.boundaries > 40
+        assert rec.block_sizes["rounded_blocks"] == 0 and rec.block_sizes["snapshot_mismatches"] == 0
+        tables[name] = trace.allocations.drop(columns=["t_alloc_ns", "t_free_ns"]).sort_values("id").reset_index(drop=True)
+        assert not (tmp_path / name / "allocations.parts").exists()
+    assert trace.meta["allocator_layout"]["recorder"] == "native" and trace.meta["allocator_layout"]["drains"] >= 8
+    assert len(tables["native"]) > 50
+    pd.testing.assert_frame_equal(tables["native"], tables["allocator"])

@@ -42,6 +42,10 @@ class HistoryBatch:
     retags: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # row -> (category, name)
     # frees of allocations recorded by earlier drains or registrations: (alloc id, q, t_us)
     earlier_frees: list[tuple[int, int, int | None]] = field(default_factory=list)
+    # retags of allocations of earlier drains: (alloc id, category, name) (the Python replay records them at once)
+    earlier_retags: list[tuple[int, str, str | None]] = field(default_factory=list)
+    # times: "unix_us" (the allocator history's time_us) or "steady_ns" (the native recorder: the trace clock's base)
+    clock: str = "unix_us"
 
 
 @dataclass

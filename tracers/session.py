@@ -15,7 +15,10 @@ from typing import Any, Callable, Iterator
 import torch
 
 from tracers import context
+from tracers import alloc_rows
 from tracers.alloc_cuda import CudaHistoryTracker, HistoryBatch
+from tracers.alloc_native import NativeCudaTracker
+from tracers.alloc_parts import AllocationParts, merge_parts, remove_parts
 from tracers.trace_fold import LIVE_BEFORE_TRACING, Q_STRIDE
 from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
@@ -62,14 +65,22 @@ class TraceSession:
         self.counter_depth = counter_depth
         self.drain_at_checkpoints = drain_at_checkpoints
         self.tracer_seconds = 0.0  # time spent draining the allocator history (tracer overhead)
-        use_history = tracker == "allocator" or (tracker == "auto" and self.device.type == "cuda")
+        if tracker not in ("auto", "native", "allocator", "dispatch"):
+            raise ValueError(f"unknown tracker {tracker!r}; one of auto, native, allocator, dispatch")
+        use_history = tracker in ("native", "allocator") or (tracker == "auto" and self.device.type == "cuda")
         self.tracker_kind = "cuda-allocator-history" if use_history else "dispatch"
+        # native: the C++ recorder (bounded memory, streamed parts); allocator: Python replay of _snapshot() histories
+        self._recorder = "allocator" if tracker == "allocator" else "native"
+        self._require_native = tracker == "native"
         self._lock = threading.RLock()
         self._next_alloc = 1
         self._next_span = 1
         self._ctx = 0
         self._ctx_order = 0
-        self._ctx_table: dict[int, tuple[int, str]] = {0: (0, "unattributed")}
+        # span and default category of each context number (index), appended as contexts open
+        self._ctx_span: list[int] = [0]
+        self._ctx_cat: list[str] = ["unattributed"]
+        self._parts: AllocationParts | None = None  # streamed allocation rows (native recorder, unfollowed)
         self._span_stack: list[tuple[int, str]] = []  # (span id, path element)
         self._tag_stack: list[str] = []
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records
@@ -79,7 +90,7 @@ class TraceSession:
         self._alloc_bytes: dict[int, int] = {}
         self._log: EventLog | None = None
         self._dispatch: DispatchAllocTracker | None = None
-        self._cuda: CudaHistoryTracker | None = None
+        self._cuda: CudaHistoryTracker | NativeCudaTracker | None = None
         self._timer = StageTimer(self.device)
         self._sampler: DeviceSampler | None = None
         self.max_other_gpu_processes = 0  # most other compute processes NVML saw on this GPU at once
@@ -117,9 +128,13 @@ class TraceSession:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.meta["allocated_before_bytes"] = torch.cuda.memory_allocated(self.device)
-            self._cuda = CudaHistoryTracker(self, self.device, expandable=self.expandable_segments)
+            self._cuda = self._cuda_tracker()
             self._cuda.start()
             self._hold_blocks_from_before()
+            if isinstance(self._cuda, NativeCudaTracker):
+                if not self.drain_at_checkpoints:
+                    self._parts = AllocationParts(self.folder)
+                self._cuda.stream(self._next_alloc, background=not self.drain_at_checkpoints)
         else:
             importlib.import_module("torch._dynamo")  # torch loads it at a mode's first op: 1-2 s, not the first stage's
             self._dispatch = DispatchAllocTracker(self)
@@ -178,7 +193,10 @@ class TraceSession:
         if self._cuda is not None:
             assert self._log is not None
             self._log.memory_only = not self.drain_at_checkpoints
-            self._cuda.stop()
+            try:
+                self._cuda.stop()
+            except OSError as exc:  # a streamed part could not be written (a full disk)
+                self._log._failed(exc)
             self._log.memory_only = False
             self.meta["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             self.meta["memory_allocated_end_bytes"] = torch.cuda.memory_allocated(self.device)
@@ -200,9 +218,13 @@ class TraceSession:
         self.meta["other_gpu_processes_max"] = self.max_other_gpu_processes
         self.meta["tracer_drain_s"] = self.tracer_seconds
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
-        tables = tables_from_records(self._log.records, self._log.alloc_columns)
+        tables, pending = tables_from_records(self._log.records, self._log.alloc_columns, with_pending=True)
         self._note_blocks_from_before(tables["allocations"])
+        if self._parts is not None and self._parts.count:  # streamed rows: merged one part at a time
+            tables["allocations"] = merge_parts(self.folder, tables["allocations"], pending)
         write_closed_trace(self.folder, self._log, tables, self.meta)  # a full disk: status failed, said in meta
+        if self.meta["status"] != "failed":
+            remove_parts(self.folder)
         self.status = self.meta["status"]
 
     # ----------------------------------------------------------------- clocks and order
@@ -212,6 +234,32 @@ class TraceSession:
     def now_ns(self) -> int:
         """The trace clock: ns since the session started (`t` of every record)."""
         return self._now()
+
+    @property
+    def t0_perf_ns(self) -> int:
+        """`time.perf_counter_ns()` when the trace started (the trace clock's zero)."""
+        return self._t0_perf
+
+    @property
+    def t0_unix_ns(self) -> int:
+        """`time.time_ns()` when the trace started."""
+        return self._t0_unix_ns
+
+    def _cuda_tracker(self) -> CudaHistoryTracker | NativeCudaTracker:
+        """The native recorder where it builds (bounded memory, per-event work in C++), else the
+        Python replay of the allocator's history, said in the notes."""
+        if self._recorder == "native":
+            from tracers import native
+
+            try:
+                lib = native.load(cuda=self.device.type == "cuda")
+                return NativeCudaTracker(self, self.device, lib, expandable=self.expandable_segments)
+            except native.NativeUnavailable as exc:
+                if self._require_native:
+                    raise
+                self.notes.append(f"native allocator recorder unavailable ({exc}): the allocator's history is "
+                                  "replayed in Python at close, host memory grows with the events")
+        return CudaHistoryTracker(self, self.device, expandable=self.expandable_segments)
 
     def add_close_hook(self, hook: Callable[["TraceSession"], None]) -> None:
         """Run `hook(session)` first thing in `close`, while spans and meta are still writable."""
@@ -229,7 +277,8 @@ class TraceSession:
         self._ctx_order = 0
         span_id = self._span_stack[-1][0] if self._span_stack else 0
         category = self._tag_stack[-1] if self._tag_stack else "unattributed"
-        self._ctx_table[self._ctx] = (span_id, category)
+        self._ctx_span.append(span_id)
+        self._ctx_cat.append(category)
         if self._cuda is not None:
             self._cuda.set_context(self._ctx)
 
@@ -317,7 +366,7 @@ class TraceSession:
                 raise SimulatedOOM(nbytes, self.live_bytes, self.budget_bytes)
             alloc_id = self._next_alloc
             self._next_alloc += 1
-            span_id, default_cat = (0, "unattributed") if root else self._ctx_table[self._ctx]
+            span_id, default_cat = (0, "unattributed") if root else (self._ctx_span[self._ctx], self._ctx_cat[self._ctx])
             self._alloc_bytes[alloc_id] = nbytes
             self.live_bytes += nbytes
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
@@ -343,63 +392,11 @@ class TraceSession:
 
     def record_history_batch(self, batch: HistoryBatch) -> None:
         """Record one drain of the CUDA allocator's history (allocations in allocator order)."""
-        n = len(batch.q_alloc)
-        with self._lock:
-            table = self._ctx_table
-            default = (0, "unattributed")
-            spans = [0] * n
-            cats = [""] * n
-            names: list[str | None] = [None] * n
-            resolved: dict[int, tuple[int, str]] = {}
-            for i, ctx in enumerate(batch.ctx):
-                sc = resolved.get(ctx)
-                if sc is None:
-                    sc = resolved[ctx] = table.get(ctx, default)
-                spans[i], cats[i] = sc
-            for row, (category, name) in batch.retags.items():
-                cats[row] = category
-                if name:
-                    names[row] = name
-            t0 = self._t0_unix_ns
-            now = self._now()
-            t_alloc = [now if t is None else t * 1000 - t0 for t in batch.t_alloc_us]
-            t_free = [t if t == NO_FREE else now if t is None else t * 1000 - t0 for t in batch.t_free_us]
-            # Live bytes in allocator order, for the running peak (analyses recount from the tables).
-            deltas = sorted([(q, b) for q, b in zip(batch.q_alloc, batch.size)]
-                            + [(q, -b) for q, b in zip(batch.q_free, batch.size) if q != NO_FREE]
-                            + [(q, -self._alloc_bytes.get(a, 0)) for a, q, _ in batch.earlier_frees])
-            live = self.live_bytes
-            for _, d in deltas:
-                live += d
-                if live > self.peak_bytes:
-                    self.peak_bytes = live
-            self.live_bytes = live
-            ids = range(batch.first_id, batch.first_id + n)
-            for i, alloc_id in enumerate(ids):
-                if batch.q_free[i] == NO_FREE:
-                    self._alloc_bytes[alloc_id] = batch.size[i]
-            assert self._log is not None
-            if self._log.memory_only:
-                self._log.add_allocations({
-                    "id": list(ids), "q_alloc": batch.q_alloc, "q_free": batch.q_free, "t_alloc_ns": t_alloc,
-                    "t_free_ns": t_free, "bytes": batch.size, "category": cats, "span_id": spans, "name": names,
-                })
-            else:  # a follower reads the log: one record per event, in allocator order
-                out: list[tuple[int, dict[str, Any]]] = []
-                for i, alloc_id in enumerate(ids):
-                    rec = {"k": "a", "id": alloc_id, "t": t_alloc[i], "q": batch.q_alloc[i], "b": batch.size[i],
-                           "c": cats[i], "s": spans[i]}
-                    if names[i]:
-                        rec["n"] = names[i]
-                    out.append((batch.q_alloc[i], rec))
-                    if batch.q_free[i] != NO_FREE:
-                        out.append((batch.q_free[i], {"k": "f", "id": alloc_id, "t": t_free[i], "q": batch.q_free[i]}))
-                out.sort(key=lambda item: item[0])
-                for _, rec in out:
-                    self._write(rec)
-            for alloc_id, q, t_us in batch.earlier_frees:
-                self._alloc_bytes.pop(alloc_id, None)
-                self._write({"k": "f", "id": alloc_id, "q": q, "t": now if t_us is None else t_us * 1000 - t0})
+        alloc_rows.record_history_batch(self, batch)
+
+    def record_stream_batch(self, batch: Any, retags: list[tuple[str, str | None]]) -> None:
+        """Record one drain of the native recorder: rows to the streamed parts (tracers.alloc_parts)."""
+        alloc_rows.record_stream_batch(self, batch, retags)
 
     def record_size(self, alloc_id: int, nbytes: int) -> bool:
         """Correct the byte size of allocation `alloc_id` for its whole life (allocator block size);
@@ -470,6 +467,8 @@ class TraceSession:
     def checkpoint(self, force: bool = False) -> None:
         """Make everything so far visible to followers (drains the CUDA allocator history when
         `drain_at_checkpoints` or `force`; a drain also learns the true block sizes of live blocks)."""
+        if isinstance(self._cuda, NativeCudaTracker):
+            self._raise_drain_error()
         if self._cuda is not None and (self.drain_at_checkpoints or force):
             t = time.perf_counter()
             if self._log is not None:
@@ -485,6 +484,13 @@ class TraceSession:
             self._log.flush()
             if self._log.error is not None:  # a full disk: stop the run, the trace closes as failed
                 raise TraceWriteError(self.folder, self._log.unwritten_bytes, self._log.error)
+
+    def _raise_drain_error(self) -> None:
+        try:
+            self._cuda.raise_error()  # type: ignore[union-attr]
+        except OSError as exc:  # a part could not be written (a full disk): the trace closes as failed
+            assert self._log is not None
+            self._log._failed(exc)
 
     def record_kv_bytes(self, chunk: int, logical: int, stored: int, resident: int) -> None:
         """KV byte accounting of the cache after a chunk."""

@@ -110,10 +110,9 @@ def typed(name: str, df: pd.DataFrame) -> pd.DataFrame:
     return df.astype({c: t for c, t in dtypes.items() if c in df.columns})
 
 
-def write_parquet(path: Path, name: str, df: pd.DataFrame) -> None:
-    """Write table `name` to `path` as Parquet with its column descriptions in the file's schema."""
+def arrow_table(name: str, df: pd.DataFrame) -> Any:
+    """Table `name` as an Arrow table whose schema carries its column descriptions (and pandas' dtypes)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(typed(name, df), preserve_index=False)
     docs = COLUMN_DOCS.get(name, {})
@@ -122,15 +121,22 @@ def write_parquet(path: Path, name: str, df: pd.DataFrame) -> None:
     meta[b"kvprof.table"] = name.encode()
     meta[b"kvprof.description"] = TABLE_DOCS.get(name, "").encode()
     meta[b"kvprof.columns"] = json.dumps(docs).encode()
-    pq.write_table(pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=meta)), path,
-                   **_compact_encoding(table.schema))
+    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=meta))
+
+
+def write_parquet(path: Path, name: str, df: pd.DataFrame) -> None:
+    """Write table `name` to `path` as Parquet with its column descriptions in the file's schema."""
+    import pyarrow.parquet as pq
+
+    table = arrow_table(name, df)
+    pq.write_table(table, path, **parquet_options(table.schema))
 
 
 # Integer columns with few distinct values (sizes, span ids, chunks): a dictionary beats deltas.
 _FEW_VALUES = frozenset({"bytes", "span_id", "parent", "chunk", "index", "host_syncs", "other_processes"})
 
 
-def _compact_encoding(schema: Any) -> dict[str, Any]:
+def parquet_options(schema: Any) -> dict[str, Any]:
     """Parquet options that make a trace a few bytes per event, every value kept: order keys and
     times (increasing, or nearly) delta-encoded, names and categories (and other columns of few
     values) dictionary-encoded, all zstd-compressed. On a 1 M-allocation table this is ~3x

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from tracers.alloc_parts import read_parts
 from tracers.table_schema import write_parquet
 from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
 from tracers.summary_schema import read_summary_file
@@ -159,18 +160,20 @@ def read_event_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def tables_from_records(
-    records: Iterable[dict[str, Any]], alloc_columns: Iterable[dict[str, list[Any]]] = ()
-) -> dict[str, pd.DataFrame]:
+    records: Iterable[dict[str, Any]], alloc_columns: Iterable[dict[str, list[Any]]] = (), with_pending: bool = False
+) -> Any:
     """Fold event records, then allocation rows added in bulk, into the five columnar tables
-    through the one fold every reader uses (`tracers.trace_fold.TableFolder`)."""
+    through the one fold every reader uses (`tracers.trace_fold.TableFolder`). With `with_pending`:
+    (tables, the f/r/z records of allocations that are not among them: rows of streamed parts)."""
     folder = TableFolder()
     try:
         folder.fold(records)
         for cols in alloc_columns:
             folder.add_bulk(cols)
-        return folder.tables()
+        tables = folder.tables()
     except TraceFoldError as exc:
         raise TraceError(str(exc)) from None
+    return (tables, folder.pending) if with_pending else tables
 
 
 # Columns every reader relies on, by table: "int" (no missing values), "int?" (may be missing),
@@ -240,7 +243,9 @@ def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
     try:
         for name, df in tables.items():
             path = folder / f"{name}.parquet"
-            write_atomic(path, lambda tmp, df=df, name=name: write_parquet(tmp, name, df))
+            # a table is a DataFrame, or a function writing the file (streamed parts merged at close)
+            write = df if callable(df) else (lambda tmp, df=df, name=name: write_parquet(tmp, name, df))
+            write_atomic(path, write)
             written.append(path)
     except BaseException:
         for path in written:
@@ -259,7 +264,7 @@ def write_closed_trace(folder: Path, log: EventLog, tables: dict[str, pd.DataFra
         try:
             write_tables(folder, tables)
         except OSError as exc:
-            error, unwritten = exc, int(sum(df.memory_usage(deep=False).sum() for df in tables.values()))
+            error, unwritten = exc, int(sum(df.memory_usage(deep=False).sum() for df in tables.values() if not callable(df)))
     if error is None:
         write_json_atomic(folder / META_FILE, meta)
         (folder / EVENTS_FILE).unlink(missing_ok=True)
@@ -379,7 +384,7 @@ def read_raw_trace(folder: str | Path) -> RawTrace:
     if events.is_file():
         records, torn = read_event_lines(events)
         try:
-            tables = tables_from_records(records)
+            tables = tables_from_records(records, read_parts(folder))
         except TraceError as exc:
             raise TraceError(f"{events}: {exc}") from None
         notes = [f"{events}: skipped a torn tail of {torn:,} bytes (an unterminated last record)"] if torn else []

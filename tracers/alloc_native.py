@@ -1,0 +1,218 @@
+"""The CUDA tracker on kvprof's native recorder (tracers/native): bounded memory, per-event work in C++.
+
+The caching allocator's trace tracker hands every event to C++ as it happens; a background thread
+drains the buffer every `interval_s` (the replay runs in C++ with the GIL released, the rows are
+built with numpy) and streams them to `allocations.parts/` (tracers.alloc_parts). So the host
+memory of a trace is the mirror of the allocator's segments and the allocations alive, not the
+number of events, and closing the trace merges parts instead of replaying a whole history. A run
+that is followed live (`drain_at_checkpoints`) drains at each checkpoint instead, writing event
+records a follower reads. Block sizes come from the mirrored layout, checked against, and
+corrected from, the allocator's snapshot when recording stops (the rows already on disk get `z`
+records), as `CudaHistoryTracker` does at each drain.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tracers.alloc_cuda import HistoryBatch, LayoutStats
+from tracers.alloc_layout import ALLOCATED, FREE, BlockLayout, expandable_segments_requested, unsupported_reason
+from tracers.trace_fold import NO_FREE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tracers.session import TraceSession
+
+OFF_EXPANDABLE = "expandable segments the tracker was not told of"
+
+
+@dataclass
+class StreamBatch:
+    """One drain of the native recorder, as numpy columns (times on the trace clock's base, ns)."""
+
+    first_id: int
+    a_q: np.ndarray
+    a_t: np.ndarray
+    a_size: np.ndarray
+    a_ctx: np.ndarray
+    f_id: np.ndarray
+    f_q: np.ndarray
+    f_t: np.ndarray
+    r_id: np.ndarray
+    r_tag: np.ndarray
+    entries: int
+
+    def as_history(self, retags: list[tuple[str, str | None]]) -> HistoryBatch:
+        """The same events as a HistoryBatch (lists), for the per-record path a live follower reads."""
+        n = len(self.a_q)
+        b = HistoryBatch(first_id=self.first_id, q_alloc=self.a_q.tolist(), t_alloc_us=self.a_t.tolist(),
+                         size=self.a_size.tolist(), ctx=self.a_ctx.tolist(), clock="steady_ns")
+        b.q_free, b.t_free_us = [NO_FREE] * n, [NO_FREE] * n
+        for i, q, t in zip(self.f_id.tolist(), self.f_q.tolist(), self.f_t.tolist()):
+            if i >= self.first_id:
+                b.q_free[i - self.first_id], b.t_free_us[i - self.first_id] = q, t
+            else:
+                b.earlier_frees.append((i, q, t))
+        for i, tag in zip(self.r_id.tolist(), self.r_tag.tolist()):
+            if i >= self.first_id:
+                b.retags[i - self.first_id] = retags[tag]
+            else:
+                b.earlier_retags.append((i, *retags[tag]))
+        return b
+
+
+def _buf(n: int) -> np.ndarray:
+    return np.empty(n, dtype=np.int64)
+
+
+def _ptr(a: np.ndarray) -> Any:
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+
+
+class NativeCudaTracker:
+    """Same duties as `CudaHistoryTracker` (start, set_context, retag, adopt, drain, stop, meta)."""
+
+    def __init__(self, session: "TraceSession", device: torch.device, lib: Any, expandable: bool = False,
+                 interval_s: float = 0.5):
+        self.session = session
+        self.device = device
+        self.index = device.index or 0
+        self.lib = lib
+        self.expandable = expandable or expandable_segments_requested()
+        self.layout = BlockLayout(expandable=self.expandable)  # for the snapshot checks only
+        self.stats = LayoutStats(off_reason=unsupported_reason())
+        self.oom_events: list[dict[str, Any]] = []
+        self.interval_s = interval_s
+        self.entries = 0
+        self.drains = 0
+        self.error: BaseException | None = None  # a failed background drain, raised at the next checkpoint
+        self._start_blocks: dict[int, int] = {}
+        self._retags: list[tuple[str, str | None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    def _segments(self, snap: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in snap.get("segments", []) if s.get("device", self.index) == self.index]
+
+    def start(self) -> None:
+        """Learn the blocks that exist now, hand the layout to the recorder, start recording."""
+        self.layout.load(self._segments(torch.cuda.memory._snapshot(self.device)))
+        self._start_blocks = {a: b[0] for a, b in self.layout.blocks.items() if b[1] == ALLOCATED}
+        lib = self.lib
+        lib.kvp_attach()
+        lib.kvp_reset(self.index, int(self.expandable), int(self.stats.off_reason is None), 1)
+        for addr, (size, state, seg_start, seg_end) in self.layout.blocks.items():
+            lib.kvp_layout_add(addr, size, state, seg_start, seg_end)
+        lib.kvp_set_recording(1)
+
+    def blocks_at_start(self) -> list[tuple[int, int]]:
+        """(address, size) of the blocks allocated when tracking started, in address order."""
+        return sorted(self._start_blocks.items())
+
+    def adopt(self, address: int, alloc_id: int) -> None:
+        """Follow the free (and retags) of a block that existed before tracking, as `alloc_id`."""
+        self._start_blocks.pop(address, None)
+        self.lib.kvp_adopt(address, alloc_id)
+
+    def stream(self, next_id: int, background: bool) -> None:
+        """Number allocations from `next_id` on; drain on a background thread when `background`."""
+        self.lib.kvp_set_next_id(next_id)
+        if background:
+            self._thread = threading.Thread(target=self._run, name="kvprof-drain", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.drain()
+            except BaseException as exc:  # kept and raised on the main thread (checkpoint, close)
+                self.error = exc
+                return
+
+    def set_context(self, ctx: int) -> None:
+        """Stamp every following allocator event with context number `ctx`."""
+        self.lib.kvp_set_context(ctx)
+
+    def retag(self, ctx: int, address: int, category: str, name: str | None) -> None:
+        """Retag the block live at `address` now (in order among the allocator's events)."""
+        self._retags.append((category, name))
+        self.lib.kvp_retag(address, len(self._retags) - 1)
+
+    # ----------------------------------------------------------------- drains
+    def drain(self) -> None:
+        """Replay what was recorded since the last drain (C++, GIL released) and record its rows."""
+        with self._lock:
+            counts = (ctypes.c_int64 * 6)()
+            self.lib.kvp_drain(counts)
+            n_a, n_f, n_r, n_o, entries, first = list(counts)
+            cols = [_buf(n_a) for _ in range(4)] + [_buf(n_f) for _ in range(3)] + [_buf(n_r) for _ in range(2)]
+            ooms = [_buf(n_o) for _ in range(4)]
+            self.lib.kvp_take(*[_ptr(a) for a in cols + ooms])
+            batch = StreamBatch(first, *cols, entries=entries)
+            self.entries += entries
+            self.drains += 1
+            for ctx, free, size, t in zip(*(a.tolist() for a in ooms)):
+                self.oom_events.append({"action": "oom", "addr": free, "size": size, "ctx": ctx,
+                                        "t_ns": t - self.session.t0_perf_ns})
+            if self._thread is None:  # followed live: one event record per allocation and free
+                self.session.record_history_batch(batch.as_history(self._retags))
+            else:
+                self.session.record_stream_batch(batch, self._retags)
+
+    def raise_error(self) -> None:
+        """Raise a background drain's failure on the calling (main) thread."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def stop(self) -> None:
+        """Stop recording, drain the rest, check the mirrored layout against the allocator's snapshot."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.lib.kvp_set_recording(0)
+        self.drain()
+        self.raise_error()
+        self._resync(self._segments(torch.cuda.memory._snapshot(self.device)))
+
+    def _export_layout(self) -> None:
+        n = self.lib.kvp_layout_size()
+        addr, size, state = np.empty(n, np.uint64), _buf(n), np.empty(n, np.int32)
+        start, end = np.empty(n, np.uint64), np.empty(n, np.uint64)
+        u64 = ctypes.POINTER(ctypes.c_uint64)
+        self.lib.kvp_layout_export(addr.ctypes.data_as(u64), _ptr(size), state.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+                                   start.ctypes.data_as(u64), end.ctypes.data_as(u64))
+        self.layout.blocks = {int(a): [int(s), int(st), int(b), int(e)]
+                              for a, s, st, b, e in zip(addr, size, state, start, end)}
+        self.layout._free_ends = {a + b[0]: a for a, b in self.layout.blocks.items() if b[1] == FREE}
+
+    def _resync(self, segments: list[dict[str, Any]]) -> None:
+        stats = (ctypes.c_int64 * 5)()
+        self.lib.kvp_stats(stats)
+        self.stats.exact, self.stats.rounded = stats[0], stats[1]
+        self.layout.misses = stats[2]
+        if not stats[3] and self.stats.off_reason is None:
+            self.stats.off_reason = OFF_EXPANDABLE
+        if self.stats.off_reason is None:
+            self._export_layout()
+            self.stats.snapshot_mismatches += self.layout.mismatches(segments)
+        self.layout.load(segments)
+        n = self.lib.kvp_live_size()
+        addr, ids = np.empty(n, np.uint64), _buf(n)
+        self.lib.kvp_live_export(addr.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)), _ptr(ids))
+        for a, i in zip(addr.tolist(), ids.tolist()):
+            block = self.layout.blocks.get(a)
+            if block is not None and block[1] == ALLOCATED and self.session.record_size(i, block[0]):
+                self.stats.corrected += 1
+
+    def meta(self) -> dict[str, Any]:
+        """What the trace's meta records about block sizes and the recorder."""
+        return self.stats.as_meta(self.layout.misses) | {
+            "expandable_segments": self.expandable, "recorder": "native", "events": self.entries, "drains": self.drains}

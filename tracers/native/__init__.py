@@ -1,0 +1,122 @@
+"""kvprof's native allocator-event recorder (C++ through ctypes): built once per machine and torch version.
+
+`load(cuda=True)` builds `alloc_events.cpp` with `attach_cuda.cpp` (the c10 trace tracker) against
+the running torch and returns the library; `load(cuda=False)` builds the core alone (no torch
+headers), which the CPU tests drive with recorded histories. Builds are cached under
+`$KVPROF_CACHE_DIR` (default `~/.cache/kvprof/native`), keyed by the sources, torch's version and
+the compiler, and written atomically, so processes of a sweep starting at once share one build.
+A machine without a C++ compiler gets `NativeUnavailable` with the reason; the tracer then falls
+back to replaying `torch.cuda.memory._snapshot()` histories in Python (and says so in the trace).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CORE_SOURCES = (HERE / "alloc_events.cpp",)
+CUDA_SOURCES = CORE_SOURCES + (HERE / "attach_cuda.cpp",)
+
+_I64, _I32, _U64 = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64
+_P64, _P32, _PU64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_uint64)
+# The C ABI of alloc_events.cpp / attach_cuda.cpp: name -> (argument types, result type).
+SIGNATURES: dict[str, tuple[tuple, object]] = {
+    "kvp_record": ((_I32, _I32, _U64, _U64), None),
+    "kvp_record_at": ((_I32, _U64, _U64, _I64, _I64), None),
+    "kvp_record_many": ((_I64, _P32, _PU64, _PU64, _P64, _P64), None),
+    "kvp_set_context": ((_I64,), None),
+    "kvp_retag": ((_U64, _I64), None),
+    "kvp_steady_ns": ((), _I64),
+    "kvp_reset": ((_I32, _I32, _I32, _I64), None),
+    "kvp_set_recording": ((_I32,), None),
+    "kvp_set_next_id": ((_I64,), None),
+    "kvp_buffered": ((), _I64),
+    "kvp_adopt": ((_U64, _I64), None),
+    "kvp_layout_clear": ((), None),
+    "kvp_layout_add": ((_U64, _I64, _I32, _U64, _U64), None),
+    "kvp_layout_size": ((), _I64),
+    "kvp_layout_export": ((_PU64, _P64, _P32, _PU64, _PU64), None),
+    "kvp_live_size": ((), _I64),
+    "kvp_live_export": ((_PU64, _P64), None),
+    "kvp_stats": ((_P64,), None),
+    "kvp_drain": ((_P64,), None),
+    "kvp_take": ((_P64,) * 13, None),
+}
+
+
+class NativeUnavailable(RuntimeError):
+    """The native recorder cannot be built or loaded here (the message says why)."""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("KVPROF_CACHE_DIR") or Path.home() / ".cache" / "kvprof" / "native")
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise NativeUnavailable("no C++ compiler (g++ or $CXX) on this machine")
+    return cxx
+
+
+def _torch_flags() -> list[str]:
+    import torch
+    from torch.utils import cpp_extension
+
+    try:
+        includes = cpp_extension.include_paths(device_type="cuda")
+    except TypeError:  # torch before 2.6
+        includes = cpp_extension.include_paths(cuda=True)
+    libs = [str(Path(torch.__file__).parent / "lib")]
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
+    return ([f"-D_GLIBCXX_USE_CXX11_ABI={abi}"] + [f"-I{p}" for p in includes] + [f"-L{p}" for p in libs]
+            + [f"-Wl,-rpath,{p}" for p in libs] + ["-lc10", "-lc10_cuda"])
+
+
+def _build(name: str, sources: tuple[Path, ...], flags: list[str], key: str) -> Path:
+    cxx = _compiler()
+    digest = hashlib.sha256(key.encode() + cxx.encode() + b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    out = _cache_dir() / f"{name}-{digest}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        built = Path(tmp) / out.name
+        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", str(built), *map(str, sources), *flags]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise NativeUnavailable(f"building {name} failed: {' | '.join(tail)}")
+        os.replace(built, out)  # atomic: a concurrent build of the same key writes the same bytes
+    return out
+
+
+def _bind(lib: ctypes.CDLL, cuda: bool) -> ctypes.CDLL:
+    for fn, (args, res) in SIGNATURES.items():
+        f = getattr(lib, fn)
+        f.argtypes, f.restype = list(args), res
+    if cuda:
+        lib.kvp_attach.argtypes, lib.kvp_attach.restype = [], _I32
+    return lib
+
+
+@lru_cache(maxsize=None)
+def load(cuda: bool) -> ctypes.CDLL:
+    """The recorder library (with the CUDA allocator hook when `cuda`); NativeUnavailable otherwise."""
+    if cuda:
+        import torch
+
+        path = _build("kvprof_alloc_cuda", CUDA_SOURCES, _torch_flags(), f"cuda {torch.__version__}")
+    else:
+        path = _build("kvprof_alloc_core", CORE_SOURCES, [], "core")
+    try:
+        # RTLD_GLOBAL is not needed: the library's only outside symbols are c10's, already loaded by torch.
+        return _bind(ctypes.CDLL(str(path)), cuda)
+    except OSError as exc:
+        raise NativeUnavailable(f"loading {path} failed: {exc}") from None

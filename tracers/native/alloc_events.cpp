@@ -1,0 +1,429 @@
+// kvprof's native allocator-event recorder: the per-event half of the CUDA tracker.
+//
+// The CUDA caching allocator calls a trace tracker (c10 `attachAllocatorTraceTracker`) for every
+// alloc, free and segment event, under its own lock. `kvp_record` appends one fixed-size entry
+// (action, address, size, steady-clock ns, the context kvprof set) to a buffer: tens of ns, no
+// Python, no GIL. `kvp_drain`, called from a Python thread through ctypes (which releases the
+// GIL), swaps the buffer out and replays it through the mirror of the allocator's segments
+// (the same rules as tracers/alloc_layout.py's BlockLayout), giving each allocation its id,
+// order key q and real block size, and each free the id it frees. Python then turns the drain's
+// columns into trace rows with numpy, so no per-event Python code runs while the model runs.
+//
+// Plain C ABI (ctypes), no torch headers: attach_cuda.cpp is the only file that knows c10.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMinBlock = 512;        // c10 kMinBlockSize
+constexpr int64_t kSmallSize = 1 << 20;   // c10 kSmallSize
+constexpr int64_t kQStride = int64_t(1) << 32;  // tracers.trace_fold.Q_STRIDE
+constexpr int64_t kHalf = kQStride >> 1;  // allocator events sort after the session's own records of a context
+
+enum State : int32_t { kFree = 0, kAllocated = 1, kPendingFree = 2 };
+// c10's TraceEntry::Action numbering (attach_cuda.cpp maps by name); kRetag is kvprof's own marker.
+enum Action : int32_t {
+  kAlloc = 0, kFreeRequested = 1, kFreeCompleted = 2, kSegmentAlloc = 3, kSegmentFree = 4,
+  kSegmentMap = 5, kSegmentUnmap = 6, kSnapshot = 7, kOom = 8, kRetag = 100
+};
+
+struct Entry {
+  uint64_t addr;
+  uint64_t size;  // bytes; for kRetag the retag's number; for kOom the requested bytes
+  int64_t t_ns;
+  int64_t ctx;
+  int32_t action;
+  int32_t pad;
+};
+
+struct Block {
+  int64_t size;
+  int32_t state;
+  uint64_t seg_start;
+  uint64_t seg_end;
+};
+
+int64_t round_size(int64_t size) {
+  return size < kMinBlock ? kMinBlock : kMinBlock * ((size + kMinBlock - 1) / kMinBlock);
+}
+
+bool should_split(int64_t block_size, int64_t rounded) {
+  const int64_t remaining = block_size - rounded;
+  return rounded <= kSmallSize ? remaining >= kMinBlock : remaining > kSmallSize;
+}
+
+// The allocator's blocks, mirrored from its events (see tracers/alloc_layout.py for the rules).
+struct Layout {
+  std::unordered_map<uint64_t, Block> blocks;
+  std::unordered_map<uint64_t, uint64_t> free_ends;  // end address -> start, free blocks only
+  int64_t misses = 0;
+  bool expandable = false;
+
+  void segment_alloc(uint64_t addr, int64_t size) {
+    blocks[addr] = Block{size, kFree, addr, addr + size};
+    free_ends[addr + size] = addr;
+  }
+
+  void segment_free(uint64_t addr, int64_t size) {
+    auto it = blocks.find(addr);
+    if (it == blocks.end() || it->second.state != kFree || it->second.size != size) misses++;
+    if (it != blocks.end()) {
+      free_ends.erase(addr + it->second.size);
+      blocks.erase(it);
+    }
+  }
+
+  // The block size handed out for `requested` bytes at `addr`, or -1 on a miss.
+  int64_t alloc(uint64_t addr, int64_t requested) {
+    auto it = blocks.find(addr);
+    const int64_t rounded = round_size(requested);
+    if (it == blocks.end() && expandable) return rounded;
+    if (it == blocks.end() || it->second.state != kFree || it->second.size < rounded) {
+      misses++;
+      return -1;
+    }
+    const int64_t size = it->second.size;
+    free_ends.erase(addr + size);
+    it->second.state = kAllocated;
+    if (!should_split(size, rounded)) return size;
+    it->second.size = rounded;
+    const Block rest{size - rounded, kFree, it->second.seg_start, it->second.seg_end};
+    blocks[addr + rounded] = rest;  // may rehash: `it` is not used after this
+    free_ends[addr + size] = addr + rounded;
+    return rounded;
+  }
+
+  void free_requested(uint64_t addr) {
+    auto it = blocks.find(addr);
+    if (it == blocks.end() && expandable) return;
+    if (it == blocks.end() || it->second.state != kAllocated) {
+      misses++;
+      return;
+    }
+    it->second.state = kPendingFree;
+  }
+
+  void free_completed(uint64_t addr) {
+    auto it = blocks.find(addr);
+    if (it == blocks.end() && expandable) return;
+    if (it == blocks.end() || it->second.state == kFree) {
+      misses++;
+      return;
+    }
+    it->second.state = kFree;
+    int64_t size = it->second.size;
+    const uint64_t seg_start = it->second.seg_start, seg_end = it->second.seg_end;
+    uint64_t end = addr + size;
+    if (end < seg_end) {
+      auto next = blocks.find(end);
+      if (next != blocks.end() && next->second.state == kFree) {
+        const int64_t next_size = next->second.size;
+        blocks.erase(next);
+        free_ends.erase(end + next_size);
+        size += next_size;
+        end += next_size;
+      }
+    }
+    uint64_t start = addr;
+    if (addr > seg_start) {
+      auto prev = free_ends.find(addr);
+      if (prev != free_ends.end()) {
+        start = prev->second;
+        free_ends.erase(prev);
+        blocks.erase(addr);
+        size += blocks[start].size;
+      }
+    }
+    blocks[start].size = size;
+    free_ends[end] = start;
+  }
+};
+
+struct Recorder {
+  std::mutex mu;
+  std::vector<Entry> buffer;
+  std::atomic<int64_t> ctx{0};
+  std::atomic<int32_t> on{0};
+  std::atomic<int32_t> device{0};
+};
+
+// Replay state carried from drain to drain, and the columns of the last drain.
+struct Replay {
+  std::mutex mu;
+  Layout layout;
+  bool model_on = true;
+  std::unordered_map<uint64_t, int64_t> live;  // block address -> allocation id
+  int64_t next_id = 1, first_id = 1, last_ctx = -1, order = 0;
+  int64_t exact = 0, rounded = 0;
+  std::vector<int64_t> a_q, a_t, a_size, a_ctx;  // allocations, ids first_id + row
+  std::vector<int64_t> f_id, f_q, f_t;           // frees (of this drain's allocations or earlier ones)
+  std::vector<int64_t> r_id, r_tag;              // retags resolved to the allocation live at the address
+  std::vector<int64_t> o_ctx, o_free, o_size, o_t;  // allocator out-of-memory events
+};
+
+Recorder g_rec;
+Replay g_replay;
+
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void push(int32_t action, uint64_t addr, uint64_t size, int64_t t_ns, int64_t ctx) {
+  std::lock_guard<std::mutex> guard(g_rec.mu);
+  g_rec.buffer.push_back(Entry{addr, size, t_ns, ctx, action, 0});
+}
+
+void replay(const std::vector<Entry>& entries, Replay& p) {
+  Layout* layout = p.model_on ? &p.layout : nullptr;
+  for (const Entry& e : entries) {
+    switch (e.action) {
+      case kAlloc:
+      case kFreeRequested: {
+        if (e.ctx == p.last_ctx) {
+          p.order++;
+        } else {
+          p.last_ctx = e.ctx;
+          p.order = 1;
+        }
+        const int64_t q = e.ctx * kQStride + kHalf + p.order;
+        if (e.action == kAlloc) {
+          int64_t size = layout ? layout->alloc(e.addr, int64_t(e.size)) : -1;
+          if (size < 0) {
+            size = round_size(int64_t(e.size));
+            p.rounded++;
+          } else {
+            p.exact++;
+          }
+          p.live[e.addr] = p.next_id++;
+          p.a_q.push_back(q);
+          p.a_t.push_back(e.t_ns);
+          p.a_size.push_back(size);
+          p.a_ctx.push_back(e.ctx);
+        } else {
+          if (layout) layout->free_requested(e.addr);
+          auto it = p.live.find(e.addr);
+          if (it == p.live.end()) break;  // not a block of this trace
+          p.f_id.push_back(it->second);
+          p.f_q.push_back(q);
+          p.f_t.push_back(e.t_ns);
+          p.live.erase(it);
+        }
+        break;
+      }
+      case kRetag: {
+        auto it = p.live.find(e.addr);
+        if (it != p.live.end()) {
+          p.r_id.push_back(it->second);
+          p.r_tag.push_back(int64_t(e.size));
+        }
+        break;
+      }
+      case kOom:
+        p.o_ctx.push_back(e.ctx);
+        p.o_free.push_back(int64_t(e.addr));
+        p.o_size.push_back(int64_t(e.size));
+        p.o_t.push_back(e.t_ns);
+        break;
+      case kFreeCompleted:
+        if (layout) layout->free_completed(e.addr);
+        break;
+      case kSegmentAlloc:
+        if (layout) layout->segment_alloc(e.addr, int64_t(e.size));
+        break;
+      case kSegmentFree:
+        if (layout) layout->segment_free(e.addr, int64_t(e.size));
+        break;
+      case kSegmentMap:
+      case kSegmentUnmap:
+        if (layout && !layout->expandable) {  // expandable segments the tracker was not told of
+          p.model_on = false;
+          layout = nullptr;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+template <typename T>
+void copy_out(const std::vector<T>& from, T* to) {
+  if (to != nullptr && !from.empty()) std::copy(from.begin(), from.end(), to);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Called by the allocator's trace tracker for every event of every device.
+void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size) {
+  if (!g_rec.on.load(std::memory_order_relaxed) || device != g_rec.device.load(std::memory_order_relaxed)) return;
+  push(action, addr, size, steady_ns(), g_rec.ctx.load(std::memory_order_relaxed));
+}
+
+// An event with an explicit time and context (tests replay recorded histories through it).
+void kvp_record_at(int32_t action, uint64_t addr, uint64_t size, int64_t t_ns, int64_t ctx) {
+  push(action, addr, size, t_ns, ctx);
+}
+
+// Many events at once, as columns (tests: millions of events without a ctypes call each).
+void kvp_record_many(int64_t n, const int32_t* action, const uint64_t* addr, const uint64_t* size,
+                     const int64_t* t_ns, const int64_t* ctx) {
+  std::lock_guard<std::mutex> guard(g_rec.mu);
+  for (int64_t i = 0; i < n; i++) g_rec.buffer.push_back(Entry{addr[i], size[i], t_ns[i], ctx[i], action[i], 0});
+}
+
+void kvp_set_context(int64_t ctx) { g_rec.ctx.store(ctx, std::memory_order_relaxed); }
+
+// The block at `addr` gets retag number `tag`, in order among the allocator's events.
+void kvp_retag(uint64_t addr, int64_t tag) {
+  push(kRetag, addr, uint64_t(tag), steady_ns(), g_rec.ctx.load(std::memory_order_relaxed));
+}
+
+int64_t kvp_steady_ns() { return steady_ns(); }
+
+// Forget every earlier trace; the replay starts with ids from `next_id`.
+void kvp_reset(int32_t device, int32_t expandable, int32_t model_on, int64_t next_id) {
+  std::lock_guard<std::mutex> replay_guard(g_replay.mu);
+  {
+    std::lock_guard<std::mutex> guard(g_rec.mu);
+    g_rec.buffer.clear();
+    g_rec.buffer.shrink_to_fit();
+  }
+  g_rec.device.store(device);
+  g_rec.ctx.store(0);
+  Replay& p = g_replay;
+  p.layout = Layout();
+  p.layout.expandable = expandable != 0;
+  p.model_on = model_on != 0;
+  p.live.clear();
+  p.next_id = p.first_id = next_id;
+  p.last_ctx = -1;
+  p.order = 0;
+  p.exact = p.rounded = 0;
+}
+
+void kvp_set_recording(int32_t on) { g_rec.on.store(on); }
+
+// The id the next allocation gets (after the session numbered the blocks from before recording).
+void kvp_set_next_id(int64_t next_id) {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  g_replay.next_id = g_replay.first_id = next_id;
+}
+
+int64_t kvp_buffered() {
+  std::lock_guard<std::mutex> guard(g_rec.mu);
+  return int64_t(g_rec.buffer.size());
+}
+
+// A block that exists before recording: its free is followed as allocation `id`.
+void kvp_adopt(uint64_t addr, int64_t id) {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  g_replay.live[addr] = id;
+}
+
+void kvp_layout_clear() {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  g_replay.layout.blocks.clear();
+  g_replay.layout.free_ends.clear();
+}
+
+void kvp_layout_add(uint64_t addr, int64_t size, int32_t state, uint64_t seg_start, uint64_t seg_end) {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  g_replay.layout.blocks[addr] = Block{size, state, seg_start, seg_end};
+  if (state == kFree) g_replay.layout.free_ends[addr + size] = addr;
+}
+
+int64_t kvp_layout_size() {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  return int64_t(g_replay.layout.blocks.size());
+}
+
+void kvp_layout_export(uint64_t* addr, int64_t* size, int32_t* state, uint64_t* seg_start, uint64_t* seg_end) {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  int64_t i = 0;
+  for (const auto& [a, b] : g_replay.layout.blocks) {
+    addr[i] = a;
+    size[i] = b.size;
+    state[i] = b.state;
+    seg_start[i] = b.seg_start;
+    seg_end[i] = b.seg_end;
+    i++;
+  }
+}
+
+int64_t kvp_live_size() {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  return int64_t(g_replay.live.size());
+}
+
+void kvp_live_export(uint64_t* addr, int64_t* id) {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  int64_t i = 0;
+  for (const auto& [a, v] : g_replay.live) {
+    addr[i] = a;
+    id[i] = v;
+    i++;
+  }
+}
+
+// stats: exact blocks, rounded blocks, layout misses, model on (1/0), next id
+void kvp_stats(int64_t* out) {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  out[0] = g_replay.exact;
+  out[1] = g_replay.rounded;
+  out[2] = g_replay.layout.misses;
+  out[3] = g_replay.model_on ? 1 : 0;
+  out[4] = g_replay.next_id;
+}
+
+// Replay everything recorded since the last drain. counts: allocations, frees, retags, OOMs, entries,
+// first allocation id. The columns stay until the next drain; kvp_take copies them out.
+void kvp_drain(int64_t* counts) {
+  std::vector<Entry> entries;
+  {
+    std::lock_guard<std::mutex> guard(g_rec.mu);
+    entries.swap(g_rec.buffer);
+  }
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  Replay& p = g_replay;
+  for (auto* v : {&p.a_q, &p.a_t, &p.a_size, &p.a_ctx, &p.f_id, &p.f_q, &p.f_t, &p.r_id, &p.r_tag,
+                  &p.o_ctx, &p.o_free, &p.o_size, &p.o_t}) {
+    v->clear();
+  }
+  p.first_id = p.next_id;
+  replay(entries, p);
+  counts[0] = int64_t(p.a_q.size());
+  counts[1] = int64_t(p.f_id.size());
+  counts[2] = int64_t(p.r_id.size());
+  counts[3] = int64_t(p.o_ctx.size());
+  counts[4] = int64_t(entries.size());
+  counts[5] = p.first_id;
+}
+
+void kvp_take(int64_t* a_q, int64_t* a_t, int64_t* a_size, int64_t* a_ctx, int64_t* f_id, int64_t* f_q,
+              int64_t* f_t, int64_t* r_id, int64_t* r_tag, int64_t* o_ctx, int64_t* o_free, int64_t* o_size,
+              int64_t* o_t) {
+  std::lock_guard<std::mutex> guard(g_replay.mu);
+  const Replay& p = g_replay;
+  copy_out(p.a_q, a_q);
+  copy_out(p.a_t, a_t);
+  copy_out(p.a_size, a_size);
+  copy_out(p.a_ctx, a_ctx);
+  copy_out(p.f_id, f_id);
+  copy_out(p.f_q, f_q);
+  copy_out(p.f_t, f_t);
+  copy_out(p.r_id, r_id);
+  copy_out(p.r_tag, r_tag);
+  copy_out(p.o_ctx, o_ctx);
+  copy_out(p.o_free, o_free);
+  copy_out(p.o_size, o_size);
+  copy_out(p.o_t, o_t);
+}
+
+}  // extern "C"
