@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,10 +67,21 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                                          frames=args.frames, decode=not args.no_decode, out=Path(args.out)))
         s = outcome.summary
         rollout = next((r for r in s.stage_times if r.stage == "rollout"), None)
+        done = time.time()
+        meta = json.loads((outcome.path / "meta.json").read_text())
+        spans = pd.read_parquet(outcome.path / "spans.parquet", columns=["name", "t_end_ns"])
+        ends = spans.loc[spans["name"] == "rollout", "t_end_ns"]
+        layout = meta.get("allocator_layout") or {}
         out.update(rollout_wall_s=rollout.host_ms / 1e3 if rollout else None, usable_s=time.perf_counter() - t0,
+                   # from the rollout's end to a closed trace with its summary written
+                   close_s=done - (meta["started_unix_ns"] + int(ends.iloc[0])) / 1e9 if len(ends) else None,
                    disk_bytes=_bytes_under(outcome.path), events=s.allocation_events,
-                   peak_bytes=s.peak.bytes if s.peak else None,
-                   peak_gap_bytes=s.reconciliation.peak_gap_bytes if s.reconciliation else None)
+                   peak_bytes=s.peak.bytes if s.peak else None, max_memory_allocated=meta.get("max_memory_allocated_bytes"),
+                   peak_gap_bytes=s.reconciliation.peak_gap_bytes if s.reconciliation else None,
+                   max_abs_gap_bytes=s.reconciliation.max_abs_gap_bytes if s.reconciliation else None,
+                   recorder=layout.get("recorder", "python"), drains=layout.get("drains"), path=str(outcome.path))
+        if s.allocation_events:
+            out["disk_bytes_per_event"] = out["disk_bytes"] / s.allocation_events
         return {**out, "max_rss_bytes": _max_rss_bytes()}
     from kvprof.workload.rollout import run_rollout
 
@@ -116,7 +128,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in dict.fromkeys(r["mode"] for r in rows):
         mine = [r for r in rows if r["mode"] == mode and not r.get("skipped") and not r.get("timed_out")]
-        out[mode] = {k: _spread([r.get(k) for r in mine]) for k in ("rollout_wall_s", "usable_s", "disk_bytes", "max_rss_bytes")}
+        out[mode] = {k: _spread([r.get(k) for r in mine])
+                     for k in ("rollout_wall_s", "usable_s", "close_s", "disk_bytes", "max_rss_bytes")}
         out[mode]["runs"] = len(mine)
         out[mode]["timed_out"] = sum(bool(r.get("timed_out")) for r in rows if r["mode"] == mode)
     base = (out.get("untraced") or {}).get("rollout_wall_s", {}).get("median")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tracers.alloc_cuda import HistoryBatch, LayoutStats
+from tracers.alloc_cuda import CudaHistoryTracker, HistoryBatch, LayoutStats
 from tracers.alloc_layout import ALLOCATED, FREE, BlockLayout, expandable_segments_requested, unsupported_reason
 from tracers.trace_fold import NO_FREE
 
@@ -91,6 +91,7 @@ class NativeCudaTracker:
         self.entries = 0
         self.drains = 0
         self.error: BaseException | None = None  # a failed background drain, raised at the next checkpoint
+        self._context = ctypes.c_int64.in_dll(lib, "kvp_context")
         self._start_blocks: dict[int, int] = {}
         self._retags: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
@@ -136,9 +137,19 @@ class NativeCudaTracker:
                 self.error = exc
                 return
 
+    def counters(self) -> tuple[int, int]:
+        """(allocated, reserved) bytes of the allocator now: a ~1 us C call where the library has it."""
+        fn = getattr(self.lib, "kvp_counters", None)
+        if fn is None:  # the core library (CPU tests): torch's own reading
+            stats = torch.cuda.memory_stats_as_nested_dict(self.device)
+            return stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
+        out = (ctypes.c_int64 * 2)()
+        fn(self.index, out)
+        return out[0], out[1]
+
     def set_context(self, ctx: int) -> None:
-        """Stamp every following allocator event with context number `ctx`."""
-        self.lib.kvp_set_context(ctx)
+        """Stamp every following allocator event with context number `ctx` (one store in place)."""
+        self._context.value = ctx
 
     def retag(self, ctx: int, address: int, category: str, name: str | None) -> None:
         """Retag the block live at `address` now (in order among the allocator's events)."""
@@ -165,6 +176,7 @@ class NativeCudaTracker:
                 self.session.record_history_batch(batch.as_history(self._retags))
             else:
                 self.session.record_stream_batch(batch, self._retags)
+                self.session.flush_log()  # the stage records the main thread only queued
 
     def raise_error(self) -> None:
         """Raise a background drain's failure on the calling (main) thread."""
@@ -216,3 +228,21 @@ class NativeCudaTracker:
         """What the trace's meta records about block sizes and the recorder."""
         return self.stats.as_meta(self.layout.misses) | {
             "expandable_segments": self.expandable, "recorder": "native", "events": self.entries, "drains": self.drains}
+
+
+def cuda_tracker(session: "TraceSession", recorder: str, require_native: bool) -> "CudaHistoryTracker | NativeCudaTracker":
+    """The native recorder where it builds (bounded memory, per-event work in C++), else the Python
+    replay of the allocator's history (`recorder` "allocator", or `KVPROF_RECORDER=python`), a fallback
+    said in the trace's notes."""
+    if recorder == "native":
+        from tracers import native
+
+        try:
+            lib = native.load(cuda=session.device.type == "cuda")
+            return NativeCudaTracker(session, session.device, lib, expandable=session.expandable_segments)
+        except native.NativeUnavailable as exc:
+            if require_native:
+                raise
+            session.notes.append(f"native allocator recorder unavailable ({exc}): the allocator's history is "
+                                 "replayed in Python at close, host memory grows with the events")
+    return CudaHistoryTracker(session, session.device, expandable=session.expandable_segments)

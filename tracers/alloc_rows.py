@@ -38,6 +38,19 @@ def _account(session: "TraceSession", q: np.ndarray, delta: np.ndarray) -> None:
     session.live_bytes = int(cum[-1])
 
 
+def _context_arrays(session: "TraceSession", n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Span and default category of contexts 0..n-1 as arrays, grown by the new contexts only (a long
+    rollout opens a million contexts: converting the whole list at every drain would hold the GIL for
+    tens of ms each time)."""
+    spans, cats = session._ctx_arrays
+    if n > len(spans):
+        have = len(spans)
+        spans = np.concatenate([spans, np.asarray(session._ctx_span[have:n], dtype=np.int64)])
+        cats = np.concatenate([cats, np.asarray(session._ctx_cat[have:n], dtype=object)])
+        session._ctx_arrays = (spans, cats)
+    return spans, cats
+
+
 def record_history_batch(session: "TraceSession", batch: "HistoryBatch") -> None:
     """Record one drain given as per-event lists (allocations in allocator order)."""
     n = len(batch.q_alloc)
@@ -97,9 +110,7 @@ def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[
         reserved = session.reserve_alloc_ids(n)
         if reserved != first:  # the recorder numbers allocations; nothing else may on a CUDA trace
             raise RuntimeError(f"kvprof: allocation ids out of step (recorder {first}, session {reserved})")
-        n_ctx = int(b.a_ctx.max()) + 1 if n else 0
-        span_of = np.asarray(session._ctx_span[:n_ctx], dtype=np.int64)
-        cat_of = np.asarray(session._ctx_cat[:n_ctx], dtype=object)
+        span_of, cat_of = _context_arrays(session, int(b.a_ctx.max()) + 1 if n else 0)
     t0 = session.t0_perf_ns
     ids = np.arange(first, first + n, dtype=np.int64)
     in_batch = b.f_id >= first

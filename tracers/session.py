@@ -6,18 +6,20 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import resource
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from tracers import context
 from tracers import alloc_rows
 from tracers.alloc_cuda import CudaHistoryTracker, HistoryBatch
-from tracers.alloc_native import NativeCudaTracker
+from tracers.alloc_native import NativeCudaTracker, cuda_tracker
 from tracers.alloc_parts import AllocationParts, merge_parts, remove_parts
 from tracers.trace_fold import LIVE_BEFORE_TRACING, Q_STRIDE
 from tracers.alloc_dispatch import DispatchAllocTracker
@@ -70,7 +72,7 @@ class TraceSession:
         use_history = tracker in ("native", "allocator") or (tracker == "auto" and self.device.type == "cuda")
         self.tracker_kind = "cuda-allocator-history" if use_history else "dispatch"
         # native: the C++ recorder (bounded memory, streamed parts); allocator: Python replay of _snapshot() histories
-        self._recorder = "allocator" if tracker == "allocator" else "native"
+        self._recorder = "allocator" if tracker == "allocator" or os.environ.get("KVPROF_RECORDER") == "python" else "native"
         self._require_native = tracker == "native"
         self._lock = threading.RLock()
         self._next_alloc = 1
@@ -81,6 +83,7 @@ class TraceSession:
         self._ctx_span: list[int] = [0]
         self._ctx_cat: list[str] = ["unattributed"]
         self._parts: AllocationParts | None = None  # streamed allocation rows (native recorder, unfollowed)
+        self._ctx_arrays = (np.zeros(0, np.int64), np.zeros(0, object))  # the two lists as arrays, grown per drain
         self._span_stack: list[tuple[int, str]] = []  # (span id, path element)
         self._tag_stack: list[str] = []
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records
@@ -135,6 +138,7 @@ class TraceSession:
                 if not self.drain_at_checkpoints:
                     self._parts = AllocationParts(self.folder)
                 self._cuda.stream(self._next_alloc, background=not self.drain_at_checkpoints)
+                self._log.deferred = not self.drain_at_checkpoints  # the drain thread writes the lines
         else:
             importlib.import_module("torch._dynamo")  # torch loads it at a mode's first op: 1-2 s, not the first stage's
             self._dispatch = DispatchAllocTracker(self)
@@ -164,6 +168,8 @@ class TraceSession:
             raise ValueError(f"bad final status {status!r}")
         if self.status != "running":
             return
+        # the host memory the recording itself needed (what follows: writing tables, summaries)
+        self.meta["host_max_rss_recording_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         for hook in self._close_hooks:  # e.g. the host profiler: stops while the trace is still open
             try:
                 hook(self)
@@ -246,20 +252,7 @@ class TraceSession:
         return self._t0_unix_ns
 
     def _cuda_tracker(self) -> CudaHistoryTracker | NativeCudaTracker:
-        """The native recorder where it builds (bounded memory, per-event work in C++), else the
-        Python replay of the allocator's history, said in the notes."""
-        if self._recorder == "native":
-            from tracers import native
-
-            try:
-                lib = native.load(cuda=self.device.type == "cuda")
-                return NativeCudaTracker(self, self.device, lib, expandable=self.expandable_segments)
-            except native.NativeUnavailable as exc:
-                if self._require_native:
-                    raise
-                self.notes.append(f"native allocator recorder unavailable ({exc}): the allocator's history is "
-                                  "replayed in Python at close, host memory grows with the events")
-        return CudaHistoryTracker(self, self.device, expandable=self.expandable_segments)
+        return cuda_tracker(self, self._recorder, self._require_native)
 
     def add_close_hook(self, hook: Callable[["TraceSession"], None]) -> None:
         """Run `hook(session)` first thing in `close`, while spans and meta are still writable."""
@@ -333,15 +326,12 @@ class TraceSession:
             return
         if self.counter_depth is not None and len(self._span_stack) > self.counter_depth:
             return
-        # The nested form: memory_stats() flattens and sorts every key, several times the cost.
-        stats = torch.cuda.memory_stats_as_nested_dict(self.device)
-        self._write(
-            {
-                "k": "m", "t": self._now(), "q": self._q(), "s": span_id,
-                "alloc": stats["allocated_bytes"]["all"]["current"],
-                "reserved": stats["reserved_bytes"]["all"]["current"],
-            }
-        )
+        if isinstance(self._cuda, NativeCudaTracker):
+            alloc, reserved = self._cuda.counters()
+        else:  # the nested form: memory_stats() flattens and sorts every key, several times the cost
+            stats = torch.cuda.memory_stats_as_nested_dict(self.device)
+            alloc, reserved = stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
+        self._write({"k": "m", "t": self._now(), "q": self._q(), "s": span_id, "alloc": alloc, "reserved": reserved})
 
     @contextlib.contextmanager
     def tag(self, category: str) -> Iterator[None]:
@@ -484,6 +474,11 @@ class TraceSession:
             self._log.flush()
             if self._log.error is not None:  # a full disk: stop the run, the trace closes as failed
                 raise TraceWriteError(self.folder, self._log.unwritten_bytes, self._log.error)
+
+    def flush_log(self) -> None:
+        """Write the records queued so far (the drain thread's duty on a streamed trace)."""
+        if self._log is not None:
+            self._log.flush()
 
     def _raise_drain_error(self) -> None:
         try:

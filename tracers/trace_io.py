@@ -47,6 +47,9 @@ TABLES = ("allocations", "spans", "samples", "counters", "kv")
 STATUSES = ("running", "complete", "oom", "interrupted", "failed")
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class TraceError(ValueError):
     """A trace folder that cannot be read; the message names the file and what is wrong."""
 
@@ -71,6 +74,10 @@ class EventLog:
         # the error can say how many bytes the folder still needed.
         self.error: OSError | None = None
         self._line_bytes = 0  # every line handed to the file (JSON is ASCII: characters are bytes)
+        # While True, records are queued and written at the next flush (a streamed CUDA trace: its
+        # drain thread flushes every half second, so the model's thread never encodes JSON).
+        self.deferred = False
+        self._queued: list[dict[str, Any]] = []
 
     @property
     def unwritten_bytes(self) -> int:
@@ -86,21 +93,34 @@ class EventLog:
             self.error = exc
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record (a whole line)."""
+        """Append one record (a whole line; while `deferred`, queued for the next `flush`)."""
         with self._lock:
             self.records.append(record)
             if self._file is None or self.memory_only:
                 return
-            line = json.dumps(record, separators=(",", ":")) + "\n"
-            self._line_bytes += len(line)
-            if self.error is not None:
+            if self.deferred:
+                self._queued.append(record)
                 return
+            self._write_lines([record])
+            now = time.monotonic()
+            if now - self._last_flush > self._flush_interval_s:
+                self._flush_file()
+                self._last_flush = now
+
+    def _write_lines(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(_ENCODE(r) + "\n" for r in records)
+        self._line_bytes += len(text)
+        if self.error is not None:
+            return
+        try:
+            self._file.write(text)  # type: ignore[union-attr]
+        except OSError as exc:
+            self._failed(exc)
+
+    def _flush_file(self) -> None:
+        if self._file is not None and self.error is None:
             try:
-                self._file.write(line)
-                now = time.monotonic()
-                if now - self._last_flush > self._flush_interval_s:
-                    self._file.flush()
-                    self._last_flush = now
+                self._file.flush()
             except OSError as exc:
                 self._failed(exc)
 
@@ -110,16 +130,17 @@ class EventLog:
             self.alloc_columns.append(columns)
 
     def flush(self) -> None:
-        """Make everything written so far visible to followers (a failed write is kept in `error`)."""
+        """Write queued records and make everything so far visible to followers (a failed write is
+        kept in `error`)."""
         with self._lock:
-            if self._file is not None and self.error is None:
-                try:
-                    self._file.flush()
-                except OSError as exc:
-                    self._failed(exc)
+            queued, self._queued = self._queued, []
+            if queued and self._file is not None:
+                self._write_lines(queued)
+            self._flush_file()
 
     def close(self) -> None:
         """Flush and close the file; later writes are kept in memory only."""
+        self.flush()
         with self._lock:
             if self._file is not None:
                 try:
@@ -298,7 +319,7 @@ META_FIELDS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("command", "notes", "allocator_oom_events"), (list,)),
     **dict.fromkeys(("started_unix_ns", "ended_unix_ns", "budget_bytes", "allocated_before_bytes",
                      "registered_before_bytes", "held_before_bytes", "unregistered_before_bytes", "max_memory_allocated_bytes",
-                     "memory_allocated_end_bytes", "pid"), (int,)),
+                     "memory_allocated_end_bytes", "pid", "host_max_rss_recording_bytes"), (int,)),
     **dict.fromkeys(("wall_s", "tracer_drain_s"), (int, float)),
 }
 _JSON_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number", bool: "true or false"}

@@ -103,6 +103,7 @@ def _bind(lib: ctypes.CDLL, cuda: bool) -> ctypes.CDLL:
         f.argtypes, f.restype = list(args), res
     if cuda:
         lib.kvp_attach.argtypes, lib.kvp_attach.restype = [], _I32
+        lib.kvp_counters.argtypes, lib.kvp_counters.restype = [_I32, _P64], None
     return lib
 
 

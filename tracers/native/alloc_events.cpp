@@ -146,7 +146,6 @@ struct Layout {
 struct Recorder {
   std::mutex mu;
   std::vector<Entry> buffer;
-  std::atomic<int64_t> ctx{0};
   std::atomic<int32_t> on{0};
   std::atomic<int32_t> device{0};
 };
@@ -167,6 +166,19 @@ struct Replay {
 
 Recorder g_rec;
 Replay g_replay;
+
+}  // namespace
+
+// The context number stamped on each event. Python writes it in place (ctypes `in_dll`): a stage
+// boundary costs one store, not a foreign call. Aligned 8-byte stores and loads are atomic on x86-64
+// and arm64; the events it stamps are made by the thread that writes it.
+extern "C" {
+int64_t kvp_context = 0;
+}
+
+namespace {
+
+int64_t current_context() { return __atomic_load_n(&kvp_context, __ATOMIC_RELAXED); }
 
 int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -263,7 +275,7 @@ extern "C" {
 // Called by the allocator's trace tracker for every event of every device.
 void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size) {
   if (!g_rec.on.load(std::memory_order_relaxed) || device != g_rec.device.load(std::memory_order_relaxed)) return;
-  push(action, addr, size, steady_ns(), g_rec.ctx.load(std::memory_order_relaxed));
+  push(action, addr, size, steady_ns(), current_context());
 }
 
 // An event with an explicit time and context (tests replay recorded histories through it).
@@ -278,11 +290,11 @@ void kvp_record_many(int64_t n, const int32_t* action, const uint64_t* addr, con
   for (int64_t i = 0; i < n; i++) g_rec.buffer.push_back(Entry{addr[i], size[i], t_ns[i], ctx[i], action[i], 0});
 }
 
-void kvp_set_context(int64_t ctx) { g_rec.ctx.store(ctx, std::memory_order_relaxed); }
+void kvp_set_context(int64_t ctx) { __atomic_store_n(&kvp_context, ctx, __ATOMIC_RELAXED); }
 
 // The block at `addr` gets retag number `tag`, in order among the allocator's events.
 void kvp_retag(uint64_t addr, int64_t tag) {
-  push(kRetag, addr, uint64_t(tag), steady_ns(), g_rec.ctx.load(std::memory_order_relaxed));
+  push(kRetag, addr, uint64_t(tag), steady_ns(), current_context());
 }
 
 int64_t kvp_steady_ns() { return steady_ns(); }
@@ -296,7 +308,7 @@ void kvp_reset(int32_t device, int32_t expandable, int32_t model_on, int64_t nex
     g_rec.buffer.shrink_to_fit();
   }
   g_rec.device.store(device);
-  g_rec.ctx.store(0);
+  __atomic_store_n(&kvp_context, 0, __ATOMIC_RELAXED);
   Replay& p = g_replay;
   p.layout = Layout();
   p.layout.expandable = expandable != 0;

@@ -31,3 +31,12 @@ extern "C" int32_t kvp_attach() {
   g_attached = true;
   return 1;
 }
+
+// The allocator's allocated and reserved bytes now (what torch.cuda.memory_allocated() and
+// memory_reserved() report), without building the nested dict of every statistic (~28 us a call).
+extern "C" void kvp_counters(int32_t device, int64_t* out) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+  constexpr size_t kAggregate = 0;  // StatType::AGGREGATE: all pools
+  out[0] = stats.allocated_bytes[kAggregate].current;
+  out[1] = stats.reserved_bytes[kAggregate].current;
+}
