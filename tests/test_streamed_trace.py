@@ -1,0 +1,149 @@
+"""The native recorder's streamed trace at scale: equal to the one-shot Python replay of the same
+history, readable after a kill mid-stream, and host memory that does not grow with the events."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from fake_cuda_allocator import FakeCachingAllocator, install, install_native
+from kvprof.read.trace import load_trace
+from stream_history import as_history_entries, feed, stack_history
+from tracers import TraceSession, stage
+from tracers.alloc_parts import PARTS_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _open_contexts(s: TraceSession, n: int) -> list[int]:
+    """Open and close `n` stages; the context numbers the events of each will carry."""
+    out = []
+    with stage("rollout"):
+        for i in range(n):
+            with stage("chunk", i):
+                out.append(s._ctx)
+    return out
+
+
+def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path, monkeypatch):
+    tables = {}
+    for rec in ("allocator", "native"):
+        f = FakeCachingAllocator()
+        (install_native if rec == "native" else install)(monkeypatch, f)
+        s = TraceSession(tmp_path / rec, {"run_id": rec}, "cpu", tracker=rec, drain_at_checkpoints=False)
+        s.start()
+        s._t0_unix_ns -= s._t0_unix_ns % 1000  # whole microseconds: both clocks give the same trace times
+        ctxs = _open_contexts(s, 8)
+        base, events, batches = None, 0, []
+        for i, ctx in enumerate(ctxs):
+            cols, base = stack_history(42_000, base=base or 1 << 40, t0=s.t0_perf_ns + 10**9 + i * 10**9, ctx=ctx,
+                                       seed=i, segment=i == 0)
+            batches.append(cols)
+            events += len(cols["action"])
+        if rec == "native":
+            for cols in batches:
+                feed(f.native, cols)
+                s._cuda.drain()  # one part per batch (the drain thread may add its own)
+        else:
+            f.trace = [e for cols in batches for e in as_history_entries(cols, s.t0_unix_ns, s.t0_perf_ns)]
+        s.close("complete")
+        tables[rec] = load_trace(tmp_path / rec).allocations.sort_values("id").reset_index(drop=True)
+    assert events >= 1_000_000
+    native, one_shot = tables["native"], tables["allocator"]
+    assert len(native) == 8 * 42_000 and (native["q_free"] == -1).sum() == 8 * (42_000 // 97)
+    pd.testing.assert_frame_equal(native, one_shot)
+
+
+_KILLED = textwrap.dedent("""
+    import os, signal, sys
+    sys.path[:0] = [{tests!r}, {root!r}]
+    from fake_cuda_allocator import FakeCachingAllocator, native_core
+    from stream_history import feed, stack_history
+    import torch
+    from tracers import TraceSession
+    f = FakeCachingAllocator(); f.native = native_core()
+    torch.cuda.memory._snapshot = f.snapshot
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
+    torch.cuda.memory_allocated = lambda *a, **k: 0
+    s = TraceSession({folder!r}, {{"run_id": "killed"}}, "cpu", tracker="native", drain_at_checkpoints=False)
+    s.start()
+    base = 1 << 40
+    for i in range(3):
+        cols, base = stack_history(20_000, base=base, t0=s.t0_perf_ns + i * 10**9, ctx=0, seed=i, segment=i == 0)
+        feed(f.native, cols)
+        s._cuda.drain()
+        s.flush_log()
+    # the fourth batch is recorded, never drained: lost with the process
+    feed(f.native, stack_history(5_000, base=base, t0=s.t0_perf_ns + 9 * 10**9, seed=9, segment=False)[0])
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_run_killed_mid_stream_leaves_a_readable_trace_of_what_was_streamed(tmp_path):
+    folder = tmp_path / "killed"
+    code = _KILLED.format(tests=str(ROOT / "tests"), root=str(ROOT), folder=str(folder))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert len(list((folder / PARTS_DIR).iterdir())) == 3 and (folder / "events.jsonl").is_file()
+    trace = load_trace(folder)
+    assert trace.status == "killed"
+    al = trace.allocations
+    assert len(al) == 3 * 20_000 and al["id"].is_unique
+    assert (al["q_free"] == -1).sum() == 3 * (20_000 // 97)  # the pinned blocks; every temporary freed
+    assert (al["bytes"] % 512 == 0).all() and al["bytes"].min() >= 1 << 20
+
+
+_RSS = textwrap.dedent("""
+    import json, resource, sys
+    sys.path[:0] = [{tests!r}, {root!r}]
+    from fake_cuda_allocator import FakeCachingAllocator, native_core
+    from stream_history import feed, stack_history
+    import torch
+    from tracers import TraceSession
+    from kvprof.read.analysis import find_peak
+    from kvprof.read.trace import load_trace
+    f = FakeCachingAllocator(); f.native = native_core()
+    torch.cuda.memory._snapshot = f.snapshot
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
+    torch.cuda.memory_allocated = lambda *a, **k: 0
+    import pandas, pyarrow.parquet  # noqa: F401  (loaded before the baseline reading)
+    s = TraceSession({folder!r}, {{"run_id": "rss"}}, "cpu", tracker="native", drain_at_checkpoints=False)
+    s.start()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base, events = 1 << 40, 0
+    for i in range({batches}):
+        cols, base = stack_history(100_000, base=base, t0=s.t0_perf_ns + i * 10**9, ctx=0, seed=i, segment=i == 0)
+        events += len(cols["action"])
+        feed(f.native, cols)
+        del cols
+        s._cuda.drain()
+    s.close("complete")
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"events": events, "growth_bytes": (rss1 - rss0) * 1024, "rows": s._parts.rows}}))
+""")
+
+
+def _rss_growth(tmp_path: Path, batches: int) -> dict:
+    code = _RSS.format(tests=str(ROOT / "tests"), root=str(ROOT), folder=str(tmp_path / f"rss{batches}"), batches=batches)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_host_memory_of_a_streamed_trace_does_not_grow_with_its_events(tmp_path):
+    """5 M events recorded, drained, streamed and merged at close: the process grows by less than
+    250 MB over its state at the trace's start, and by less than 100 MB more than for 1 M events
+    (the one-shot replay held every event as a Python dict: gigabytes at this size)."""
+    small, large = _rss_growth(tmp_path, 4), _rss_growth(tmp_path, 17)
+    assert small["events"] >= 1_000_000 and large["events"] >= 5_000_000
+    assert large["rows"] == 17 * 100_000
+    assert large["growth_bytes"] < 250 * 2**20, large
+    assert large["growth_bytes"] - small["growth_bytes"] < 100 * 2**20, (small, large)
