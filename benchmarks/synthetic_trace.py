@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,18 +48,18 @@ WEIGHT_PARAMS = ("self_attn.q.weight", "self_attn.k.weight", "self_attn.v.weight
 NS_PER_EVENT = 10_000
 
 
-@dataclass
 class _Runs:
     """Runs of allocations, one per place that makes them: context, span, category, count, sizes."""
 
-    ctx: list[int] = field(default_factory=list)
-    span: list[int] = field(default_factory=list)
-    cat: list[str] = field(default_factory=list)
-    n: list[int] = field(default_factory=list)
-    keep: list[bool] = field(default_factory=list)  # live to the end (else a chain of temporaries)
-    size: list[int] = field(default_factory=list)  # typical bytes
-    name: list[str | None] = field(default_factory=list)
-    first: list[int] = field(default_factory=list)  # position of the run's first event in its context
+    def __init__(self) -> None:
+        self.ctx: list[int] = []
+        self.span: list[int] = []
+        self.cat: list[str] = []
+        self.n: list[int] = []
+        self.keep: list[bool] = []  # live to the end (else a chain of temporaries)
+        self.size: list[int] = []  # typical bytes
+        self.name: list[str | None] = []
+        self.first: list[int] = []  # position of the run's first event in its context
 
     def add(self, ctx: int, span: int, cat: str, n: int, keep: bool, size: int, name: str | None = None,
             first: int = 2) -> None:

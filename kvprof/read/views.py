@@ -19,7 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -110,58 +110,60 @@ class Views:
         )
 
 
-def _phase_peaks(trace: "Trace", ev: EventArrays) -> pd.DataFrame:
-    """The peak of live bytes within each phase: the maximum of live bytes right after any
-    allocation made in that phase (live bytes only rise at allocations, so this is exact)."""
-    from kvprof.read.phases import CACHE_CATEGORIES, OUTSIDE, span_phases
+def _phase_points(trace: "Trace", ev: EventArrays) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The phase of each allocation's span, as (names, phase of each event (-1 at frees and
+    0-byte allocations, which raise nothing), event at the maximum of each phase that allocated
+    and its first event, one row per phase in the order they first allocated)."""
+    from kvprof.read.phases import OUTSIDE, span_phases
 
-    if len(ev) == 0:
-        return pd.DataFrame(columns=PHASE_COLUMNS)
     sp = span_phases(trace)
     names = [OUTSIDE, *pd.unique(sp["phase"].astype(str))]
     code = {n: i for i, n in enumerate(names)}
     by_span = dict(zip(sp["id"].astype(int), (code[str(p)] for p in sp["phase"])))
+    known = np.asarray(sorted(by_span), dtype=np.int64)
+    lut = np.asarray([by_span[int(s)] for s in known] or [0], dtype=np.int64)
     span_ids = trace.allocations["span_id"].to_numpy(dtype=np.int64)
-    uniq, inv = np.unique(span_ids, return_inverse=True)
-    row_phase = np.asarray([by_span.get(int(s), 0) for s in uniq], dtype=np.int64)[inv]
-    is_alloc = ev.delta > 0  # as the phase peaks always counted: a 0-byte allocation raises nothing
+    pos = np.clip(np.searchsorted(known, span_ids), 0, max(len(known) - 1, 0))
+    found = known[pos] == span_ids if len(known) else np.zeros(len(span_ids), dtype=bool)
+    row_phase = np.where(found, lut[pos], 0)  # a span the table lacks: outside stages
+    is_alloc = ev.delta > 0
     ev_phase = np.where(is_alloc, row_phase[ev.row], -1)
     best, first = [], []
     for p in np.unique(ev_phase[is_alloc]):
         idx = np.flatnonzero(ev_phase == p)
         best.append(idx[int(np.argmax(ev.live[idx]))])
         first.append(idx[0])
-    order = np.argsort(np.asarray(first, dtype=np.int64), kind="stable")
-    best_i = np.asarray(best, dtype=np.int64)[order]
-    sort = np.argsort(best_i, kind="stable")
-    cats = np.empty((len(best_i), len(ev.names)), dtype=np.int64)
-    cats[sort] = category_at(ev, best_i[sort])
+    points = np.asarray([best, first], dtype=np.int64).reshape(2, -1).T
+    return names, ev_phase, points[np.argsort(points[:, 1], kind="stable")]
+
+
+def _phase_table(ev: EventArrays, names: list[str], ev_phase: np.ndarray, points: np.ndarray,
+                 cats: np.ndarray) -> pd.DataFrame:
+    """The phase-peak table (PHASE_COLUMNS) from `_phase_points`; `cats`: category_at of the maxima."""
+    from kvprof.read.phases import CACHE_CATEGORIES
+
     rows = []
-    for j, i in enumerate(best_i):
+    for j, (i, first) in enumerate(points):
         row = {"phase": names[int(ev_phase[i])], "peak_bytes": int(ev.live[i]), "q": int(ev.q[i]),
                "t_ns": int(ev.t_ns[i]), "alloc_id": int(ev.alloc_id[i])}
         for cat in CATEGORIES:
             k = ev.code_of(cat)
             row[cat] = 0 if k is None else int(cats[j, k])
         row["cache_bytes"] = sum(row[c] for c in CACHE_CATEGORIES)
-        row["first_q"] = int(ev.q[np.asarray(first)[order][j]])
+        row["first_q"] = int(ev.q[first])
         rows.append(row)
-    return pd.DataFrame(rows, columns=PHASE_COLUMNS).reset_index(drop=True)
+    return pd.DataFrame(rows, columns=PHASE_COLUMNS)
 
 
-def _timeline(ev: EventArrays, points: np.ndarray) -> dict[str, Any]:
-    return {"index": points, "q": ev.q[points], "t_ns": ev.t_ns[points], "total": ev.live[points],
-            "by_category": category_lines(ev, points)}
-
-
-def report_envelope(ev: EventArrays, buckets: int) -> pd.DataFrame:
+def report_envelope(ev: EventArrays, buckets: int,
+                    lines: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
     """The wide timeline (q, t_ns, live bytes of every category, total) at the rows the min/max
-    envelope over time keeps (kvprof.read.events.envelope_points)."""
+    envelope over time keeps (kvprof.read.events.envelope_points); `lines`: their category_at."""
     keep = envelope_points(ev.t_ns, ev.live, buckets)
     out = pd.DataFrame({"q": ev.q[keep], "t_ns": ev.t_ns[keep]})
-    lines = category_lines(ev, keep, nonzero_only=False)
+    by_cat = category_lines(ev, keep, nonzero_only=False, lines=None if lines is None else lines(keep))
     for cat in CATEGORIES:
-        out[cat] = lines.get(cat, np.zeros(len(keep), dtype=np.int64))
+        out[cat] = by_cat.get(cat, np.zeros(len(keep), dtype=np.int64))
     out["total"] = ev.live[keep]
     return out
 
@@ -170,9 +172,24 @@ def compute_views(trace: "Trace") -> Views:
     """The views of a trace, computed from its tables (numpy passes over the events)."""
     a = trace.allocations
     ev = event_arrays(a)
+    names, ev_phase, phase_points = _phase_points(trace, ev)
+    sets = {"events": bucket_points(ev.live, TUI_BUCKETS), "time": time_points(ev.t_ns, ev.live, TUI_BUCKETS),
+            "envelope": envelope_points(ev.t_ns, ev.live, REPORT_BUCKETS), "phases": phase_points[:, 0]}
+    kv_point = None
+    if len(trace.kv) and len(ev):
+        t = np.maximum.accumulate(ev.t_ns)
+        kv_point = int(np.searchsorted(t, int(trace.kv["t_ns"].iloc[-1]), side="right")) - 1
+        sets["kv"] = np.array([kv_point], dtype=np.int64) if kv_point >= 0 else np.zeros(0, dtype=np.int64)
+    # one pass over the events for every point any view needs
+    union = np.unique(np.concatenate(list(sets.values())))
+    matrix = category_at(ev, union)
+
+    def lines(points: np.ndarray) -> np.ndarray:
+        return matrix[np.searchsorted(union, points)]
+
+    phases = _phase_table(ev, names, ev_phase, phase_points, lines(phase_points[:, 0]))
     peak = None
     key: list[int] = []
-    phases = _phase_peaks(trace, ev)
     if len(ev):
         i = int(np.argmax(ev.live))
         peak = {"event": i, "q": int(ev.q[i]), "t_ns": int(ev.t_ns[i]), "bytes": int(ev.live[i]), "alloc_id": int(ev.alloc_id[i])}
@@ -191,19 +208,16 @@ def compute_views(trace: "Trace") -> Views:
     if len(counters) and len(ev):
         pos = np.searchsorted(ev.q, counters["q"].to_numpy(dtype=np.int64), side="right") - 1
         counter_live = np.where(pos >= 0, ev.live[np.clip(pos, 0, None)], 0)
-    kv_codes = None
-    kv, k = trace.kv, ev.code_of("kv_codes")
-    if len(kv) and len(ev):
-        t = np.maximum.accumulate(ev.t_ns)
-        i = int(np.searchsorted(t, int(kv["t_ns"].iloc[-1]), side="right")) - 1
-        kv_codes = None if i < 0 else 0 if k is None else int(category_at(ev, np.array([i]))[0, k])
+    k = ev.code_of("kv_codes")
+    kv_codes = None if kv_point is None or kv_point < 0 else 0 if k is None else int(lines(sets["kv"])[0, k])
     return Views(
-        n_events=len(ev), n_allocations=len(a), peak=peak, phase_peaks=phases, key_rows=a[mask].reset_index(drop=True), key_qs=frozenset(key),
-        categories=tuple(ev.names), category_max=category_max(ev), live_at_end=live_at_end, counter_live=counter_live,
-        kv_codes_at_last_kv=kv_codes,
-        timelines={"events": _timeline(ev, bucket_points(ev.live, TUI_BUCKETS)),
-                   "time": _timeline(ev, time_points(ev.t_ns, ev.live, TUI_BUCKETS))},
-        envelope=report_envelope(ev, REPORT_BUCKETS),
+        n_events=len(ev), n_allocations=len(a), peak=peak, phase_peaks=phases, key_rows=a[mask].reset_index(drop=True),
+        key_qs=frozenset(key), categories=tuple(ev.names), category_max=category_max(ev), live_at_end=live_at_end,
+        counter_live=counter_live, kv_codes_at_last_kv=kv_codes,
+        timelines={axis: {"index": p, "q": ev.q[p], "t_ns": ev.t_ns[p], "total": ev.live[p],
+                          "by_category": category_lines(ev, p, lines=lines(p))}
+                   for axis, p in (("events", sets["events"]), ("time", sets["time"]))},
+        envelope=report_envelope(ev, REPORT_BUCKETS, lines),
     )
 
 
