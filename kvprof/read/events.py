@@ -88,17 +88,11 @@ def category_at(ev: EventArrays, points: np.ndarray) -> np.ndarray:
 def category_max(ev: EventArrays) -> dict[str, int]:
     """The largest live bytes each category reached (0 before its first event counts)."""
     out: dict[str, int] = {}
-    if len(ev) == 0:
-        return out
-    order = np.argsort(ev.code, kind="stable")  # each category's events, in event order
-    codes = ev.code[order]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    running = np.cumsum(ev.delta[order])
-    base = np.repeat(running[starts] - ev.delta[order][starts], np.diff(np.r_[starts, len(codes)]))
-    best = np.maximum.reduceat(running - base, starts)
-    first = np.minimum.reduceat(order, starts)
-    for s, b, f in zip(starts, best, first):
-        out[ev.names[int(codes[s])]] = int(max(b, 0) if f > 0 else b)
+    for k, name in enumerate(ev.names):
+        idx = np.flatnonzero(ev.code == k)  # the category's events, in event order
+        if len(idx):
+            best = int(np.cumsum(ev.delta[idx]).max())
+            out[name] = max(best, 0) if idx[0] > 0 else best
     return out
 
 

@@ -129,7 +129,7 @@ def _phase_points(trace: "Trace", ev: EventArrays) -> tuple[list[str], np.ndarra
     is_alloc = ev.delta > 0
     ev_phase = np.where(is_alloc, row_phase[ev.row], -1)
     best, first = [], []
-    for p in np.unique(ev_phase[is_alloc]):
+    for p in np.flatnonzero(np.bincount(ev_phase[is_alloc], minlength=len(names))):  # phases that allocated
         idx = np.flatnonzero(ev_phase == p)
         best.append(idx[int(np.argmax(ev.live[idx]))])
         first.append(idx[0])
@@ -155,11 +155,12 @@ def _phase_table(ev: EventArrays, names: list[str], ev_phase: np.ndarray, points
     return pd.DataFrame(rows, columns=PHASE_COLUMNS)
 
 
-def report_envelope(ev: EventArrays, buckets: int,
-                    lines: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
+def report_envelope(ev: EventArrays, buckets: int, lines: Callable[[np.ndarray], np.ndarray] | None = None,
+                    keep: np.ndarray | None = None) -> pd.DataFrame:
     """The wide timeline (q, t_ns, live bytes of every category, total) at the rows the min/max
-    envelope over time keeps (kvprof.read.events.envelope_points); `lines`: their category_at."""
-    keep = envelope_points(ev.t_ns, ev.live, buckets)
+    envelope over time keeps (kvprof.read.events.envelope_points: `keep` when at hand); `lines`:
+    their category_at."""
+    keep = envelope_points(ev.t_ns, ev.live, buckets) if keep is None else keep
     out = pd.DataFrame({"q": ev.q[keep], "t_ns": ev.t_ns[keep]})
     by_cat = category_lines(ev, keep, nonzero_only=False, lines=None if lines is None else lines(keep))
     for cat in CATEGORIES:
@@ -217,7 +218,7 @@ def compute_views(trace: "Trace") -> Views:
         timelines={axis: {"index": p, "q": ev.q[p], "t_ns": ev.t_ns[p], "total": ev.live[p],
                           "by_category": category_lines(ev, p, lines=lines(p))}
                    for axis, p in (("events", sets["events"]), ("time", sets["time"]))},
-        envelope=report_envelope(ev, REPORT_BUCKETS, lines),
+        envelope=report_envelope(ev, REPORT_BUCKETS, lines, sets["envelope"]),
     )
 
 
