@@ -137,7 +137,9 @@ def test_a_trace_without_views_or_with_changed_tables_is_read_from_its_tables(sy
     assert load_views(edited) is None
     assert find_peak(load_trace(edited)).bytes == find_peak(load_trace(synthetic)).bytes + 4096
 
-    for damage in (b"{not json", json.dumps({"version": 1}).encode(), json.dumps([1, 2]).encode()):
+    stored = json.loads((synthetic / VIEWS_FILE).read_text())
+    stored["peak"]["bytes"] += 1  # well-formed, wrong: its digest tells
+    for damage in (b"{not json", json.dumps({"version": 1}).encode(), json.dumps([1, 2]).encode(), json.dumps(stored).encode()):
         (old / VIEWS_FILE).write_bytes(damage)
         assert load_views(old) is None
         assert summarize(load_trace(old)).to_dict() == expected

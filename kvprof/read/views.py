@@ -8,7 +8,8 @@ points over events and over time) and the report's min/max envelope (`REPORT_BUC
 
 `write_views(trace)` stores them as `views.json` next to the tables when a trace closes (the
 recorder calls it); `load_views(folder)` reads them back only when the tables are byte for byte
-those they were computed from (a BLAKE2 digest of each table file), else None and readers
+those they were computed from (a BLAKE2 digest of each table file) and the file is as written
+(a digest of its own content), else None and readers
 compute them from the tables as before (older traces, damaged or edited tables). Either way
 the numbers are the same: the file is a cache of this module's results, never a second
 definition of them.
@@ -242,9 +243,14 @@ def write_views(trace: "Trace") -> Path | None:
     if trace.raw.live or trace.raw.notes:
         return None
     path = trace.path / VIEWS_FILE
-    fingerprint = _fingerprint(trace.path)
-    write_json_atomic(path, trace.views.to_dict(fingerprint))
+    data = trace.views.to_dict(_fingerprint(trace.path))
+    write_json_atomic(path, {**data, "digest": _digest(data)})
     return path
+
+
+def _digest(data: dict[str, Any]) -> str:
+    """Digest of the views' own content: an edited or damaged views.json is not believed."""
+    return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def load_views(folder: str | Path) -> Views | None:
@@ -255,8 +261,9 @@ def load_views(folder: str | Path) -> Views | None:
         data = json.loads((folder / VIEWS_FILE).read_text())
         if not isinstance(data, dict) or data.get("version") != VIEWS_VERSION:
             return None
-        if data.get("fingerprint") != _fingerprint(folder):
+        digest = data.pop("digest", None)
+        if digest != _digest(data) or data.get("fingerprint") != _fingerprint(folder):
             return None
         return Views.from_dict(data)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
