@@ -41,6 +41,7 @@ from kvprof.oomfacts import as_oom, oom_facts
 from kvprof.read.analysis import breakdown, memory_events, summarize
 from kvprof.read.summary import Failure, Summary, write_summary
 from kvprof.read.trace import Trace, load_trace
+from kvprof.read.views import write_views
 from kvprof.signals import InterruptGuard, hold_close_for_tests
 from kvprof.tagging import tensors_of as _tensors
 from kvprof.tagging import watch, watch_in
@@ -235,6 +236,10 @@ class TraceRun:
 
     def _summarize(self, error: BaseException | None) -> Summary:
         trace = load_trace(self.path)
+        try:
+            write_views(trace)  # what the readers' first screens need, computed once, here
+        except OSError:
+            pass  # a full disk: readers compute the views from the tables instead
         summary = replace(summarize(trace), notes=tuple(trace.meta.get("notes", [])))
         if trace.status in ("oom", "interrupted", "failed"):
             stage_key = {"oom": None, "interrupted": "interrupted_stage", "failed": "failed_stage"}[trace.status]

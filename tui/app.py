@@ -297,7 +297,7 @@ class KvprofApp(App[int]):
                 out.append(f" · {view.n_events:,} events")
                 event = self.cursor_event()
                 if event is not None:
-                    out.append(f" · cursor {fmt_bytes(int(view.events_live[event]))}")
+                    out.append(f" · cursor {fmt_bytes(view.event_live(event))}")
         if self.filter_text:
             out.append(f" · filter '{self.filter_text}'", style="bold")
         if self.live is not None and not self.live.done:

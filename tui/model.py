@@ -1,8 +1,9 @@
 """What the views show, computed once per trace snapshot from kvprof's analyses (no Textual here).
 
-`build_view(trace)` runs the analyses (memory events, exact peak, stage times, KV bytes) and
-reduces the memory timeline to at most `MAX_BUCKETS` points, each the highest point of its
-stretch of events, so that the peak is always one of them and a widget of any width draws it.
+`build_view(trace)` runs the analyses (exact peak, stage times, KV bytes) and takes the memory
+timeline reduced to at most `MAX_BUCKETS` points, each the highest point of its stretch of
+events, so that the peak is always one of them and a widget of any width draws it (the
+trace's views, kvprof.read.views, hold both timelines).
 """
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvprof.read.analysis import Breakdown, Peak, breakdown, find_peak, kv_bytes, memory_events, stage_times
+from kvprof.read.analysis import Breakdown, Peak, breakdown, find_peak, kv_bytes, stage_times
+from kvprof.read.events import EventArrays, bucket_points, category_lines, event_arrays, time_points
 from kvprof.read.compare import trace_row
 from kvprof.read.summary import KVBytes, load_summary
 from kvprof.read.trace import Trace
-from tracers.categories import CATEGORIES
+from kvprof.read.views import TUI_BUCKETS
 from tracers.vocabulary import PASS_NAMES
 from tracers.trace_io import NO_FREE
 
-MAX_BUCKETS = 2048
+MAX_BUCKETS = TUI_BUCKETS
 TOP_ALLOCATIONS = 50
 
 
@@ -57,13 +59,11 @@ class Timeline:
 
 @dataclass
 class TraceView:
-    """One trace as the views see it."""
+    """One trace as the views see it. The per-event arrays (`events_q`, `events_t_ns`,
+    `events_live`, `events_alloc_id`) are read from the allocation table on first use: the first
+    screen (timelines, the peak and what is live there) comes from the trace's views alone."""
 
     trace: Trace
-    events_q: np.ndarray
-    events_t_ns: np.ndarray
-    events_live: np.ndarray
-    events_alloc_id: np.ndarray
     timeline: Timeline
     timeline_time: Timeline
     peak: Peak | None
@@ -73,6 +73,45 @@ class TraceView:
     n_chunks: int | None = None  # chunks of the rollout seen so far (None: the trace has no chunk stages)
     built_s: float = 0.0
     _breakdowns: dict[tuple[int, str], Breakdown] = field(default_factory=dict)
+    _events: EventArrays | None = None
+
+    @property
+    def events(self) -> EventArrays:
+        """Every alloc and free in exact order (kvprof.read.events), read on first use."""
+        if self._events is None:
+            self._events = event_arrays(self.trace.allocations)
+        return self._events
+
+    @property
+    def events_q(self) -> np.ndarray:
+        return self.events.q
+
+    @property
+    def events_t_ns(self) -> np.ndarray:
+        return self.events.t_ns
+
+    @property
+    def events_live(self) -> np.ndarray:
+        return self.events.live
+
+    @property
+    def events_alloc_id(self) -> np.ndarray:
+        return self.events.alloc_id
+
+    def _at_peak(self, event: int) -> bool:
+        return self._events is None and self.peak is not None and event == self.peak_event
+
+    def event_q(self, event: int) -> int:
+        """Order key of event `event` (the peak's without reading the events)."""
+        return int(self.peak.q) if self._at_peak(event) and self.peak else int(self.events_q[event])
+
+    def event_t_ns(self, event: int) -> int:
+        """Time of event `event` in ns since the trace started."""
+        return int(self.peak.t_ns) if self._at_peak(event) and self.peak else int(self.events_t_ns[event])
+
+    def event_live(self, event: int) -> int:
+        """Live bytes just after event `event`."""
+        return int(self.peak.bytes) if self._at_peak(event) and self.peak else int(self.events_live[event])
 
     @property
     def path(self) -> Path:
@@ -88,7 +127,7 @@ class TraceView:
 
     @property
     def n_events(self) -> int:
-        return len(self.events_q)
+        return self.timeline.n_events
 
     def timeline_for(self, axis: str) -> Timeline:
         """The timeline over event order ('events') or over time ('time')."""
@@ -126,75 +165,22 @@ class TraceView:
         if key not in self._breakdowns:
             if len(self._breakdowns) > 256:
                 self._breakdowns.clear()
-            self._breakdowns[key] = breakdown(self.trace, int(self.events_q[event]), match)
+            self._breakdowns[key] = breakdown(self.trace, self.event_q(event), match)
         return self._breakdowns[key]
 
     def stage_of_event(self, event: int) -> str:
         """Stage path in which the allocation or free at `event` happened."""
+        if self._at_peak(event) and self.peak is not None:
+            return self.peak.stage
         a = self.trace.allocations_with_stage
         row = a.loc[a["id"] == int(self.events_alloc_id[event]), "path"]
         return str(row.iat[0]) if len(row) else "?"
 
 
-def _bucket_points(live: np.ndarray, buckets: int) -> np.ndarray:
-    """Event index of the (first) maximum of each of `buckets` equal stretches of events."""
-    n = len(live)
-    if n <= buckets:
-        return np.arange(n, dtype=np.int64)
-    starts = np.linspace(0, n, buckets + 1).astype(np.int64)[:-1]
-    starts = np.unique(starts)
-    maxima = np.maximum.reduceat(live, starts)
-    bucket_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
-    hits = np.flatnonzero(live == maxima[bucket_of])
-    _, first = np.unique(bucket_of[hits], return_index=True)
-    return hits[first].astype(np.int64)
-
-
-def _time_points(t_ns: np.ndarray, live: np.ndarray, buckets: int) -> np.ndarray:
-    """Event index drawn for each of `buckets` equal time spans: the span's first maximum, or for a
-    span without events the last event before it (its live bytes held through the span)."""
-    n = len(live)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    t = np.maximum.accumulate(t_ns)  # clocks of different sources may step back a little
-    span = int(t[-1] - t[0])
-    if span <= 0:
-        return _bucket_points(live, buckets)
-    bucket = (t - t[0]) * (buckets - 1) // span
-    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
-    maxima = np.maximum.reduceat(live, starts)
-    seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
-    hits = np.flatnonzero(live == maxima[seg])
-    _, first = np.unique(seg[hits], return_index=True)
-    rep, last = hits[first], np.r_[starts[1:], n] - 1
-    present = bucket[starts]
-    j = np.searchsorted(present, np.arange(buckets), side="right") - 1
-    return np.where(present[j] == np.arange(buckets), rep[j], last[j]).astype(np.int64)
-
-
-def _timeline(trace: Trace, cats: tuple[np.ndarray, list[str]], delta: np.ndarray, live: np.ndarray, q: np.ndarray,
-              t_ns: np.ndarray, points: np.ndarray, axis: str) -> Timeline:
-    stage_band, pass_band = _bands(trace, q[points])
-    return Timeline(
-        axis=axis, n_events=len(live), index=points, q=q[points], t_ns=t_ns[points], total=live[points],
-        by_category=_category_lines(*cats, delta, points), stage_band=stage_band, pass_band=pass_band,
-    )
-
-
-def _category_lines(codes: np.ndarray, names: list[str], delta: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
-    """Live bytes per category at each point: one weighted bincount over the segments between points."""
-    k = len(names)
-    if k == 0 or len(points) == 0:
-        return {}
-    counts = np.diff(np.r_[-1, points])  # point j closes the events after point j-1 up to itself
-    segment = np.repeat(np.arange(len(points)), counts)
-    m = len(segment)
-    sums = np.bincount(segment * k + codes[:m], weights=delta[:m].astype(np.float64),
-                       minlength=len(points) * k).reshape(len(points), k)
-    lines = np.cumsum(np.rint(sums).astype(np.int64), axis=0)
-    order = [c for c in CATEGORIES if c in names] + sorted(n for n in names if n not in CATEGORIES)
-    pos = {n: i for i, n in enumerate(names)}
-    return {c: lines[:, pos[c]] for c in order if lines[:, pos[c]].any()}
+def _timeline(trace: Trace, stored: dict[str, Any], axis: str, n_events: int) -> Timeline:
+    stage_band, pass_band = _bands(trace, stored["q"])
+    return Timeline(axis=axis, n_events=n_events, index=stored["index"], q=stored["q"], t_ns=stored["t_ns"],
+                    total=stored["total"], by_category=dict(stored["by_category"]), stage_band=stage_band, pass_band=pass_band)
 
 
 def _bands(trace: Trace, q: np.ndarray) -> tuple[list[str], list[str]]:
@@ -233,24 +219,22 @@ def rollout_chunks(trace: Trace) -> int | None:
 
 
 def build_view(trace: Trace, buckets: int = MAX_BUCKETS) -> TraceView:
-    """Run the analyses the views need, once."""
+    """Run the analyses the views need, once: the timelines and the peak come from the trace's
+    views (kvprof.read.views: stored at close, else computed from the events); other bucket
+    counts than MAX_BUCKETS are computed from the events."""
     t0 = time.perf_counter()
-    ev = memory_events(trace)
-    live = ev["live"].to_numpy(dtype=np.int64)
-    q = ev["q"].to_numpy(dtype=np.int64)
-    t_ns = ev["t_ns"].to_numpy(dtype=np.int64)
-    codes, names = pd.factorize(ev["category"], use_na_sentinel=False)
-    cats = (np.asarray(codes), [str(n) for n in names])
-    delta = ev["delta"].to_numpy(dtype=np.int64)
-    timeline = _timeline(trace, cats, delta, live, q, t_ns, _bucket_points(live, buckets), "events")
-    timeline_time = _timeline(trace, cats, delta, live, q, t_ns, _time_points(t_ns, live, buckets), "time")
+    views = trace.views
+    stored = views.timelines
+    if buckets != MAX_BUCKETS:
+        ev = event_arrays(trace.allocations)
+        stored = {axis: {"index": p, "q": ev.q[p], "t_ns": ev.t_ns[p], "total": ev.live[p], "by_category": category_lines(ev, p)}
+                  for axis, p in (("events", bucket_points(ev.live, buckets)), ("time", time_points(ev.t_ns, ev.live, buckets)))}
     peak = find_peak(trace, top=TOP_ALLOCATIONS)
-    peak_event = None if peak is None else int(np.searchsorted(q, peak.q, side="left"))
     return TraceView(
-        trace=trace, events_q=q, events_t_ns=t_ns, events_live=live,
-        events_alloc_id=ev["alloc_id"].to_numpy(dtype=np.int64), timeline=timeline, timeline_time=timeline_time, peak=peak,
-        peak_event=peak_event, stage_times=stage_times(trace), kv=kv_bytes(trace), n_chunks=rollout_chunks(trace),
-        built_s=time.perf_counter() - t0,
+        trace=trace, timeline=_timeline(trace, stored["events"], "events", views.n_events),
+        timeline_time=_timeline(trace, stored["time"], "time", views.n_events), peak=peak,
+        peak_event=None if views.peak is None else views.peak["event"], stage_times=stage_times(trace), kv=kv_bytes(trace),
+        n_chunks=rollout_chunks(trace), built_s=time.perf_counter() - t0,
     )
 
 

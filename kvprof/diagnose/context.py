@@ -3,15 +3,13 @@ geometry, the live set at an order key (with layer, buffer, phase and retention)
 code-storage arithmetic (what bit-packing or int8 codes would change)."""
 from __future__ import annotations
 
-import functools
 import math
 
-import numpy as np
 import pandas as pd
 
 from kvprof.diagnose.bytemodel import STORAGE_BITS, Geometry, MethodFacts, code_bits, split_name
-from kvprof.read.analysis import live_at, timeline
-from kvprof.read.phases import allocation_phases, retained_mask
+from kvprof.read.analysis import live_at
+from kvprof.read.phases import OUTSIDE, retained_mask, span_phases
 from kvprof.read.trace import Trace
 from kvprof.units import fmt_bytes
 from tracers.categories import KV_CATEGORIES
@@ -29,19 +27,22 @@ class TraceContext:
         self.method = trace.meta.get("method")
         self.facts = MethodFacts.from_meta(trace.meta)
         # a method that does not say (your own plain cache, API traces) is lossless when it stores no codes
-        self.lossless = self.facts.lossless if self.facts.lossless is not None else not (
-            trace.allocations["category"] == "kv_codes").any()
+        self.lossless = self.facts.lossless if self.facts.lossless is not None else "kv_codes" not in trace.views.categories
         self.codes = trace.meta.get("codes")
         self.integration = trace.meta.get("integration")
         self.geo = Geometry.from_meta(trace.meta)
         spans = trace.spans
         self._layer_of = self._layer_ancestors(spans)
-        self.alloc_phase = allocation_phases(trace)
+        sp = span_phases(trace)
+        self.span_phase = pd.Series(sp["phase"].to_numpy(), index=sp["id"].to_numpy())  # span id -> phase
 
-    @functools.cached_property
-    def wide(self) -> pd.DataFrame:
-        """Live bytes per category after every event (kvprof.read.analysis.timeline)."""
-        return timeline(self.trace)
+    def phase_of(self, allocs: pd.DataFrame) -> pd.Series:
+        """The phase each allocation row was made in (kvprof.read.phases.allocation_phases, for these rows)."""
+        return allocs["span_id"].map(self.span_phase).fillna(OUTSIDE).astype(str)
+
+    def category_max(self, category: str) -> int:
+        """The largest live bytes of `category` over the whole trace (0 when it never held any)."""
+        return int(self.trace.views.category_max.get(category, 0))
 
     @staticmethod
     def _layer_ancestors(spans: pd.DataFrame) -> dict[int, int]:
@@ -64,7 +65,7 @@ class TraceContext:
         # Weights, latents, decode temporaries...: one name each; grouped by category instead.
         plain = live["layer"].isna() & ~live["category"].isin(KV_CATEGORIES)
         live.loc[plain, "buffer"] = "(" + live.loc[plain, "category"].astype(str) + ")"
-        live["phase"] = live["id"].map(self.alloc_phase).fillna("(outside stages)")
+        live["phase"] = self.phase_of(live)
         live["retained"] = retained_mask(self.trace, live, q, owner=self._layer_of)  # outlived its layer call
         return live
 
@@ -125,13 +126,8 @@ class TraceContext:
         if kv.empty:
             return None
         last = kv.iloc[-1]
-        wide = self.wide
-        t = np.maximum.accumulate(wide["t_ns"].to_numpy())
-        i = int(np.searchsorted(t, int(last.t_ns), side="right")) - 1
-        if i < 0:
-            return None
-        codes = int(wide["kv_codes"].iat[i])
-        if codes <= 0:
+        codes = self.trace.views.kv_codes_at_last_kv  # None: the record precedes every event
+        if codes is None or codes <= 0:
             return None
         excess = int(last.resident_bytes) - int(last.stored_bytes)
         return min(1.0, max(0.0, (codes - excess) / codes))

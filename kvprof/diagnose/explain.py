@@ -22,10 +22,13 @@ from kvprof.units import fmt_bytes
 __all__ = ["diagnose", "phase_at", "compare_dicts"]
 
 
-def phase_at(trace: Trace, phases: pd.Series, q: int) -> str:
+def phase_at(ctx: TraceContext, q: int) -> str:
     """The phase of the allocation made at order key q (the peak event)."""
-    hit = trace.allocations.loc[trace.allocations["q_alloc"] == q, "id"]
-    return str(phases.get(int(hit.iloc[0]), "?")) if not hit.empty else "?"
+    views = ctx.trace.known_views
+    rows = None if views is None else views.rows_at(q)  # a key moment: the allocation made then is stored
+    a = ctx.trace.allocations if rows is None else rows
+    hit = a[a["q_alloc"] == q]
+    return str(ctx.phase_of(hit.iloc[:1]).iloc[0]) if not hit.empty else "?"
 
 
 def compare_dicts(a: dict[str, int], b: dict[str, int] | None, key: str) -> pd.DataFrame:
@@ -93,7 +96,7 @@ def diagnose(
                          "differ by that much")
 
     phases = phase_peaks(t)
-    peak_phase = phase_at(t, ctx.alloc_phase, peak.q)
+    peak_phase = phase_at(ctx, peak.q)
     live = ctx.live(peak.q)
     lives = {str(r.phase): (live if int(r.q) == peak.q else ctx.live(int(r.q))) for r in phases.itertuples()}
 
@@ -105,7 +108,7 @@ def diagnose(
     base_kinds: set[str] = set()
     if base is not None and base_peak is not None:
         bctx = TraceContext(base)
-        base_phase = phase_at(base, bctx.alloc_phase, base_peak.q)
+        base_phase = phase_at(bctx, base_peak.q)
         baseline_info = {
             "path": str(base.path), "label": trace_label(base), "peak_bytes": base_peak.bytes,
             "peak_stage": base_peak.stage, "peak_phase": base_phase, "found_by": found_by, "status": base.status,

@@ -91,7 +91,7 @@ def project(ctx: TraceContext, phases: pd.DataFrame, lives: dict[str, pd.DataFra
             d += whole
             terms.append(f"+{fmt_bytes(whole)} whole-buffer dequantization of one layer (K,V x {geo.capacity_tokens} "
                          f"tokens x {geo.token_bytes} B) [byte model, meta.json]")
-            scr_max = int(ctx.wide["kv_scratch"].max()) if not ctx.wide.empty else 0
+            scr_max = ctx.category_max("kv_scratch")
             if scr_max:
                 # Staged encodes one chunk per layer (the written prefix for position-dependent
                 # methods); the study re-encodes the whole buffer, its scratch scaling with tokens.

@@ -53,7 +53,9 @@ class Breakdown:
 
 def live_at(trace: Trace, q: int) -> pd.DataFrame:
     """Allocations live just after the event with order key `q`, with their stage of origin."""
-    a = trace.allocations_with_stage
+    views = trace.known_views
+    rows = None if views is None else views.rows_at(q)
+    a = trace.allocations_with_stage if rows is None else trace.with_stage(rows)  # a key moment: its rows are stored
     mask = (a["q_alloc"] <= q) & ((a["q_free"] == NO_FREE) | (a["q_free"] > q))
     return a[mask]
 
@@ -89,22 +91,23 @@ def breakdown(trace: Trace, q: int, match: str = "") -> Breakdown:
 
 def find_peak(trace: Trace, top: int = 10) -> Peak | None:
     """The first event at which live bytes reach their maximum (None for a trace with no allocations)."""
-    ev = memory_events(trace)
-    if ev.empty:
+    point = trace.views.peak
+    if point is None:
         return None
-    i = int(np.argmax(ev["live"].to_numpy()))
-    q = int(ev["q"].iat[i])
+    q = point["q"]
     live = live_at(trace, q)
-    alloc_id = int(ev["alloc_id"].iat[i])
-    a = trace.allocations_with_stage
-    stage = str(a.loc[a["id"] == alloc_id, "path"].iat[0])
+    made = live.loc[live["id"] == point["alloc_id"], "path"]
+    if made.empty:  # freed at its own q: not among the live rows
+        a = trace.allocations_with_stage
+        made = a.loc[a["id"] == point["alloc_id"], "path"]
+    stage = str(made.iat[0])
     split = breakdown_of(live, q)
-    biggest = live.sort_values("bytes", ascending=False).head(top)
+    biggest = live.sort_values("bytes", ascending=False, kind="stable").head(top)  # ties in table order
     tops = [
         {"bytes": int(r.bytes), "category": str(r.category), "name": None if pd.isna(r.name) else str(r.name), "stage": str(r.path)}
         for r in biggest.itertuples()
     ]
-    return Peak(bytes=int(ev["live"].iat[i]), q=q, t_ns=int(ev["t_ns"].iat[i]), stage=stage, by_category=split.by_category,
+    return Peak(bytes=point["bytes"], q=q, t_ns=point["t_ns"], stage=stage, by_category=split.by_category,
                 by_stage=split.by_stage, by_pass=split.by_pass, top_allocations=tops)
 
 
@@ -134,11 +137,8 @@ def reconcile(trace: Trace, peak: Peak | None) -> Reconciliation:
     before = int(meta.get("allocated_before_bytes", 0)) - int(held)
     out: dict[str, Any] = {}
     counters = trace.counters
-    ev = memory_events(trace)
-    if not counters.empty and not ev.empty:
-        pos = np.searchsorted(ev["q"].to_numpy(), counters["q"].to_numpy(), side="right") - 1
-        live = np.where(pos >= 0, ev["live"].to_numpy()[np.clip(pos, 0, None)], 0)
-        gap = counters["allocated_bytes"].to_numpy() - before - live
+    if not counters.empty and trace.views.n_events:
+        gap = counters["allocated_bytes"].to_numpy() - before - trace.views.counter_live
         out.update(boundaries=int(len(gap)), max_abs_gap_bytes=int(np.abs(gap).max()), boundaries_exact=int((gap == 0).sum()))
     max_alloc = meta.get("max_memory_allocated_bytes")
     if max_alloc is not None and peak is not None:
@@ -187,18 +187,16 @@ def _ms(value: Any) -> float | None:
 def summarize(trace: Trace) -> Summary:
     """The summary of a trace (summary.json, docs/trace-format.md), computed from its tables."""
     peak = find_peak(trace)
-    a = trace.allocations
-    live_end = a[a["q_free"] == NO_FREE].groupby("category")["bytes"].sum()
     times = stage_times(trace)
     rows = times.astype(object).where(times.notna(), None).to_dict(orient="records")  # no NaN in JSON
     return Summary(
         status=trace.status,
         peak=peak,
-        live_at_end_by_category={str(k): int(v) for k, v in live_end.items() if v},
+        live_at_end_by_category=dict(trace.views.live_at_end),
         stage_times=tuple(StageTime(str(r["stage"]), int(r["count"]), _ms(r["host_ms"]), _ms(r["device_ms"])) for r in rows),
         kv=kv_bytes(trace),
         kv_per_chunk=tuple(trace.kv.to_dict(orient="records")),
         reconciliation=reconcile(trace, peak),
         wall_s=trace.meta.get("wall_s"),
-        allocation_events=int(len(a)),
+        allocation_events=trace.views.n_allocations,
     )

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
 import pandas as pd
 
-from kvprof.read.analysis import memory_events, timeline
+from kvprof.read.events import envelope_points, event_arrays
 from kvprof.read.trace import Trace
+from kvprof.read.views import REPORT_BUCKETS, report_envelope
 from kvprof.units import fmt_bytes
-from tracers.categories import CATEGORIES
 from tracers.trace_fold import NO_FREE, Q_STRIDE
 from tracers.vocabulary import CHUNK, DECODE, PASS_NAMES, PHASE_NAMES, ROLLOUT
 
@@ -79,28 +78,9 @@ def phase_peaks(trace: Trace) -> pd.DataFrame:
 
     Columns: phase, peak_bytes, q, t_ns, alloc_id, one column per category (live bytes by
     category at that instant), `cache_bytes` (kv_fp + kv_codes + kv_meta + cross_kv) and `first_q` (phase order).
+    Part of the trace's views (kvprof.read.views): stored at close, else computed once.
     """
-    cols = ["phase", "peak_bytes", "q", "t_ns", "alloc_id", *CATEGORIES, "cache_bytes", "first_q"]
-    ev = memory_events(trace)
-    if ev.empty:
-        return pd.DataFrame(columns=cols)
-    wide = timeline(trace)
-    phases = allocation_phases(trace)
-    is_alloc = ev["delta"].to_numpy() > 0
-    ev_phase = np.where(is_alloc, ev["alloc_id"].map(phases).fillna(OUTSIDE).to_numpy(dtype=object), None)
-    rows = []
-    live = ev["live"].to_numpy()
-    for name in pd.unique(ev_phase[is_alloc]):
-        idx = np.flatnonzero(ev_phase == name)
-        best = idx[int(np.argmax(live[idx]))]
-        row = {"phase": str(name), "peak_bytes": int(live[best]), "q": int(ev["q"].iat[best]),
-               "t_ns": int(ev["t_ns"].iat[best]), "alloc_id": int(ev["alloc_id"].iat[best])}
-        for cat in CATEGORIES:
-            row[cat] = int(wide[cat].iat[best])
-        row["cache_bytes"] = sum(row[c] for c in CACHE_CATEGORIES)
-        row["first_q"] = int(ev["q"].iat[idx[0]])
-        rows.append(row)
-    return pd.DataFrame(rows, columns=cols).sort_values("first_q").reset_index(drop=True)
+    return trace.views.phase_peaks.copy()
 
 
 def retained_mask(trace: Trace, live: pd.DataFrame, q: int, owner: Mapping[int, int] | None = None) -> pd.Series:
@@ -123,33 +103,20 @@ def envelope(df: pd.DataFrame, x: str, y: str, buckets: int) -> pd.DataFrame:
     Every kept row is a real row (so stacked columns stay consistent), and the row holding the
     global maximum of `y` is always kept (it is the maximum of its bucket), as is the minimum.
     """
-    if buckets < 1:
-        raise ValueError("buckets must be >= 1")
-    n = len(df)
-    if n <= 2 * buckets + 2:
-        return df.reset_index(drop=True)
-    xs = df[x].to_numpy(dtype=np.float64)
-    lo, hi = float(np.nanmin(xs)), float(np.nanmax(xs))
-    width = (hi - lo) / buckets if hi > lo else 1.0
-    bucket = np.clip(((xs - lo) / width).astype(np.int64), 0, buckets - 1)
-    ys = df[y].to_numpy()
-    pos = np.arange(n)
-    frame = pd.DataFrame({"b": bucket, "y": ys, "pos": pos})
-    g = frame.groupby("b")["y"]
-    keep = np.concatenate([
-        pos[g.idxmax().to_numpy()], pos[g.idxmin().to_numpy()], [0, n - 1],
-    ])
-    keep = np.unique(keep)  # sorted: original order preserved
+    keep = envelope_points(df[x].to_numpy(), df[y].to_numpy(), buckets)
     return df.iloc[keep].reset_index(drop=True)
 
 
-def downsampled_timeline(trace: Trace, buckets: int = 1500) -> pd.DataFrame:
+def downsampled_timeline(trace: Trace, buckets: int = REPORT_BUCKETS) -> pd.DataFrame:
     """The wide timeline (live bytes per category and `total` after every event) reduced with
-    `envelope` on `total` over time; adds `t_s` (seconds since the trace started)."""
-    wide = timeline(trace)
-    if wide.empty:
-        return wide.assign(t_s=pd.Series(dtype=float))
-    wide = envelope(wide, "t_ns", "total", buckets)
+    `envelope` on `total` over time; adds `t_s` (seconds since the trace started). The default
+    resolution is part of the trace's views (stored at close); others are computed from the events."""
+    if buckets == REPORT_BUCKETS:
+        wide = trace.views.envelope
+    else:
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
+        wide = report_envelope(event_arrays(trace.allocations), buckets)
     return wide.assign(t_s=wide["t_ns"] / 1e9)
 
 

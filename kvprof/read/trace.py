@@ -9,8 +9,12 @@ from typing import Any
 import pandas as pd
 
 from kvprof.read.summary import Summary
+from kvprof.read.views import Views, compute_views, load_views
 from tracers.liveness import shown_status
-from tracers.trace_io import NO_FREE, SUMMARY_FILE, RawTrace, TraceError, read_raw_trace
+from tracers.summary_schema import read_summary_file
+from tracers.trace_fold import TableFolder
+from tracers.trace_io import (EVENTS_FILE, SUMMARY_FILE, TABLES, RawTrace, TraceError, check_tables, read_meta,
+                              read_raw_trace)
 from tracers.vocabulary import CHUNK, PASS_NAMES
 
 __all__ = ["Trace", "TraceError", "load_trace", "list_traces"]
@@ -62,18 +66,26 @@ class Trace:
         return self.raw.tables["kv"]
 
     @cached_property
+    def views(self) -> Views:
+        """What the first screens need (kvprof.read.views): stored with the trace at close, else
+        computed from the tables once per trace."""
+        return compute_views(self)
+
+    @property
+    def known_views(self) -> Views | None:
+        """The views when already at hand (stored, or computed earlier); None rather than computing them."""
+        return self.__dict__.get("views")
+
+    @cached_property
     def memory_events(self) -> pd.DataFrame:
         """Every alloc (+bytes) and free (-bytes) in exact order: columns q, t_ns, delta, category,
         alloc_id, live. Reports and diagnose ask for it several times per trace; it is built once."""
-        a = self.allocations
-        allocs = pd.DataFrame({"q": a["q_alloc"], "t_ns": a["t_alloc_ns"], "delta": a["bytes"], "category": a["category"],
-                               "alloc_id": a["id"]})
-        freed = a[a["q_free"] != NO_FREE]
-        frees = pd.DataFrame({"q": freed["q_free"], "t_ns": freed["t_free_ns"], "delta": -freed["bytes"],
-                              "category": freed["category"], "alloc_id": freed["id"]})
-        ev = pd.concat([allocs, frees], ignore_index=True).sort_values("q", kind="stable").reset_index(drop=True)
-        ev["live"] = ev["delta"].cumsum()
-        return ev
+        from kvprof.read.events import event_arrays
+
+        ev = event_arrays(self.allocations)
+        return pd.DataFrame({"q": ev.q, "t_ns": ev.t_ns, "delta": ev.delta,
+                             "category": self.allocations["category"].take(ev.row).reset_index(drop=True),
+                             "alloc_id": ev.alloc_id, "live": ev.live})
 
     @cached_property
     def spans(self) -> pd.DataFrame:
@@ -119,16 +131,60 @@ class Trace:
     @cached_property
     def allocations_with_stage(self) -> pd.DataFrame:
         """Allocations joined with the path / kind path / pass of the stage that made them."""
+        return self.with_stage(self.allocations)
+
+    def with_stage(self, allocs: pd.DataFrame) -> pd.DataFrame:
+        """Rows of the allocation table joined with the path / kind path / pass of their stage."""
         spans = self.spans[["id", "path", "kind_path", "chunk", "pass_name"]].rename(columns={"id": "span_id"})
-        out = self.allocations.merge(spans, on="span_id", how="left")
+        out = allocs.merge(spans, on="span_id", how="left")
         out["path"] = out["path"].fillna("(outside stages)")
         out["kind_path"] = out["kind_path"].fillna("(outside stages)")
         return out
 
 
+class _LazyAllocations(dict):
+    """A closed trace's tables with the allocation table read on first use: with stored views
+    (kvprof.read.views) the first screens never need its rows."""
+
+    def __init__(self, folder: Path, tables: dict[str, pd.DataFrame]):
+        super().__init__(tables)
+        self.folder = folder
+
+    def __missing__(self, key: str) -> pd.DataFrame:
+        if key != "allocations":
+            raise KeyError(key)
+        self.update(read_raw_trace(self.folder).tables)
+        return self[key]
+
+
+def _with_views(folder: Path) -> Trace | None:
+    """A closed trace whose stored views hold for its tables, its allocation rows left unread."""
+    if (folder / EVENTS_FILE).is_file() or not all((folder / f"{t}.parquet").is_file() for t in TABLES):
+        return None
+    views = load_views(folder)
+    if views is None:
+        return None
+    meta = read_meta(folder)
+    summary = read_summary_file(folder / SUMMARY_FILE)
+    tables: dict[str, pd.DataFrame] = {"allocations": TableFolder().tables()["allocations"]}  # typed, empty: checks only
+    for name in TABLES:
+        if name != "allocations":
+            try:
+                tables[name] = pd.read_parquet(folder / f"{name}.parquet")
+            except Exception:  # pyarrow raises several unrelated types; the full reader names the damage
+                return None
+    tables = check_tables(tables, folder)
+    del tables["allocations"]
+    trace = Trace(RawTrace(folder, meta, _LazyAllocations(folder, tables), summary, live=False, torn_tail=False))
+    trace.__dict__["views"] = views
+    return trace
+
+
 def load_trace(path: str | Path) -> Trace:
-    """Load a finished or live trace folder; TraceError with a clear message otherwise."""
-    return Trace(read_raw_trace(path))
+    """Load a finished or live trace folder; TraceError with a clear message otherwise. A closed
+    trace with views stored at close (kvprof.read.views) leaves its allocation rows unread until
+    an analysis needs them."""
+    return _with_views(Path(path)) or Trace(read_raw_trace(path))
 
 
 def list_traces(root: str | Path = "traces") -> list[Path]:

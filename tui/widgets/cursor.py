@@ -21,8 +21,8 @@ class CursorPanel(Static):
         """Draw the facts; `breakdown` is what is live at the cursor (already narrowed to `filter_text`)."""
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append("cursor ", style="bold")
-        out.append(f"event {event + 1:,} of {view.n_events:,} · t {view.events_t_ns[event] / 1e9:.3f} s · "
-                   f"live {fmt_bytes(int(view.events_live[event]))}\n")
+        out.append(f"event {event + 1:,} of {view.n_events:,} · t {view.event_t_ns(event) / 1e9:.3f} s · "
+                   f"live {fmt_bytes(view.event_live(event))}\n")
         out.append("  stage ", style="dim")
         out.append(view.stage_of_event(event) + "\n", style="cyan")
         if view.peak is not None:
