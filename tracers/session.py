@@ -138,6 +138,7 @@ class TraceSession:
                 if not self.drain_at_checkpoints:
                     self._parts = AllocationParts(self.folder)
                 self._cuda.stream(self._next_alloc, background=not self.drain_at_checkpoints)
+                self._timer.use_native(self._cuda.lib)
                 self._log.deferred = not self.drain_at_checkpoints  # the drain thread writes the lines
         else:
             importlib.import_module("torch._dynamo")  # torch loads it at a mode's first op: 1-2 s, not the first stage's
@@ -301,7 +302,7 @@ class TraceSession:
             t = self._now()
             self._write({"k": "b", "id": span_id, "p": parent, "n": name, "i": index, "t": t, "q": self._q()})
             self._counter(span_id)
-        self._timer.begin(span_id, self.stage_path())
+        self._timer.begin(span_id, elem)  # NVTX ranges nest: the element names the range
         try:
             yield
         except BaseException:

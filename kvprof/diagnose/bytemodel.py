@@ -8,6 +8,7 @@ only the two lossless built-ins are known by name.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +76,14 @@ def split_name(name: Any) -> tuple[int | None, str]:
     """(layer, buffer) of an allocation name; (None, the name) when it is not a cache buffer."""
     if name is None or name is pd.NA or (isinstance(name, float) and math.isnan(name)):
         return None, "(unnamed)"
-    layer, buffer = split_layer_buffer(str(name))
-    return (layer, buffer) if buffer is not None else (None, str(name))
+    return _split_text(str(name))
+
+
+@lru_cache(maxsize=65536)
+def _split_text(name: str) -> tuple[int | None, str]:
+    # names repeat (the same buffer of every layer and chunk): a live set of 10^5 rows has a few thousand
+    layer, buffer = split_layer_buffer(name)
+    return (layer, buffer) if buffer is not None else (None, name)
 
 
 def code_bits(facts: MethodFacts, buffer: str) -> int | None:

@@ -48,8 +48,7 @@ class TraceContext:
     def _layer_ancestors(spans: pd.DataFrame) -> dict[int, int]:
         """span id -> id of its nearest `layer` ancestor-or-self (absent when none)."""
         out: dict[int, int] = {}
-        for sid, par, name in zip(spans["id"], spans["parent"], spans["name"]):
-            sid, par = int(sid), int(par)
+        for sid, par, name in zip(spans["id"].tolist(), spans["parent"].tolist(), spans["name"].astype(object).tolist()):
             if str(name) == LAYER:
                 out[sid] = sid
             elif par in out:

@@ -48,8 +48,8 @@ def span_phases(trace: Trace) -> pd.DataFrame:
     s = trace.spans
     phase: dict[int, str] = {}
     phase_span: dict[int, int] = {}
-    for sid, par, name in zip(s["id"], s["parent"], s["name"]):  # parents precede children
-        sid, par, name = int(sid), int(par), str(name)
+    for sid, par, name in zip(s["id"].tolist(), s["parent"].tolist(), s["name"].astype(object).tolist()):  # parents precede children
+        name = str(name)
         if name in PHASE_NAMES:
             phase[sid], phase_span[sid] = name, sid
         elif par in phase and phase[par] not in (ROLLOUT, CHUNK):

@@ -96,10 +96,12 @@ class Trace:
         parent: dict[int, int] = {}
         names: dict[int, str] = {}
         idx: dict[int, Any] = {}
-        for sid, par, name, index in zip(spans["id"], spans["parent"], spans["name"], spans["index"]):
-            sid, par = int(sid), int(par)
+        # plain lists: iterating pandas' arrays costs ~1 us an element (300k spans on a long PRQ rollout)
+        for sid, par, name, index in zip(spans["id"].tolist(), spans["parent"].tolist(),
+                                         spans["name"].astype(object).tolist(),
+                                         spans["index"].astype("Int64").to_numpy(dtype=object, na_value=None).tolist()):
             names[sid] = str(name)
-            idx[sid] = None if pd.isna(index) else int(index)
+            idx[sid] = None if index is None else int(index)
             elem[sid] = str(name) if idx[sid] is None else f"{name}[{idx[sid]}]"
             parent[sid] = par
         paths: dict[int, str] = {}

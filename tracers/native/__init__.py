@@ -104,6 +104,9 @@ def _bind(lib: ctypes.CDLL, cuda: bool) -> ctypes.CDLL:
     if cuda:
         lib.kvp_attach.argtypes, lib.kvp_attach.restype = [], _I32
         lib.kvp_counters.argtypes, lib.kvp_counters.restype = [_I32, _P64], None
+        lib.kvp_mark.argtypes, lib.kvp_mark.restype = [_I32], _I64
+        lib.kvp_mark_ms.argtypes, lib.kvp_mark_ms.restype = [_I64, _I64], ctypes.c_double
+        lib.kvp_marks_reset.argtypes, lib.kvp_marks_reset.restype = [], None
     return lib
 
 
