@@ -1,7 +1,7 @@
 """The CUDA tracker on kvprof's native recorder (tracers/native): bounded memory, per-event work in C++.
 
 The caching allocator's trace tracker hands every event to C++ as it happens; a background thread
-drains the buffer every `interval_s` (the replay runs in C++ with the GIL released, the rows are
+drains the buffer every `interval_s` (2 s; the replay runs in C++ with the GIL released, the rows are
 built with numpy) and streams them to `allocations.parts/` (tracers.alloc_parts). So the host
 memory of a trace is the mirror of the allocator's segments and the allocations alive, not the
 number of events, and closing the trace merges parts instead of replaying a whole history. A run
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +77,7 @@ class NativeCudaTracker:
     """Same duties as `CudaHistoryTracker` (start, set_context, retag, adopt, drain, stop, meta)."""
 
     def __init__(self, session: "TraceSession", device: torch.device, lib: Any, expandable: bool = False,
-                 interval_s: float = 0.5):
+                 interval_s: float = 2.0):
         self.session = session
         self.device = device
         self.index = device.index or 0
@@ -92,6 +91,7 @@ class NativeCudaTracker:
         self.drains = 0
         self.error: BaseException | None = None  # a failed background drain, raised at the next checkpoint
         self._context = ctypes.c_int64.in_dll(lib, "kvp_context")
+        self._counters = (ctypes.c_int64 * 2)()
         self._start_blocks: dict[int, int] = {}
         self._retags: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
@@ -143,7 +143,7 @@ class NativeCudaTracker:
         if fn is None:  # the core library (CPU tests): torch's own reading
             stats = torch.cuda.memory_stats_as_nested_dict(self.device)
             return stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
-        out = (ctypes.c_int64 * 2)()
+        out = self._counters
         fn(self.index, out)
         return out[0], out[1]
 

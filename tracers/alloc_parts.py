@@ -46,18 +46,32 @@ class AllocationParts:
         self.rows = 0
 
     def append(self, columns: dict[str, Any]) -> None:
-        """Write one batch of allocation rows (ids consecutive and increasing) as the next part."""
-        df = _frame(columns)
-        if not len(df):
-            return
-        self.dir.mkdir(exist_ok=True)
+        """Write one batch of allocation rows (ids consecutive and increasing) as the next part.
+        Built as Arrow arrays straight from the numpy columns (no pandas, no per-row strings: this
+        runs beside the model's thread and holds the GIL only briefly); `category` may come as
+        (codes, names) to be written dictionary-encoded."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = arrow_table("allocations", df)
+        n = len(columns["id"])
+        if not n:
+            return
+        cat = columns["category"]
+        if isinstance(cat, tuple):
+            codes, names = cat
+            cat = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(names, pa.string()))
+        else:
+            cat = pa.array(cat, pa.string())
+        name = columns["name"]
+        arrays = {c: pa.array(np.asarray(columns[c], dtype=np.int64)) for c in ALLOC_COLUMNS if c not in ("category", "name")}
+        arrays["category"] = cat
+        arrays["name"] = pa.nulls(n, pa.string()) if name is None else pa.array(name, pa.string())
+        table = pa.table({c: arrays[c] for c in ALLOC_COLUMNS})
+        self.dir.mkdir(exist_ok=True)
         write_atomic(self.dir / f"part-{self.count:06d}.parquet",
-                     lambda tmp: pq.write_table(table, tmp, **parquet_options(table.schema)))
+                     lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         self.count += 1
-        self.rows += len(df)
+        self.rows += n
 
 
 def part_files(folder: Path) -> list[Path]:
@@ -68,10 +82,25 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if _PART.fullmatch(p.name))
 
 
+def _read_part(path: Path) -> dict[str, Any]:
+    """One part's columns: int64 arrays, and category and name as Python strings (None where missing)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    out: dict[str, Any] = {}
+    for c in ALLOC_COLUMNS:
+        col = table.column(c)
+        if c in ("category", "name"):
+            out[c] = col.cast("string").to_numpy(zero_copy_only=False)
+        else:
+            out[c] = col.to_numpy()
+    return out
+
+
 def read_parts(folder: Path) -> Iterator[dict[str, list[Any]]]:
     """Each part's rows as columns (for folding a trace that never closed)."""
     for path in part_files(folder):
-        yield {c: v for c, v in pd.read_parquet(path).to_dict("list").items()}
+        yield {c: list(v) for c, v in _read_part(path).items()}
 
 
 class _Updates:
@@ -150,7 +179,7 @@ def merge_parts(folder: Path, head: pd.DataFrame, pending: list[dict[str, Any]])
             if len(head):
                 writer.write_table(first)
             for p in parts:
-                df = updates.apply(_frame(pd.read_parquet(p).to_dict("series")))
+                df = updates.apply(_frame(_read_part(p)))
                 writer.write_table(arrow_table("allocations", df).cast(first.schema))
 
     return write

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tracers.trace_fold import NO_FREE
+from tracers.categories import CATEGORIES
+from tracers.trace_fold import LIVE_BEFORE_TRACING, NO_FREE
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.alloc_cuda import HistoryBatch
@@ -49,6 +50,15 @@ def _context_arrays(session: "TraceSession", n: int) -> tuple[np.ndarray, np.nda
         cats = np.concatenate([cats, np.asarray(session._ctx_cat[have:n], dtype=object)])
         session._ctx_arrays = (spans, cats)
     return spans, cats
+
+
+def _category_codes(session: "TraceSession", cat_of: np.ndarray) -> np.ndarray:
+    """Each context's default category as its index in CATEGORIES (cached like the context arrays)."""
+    codes = session._ctx_codes
+    if len(codes) < len(cat_of):
+        new = np.array([CATEGORIES.index(c) for c in cat_of[len(codes):].tolist()], dtype=np.int32)
+        codes = session._ctx_codes = np.concatenate([codes, new])
+    return codes  # indexed by context numbers below len(cat_of)
 
 
 def record_history_batch(session: "TraceSession", batch: "HistoryBatch") -> None:
@@ -111,23 +121,26 @@ def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[
         if reserved != first:  # the recorder numbers allocations; nothing else may on a CUDA trace
             raise RuntimeError(f"kvprof: allocation ids out of step (recorder {first}, session {reserved})")
         span_of, cat_of = _context_arrays(session, int(b.a_ctx.max()) + 1 if n else 0)
+        code_of = _category_codes(session, cat_of)
     t0 = session.t0_perf_ns
     ids = np.arange(first, first + n, dtype=np.int64)
     in_batch = b.f_id >= first
     rows = b.f_id[in_batch] - first
     q_free, t_free = np.full(n, NO_FREE, dtype=np.int64), np.full(n, NO_FREE, dtype=np.int64)
     q_free[rows], t_free[rows] = b.f_q[in_batch], b.f_t[in_batch] - t0
-    cats, names = cat_of[b.a_ctx], np.full(n, None, dtype=object)
+    codes = code_of[b.a_ctx]  # categories as codes into CATEGORIES: no string per row
+    names = None
     for alloc_id, tag in zip(b.r_id.tolist(), b.r_tag.tolist()):
         category, name = retags[tag]
         if alloc_id >= first:
-            cats[alloc_id - first] = category
+            codes[alloc_id - first] = CATEGORIES.index(category)
             if name:
+                names = np.full(n, None, dtype=object) if names is None else names
                 names[alloc_id - first] = name
         else:
             session.record_retag(alloc_id, category, name)
     columns = {"id": ids, "q_alloc": b.a_q, "q_free": q_free, "t_alloc_ns": b.a_t - t0, "t_free_ns": t_free,
-               "bytes": b.a_size, "category": cats, "span_id": span_of[b.a_ctx], "name": names}
+               "bytes": b.a_size, "category": (codes, list(CATEGORIES)), "span_id": span_of[b.a_ctx], "name": names}
     with session._lock:
         earlier = [(int(i), int(q), int(t)) for i, q, t in zip(b.f_id[~in_batch], b.f_q[~in_batch], b.f_t[~in_batch])]
         gone = np.array([session._alloc_bytes.pop(i, 0) for i, _, _ in earlier], dtype=np.int64)
@@ -139,3 +152,15 @@ def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[
             session._write({"k": "f", "id": alloc_id, "q": q, "t": t - t0})
     assert session._parts is not None
     session._parts.append(columns)
+
+
+def note_blocks_from_before(session: "TraceSession", allocations: Any) -> None:
+    """Count (meta `unregistered_before_bytes`) and note blocks from before tracking never registered."""
+    left = allocations[(allocations["name"] == LIVE_BEFORE_TRACING) & (allocations["category"] == "unattributed")]
+    session.meta["unregistered_before_bytes"] = n = int(left["bytes"].sum())
+    if n:
+        session.notes.append(
+            f"{n:,} B in {len(left)} block(s) were allocated before tracing started and never "
+            "registered (tensors made before tracing, or earlier work in this process such as cuBLAS workspaces): "
+            f"counted as unattributed '{LIVE_BEFORE_TRACING}'; register() names tensors, and a fresh process "
+            "leaves no workspaces behind")

@@ -28,7 +28,7 @@ from tracers.host_sync import HostActivity
 from tracers.outcome import status_of
 from tracers.sampler import DeviceSampler
 from tracers.timing import StageTimer
-from tracers.trace_io import (EVENTS_FILE, META_FILE, NO_FREE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
+from tracers.trace_io import (EVENTS_FILE, META_FILE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
                                tables_from_records, write_closed_trace, write_json_atomic)
 
 
@@ -54,6 +54,7 @@ class TraceSession:
         tracker: str = "auto",
         sample_interval_s: float = 0.1,
         counter_depth: int | None = 4,
+        timer_depth: int | None = 5,
         drain_at_checkpoints: bool = True,
     ):
         self.folder = Path(folder)
@@ -65,6 +66,9 @@ class TraceSession:
         self.sample_interval_s = sample_interval_s
         # Allocator counters cost ~28 us each on an H100 (nested form): read them down to layer boundaries only.
         self.counter_depth = counter_depth
+        # Device-time events down to this depth (rollout/chunk/pass/layer/op/sub-op); deeper stages (a
+        # quantizer's residual steps: 260k of them in a 42-frame PRQ rollout) keep their host time only.
+        self.timer_depth = timer_depth
         self.drain_at_checkpoints = drain_at_checkpoints
         self.tracer_seconds = 0.0  # time spent draining the allocator history (tracer overhead)
         if tracker not in ("auto", "native", "allocator", "dispatch"):
@@ -84,6 +88,7 @@ class TraceSession:
         self._ctx_cat: list[str] = ["unattributed"]
         self._parts: AllocationParts | None = None  # streamed allocation rows (native recorder, unfollowed)
         self._ctx_arrays = (np.zeros(0, np.int64), np.zeros(0, object))  # the two lists as arrays, grown per drain
+        self._ctx_codes = np.zeros(0, np.int32)  # the categories as indices in CATEGORIES
         self._span_stack: list[tuple[int, str]] = []  # (span id, path element)
         self._tag_stack: list[str] = []
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records
@@ -226,7 +231,7 @@ class TraceSession:
         self.meta["tracer_drain_s"] = self.tracer_seconds
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
         tables, pending = tables_from_records(self._log.records, self._log.alloc_columns, with_pending=True)
-        self._note_blocks_from_before(tables["allocations"])
+        alloc_rows.note_blocks_from_before(self, tables["allocations"])
         if self._parts is not None and self._parts.count:  # streamed rows: merged one part at a time
             tables["allocations"] = merge_parts(self.folder, tables["allocations"], pending)
         write_closed_trace(self.folder, self._log, tables, self.meta)  # a full disk: status failed, said in meta
@@ -302,7 +307,9 @@ class TraceSession:
             t = self._now()
             self._write({"k": "b", "id": span_id, "p": parent, "n": name, "i": index, "t": t, "q": self._q()})
             self._counter(span_id)
-        self._timer.begin(span_id, elem)  # NVTX ranges nest: the element names the range
+        timed = self.timer_depth is None or len(self._span_stack) <= self.timer_depth + 1
+        if timed:
+            self._timer.begin(span_id, elem)  # NVTX ranges nest: the element names the range
         try:
             yield
         except BaseException:
@@ -310,7 +317,8 @@ class TraceSession:
                 self.failure_stage = self.stage_path()  # the innermost stage the error left
             raise
         finally:
-            self._timer.end(span_id)
+            if timed:
+                self._timer.end(span_id)
             for hook in self.stage_end_hooks:
                 hook()
             with self._lock:
@@ -437,17 +445,6 @@ class TraceSession:
             alloc_id = self.record_alloc(size, "unattributed", LIVE_BEFORE_TRACING)
             self._cuda.adopt(address, alloc_id)
             self.held_before_bytes += size
-
-    def _note_blocks_from_before(self, allocations: Any) -> None:
-        """Count (meta `unregistered_before_bytes`) and note blocks from before tracking never registered."""
-        left = allocations[(allocations["name"] == LIVE_BEFORE_TRACING) & (allocations["category"] == "unattributed")]
-        self.meta["unregistered_before_bytes"] = n = int(left["bytes"].sum())
-        if n:
-            self.notes.append(
-                f"{n:,} B in {len(left)} block(s) were allocated before tracing started and never "
-                "registered (tensors made before tracing, or earlier work in this process such as cuBLAS workspaces): "
-                f"counted as unattributed '{LIVE_BEFORE_TRACING}'; register() names tensors, and a fresh process "
-                "leaves no workspaces behind")
 
     def register(self, tensor: torch.Tensor, category: str, name: str | None = None) -> None:
         """Account for a tensor allocated before tracing (weights, inputs). The same as `tag_tensor`:

@@ -75,7 +75,7 @@ class EventLog:
         self.error: OSError | None = None
         self._line_bytes = 0  # every line handed to the file (JSON is ASCII: characters are bytes)
         # While True, records are queued and written at the next flush (a streamed CUDA trace: its
-        # drain thread flushes every half second, so the model's thread never encodes JSON).
+        # drain thread flushes after every drain, so the model's thread never encodes JSON).
         self.deferred = False
         self._queued: list[dict[str, Any]] = []
 
