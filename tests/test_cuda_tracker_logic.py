@@ -339,3 +339,51 @@ def test_native_recorder_gives_the_python_replays_tables(tmp_path, monkeypatch):
     assert trace.meta["allocator_layout"]["recorder"] == "native" and trace.meta["allocator_layout"]["drains"] >= 8
     assert len(tables["native"]) > 50
     pd.testing.assert_frame_equal(tables["native"], tables["allocator"])
+
+
+def test_stage_timer_uses_pooled_native_marks(monkeypatch):
+    """Device times from the native library's pooled CUDA events: one mark per boundary, ms between
+    a span's two marks, the pool reset for the next trace; a mark CUDA refused gives no time."""
+    from tracers.timing import StageTimer
+
+    class Lib:
+        def __init__(self):
+            self.marks, self.resets = 0, 0
+
+        def kvp_mark(self, device):
+            self.marks += 1
+            return self.marks - 1 if self.marks != 5 else -1
+
+        def kvp_mark_ms(self, start, end):
+            return float("nan") if start < 0 or end < 0 else float(end - start)
+
+        def kvp_marks_reset(self):
+            self.resets += 1
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    timer = StageTimer(torch.device("cuda", 0))
+    timer._push = timer._pop = lambda *a: None
+    lib = Lib()
+    timer.use_native(lib)
+    timer.begin(1, "chunk[0]")
+    timer.begin(2, "layer[0]")
+    timer.end(2)
+    timer.end(1)
+    timer.begin(3, "layer[1]")  # mark 4: refused by CUDA
+    timer.end(3)
+    assert timer.resolve() == {1: 3.0, 2: 1.0}
+    assert lib.marks == 6 and lib.resets == 2
+
+
+def test_device_time_events_stop_below_the_timer_depth(tmp_path, monkeypatch):
+    f = install_native(monkeypatch, FakeCachingAllocator())
+    s = TraceSession(tmp_path / "t", {"run_id": "depth"}, "cpu", tracker="native", drain_at_checkpoints=False,
+                     timer_depth=1)
+    timed: list[int] = []
+    s._timer.begin = lambda span_id, label: timed.append(span_id)  # type: ignore[method-assign]
+    s.start()
+    with stage("rollout"), stage("chunk", 0), stage("layer", 0):
+        f.free(f.malloc(4096))
+    s.close("complete")
+    spans = load_trace(tmp_path / "t").spans.set_index("name")
+    assert sorted(timed) == sorted(int(spans.loc[n, "id"]) for n in ("rollout", "chunk"))
