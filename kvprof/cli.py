@@ -203,13 +203,16 @@ def _cmd_tui(args: argparse.Namespace) -> int:
     from tracers.trace_io import META_FILE, TraceError, read_meta
     from tui.app import run_tui
 
-    from kvprof.read.manifest import cell_trace_paths, is_sweep, result_traces, sweep_trace_root
+    from kvprof.read.manifest import cell_trace_paths, is_sweep, newest_attempts, result_traces, sweep_trace_root
 
     paths: list[Path] = []
+    newest: dict[Path, Any] = {}
     root = args.root
     for p in args.traces:
         if is_sweep(p):  # following: every cell, each waited for until it starts; else the finished ones
             paths.extend(cell_trace_paths(p) if args.follow else result_traces(p))
+            if args.follow:
+                newest.update(newest_attempts(p))
             root = sweep_trace_root(p)
             continue
         inner = list_traces(p) if p.is_dir() and not (p / META_FILE).exists() else []
@@ -224,7 +227,7 @@ def _cmd_tui(args: argparse.Namespace) -> int:
         except TraceError as exc:
             raise UsageError(f"{exc}; pass a folder written by 'kvprof trace' (see 'ls {args.root}/')") from None
         paths.append(p)
-    return run_tui(paths, follow=args.follow, root=root)
+    return run_tui(paths, follow=args.follow, root=root, newest=newest)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:

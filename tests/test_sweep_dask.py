@@ -175,10 +175,16 @@ def test_tui_opens_a_sweep_and_follows_every_cell(tmp_path, monkeypatch):
     (out / "traces" / "a.a2" / "meta.json").write_text("{}")
     mf.write_manifest(out, m)
     calls = []
-    monkeypatch.setattr(tui.app, "run_tui", lambda paths, follow=False, root=None: calls.append((paths, follow, root)) or 0)
+    newest = {}
+    monkeypatch.setattr(tui.app, "run_tui", lambda paths, follow=False, root=None, newest=None, _seen=newest:
+                        calls.append((paths, follow, root)) or _seen.update(newest or {}) or 0)
     assert main(["tui", str(out)]) == 0 and main(["tui", str(out), "--follow"]) == 0
     root = out / "traces"
     assert calls == [([root / "a.a2"], False, root), ([root / "a.a2", root / "b"], True, root)]  # b: waited for
+    # following, each cell moves to its newest attempt as a retry starts
+    assert sorted(newest) == [root / "a.a2", root / "b"] and newest[root / "b"]() == root / "b"
+    (root / "b.a2").mkdir()
+    assert newest[root / "b"]() == root / "b.a2" and newest[root / "a.a2"]() == root / "a.a2"
 
 
 # ---------------------------------------------------------------------- cluster and progress
@@ -409,7 +415,7 @@ def _readers_open_the_sweep(out: Path, results: list[Path], tmp_path: Path) -> N
 
     opened: dict[str, Any] = {}
     orig = tui.app.run_tui
-    tui.app.run_tui = lambda paths, follow=False, root=None: opened.update(paths=paths, root=root) or 0
+    tui.app.run_tui = lambda paths, follow=False, root=None, newest=None: opened.update(paths=paths, root=root) or 0
     try:
         assert main(["tui", str(out)]) == 0
     finally:

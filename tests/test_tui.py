@@ -450,3 +450,28 @@ async def test_no_argument_lists_traces_and_enter_opens_one(trace_copy: Path) ->
         await opened(pilot, app)
         assert app.current_mode == "timeline"
         assert app.screen.query_one(TimelineChart).peak_label.startswith("peak ")
+
+
+def test_a_followed_sweep_cell_moves_to_its_retry(bf16_trace: Path, tmp_path: Path) -> None:
+    """`kvprof tui SWEEP --follow`: a cell whose first attempt was killed is followed into its retry
+    (`<cell>.a2`), and only that attempt's `complete` ends the following."""
+    import json
+    import shutil
+
+    from kvprof.read.manifest import attempts
+    from tui.source import TraceSource
+
+    root = tmp_path / "traces"
+    killed = root / "bf16-tiny"
+    shutil.copytree(bf16_trace, killed)
+    meta = json.loads((killed / "meta.json").read_text())
+    (killed / "meta.json").write_text(json.dumps(meta | {"status": "running", "pid": 2**22 + 12345, "host": meta["host"]}))
+    src = TraceSource(killed, wait_for_start=True, newest=lambda: root / attempts(root, "bf16-tiny")[-1])
+    src.refresh()
+    assert src.path == killed and src.state.status == "killed" and not src.finished  # a retry may come
+    shutil.copytree(bf16_trace, root / "bf16-tiny.a2")
+    assert src.refresh()
+    assert src.path == root / "bf16-tiny.a2" and src.view is not None and src.state.status == "complete"
+    for _ in range(3):
+        src.refresh()
+    assert src.finished

@@ -119,13 +119,16 @@ class KvprofApp(App[int]):
     sources_version: reactive[int] = reactive(0)  # bumped when a source's view or error changed
 
     def __init__(self, paths: Sequence[str | Path] = (), follow: bool = False, root: str | Path = "traces",
-                 *, poll_s: float = POLL_S, live: LiveRun | None = None):
+                 *, poll_s: float = POLL_S, live: LiveRun | None = None,
+                 newest: dict[Path, Callable[[], Path]] | None = None):
         super().__init__()
         self.root = Path(root)
         self.follow = follow
         self.poll_s = poll_s
         self.live = live
-        self.sources: list[TraceSource] = [TraceSource(p, wait_for_start=follow) for p in paths]
+        # newest: a sweep cell's path -> where its newest attempt is (followed across retries)
+        self.sources: list[TraceSource] = [TraceSource(p, wait_for_start=follow, newest=(newest or {}).get(Path(p)))
+                                           for p in paths]
         self.set_reactive(KvprofApp.current, 0 if self.sources else None)
         self.chart_columns = DEFAULT_CHART_COLUMNS
         self.last_export: Path | None = None
@@ -434,9 +437,11 @@ class KvprofApp(App[int]):
         self.exit(0)
 
 
-def run_tui(paths: list[Path], follow: bool = False, root: Path = Path("traces")) -> int:
-    """`kvprof tui [TRACE ...] [--follow]`: open the traces (none: the list of traces under `root`)."""
-    app = KvprofApp(paths, follow=follow, root=root)
+def run_tui(paths: list[Path], follow: bool = False, root: Path = Path("traces"),
+            newest: dict[Path, Callable[[], Path]] | None = None) -> int:
+    """`kvprof tui [TRACE ...] [--follow]`: open the traces (none: the list of traces under `root`);
+    `newest` maps a sweep cell's path to the folder of its newest attempt, followed across retries."""
+    app = KvprofApp(paths, follow=follow, root=root, newest=newest)
     app.run()
     return exit_status(app)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from kvprof.read.live import FollowState, TraceFollower
 from tracers.trace_io import META_FILE, TraceError, read_meta
@@ -18,9 +19,12 @@ from tui.model import TraceView, build_view
 class TraceSource:
     """A trace folder being read (once, or followed while it is written)."""
 
-    def __init__(self, path: str | Path, wait_for_start: bool = False):
+    def __init__(self, path: str | Path, wait_for_start: bool = False, newest: Callable[[], Path] | None = None):
         self.path = Path(path)
         self.wait_for_start = wait_for_start  # following: a folder without meta.json yet is "waiting"
+        # A sweep cell: the folder of its newest attempt (a killed attempt is retried as `<cell>.a2`);
+        # the source moves there, and only an attempt that ended complete or oom is final.
+        self.newest = newest
         self.follower = TraceFollower(self.path)
         self.view: TraceView | None = None
         self.error: str | None = None
@@ -36,7 +40,10 @@ class TraceSource:
 
     @property
     def finished(self) -> bool:
-        """Nothing will change any more (closed with summary, or unreadable)."""
+        """Nothing will change any more (closed with summary, or unreadable; a sweep cell: its
+        attempt ended complete or oom)."""
+        if self.newest is not None and self.follower.finished and self.state.status not in ("complete", "oom"):
+            return False  # a retry may still come
         return self.error is not None or self.follower.finished
 
     def refresh(self) -> bool:
@@ -45,6 +52,23 @@ class TraceSource:
             return self._refresh()
 
     def _refresh(self) -> bool:
+        moved = self._follow_newest_attempt()
+        return self._poll() or moved
+
+    def _follow_newest_attempt(self) -> bool:
+        if self.newest is None:
+            return False
+        path = self.newest()
+        if path == self.path:
+            return False
+        self.path = path
+        self.follower = TraceFollower(path)
+        self.state = self.follower.state
+        self.view, self.error = None, None
+        self.version += 1
+        return True
+
+    def _poll(self) -> bool:
         try:
             changed = self.follower.poll()
             if self.follower.phase == "waiting" and not self.wait_for_start:

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 MANIFEST_FILE = "manifest.json"
@@ -81,6 +81,18 @@ def cell_trace_paths(folder: str | Path) -> list[Path]:
     m = read_manifest(folder)
     root = sweep_trace_root(folder)
     return [root / (c.get("run_id") or c["id"]) for c in m["cells"]]
+
+
+def newest_attempts(folder: str | Path) -> dict[Path, Callable[[], Path]]:
+    """For each cell of a sweep, its `cell_trace_paths` entry -> a function giving the folder of the
+    cell's newest attempt now (`kvprof tui SWEEP --follow` moves to a retry as it starts)."""
+    m = read_manifest(folder)
+    root = sweep_trace_root(folder)
+
+    def newest(cell_id: str) -> Callable[[], Path]:
+        return lambda: root / (attempts(root, cell_id) or [cell_id])[-1]
+
+    return {root / (c.get("run_id") or c["id"]): newest(c["id"]) for c in m["cells"]}
 
 
 def attempt_id(cell_id: str, n: int) -> str:
