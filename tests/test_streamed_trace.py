@@ -3,7 +3,6 @@ history, readable after a kill mid-stream, and host memory that does not grow wi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -60,8 +59,10 @@ def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path,
     pd.testing.assert_frame_equal(native, one_shot)
 
 
-_KILLED = textwrap.dedent("""
-    import os, signal, sys
+# The start of each subprocess below: the fake allocator's events go to the native recorder's core,
+# torch.cuda's memory calls are served by the fake (no CUDA here).
+_FAKE_CUDA = textwrap.dedent("""
+    import json, os, resource, signal, sys
     sys.path[:0] = [{tests!r}, {root!r}]
     from fake_cuda_allocator import FakeCachingAllocator, native_core
     from stream_history import feed, stack_history
@@ -72,6 +73,10 @@ _KILLED = textwrap.dedent("""
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
     torch.cuda.memory_allocated = lambda *a, **k: 0
+""")
+
+
+_KILLED = _FAKE_CUDA + textwrap.dedent("""
     s = TraceSession({folder!r}, {{"run_id": "killed"}}, "cpu", tracker="native", drain_at_checkpoints=False)
     s.start()
     base = 1 << 40
@@ -100,20 +105,7 @@ def test_a_run_killed_mid_stream_leaves_a_readable_trace_of_what_was_streamed(tm
     assert (al["bytes"] % 512 == 0).all() and al["bytes"].min() >= 1 << 20
 
 
-_RSS = textwrap.dedent("""
-    import json, resource, sys
-    sys.path[:0] = [{tests!r}, {root!r}]
-    from fake_cuda_allocator import FakeCachingAllocator, native_core
-    from stream_history import feed, stack_history
-    import torch
-    from tracers import TraceSession
-    from kvprof.read.analysis import find_peak
-    from kvprof.read.trace import load_trace
-    f = FakeCachingAllocator(); f.native = native_core()
-    torch.cuda.memory._snapshot = f.snapshot
-    torch.cuda.synchronize = lambda *a, **k: None
-    torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
-    torch.cuda.memory_allocated = lambda *a, **k: 0
+_RSS = _FAKE_CUDA + textwrap.dedent("""
     import pandas, pyarrow.parquet  # noqa: F401  (loaded before the baseline reading)
     s = TraceSession({folder!r}, {{"run_id": "rss"}}, "cpu", tracker="native", drain_at_checkpoints=False)
     s.start()

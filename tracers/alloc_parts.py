@@ -22,7 +22,7 @@ import pandas as pd
 
 from tracers.atomic import write_atomic
 from tracers.table_schema import arrow_table, parquet_options
-from tracers.trace_fold import ALLOC_COLUMNS, NO_FREE
+from tracers.trace_fold import ALLOC_COLUMNS
 
 PARTS_DIR = "allocations.parts"
 _PART = re.compile(r"part-(\d{6})\.parquet")
@@ -48,20 +48,16 @@ class AllocationParts:
     def append(self, columns: dict[str, Any]) -> None:
         """Write one batch of allocation rows (ids consecutive and increasing) as the next part.
         Built as Arrow arrays straight from the numpy columns (no pandas, no per-row strings: this
-        runs beside the model's thread and holds the GIL only briefly); `category` may come as
-        (codes, names) to be written dictionary-encoded."""
+        runs beside the model's thread and holds the GIL only briefly); `category` comes as
+        (codes, names), written dictionary-encoded; `name` as an object array, or None when no row has one."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         n = len(columns["id"])
         if not n:
             return
-        cat = columns["category"]
-        if isinstance(cat, tuple):
-            codes, names = cat
-            cat = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(names, pa.string()))
-        else:
-            cat = pa.array(cat, pa.string())
+        codes, names = columns["category"]
+        cat = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(names, pa.string()))
         name = columns["name"]
         arrays = {c: pa.array(np.asarray(columns[c], dtype=np.int64)) for c in ALLOC_COLUMNS if c not in ("category", "name")}
         arrays["category"] = cat
@@ -190,4 +186,4 @@ def remove_parts(folder: Path) -> None:
     shutil.rmtree(Path(folder) / PARTS_DIR, ignore_errors=True)
 
 
-__all__ = ["PARTS_DIR", "AllocationParts", "merge_parts", "part_files", "read_parts", "remove_parts", "NO_FREE"]
+__all__ = ["PARTS_DIR", "AllocationParts", "merge_parts", "part_files", "read_parts", "remove_parts"]

@@ -40,25 +40,16 @@ def _account(session: "TraceSession", q: np.ndarray, delta: np.ndarray) -> None:
 
 
 def _context_arrays(session: "TraceSession", n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Span and default category of contexts 0..n-1 as arrays, grown by the new contexts only (a long
-    rollout opens a million contexts: converting the whole list at every drain would hold the GIL for
-    tens of ms each time)."""
-    spans, cats = session._ctx_arrays
+    """Span and default category (its index in CATEGORIES) of contexts 0..n-1 as arrays, grown by the
+    new contexts only (a long rollout opens a million contexts: converting the whole lists at every
+    drain would hold the GIL for tens of ms each time)."""
+    spans, codes = session._ctx_arrays
     if n > len(spans):
         have = len(spans)
         spans = np.concatenate([spans, np.asarray(session._ctx_span[have:n], dtype=np.int64)])
-        cats = np.concatenate([cats, np.asarray(session._ctx_cat[have:n], dtype=object)])
-        session._ctx_arrays = (spans, cats)
-    return spans, cats
-
-
-def _category_codes(session: "TraceSession", cat_of: np.ndarray) -> np.ndarray:
-    """Each context's default category as its index in CATEGORIES (cached like the context arrays)."""
-    codes = session._ctx_codes
-    if len(codes) < len(cat_of):
-        new = np.array([CATEGORIES.index(c) for c in cat_of[len(codes):].tolist()], dtype=np.int32)
-        codes = session._ctx_codes = np.concatenate([codes, new])
-    return codes  # indexed by context numbers below len(cat_of)
+        codes = np.concatenate([codes, np.array([CATEGORIES.index(c) for c in session._ctx_cat[have:n]], dtype=np.int32)])
+        session._ctx_arrays = (spans, codes)
+    return spans, codes
 
 
 def record_history_batch(session: "TraceSession", batch: "HistoryBatch") -> None:
@@ -120,8 +111,7 @@ def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[
         reserved = session.reserve_alloc_ids(n)
         if reserved != first:  # the recorder numbers allocations; nothing else may on a CUDA trace
             raise RuntimeError(f"kvprof: allocation ids out of step (recorder {first}, session {reserved})")
-        span_of, cat_of = _context_arrays(session, int(b.a_ctx.max()) + 1 if n else 0)
-        code_of = _category_codes(session, cat_of)
+        span_of, code_of = _context_arrays(session, int(b.a_ctx.max()) + 1 if n else 0)
     t0 = session.t0_perf_ns
     ids = np.arange(first, first + n, dtype=np.int64)
     in_batch = b.f_id >= first

@@ -87,8 +87,8 @@ class TraceSession:
         self._ctx_span: list[int] = [0]
         self._ctx_cat: list[str] = ["unattributed"]
         self._parts: AllocationParts | None = None  # streamed allocation rows (native recorder, unfollowed)
-        self._ctx_arrays = (np.zeros(0, np.int64), np.zeros(0, object))  # the two lists as arrays, grown per drain
-        self._ctx_codes = np.zeros(0, np.int32)  # the categories as indices in CATEGORIES
+        # the two lists as arrays (categories as indices in CATEGORIES), grown per drain (tracers.alloc_rows)
+        self._ctx_arrays = (np.zeros(0, np.int64), np.zeros(0, np.int32))
         self._span_stack: list[tuple[int, str]] = []  # (span id, path element)
         self._tag_stack: list[str] = []
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records

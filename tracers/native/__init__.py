@@ -28,17 +28,12 @@ _P64, _P32, _PU64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int3
 # The C ABI of alloc_events.cpp / attach_cuda.cpp: name -> (argument types, result type).
 SIGNATURES: dict[str, tuple[tuple, object]] = {
     "kvp_record": ((_I32, _I32, _U64, _U64), None),
-    "kvp_record_at": ((_I32, _U64, _U64, _I64, _I64), None),
     "kvp_record_many": ((_I64, _P32, _PU64, _PU64, _P64, _P64), None),
-    "kvp_set_context": ((_I64,), None),
     "kvp_retag": ((_U64, _I64), None),
-    "kvp_steady_ns": ((), _I64),
     "kvp_reset": ((_I32, _I32, _I32, _I64), None),
     "kvp_set_recording": ((_I32,), None),
     "kvp_set_next_id": ((_I64,), None),
-    "kvp_buffered": ((), _I64),
     "kvp_adopt": ((_U64, _I64), None),
-    "kvp_layout_clear": ((), None),
     "kvp_layout_add": ((_U64, _I64, _I32, _U64, _U64), None),
     "kvp_layout_size": ((), _I64),
     "kvp_layout_export": ((_PU64, _P64, _P32, _PU64, _PU64), None),

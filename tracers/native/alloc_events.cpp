@@ -278,11 +278,6 @@ void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size) {
   push(action, addr, size, steady_ns(), current_context());
 }
 
-// An event with an explicit time and context (tests replay recorded histories through it).
-void kvp_record_at(int32_t action, uint64_t addr, uint64_t size, int64_t t_ns, int64_t ctx) {
-  push(action, addr, size, t_ns, ctx);
-}
-
 // Many events at once, as columns (tests: millions of events without a ctypes call each).
 void kvp_record_many(int64_t n, const int32_t* action, const uint64_t* addr, const uint64_t* size,
                      const int64_t* t_ns, const int64_t* ctx) {
@@ -290,14 +285,10 @@ void kvp_record_many(int64_t n, const int32_t* action, const uint64_t* addr, con
   for (int64_t i = 0; i < n; i++) g_rec.buffer.push_back(Entry{addr[i], size[i], t_ns[i], ctx[i], action[i], 0});
 }
 
-void kvp_set_context(int64_t ctx) { __atomic_store_n(&kvp_context, ctx, __ATOMIC_RELAXED); }
-
 // The block at `addr` gets retag number `tag`, in order among the allocator's events.
 void kvp_retag(uint64_t addr, int64_t tag) {
   push(kRetag, addr, uint64_t(tag), steady_ns(), current_context());
 }
-
-int64_t kvp_steady_ns() { return steady_ns(); }
 
 // Forget every earlier trace; the replay starts with ids from `next_id`.
 void kvp_reset(int32_t device, int32_t expandable, int32_t model_on, int64_t next_id) {
@@ -328,21 +319,10 @@ void kvp_set_next_id(int64_t next_id) {
   g_replay.next_id = g_replay.first_id = next_id;
 }
 
-int64_t kvp_buffered() {
-  std::lock_guard<std::mutex> guard(g_rec.mu);
-  return int64_t(g_rec.buffer.size());
-}
-
 // A block that exists before recording: its free is followed as allocation `id`.
 void kvp_adopt(uint64_t addr, int64_t id) {
   std::lock_guard<std::mutex> guard(g_replay.mu);
   g_replay.live[addr] = id;
-}
-
-void kvp_layout_clear() {
-  std::lock_guard<std::mutex> guard(g_replay.mu);
-  g_replay.layout.blocks.clear();
-  g_replay.layout.free_ends.clear();
 }
 
 void kvp_layout_add(uint64_t addr, int64_t size, int32_t state, uint64_t seg_start, uint64_t seg_end) {
