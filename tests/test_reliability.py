@@ -309,6 +309,18 @@ def test_meta_fields_inside_rollout_are_checked_on_load(tiny_copy: Path, capsys:
     assert "field 'rollout.frames' should be an integer" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("field, value, said", [("param_defaults", [""], "an object"), ("lossless", 1, "true or false")])
+def test_meta_method_facts_are_checked_on_load(tiny_copy: Path, capsys: pytest.CaptureFixture[str],
+                                               field: str, value: object, said: str) -> None:
+    # found by tests/test_fuzz_reader.py: a damaged method_facts field reached diagnose's byte model
+    meta = json.loads((tiny_copy / META_FILE).read_text())
+    meta["method_facts"][field] = value
+    (tiny_copy / META_FILE).write_text(json.dumps(meta))
+    assert main(["diagnose", str(tiny_copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"field 'method_facts.{field}' should be {said}" in err and "Traceback" not in err
+
+
 def test_markdown_report_escapes_html_and_table_bars(tiny_copy: Path, tmp_path: Path) -> None:
     meta = json.loads((tiny_copy / META_FILE).read_text())
     meta.update(method='"><img src=x onerror=alert(1)>', error="<script>alert(1)</script> a|b")

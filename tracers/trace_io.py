@@ -328,6 +328,8 @@ META_NESTED: dict[str, dict[str, tuple[type, ...]]] = {
     "rollout": {**dict.fromkeys(("frames", "seed", "batch", "chunk_frames", "attn_window_frames", "rolling_frames",
                                  "sink_frames"), (int,)),
                 "integration": (str,), "decode": (bool,), "free_cache_before_decode": (bool,), "timesteps": (list,)},
+    "method_facts": {**dict.fromkeys(("family", "key_bits", "value_bits", "policy", "cadence"), (str,)),
+                     "lossless": (bool,), "position_dependent": (bool,), "param_defaults": (dict,)},
     "config": {"name": (str,), "dtype": (str,), "vae": (str,),
                **dict.fromkeys(("num_layers", "dim", "num_heads", "ffn_dim", "text_dim", "text_len", "latent_height",
                                 "latent_width", "freq_dim", "in_dim", "out_dim", "tokens_per_frame", "head_dim"), (int,))},
