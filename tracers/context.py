@@ -6,7 +6,7 @@ Code that is traced (the rollout, the KV cache, user code) only ever calls `stag
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, ContextManager
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -28,26 +28,20 @@ def _set_active(session: "TraceSession | None") -> None:
     _active = session
 
 
-@contextlib.contextmanager
-def stage(name: str, index: int | None = None) -> Iterator[None]:
+# One shared no-op scope: nullcontext is reentrant, and untraced code pays one global read per `with`.
+_NO_SESSION = contextlib.nullcontext()
+
+
+def stage(name: str, index: int | None = None) -> "ContextManager[None]":
     """Run the body as stage `name` (path element `name[index]` when an index is given)."""
     session = _active
-    if session is None:
-        yield
-        return
-    with session.stage(name, index):
-        yield
+    return _NO_SESSION if session is None else session.stage(name, index)
 
 
-@contextlib.contextmanager
-def tag(category: str) -> Iterator[None]:
+def tag(category: str) -> "ContextManager[None]":
     """Allocations made in the body belong to `category` unless an inner tag says otherwise."""
     session = _active
-    if session is None:
-        yield
-        return
-    with session.tag(category):
-        yield
+    return _NO_SESSION if session is None else session.tag(category)
 
 
 def tag_tensor(tensor: "torch.Tensor", category: str, name: str | None = None) -> None:

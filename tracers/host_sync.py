@@ -81,6 +81,8 @@ class HostActivity:
         """The span's inclusive counters as span-end record fields (only those that are nonzero);
         they are added to the parent's, which is still open."""
         fields: dict[str, int] = {}
+        if not (self._syncs or self._op_ns or self._tracer_ns):
+            return fields  # nothing counted in any open span (the common case on CUDA)
         with self._lock:
             for key, table in (("hs", self._syncs), ("ons", self._op_ns), ("tns", self._tracer_ns)):
                 n = table.pop(span_id, 0)

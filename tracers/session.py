@@ -3,7 +3,6 @@ stage timer, device sampler and the trace folder. Code under trace talks to it o
 `tracers.stage / tag / tag_tensor / register` (tracers.context)."""
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import resource
@@ -11,7 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,9 +26,13 @@ from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
 from tracers.outcome import status_of
 from tracers.sampler import DeviceSampler
+from tracers.scopes import StageScope, TagScope
 from tracers.timing import StageTimer
 from tracers.trace_io import (EVENTS_FILE, META_FILE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
                                tables_from_records, write_closed_trace, write_json_atomic)
+
+
+_CATEGORY_SET = frozenset(CATEGORIES)
 
 
 class SimulatedOOM(torch.OutOfMemoryError):
@@ -99,6 +102,7 @@ class TraceSession:
         self._log: EventLog | None = None
         self._dispatch: DispatchAllocTracker | None = None
         self._cuda: CudaHistoryTracker | NativeCudaTracker | None = None
+        self._native = False  # counters through the native library (decided once: read at every shallow boundary)
         self._timer = StageTimer(self.device)
         self._sampler: DeviceSampler | None = None
         self.max_other_gpu_processes = 0  # most other compute processes NVML saw on this GPU at once
@@ -137,6 +141,7 @@ class TraceSession:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.meta["allocated_before_bytes"] = torch.cuda.memory_allocated(self.device)
             self._cuda = self._cuda_tracker()
+            self._native = isinstance(self._cuda, NativeCudaTracker)
             self._cuda.start()
             self._hold_blocks_from_before()
             if isinstance(self._cuda, NativeCudaTracker):
@@ -294,68 +299,27 @@ class TraceSession:
         """Path of the innermost open stage, e.g. 'rollout/chunk[2]/refresh/layer[1]/kv_write'."""
         return "/".join(elem for _, elem in self._span_stack)
 
-    @contextlib.contextmanager
-    def stage(self, name: str, index: int | None = None) -> Iterator[None]:
-        """Open a span; nested spans build the stage path."""
-        elem = name if index is None else f"{name}[{index}]"
-        with self._lock:
-            span_id = self._next_span
-            self._next_span += 1
-            parent = self._span_stack[-1][0] if self._span_stack else 0
-            self._span_stack.append((span_id, elem))
-            self._new_context()
-            t = self._now()
-            self._write({"k": "b", "id": span_id, "p": parent, "n": name, "i": index, "t": t, "q": self._q()})
-            self._counter(span_id)
-        timed = self.timer_depth is None or len(self._span_stack) <= self.timer_depth + 1
-        if timed:
-            self._timer.begin(span_id, elem)  # NVTX ranges nest: the element names the range
-        try:
-            yield
-        except BaseException:
-            if self.failure_stage is None:
-                self.failure_stage = self.stage_path()  # the innermost stage the error left
-            raise
-        finally:
-            if timed:
-                self._timer.end(span_id)
-            for hook in self.stage_end_hooks:
-                hook()
-            with self._lock:
-                t_end = self._now()
-                if self._span_stack and self._span_stack[-1][0] == span_id:
-                    self._span_stack.pop()
-                    self._write({"k": "e", "id": span_id, "t": t_end, "q": self._q(), "ms": (t_end - t) / 1e6,
-                                 **self.host_activity.end_span(span_id, parent)})
-                    self._new_context()
-                    self._counter(span_id)
+    def stage(self, name: str, index: int | None = None) -> StageScope:
+        """A scope that opens a span on enter; nested spans build the stage path."""
+        return StageScope(self, name, index)
 
     def _counter(self, span_id: int) -> None:
         if self._cuda is None:
             return
         if self.counter_depth is not None and len(self._span_stack) > self.counter_depth:
             return
-        if isinstance(self._cuda, NativeCudaTracker):
+        if self._native:
             alloc, reserved = self._cuda.counters()
         else:  # the nested form: memory_stats() flattens and sorts every key, several times the cost
             stats = torch.cuda.memory_stats_as_nested_dict(self.device)
             alloc, reserved = stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
         self._write({"k": "m", "t": self._now(), "q": self._q(), "s": span_id, "alloc": alloc, "reserved": reserved})
 
-    @contextlib.contextmanager
-    def tag(self, category: str) -> Iterator[None]:
-        """Allocations in the body get `category`."""
-        if category not in CATEGORIES:
+    def tag(self, category: str) -> TagScope:
+        """A scope in which allocations get `category`."""
+        if category not in _CATEGORY_SET:
             raise ValueError(f"unknown memory category {category!r}; categories: {', '.join(CATEGORIES)}")
-        with self._lock:
-            self._tag_stack.append(category)
-            self._new_context()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._tag_stack.pop()
-                self._new_context()
+        return TagScope(self, category)
 
     # ----------------------------------------------------------------- allocations
     def record_alloc(self, nbytes: int, category: str | None, name: str | None, root: bool = False) -> int:
