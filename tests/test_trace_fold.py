@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 
 from kvprof.read.live import TraceFollower
 from kvprof.read.trace import load_trace
-from tracers.trace_fold import NO_FREE, TableFolder
+from tracers.trace_fold import NO_FREE, SPAN_COLUMNS, TableFolder
 from tracers.trace_io import EVENTS_FILE, SCHEMA_VERSION, TraceError, tables_from_records
 
 # One record of every kind of tracers.trace_io's docstring, in writer order.
@@ -64,6 +65,56 @@ def test_bulk_rows_take_frees_retags_and_sizes_recorded_before_them() -> None:
                      "bytes": [1000], "category": ["activations"], "span_id": [0], "name": [None]})
     row = folder.tables()["allocations"].iloc[0]
     assert (row["bytes"], row["q_free"], row["category"], row["name"]) == (1024, 30, "kv_codes", "codes")
+
+
+def _spans_by_dicts(records: list[dict]) -> pd.DataFrame:
+    """The spans fold as it was before SpanBook (a dict per span, pandas casts at the end): the reference."""
+    nan, spans = float("nan"), {}
+    for r in records:
+        if r["k"] == "b":
+            spans[r["id"]] = {"id": r["id"], "parent": r["p"], "name": r["n"], "index": r.get("i"), "q_start": r["q"],
+                              "q_end": NO_FREE, "t_start_ns": r["t"], "t_end_ns": NO_FREE, "host_ms": nan, "device_ms": nan,
+                              "host_syncs": 0, "op_ms": nan, "tracer_ms": nan}
+        elif r["k"] == "e" and r["id"] in spans:
+            spans[r["id"]].update(q_end=r["q"], t_end_ns=r["t"], host_ms=r["ms"], host_syncs=r.get("hs", 0),
+                                  op_ms=r["ons"] / 1e6 if "ons" in r else nan, tracer_ms=r["tns"] / 1e6 if "tns" in r else nan)
+        elif r["k"] == "x" and r["id"] in spans:
+            spans[r["id"]]["device_ms"] = r["dms"]
+    df = pd.DataFrame(list(spans.values()), columns=list(SPAN_COLUMNS))
+    for col in ("id", "parent", "q_start", "q_end", "t_start_ns", "t_end_ns", "host_syncs"):
+        df[col] = df[col].astype("int64")
+    df["index"], df["name"] = df["index"].astype("Int64"), df["name"].astype("string")
+    return df.astype({c: "float64" for c in ("host_ms", "device_ms", "op_ms", "tracer_ms")})
+
+
+def test_span_columns_equal_the_dict_per_span_fold() -> None:
+    """Spans are typed columns (SpanBook, ~100 B a span); random span records (re-begun ids, ends and device
+    times of unknown ids, missing indexes, optional counters) give the same table as a dict per span."""
+    rng = random.Random(7)
+    records: list[dict] = []
+    for n in range(3000):
+        sid = rng.randint(1, 400)
+        kind = rng.choice("bbeex")
+        if kind == "b":
+            records.append({"k": "b", "id": sid, "p": rng.randint(0, sid), "n": rng.choice(["layer", "residual", "chunk"]),
+                            "i": rng.choice([None, rng.randint(0, 50)]), "t": n * 1000 + 2**40, "q": n * 2**32})
+        elif kind == "e":
+            r = {"k": "e", "id": sid, "t": n * 1000, "q": n * 2**32 + 7, "ms": rng.choice([rng.random(), float("nan")])}
+            for key in ("hs", "ons", "tns"):
+                if rng.random() < 0.3:
+                    r[key] = rng.randint(1, 10**9)
+            records.append(r)
+        else:
+            records.append({"k": "x", "id": sid, "dms": rng.random()})
+    folder = TableFolder()
+    folder.fold(records)
+    assert len(folder.spans) > 300
+    pd.testing.assert_frame_equal(folder.tables()["spans"], _spans_by_dicts(records), check_dtype=True)
+
+
+def test_a_span_record_of_the_wrong_type_is_named() -> None:
+    with pytest.raises(TraceError, match="kind 'b' holds a value of the wrong type"):
+        tables_from_records([{"k": "b", "id": "one", "p": 0, "n": "x", "i": None, "t": 1, "q": 1}])
 
 
 def _live_folder(tmp_path: Path, records: list[dict]) -> Path:

@@ -37,7 +37,8 @@ def test_follower_reads_only_whole_new_lines(tmp_path: Path) -> None:
         with tracers.stage("rollout"), tracers.tag("activations"):
             kept = [torch.ones(256) for _ in range(5)]
         del kept
-    lines = [json.dumps(r) + "\n" for r in session._log.records]
+        session.checkpoint()  # the lines a follower of the running trace reads
+        lines = (tmp_path / "src" / EVENTS_FILE).read_text().splitlines(keepends=True)
     live = tmp_path / "live"
     live.mkdir()
     meta = json.loads((tmp_path / "src" / "meta.json").read_text())
@@ -58,7 +59,9 @@ def test_follower_reads_only_whole_new_lines(tmp_path: Path) -> None:
         f.write(blob[cut:])
     assert follower.poll() and not follower.torn_tail
     assert follower.state.records == len(lines)
-    pd.testing.assert_frame_equal(follower.trace().allocations, tables_from_records(session._log.records)["allocations"])
+    records = [json.loads(line) for line in lines]
+    pd.testing.assert_frame_equal(follower.trace().allocations, tables_from_records(records)["allocations"])
+    assert len(follower.trace().allocations) == 5
 
 
 def test_timeline_points_are_the_analysis_timeline_and_hold_the_peak(bf16_trace: Path) -> None:

@@ -235,7 +235,8 @@ class TraceSession:
         self.meta["other_gpu_processes_max"] = self.max_other_gpu_processes
         self.meta["tracer_drain_s"] = self.tracer_seconds
         self.meta["host_activity"] = {**self.host_activity.describe(), "op_time": self._dispatch is not None}
-        tables, pending = tables_from_records(self._log.records, self._log.alloc_columns, with_pending=True)
+        tables, pending = tables_from_records(self._log.records, self._log.alloc_columns, with_pending=True,
+                                              folder=self._log.folder)
         alloc_rows.note_blocks_from_before(self, tables["allocations"])
         if self._parts is not None and self._parts.count:  # streamed rows: merged one part at a time
             tables["allocations"] = merge_parts(self.folder, tables["allocations"], pending)
