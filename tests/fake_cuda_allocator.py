@@ -6,6 +6,7 @@ check that the layout mirrored from the history gives the block sizes this alloc
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -45,7 +46,8 @@ class FakeCachingAllocator:
 
     def _emit(self, action: str, addr: int, size: int) -> None:
         if self.native is not None:  # the allocator's trace tracker, as attach_cuda.cpp forwards it
-            self.native.kvp_record(ACTIONS[action], 0, addr, size)
+            # the core library has no tick source: an event's ticks are steady-clock ns (CLOCK_MONOTONIC)
+            self.native.kvp_record(ACTIONS[action], 0, addr, size, time.perf_counter_ns())
             return
         self.trace.append({"action": action, "addr": addr, "size": size, "time_us": len(self.trace) + 1,
                            "user_metadata": self.metadata})

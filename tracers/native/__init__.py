@@ -27,7 +27,7 @@ _I64, _I32, _U64 = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64
 _P64, _P32, _PU64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_uint64)
 # The C ABI of alloc_events.cpp / attach_cuda.cpp: name -> (argument types, result type).
 SIGNATURES: dict[str, tuple[tuple, object]] = {
-    "kvp_record": ((_I32, _I32, _U64, _U64), None),
+    "kvp_record": ((_I32, _I32, _U64, _U64, _I64), None),
     "kvp_record_many": ((_I64, _P32, _PU64, _PU64, _P64, _P64), None),
     "kvp_retag": ((_U64, _I64), None),
     "kvp_reset": ((_I32, _I32, _I32, _I64), None),

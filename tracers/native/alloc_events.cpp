@@ -2,8 +2,8 @@
 //
 // The CUDA caching allocator calls a trace tracker (c10 `attachAllocatorTraceTracker`) for every
 // alloc, free and segment event, under its own lock. `kvp_record` appends one fixed-size entry
-// (action, address, size, steady-clock ns, the context kvprof set) to a buffer: tens of ns, no
-// Python, no GIL. `kvp_drain`, called from a Python thread through ctypes (which releases the
+// (action, address, size, the event's clock ticks, the context kvprof set) to a buffer: tens of
+// ns, no clock read, no Python, no GIL. `kvp_drain`, called from a Python thread through ctypes (which releases the
 // GIL), swaps the buffer out and replays it through the mirror of the allocator's segments
 // (the same rules as tracers/alloc_layout.py's BlockLayout), giving each allocation its id,
 // order key q and real block size, and each free the id it frees. Python then turns the drain's
@@ -34,10 +34,16 @@ enum Action : int32_t {
 struct Entry {
   uint64_t addr;
   uint64_t size;  // bytes; for kRetag the retag's number; for kOom the requested bytes
-  int64_t t_ns;
+  int64_t t_ns;   // clock ticks while buffered; steady-clock ns once the drain converted them
   int64_t ctx;
   int32_t action;
   int32_t pad;
+};
+
+// A moment on both clocks: event ticks and steady-clock ns (see g_ticks).
+struct ClockPair {
+  int64_t ticks;
+  int64_t ns;
 };
 
 struct Block {
@@ -146,6 +152,7 @@ struct Layout {
 struct Recorder {
   std::mutex mu;
   std::vector<Entry> buffer;
+  ClockPair last_pair{0, 0};  // taken when the buffer was last swapped out (or reset)
   std::atomic<int32_t> on{0};
   std::atomic<int32_t> device{0};
 };
@@ -183,6 +190,32 @@ int64_t current_context() { return __atomic_load_n(&kvp_context, __ATOMIC_RELAXE
 int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Event times. The allocator stamps every event with c10's approximate clock (the TSC on x86, read
+// for its own history anyway), and attach_cuda.cpp passes that stamp on: recording reads no clock
+// (a clock_gettime per event is ~1 us where a VM makes it a system call). Each drain turns ticks into
+// steady-clock ns, linearly between the (ticks, ns) pair taken at the previous drain (or reset) and
+// the one taken at this drain, which bracket every event of the drain. Without a tick source (the
+// core library of the CPU tests) ticks are steady ns and the map is the identity, exactly.
+int64_t (*g_ticks)() = nullptr;
+
+int64_t ticks_now() { return g_ticks != nullptr ? g_ticks() : steady_ns(); }
+
+ClockPair clock_pair() {
+  if (g_ticks == nullptr) {
+    const int64_t ns = steady_ns();
+    return ClockPair{ns, ns};
+  }
+  const int64_t a = g_ticks(), ns = steady_ns(), b = g_ticks();
+  return ClockPair{a + (b - a) / 2, ns};
+}
+
+// Steady ns of `ticks`, on the line through pairs `from` and `to` (slope 1 when they coincide).
+int64_t to_ns(int64_t ticks, const ClockPair& from, const ClockPair& to) {
+  const __int128 dt = to.ticks - from.ticks, dn = to.ns - from.ns;
+  if (dt <= 0 || g_ticks == nullptr) return from.ns + (ticks - from.ticks);
+  return from.ns + int64_t(__int128(ticks - from.ticks) * dn / dt);
 }
 
 void push(int32_t action, uint64_t addr, uint64_t size, int64_t t_ns, int64_t ctx) {
@@ -272,13 +305,22 @@ void copy_out(const std::vector<T>& from, T* to) {
 
 extern "C" {
 
-// Called by the allocator's trace tracker for every event of every device.
-void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size) {
+// Called by the allocator's trace tracker for every event of every device; `ticks` is the event's
+// stamp on the tick source (see g_ticks).
+void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size, int64_t ticks) {
   if (!g_rec.on.load(std::memory_order_relaxed) || device != g_rec.device.load(std::memory_order_relaxed)) return;
-  push(action, addr, size, steady_ns(), current_context());
+  push(action, addr, size, ticks, current_context());
 }
 
-// Many events at once, as columns (tests: millions of events without a ctypes call each).
+// The tick source events are stamped with (attach_cuda.cpp: c10's approximate clock); null: steady ns.
+void kvp_set_tick_source(int64_t (*ticks)()) {
+  std::lock_guard<std::mutex> guard(g_rec.mu);
+  g_ticks = ticks;
+  g_rec.last_pair = clock_pair();
+}
+
+// Many events at once, as columns, times in steady ns (tests: millions of events without a ctypes
+// call each; the core library has no tick source, so ticks are these ns).
 void kvp_record_many(int64_t n, const int32_t* action, const uint64_t* addr, const uint64_t* size,
                      const int64_t* t_ns, const int64_t* ctx) {
   std::lock_guard<std::mutex> guard(g_rec.mu);
@@ -287,7 +329,7 @@ void kvp_record_many(int64_t n, const int32_t* action, const uint64_t* addr, con
 
 // The block at `addr` gets retag number `tag`, in order among the allocator's events.
 void kvp_retag(uint64_t addr, int64_t tag) {
-  push(kRetag, addr, uint64_t(tag), steady_ns(), current_context());
+  push(kRetag, addr, uint64_t(tag), ticks_now(), current_context());
 }
 
 // Forget every earlier trace; the replay starts with ids from `next_id`.
@@ -297,6 +339,7 @@ void kvp_reset(int32_t device, int32_t expandable, int32_t model_on, int64_t nex
     std::lock_guard<std::mutex> guard(g_rec.mu);
     g_rec.buffer.clear();
     g_rec.buffer.shrink_to_fit();
+    g_rec.last_pair = clock_pair();
   }
   g_rec.device.store(device);
   __atomic_store_n(&kvp_context, 0, __ATOMIC_RELAXED);
@@ -378,10 +421,14 @@ void kvp_stats(int64_t* out) {
 // first allocation id. The columns stay until the next drain; kvp_take copies them out.
 void kvp_drain(int64_t* counts) {
   std::vector<Entry> entries;
+  ClockPair from, to;
   {
     std::lock_guard<std::mutex> guard(g_rec.mu);
     entries.swap(g_rec.buffer);
+    from = g_rec.last_pair;
+    to = g_rec.last_pair = clock_pair();
   }
+  for (Entry& e : entries) e.t_ns = to_ns(e.t_ns, from, to);
   std::lock_guard<std::mutex> guard(g_replay.mu);
   Replay& p = g_replay;
   for (auto* v : {&p.a_q, &p.a_t, &p.a_size, &p.a_ctx, &p.f_id, &p.f_q, &p.f_t, &p.r_id, &p.r_tag,

@@ -1,6 +1,7 @@
 // Connects the CUDA caching allocator's trace tracker to kvprof's recorder (alloc_events.cpp).
 // The tracker cannot be detached again: kvp_set_recording(0) makes it return at once.
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/util/ApproximateClock.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
@@ -8,11 +9,15 @@
 #include <cstdint>
 #include <vector>
 
-extern "C" void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size);
+extern "C" void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size, int64_t ticks);
+extern "C" void kvp_set_tick_source(int64_t (*ticks)());
 
 namespace {
 bool g_attached = false;
-}
+
+// The clock c10 stamps trace entries with (the TSC on x86): calibrated against steady ns at each drain.
+int64_t approximate_ticks() { return static_cast<int64_t>(c10::getApproximateTime()); }
+}  // namespace
 
 extern "C" int32_t kvp_attach() {
   if (g_attached) return 1;
@@ -30,8 +35,10 @@ extern "C" int32_t kvp_attach() {
       case Entry::OOM: action = 8; break;
       default: return;
     }
-    kvp_record(action, static_cast<int32_t>(te.device_), static_cast<uint64_t>(te.addr_), static_cast<uint64_t>(te.size_));
+    kvp_record(action, static_cast<int32_t>(te.device_), static_cast<uint64_t>(te.addr_), static_cast<uint64_t>(te.size_),
+               static_cast<int64_t>(te.time_.approx_t_));
   });
+  kvp_set_tick_source(&approximate_ticks);
   g_attached = true;
   return 1;
 }
