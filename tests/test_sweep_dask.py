@@ -432,3 +432,26 @@ def _readers_open_the_sweep(out: Path, results: list[Path], tmp_path: Path) -> N
             assert len(app.sources) == 8 and app.sources[0].error is None
 
     asyncio.run(browse())
+
+
+def test_ctrl_c_stops_the_sweep_with_one_message_and_no_worker_traceback(tmp_path):
+    """SIGINT to the sweep's whole process group (a terminal's Ctrl-C, `timeout -s INT`): the client
+    says where the finished cells are and exits 130; the workers ignore it (no asyncio traceback from
+    each), the run is in the manifest and `--resume` runs the rest."""
+    out = tmp_path / "sw"
+    args = ("--methods", "bf16,rtn_int4,kivi_int4", "--integrations", "staged", "--frames", "3", "--no-decode")
+    proc = subprocess.Popen(sweep_cmd(out, *args), env=env(), cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: cells_with(out, "complete"), 300, "a first complete cell")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "kvprof sweep: interrupted; finished cells are in" in err
+    run = mf.read_manifest(out)["runs"][-1]
+    assert run["exit_code"] == 130 and run["seconds"] > 0

@@ -47,7 +47,8 @@ def local_worker_specs(gpus: int, workers_per_gpu: int, cpu_workers: int) -> dic
     """The SpecCluster worker specs: per GPU i, `workers_per_gpu` Nannies pinned to it; else CPU workers."""
     from distributed import Nanny
 
-    base = {"nthreads": 1, "memory_limit": 0, "silence_logs": logging.ERROR}  # traces run in child processes: worker memory is not theirs
+    # traces run in child processes: worker memory is not theirs; workers leave SIGINT to the client (worker_setup)
+    base = {"nthreads": 1, "memory_limit": 0, "silence_logs": logging.ERROR, "preload": ["kvprof.sweep.worker_setup"]}
     if gpus == 0:
         return {f"cpu{i}": {"cls": Nanny, "options": dict(base)} for i in range(cpu_workers)}
     # GPU i of this process is the i-th of its own CUDA_VISIBLE_DEVICES, where that is set

@@ -46,7 +46,10 @@ def sees_folder(marker: str, token: str) -> bool:
 def die_with_parent(parent: int) -> None:
     """In the trace process: be killed when the worker that started it dies, so a lost worker's
     trace does not go on holding the GPU beside the retry (Linux; elsewhere it runs to its end).
-    Set here, after exec, rather than in a preexec_fn, which is unsafe in a threaded worker."""
+    Set here, after exec, rather than in a preexec_fn, which is unsafe in a threaded worker. The
+    worker ignores SIGINT (kvprof.sweep.worker_setup) and the trace process inherited that: it takes
+    SIGINT again, so a stopped sweep closes the cell's trace as interrupted."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         import ctypes
 
