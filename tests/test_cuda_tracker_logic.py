@@ -387,3 +387,61 @@ def test_device_time_events_stop_below_the_timer_depth(tmp_path, monkeypatch):
     s.close("complete")
     spans = load_trace(tmp_path / "t").spans.set_index("name")
     assert sorted(timed) == sorted(int(spans.loc[n, "id"]) for n in ("rollout", "chunk"))
+
+
+def test_native_recorder_turns_event_ticks_into_steady_ns_between_drains():
+    """On CUDA each event keeps the tick c10 stamped it with (no clock read per event) and each drain maps
+    ticks to steady ns through the (ticks, ns) pairs taken at this drain and the previous one. Here the
+    tick source is a clock at 3 ticks a ns with an offset: every event comes back at its steady ns (to
+    the few us a Python tick callback takes), in order, over two drains; without a tick source ticks
+    are ns, exactly."""
+    import ctypes
+    import time
+
+    import numpy as np
+
+    from tracers import native
+
+    lib = native.load(cuda=False)
+    tick_fn = ctypes.CFUNCTYPE(ctypes.c_int64)
+    lib.kvp_set_tick_source.argtypes, lib.kvp_set_tick_source.restype = [tick_fn], None
+    source = tick_fn(lambda: 3 * time.perf_counter_ns() + 12_345)
+
+    def drain() -> np.ndarray:
+        counts = (ctypes.c_int64 * 6)()
+        lib.kvp_drain(counts)
+        n_a, n_f, n_r, n_o = list(counts)[:4]
+        cols = [np.empty(n, np.int64) for n in (n_a,) * 4 + (n_f,) * 3 + (n_r,) * 2 + (n_o,) * 4]
+        lib.kvp_take(*[c.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)) for c in cols])
+        return cols[1]  # allocation times
+
+    def record(n: int, base: int, ticks_of) -> list[int]:
+        truth = []
+        for i in range(n):
+            ns = time.perf_counter_ns()
+            lib.kvp_record(0, 0, base + i * 4096, 512, ticks_of(ns))
+            truth.append(ns)
+            time.sleep(0.0002)
+        return truth
+
+    lib.kvp_set_tick_source(source)
+    try:
+        lib.kvp_reset(0, 0, 0, 1)
+        lib.kvp_set_recording(1)
+        got, truth = [], []
+        for k in range(2):
+            truth += record(200, (k + 1) << 30, lambda ns: 3 * ns + 12_345)
+            got += drain().tolist()
+        err = np.abs(np.array(got) - np.array(truth))
+        assert len(got) == 400 and err.max() < 50_000, err.max()  # 50 us: the callback's own time, not drift
+        assert got == sorted(got)
+    finally:
+        lib.kvp_set_tick_source(tick_fn(0))  # a null source: ticks are steady ns again
+        lib.kvp_set_recording(0)
+    lib.kvp_reset(0, 0, 0, 1)
+    lib.kvp_set_recording(1)
+    try:
+        truth = record(50, 1 << 34, lambda ns: ns)
+        assert drain().tolist() == truth
+    finally:
+        lib.kvp_set_recording(0)
