@@ -142,3 +142,28 @@ def test_follower_names_a_damaged_record(tmp_path: Path) -> None:
     folder = _live_folder(tmp_path, [RECORDS[0], {"k": "a", "id": 1}])
     with pytest.raises(TraceError, match="events.jsonl.*kind 'a' lacks field"):
         TraceFollower(folder).poll()
+
+
+def test_directly_formatted_records_are_the_json_encoders_lines() -> None:
+    """b/e/m records are formatted without the JSON encoder (the drain thread writes ~10^6 of them in a PRQ
+    rollout); for the writer's records (random ints, names with quotes and non-ASCII, NaN and inf times,
+    optional span-end counters) the line is byte-for-byte json's, and any other record goes through json."""
+    from tracers.trace_io import _ENCODE, encode_record
+
+    rng = random.Random(3)
+    big = lambda: rng.choice([0, 1, rng.randint(2, 2**62)])  # noqa: E731
+    names = ["layer", "kv_write", 'q"uote', "é→\n\t", "\\path/x"]
+    for _ in range(2000):
+        k = rng.choice("bemx")
+        if k == "b":
+            r = {"k": "b", "id": big(), "p": big(), "n": rng.choice(names), "i": rng.choice([None, big()]), "t": big(), "q": big()}
+        elif k == "e":
+            r = {"k": "e", "id": big(), "t": big(), "q": big(),
+                 "ms": rng.choice([rng.random() * 10 ** rng.randint(-9, 9), float("nan"), float("inf"), 0.0])}
+            if rng.random() < 0.3:
+                r["hs"] = big()
+        elif k == "m":
+            r = {"k": "m", "t": big(), "q": big(), "s": big(), "alloc": big(), "reserved": big()}
+        else:
+            r = {"k": "x", "id": big(), "dms": rng.random()}
+        assert encode_record(r) == _ENCODE(r), r

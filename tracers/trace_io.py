@@ -25,6 +25,7 @@ means: tracers/table_schema.py, also inside each Parquet file's schema, and docs
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,39 @@ STATUSES = ("running", "complete", "oom", "interrupted", "failed")
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _SPAN_KINDS = frozenset(("b", "e", "x"))
+_NAMES: dict[str, str] = {}  # stage names as JSON strings (a rollout has a few dozen; capped below)
+
+
+def _json_name(name: str) -> str:
+    text = _NAMES.get(name)
+    if text is None:
+        text = _ENCODE(name)
+        if len(_NAMES) < 4096:
+            _NAMES[name] = text
+    return text
+
+
+def _json_float(x: float) -> str:
+    return repr(x) if math.isfinite(x) else _ENCODE(x)
+
+
+def encode_record(r: dict[str, Any]) -> str:
+    """One record as its JSON line (no newline). Span begin/end and counter records, half a stage's
+    bookkeeping and ~10^6 of them in a PRQ rollout, are formatted directly (~3x faster than the JSON
+    encoder, same JSON); any other record, or one with other fields, goes through `json`."""
+    k, n = r.get("k"), len(r)
+    try:
+        if k == "b" and n == 7:
+            i = r["i"]
+            return '{"k":"b","id":%d,"p":%d,"n":%s,"i":%s,"t":%d,"q":%d}' % (
+                r["id"], r["p"], _json_name(r["n"]), "null" if i is None else "%d" % i, r["t"], r["q"])
+        if k == "e" and n == 5:
+            return '{"k":"e","id":%d,"t":%d,"q":%d,"ms":%s}' % (r["id"], r["t"], r["q"], _json_float(r["ms"]))
+        if k == "m" and n == 6:
+            return '{"k":"m","t":%d,"q":%d,"s":%d,"alloc":%d,"reserved":%d}' % (r["t"], r["q"], r["s"], r["alloc"], r["reserved"])
+    except (KeyError, TypeError):
+        pass
+    return _ENCODE(r)
 
 
 class TraceError(ValueError):
@@ -114,7 +148,7 @@ class EventLog:
                 self._last_flush = now
 
     def _write_lines(self, records: list[dict[str, Any]]) -> None:
-        text = "".join(_ENCODE(r) + "\n" for r in records)
+        text = "".join([encode_record(r) + "\n" for r in records])
         self._line_bytes += len(text)
         if self.error is not None:
             return
