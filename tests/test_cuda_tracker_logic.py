@@ -445,3 +445,32 @@ def test_native_recorder_turns_event_ticks_into_steady_ns_between_drains():
         assert drain().tolist() == truth
     finally:
         lib.kvp_set_recording(0)
+
+
+def test_a_followed_native_run_streams_parts_and_writes_lines_it_does_not_keep(tmp_path, monkeypatch):
+    """A run followed live (drain_at_checkpoints) records like an unfollowed one (streamed parts, bounded
+    memory: the writer keeps no allocation record) and also writes each drain's rows as the `a`/`f` lines a
+    follower folds: before close the follower's allocations are the closed trace's."""
+    from kvprof.read.live import TraceFollower
+
+    tables = {}
+    for name, live in (("followed", True), ("unfollowed", False)):
+        f = install_native(monkeypatch, FakeCachingAllocator())
+        s = TraceSession(tmp_path / name, {"run_id": name}, "cpu", tracker="native", drain_at_checkpoints=live)
+        s.start()
+        _workload(f, s, random.Random(5), drains=True)
+        if live:
+            s.checkpoint(force=True)
+            follower = TraceFollower(tmp_path / name)
+            follower.poll()
+            seen = follower.trace().allocations.sort_values("id").reset_index(drop=True)
+            assert not [r for r in s._log.records if r["k"] == "a"]  # the rows live in the parts only
+            assert len(list((tmp_path / name / "allocations.parts").glob("part-*.parquet"))) >= 8
+        s.close("complete")
+        trace = load_trace(tmp_path / name)
+        assert reconcile(trace, find_peak(trace)).max_abs_gap_bytes == 0
+        tables[name] = trace.allocations.sort_values("id").reset_index(drop=True)
+    assert len(seen) > 50
+    pd.testing.assert_frame_equal(seen, tables["followed"])
+    cols = ["id", "q_alloc", "q_free", "bytes", "category", "span_id", "name"]
+    pd.testing.assert_frame_equal(tables["followed"][cols], tables["unfollowed"][cols])

@@ -112,6 +112,32 @@ def test_span_columns_equal_the_dict_per_span_fold() -> None:
     pd.testing.assert_frame_equal(folder.tables()["spans"], _spans_by_dicts(records), check_dtype=True)
 
 
+def test_span_columns_written_directly_equal_the_fold_of_the_records(tmp_path) -> None:
+    """EventLog.span_begin/span_end (the session's scopes: no dict per record) give the span table and the
+    lines that `write` of the same b/e records gives."""
+    from tracers.trace_io import EventLog
+
+    rng = random.Random(5)
+    direct, via = EventLog(tmp_path / "direct.jsonl"), EventLog(tmp_path / "via.jsonl")
+    open_ids: list[int] = []
+    for n in range(1, 3001):
+        if open_ids and rng.random() < 0.45:
+            sid = open_ids.pop(rng.randrange(len(open_ids)))
+            ends = {x: rng.randint(1, 10**6) for x in ("hs", "ons", "tns") if rng.random() < 0.2}
+            ms = rng.choice([rng.random(), float("nan")])
+            direct.span_end(sid, n * 10, n, ms, ends or None)
+            via.write({"k": "e", "id": sid, "t": n * 10, "q": n, "ms": ms, **ends})
+        else:
+            sid = len(direct.folder.spans) + 1
+            index = rng.choice([None, rng.randint(0, 40)])
+            direct.span_begin(sid, sid - 1, rng.choice(["layer", "residual"]), index, n * 10, n)
+            via.write({"k": "b", "id": sid, "p": sid - 1, "n": direct.folder.spans.names[-1], "i": index, "t": n * 10, "q": n})
+            open_ids.append(sid)
+    direct.close(), via.close()
+    pd.testing.assert_frame_equal(direct.folder.tables()["spans"], via.folder.tables()["spans"])
+    assert (tmp_path / "direct.jsonl").read_text() == (tmp_path / "via.jsonl").read_text()
+
+
 def test_a_span_record_of_the_wrong_type_is_named() -> None:
     with pytest.raises(TraceError, match="kind 'b' holds a value of the wrong type"):
         tables_from_records([{"k": "b", "id": "one", "p": 0, "n": "x", "i": None, "t": 1, "q": 1}])
@@ -148,7 +174,7 @@ def test_directly_formatted_records_are_the_json_encoders_lines() -> None:
     """b/e/m records are formatted without the JSON encoder (the drain thread writes ~10^6 of them in a PRQ
     rollout); for the writer's records (random ints, names with quotes and non-ASCII, NaN and inf times,
     optional span-end counters) the line is byte-for-byte json's, and any other record goes through json."""
-    from tracers.trace_io import _ENCODE, encode_record
+    from tracers.record_lines import _ENCODE, encode_record
 
     rng = random.Random(3)
     big = lambda: rng.choice([0, 1, rng.randint(2, 2**62)])  # noqa: E731
@@ -167,3 +193,8 @@ def test_directly_formatted_records_are_the_json_encoders_lines() -> None:
         else:
             r = {"k": "x", "id": big(), "dms": rng.random()}
         assert encode_record(r) == _ENCODE(r), r
+        if k == "b":  # EventLog.span_begin's tuple of the same record
+            assert encode_record(("b", r["id"], r["p"], r["n"], r["i"], r["t"], r["q"])) == _ENCODE(r)
+        elif k == "e":
+            ends = {x: r[x] for x in ("hs", "ons", "tns") if x in r}
+            assert encode_record(("e", r["id"], r["t"], r["q"], r["ms"], ends)) == _ENCODE(r)

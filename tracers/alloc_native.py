@@ -5,8 +5,8 @@ drains the buffer every `interval_s` (2 s; the replay runs in C++ with the GIL r
 built with numpy) and streams them to `allocations.parts/` (tracers.alloc_parts). So the host
 memory of a trace is the mirror of the allocator's segments and the allocations alive, not the
 number of events, and closing the trace merges parts instead of replaying a whole history. A run
-that is followed live (`drain_at_checkpoints`) drains at each checkpoint instead, writing event
-records a follower reads. Block sizes come from the mirrored layout, checked against, and
+that is followed live (`drain_at_checkpoints`) also drains at each checkpoint and writes each
+part's rows as event lines a follower reads (lines only: the writer does not keep them). Block sizes come from the mirrored layout, checked against, and
 corrected from, the allocator's snapshot when recording stops (the rows already on disk get `z`
 records), as `CudaHistoryTracker` does at each drain.
 """
@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tracers.alloc_cuda import CudaHistoryTracker, HistoryBatch, LayoutStats
+from tracers.alloc_cuda import CudaHistoryTracker, LayoutStats
 from tracers.alloc_layout import ALLOCATED, FREE, BlockLayout, expandable_segments_requested, unsupported_reason
-from tracers.trace_fold import NO_FREE
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
@@ -45,24 +44,6 @@ class StreamBatch:
     r_id: np.ndarray
     r_tag: np.ndarray
     entries: int
-
-    def as_history(self, retags: list[tuple[str, str | None]]) -> HistoryBatch:
-        """The same events as a HistoryBatch (lists), for the per-record path a live follower reads."""
-        n = len(self.a_q)
-        b = HistoryBatch(first_id=self.first_id, q_alloc=self.a_q.tolist(), t_alloc_us=self.a_t.tolist(),
-                         size=self.a_size.tolist(), ctx=self.a_ctx.tolist(), clock="steady_ns")
-        b.q_free, b.t_free_us = [NO_FREE] * n, [NO_FREE] * n
-        for i, q, t in zip(self.f_id.tolist(), self.f_q.tolist(), self.f_t.tolist()):
-            if i >= self.first_id:
-                b.q_free[i - self.first_id], b.t_free_us[i - self.first_id] = q, t
-            else:
-                b.earlier_frees.append((i, q, t))
-        for i, tag in zip(self.r_id.tolist(), self.r_tag.tolist()):
-            if i >= self.first_id:
-                b.retags[i - self.first_id] = retags[tag]
-            else:
-                b.earlier_retags.append((i, *retags[tag]))
-        return b
 
 
 def _buf(n: int) -> np.ndarray:
@@ -172,11 +153,9 @@ class NativeCudaTracker:
             for ctx, free, size, t in zip(*(a.tolist() for a in ooms)):
                 self.oom_events.append({"action": "oom", "addr": free, "size": size, "ctx": ctx,
                                         "t_ns": t - self.session.t0_perf_ns})
-            if self._thread is None:  # followed live: one event record per allocation and free
-                self.session.record_history_batch(batch.as_history(self._retags))
-            else:
-                self.session.record_stream_batch(batch, self._retags)
-                self.session.flush_log()  # the stage records the main thread only queued
+            # followed live: the rows also as lines for the follower (not kept: the parts hold them)
+            self.session.record_stream_batch(batch, self._retags, follower_lines=self.session.drain_at_checkpoints)
+            self.session.flush_log()  # the stage records the main thread only queued
 
     def raise_error(self) -> None:
         """Raise a background drain's failure on the calling (main) thread."""

@@ -32,7 +32,8 @@ class StageScope:
             stack.append((span_id, elem))
             s._new_context()
             t = s._now()
-            s._write({"k": "b", "id": span_id, "p": parent, "n": name, "i": index, "t": t, "q": s._q()})
+            if s._log is not None:
+                s._log.span_begin(span_id, parent, name, index, t, s._q())
             s._counter(span_id)
         depth = s.timer_depth
         timed = depth is None or len(stack) <= depth + 1
@@ -53,11 +54,9 @@ class StageScope:
             t_end = s._now()
             if stack and stack[-1][0] == span_id:
                 stack.pop()
-                record = {"k": "e", "id": span_id, "t": t_end, "q": s._q(), "ms": (t_end - self._t) / 1e6}
-                ends = s.host_activity.end_span(span_id, self._parent)
-                if ends:
-                    record.update(ends)
-                s._write(record)
+                q = s._q()
+                if s._log is not None:
+                    s._log.span_end(span_id, t_end, q, (t_end - self._t) / 1e6, s.host_activity.end_span(span_id, self._parent))
                 s._new_context()
                 s._counter(span_id)
 

@@ -144,12 +144,11 @@ class TraceSession:
             self._native = isinstance(self._cuda, NativeCudaTracker)
             self._cuda.start()
             self._hold_blocks_from_before()
-            if isinstance(self._cuda, NativeCudaTracker):
-                if not self.drain_at_checkpoints:
-                    self._parts = AllocationParts(self.folder)
-                self._cuda.stream(self._next_alloc, background=not self.drain_at_checkpoints)
+            if isinstance(self._cuda, NativeCudaTracker):  # streamed parts, followed live or not: bounded memory
+                self._parts = AllocationParts(self.folder)
+                self._cuda.stream(self._next_alloc, background=True)
                 self._timer.use_native(self._cuda.lib)
-                self._log.deferred = not self.drain_at_checkpoints  # the drain thread writes the lines
+                self._log.deferred = True  # the drain thread (and checkpoints) write the lines
         else:
             importlib.import_module("torch._dynamo")  # torch loads it at a mode's first op: 1-2 s, not the first stage's
             self._dispatch = DispatchAllocTracker(self)
@@ -358,9 +357,10 @@ class TraceSession:
         """Record one drain of the CUDA allocator's history (allocations in allocator order)."""
         alloc_rows.record_history_batch(self, batch)
 
-    def record_stream_batch(self, batch: Any, retags: list[tuple[str, str | None]]) -> None:
-        """Record one drain of the native recorder: rows to the streamed parts (tracers.alloc_parts)."""
-        alloc_rows.record_stream_batch(self, batch, retags)
+    def record_stream_batch(self, batch: Any, retags: list[tuple[str, str | None]], follower_lines: bool = False) -> None:
+        """Record one drain of the native recorder: rows to the streamed parts (tracers.alloc_parts), and
+        as event lines for a live follower when `follower_lines`."""
+        alloc_rows.record_stream_batch(self, batch, retags, follower_lines)
 
     def record_size(self, alloc_id: int, nbytes: int) -> bool:
         """Correct the byte size of allocation `alloc_id` for its whole life (allocator block size);

@@ -25,7 +25,6 @@ means: tracers/table_schema.py, also inside each Parquet file's schema, and docs
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from tracers.alloc_parts import read_parts
+from tracers.record_lines import encode_record
 from tracers.table_schema import write_parquet
 from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
 from tracers.summary_schema import read_summary_file
@@ -47,42 +47,7 @@ SUMMARY_FILE = "summary.json"
 TABLES = ("allocations", "spans", "samples", "counters", "kv")
 STATUSES = ("running", "complete", "oom", "interrupted", "failed")
 
-
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _SPAN_KINDS = frozenset(("b", "e", "x"))
-_NAMES: dict[str, str] = {}  # stage names as JSON strings (a rollout has a few dozen; capped below)
-
-
-def _json_name(name: str) -> str:
-    text = _NAMES.get(name)
-    if text is None:
-        text = _ENCODE(name)
-        if len(_NAMES) < 4096:
-            _NAMES[name] = text
-    return text
-
-
-def _json_float(x: float) -> str:
-    return repr(x) if math.isfinite(x) else _ENCODE(x)
-
-
-def encode_record(r: dict[str, Any]) -> str:
-    """One record as its JSON line (no newline). Span begin/end and counter records, half a stage's
-    bookkeeping and ~10^6 of them in a PRQ rollout, are formatted directly (~3x faster than the JSON
-    encoder, same JSON); any other record, or one with other fields, goes through `json`."""
-    k, n = r.get("k"), len(r)
-    try:
-        if k == "b" and n == 7:
-            i = r["i"]
-            return '{"k":"b","id":%d,"p":%d,"n":%s,"i":%s,"t":%d,"q":%d}' % (
-                r["id"], r["p"], _json_name(r["n"]), "null" if i is None else "%d" % i, r["t"], r["q"])
-        if k == "e" and n == 5:
-            return '{"k":"e","id":%d,"t":%d,"q":%d,"ms":%s}' % (r["id"], r["t"], r["q"], _json_float(r["ms"]))
-        if k == "m" and n == 6:
-            return '{"k":"m","t":%d,"q":%d,"s":%d,"alloc":%d,"reserved":%d}' % (r["t"], r["q"], r["s"], r["alloc"], r["reserved"])
-    except (KeyError, TypeError):
-        pass
-    return _ENCODE(r)
 
 
 class TraceError(ValueError):
@@ -146,6 +111,41 @@ class EventLog:
             if now - self._last_flush > self._flush_interval_s:
                 self._flush_file()
                 self._last_flush = now
+
+    def span_begin(self, span_id: int, parent: int, name: str, index: int | None, t: int, q: int) -> None:
+        """A `b` record from the session's own stage scope: into the span columns directly, its line
+        queued as a tuple (the same record as `write` would take, without a dict on the model's thread)."""
+        with self._lock:
+            self.folder.spans.add(span_id, parent, name, index, q, t)
+            self._line(("b", span_id, parent, name, index, t, q))
+
+    def span_end(self, span_id: int, t: int, q: int, ms: float, ends: dict[str, int] | None) -> None:
+        """The `e` record of `span_begin`'s span (`ends`: the host counters, when any)."""
+        with self._lock:
+            self.folder.spans.close(span_id, q, t, ms, ends)
+            self._line(("e", span_id, t, q, ms, ends))
+
+    def write_lines_only(self, records: list[dict[str, Any]]) -> None:
+        """Lines for a follower that the tables at close get elsewhere (the rows of streamed parts): not kept."""
+        with self._lock:
+            if self._file is None or self.memory_only:
+                return
+            if self.deferred:
+                self._queued.extend(records)
+            else:
+                self._write_lines(records)
+
+    def _line(self, record: tuple) -> None:
+        if self._file is None or self.memory_only:
+            return
+        if self.deferred:
+            self._queued.append(record)
+            return
+        self._write_lines([record])
+        now = time.monotonic()
+        if now - self._last_flush > self._flush_interval_s:
+            self._flush_file()
+            self._last_flush = now
 
     def _write_lines(self, records: list[dict[str, Any]]) -> None:
         text = "".join([encode_record(r) + "\n" for r in records])
