@@ -5,8 +5,8 @@ report .md and the TUI's first screen on a 7 M-event trace), and the analysis ri
 
 Without --trace, writes a synthetic trace (benchmarks/synthetic_trace.py) to a temporary folder.
 Then, in fresh processes (interpreter start and imports included, as a user sees it):
-  close    what kvprof.api does after the session closed: load the trace, write views.json,
-           summarize, write summary.json (each step timed);
+  close    what kvprof.api does after the session closed: load the trace and write views.json
+           (kvprof.read.trace.load_closed), summarize, write summary.json (each step timed);
   summary  `kvprof summary TRACE`; diagnose `kvprof diagnose TRACE`; report `kvprof report TRACE -o r.md`;
   tui      the TUI's TraceSource opening the trace and building the first screen's view.
 Prints wall seconds and max RSS of each (median of --repeat runs).
@@ -30,14 +30,12 @@ from dataclasses import replace
 t0 = time.perf_counter()
 from kvprof.read.analysis import summarize
 from kvprof.read.summary import write_summary
-from kvprof.read.trace import load_trace
-from kvprof.read.views import write_views
-t1 = time.perf_counter(); trace = load_trace(sys.argv[1])
-t2 = time.perf_counter(); write_views(trace)
-t3 = time.perf_counter(); s = replace(summarize(trace), notes=tuple(trace.meta.get("notes", [])))
-t4 = time.perf_counter(); write_summary(sys.argv[1], s)
-t5 = time.perf_counter()
-print(json.dumps({"imports": t1 - t0, "load": t2 - t1, "views": t3 - t2, "summarize": t4 - t3, "write": t5 - t4}))
+from kvprof.read.trace import load_closed
+t1 = time.perf_counter(); trace = load_closed(sys.argv[1])
+t2 = time.perf_counter(); s = replace(summarize(trace), notes=tuple(trace.meta.get("notes", [])))
+t3 = time.perf_counter(); write_summary(sys.argv[1], s)
+t4 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "load+views": t2 - t1, "summarize": t3 - t2, "write": t4 - t3}))
 """
 TUI = """
 import sys

@@ -40,8 +40,7 @@ from kvprof.integrations.hooks import instrument_module
 from kvprof.oomfacts import as_oom, oom_facts
 from kvprof.read.analysis import breakdown, memory_events, summarize
 from kvprof.read.summary import Failure, Summary, write_summary
-from kvprof.read.trace import Trace, load_trace
-from kvprof.read.views import write_views
+from kvprof.read.trace import Trace, load_closed, load_trace
 from kvprof.signals import InterruptGuard, hold_close_for_tests
 from kvprof.tagging import tensors_of as _tensors
 from kvprof.tagging import watch, watch_in
@@ -235,11 +234,9 @@ class TraceRun:
         return self.summary
 
     def _summarize(self, error: BaseException | None) -> Summary:
-        trace = load_trace(self.path)
-        try:
-            write_views(trace)  # what the readers' first screens need, computed once, here
-        except OSError:
-            pass  # a full disk: readers compute the views from the tables instead
+        # views.json (what the readers' first screens need) computed once, here, from the Parquet
+        # files a column at a time: the allocation rows never become a DataFrame
+        trace = load_closed(self.path)
         summary = replace(summarize(trace), notes=tuple(trace.meta.get("notes", [])))
         if trace.status in ("oom", "interrupted", "failed"):
             stage_key = {"oom": None, "interrupted": "interrupted_stage", "failed": "failed_stage"}[trace.status]

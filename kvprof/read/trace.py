@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from kvprof.read.summary import Summary
-from kvprof.read.views import Views, compute_views, load_views
+from kvprof.read.views import Views, compute_views, compute_views_from_file, load_views, write_views
 from tracers.liveness import shown_status
 from tracers.summary_schema import read_summary_file
 from tracers.trace_fold import TableFolder
@@ -17,7 +17,7 @@ from tracers.trace_io import (EVENTS_FILE, SUMMARY_FILE, TABLES, RawTrace, Trace
                               read_raw_trace)
 from tracers.vocabulary import CHUNK, PASS_NAMES
 
-__all__ = ["Trace", "TraceError", "load_trace", "list_traces"]
+__all__ = ["Trace", "TraceError", "load_trace", "load_closed", "list_traces"]
 
 
 @dataclass
@@ -159,12 +159,11 @@ class _LazyAllocations(dict):
         return self[key]
 
 
-def _with_views(folder: Path) -> Trace | None:
-    """A closed trace whose stored views hold for its tables, its allocation rows left unread."""
+def _lazy_closed(folder: Path) -> Trace | None:
+    """A closed trace with every table but its allocation rows read and checked (those are read
+    on first use); None when the folder is not a closed trace or a table is unreadable, TraceError
+    when one is damaged."""
     if (folder / EVENTS_FILE).is_file() or not all((folder / f"{t}.parquet").is_file() for t in TABLES):
-        return None
-    views = load_views(folder)
-    if views is None:
         return None
     meta = read_meta(folder)
     summary = read_summary_file(folder / SUMMARY_FILE)
@@ -177,8 +176,44 @@ def _with_views(folder: Path) -> Trace | None:
                 return None
     tables = check_tables(tables, folder)
     del tables["allocations"]
-    trace = Trace(RawTrace(folder, meta, _LazyAllocations(folder, tables), summary, live=False, torn_tail=False))
-    trace.__dict__["views"] = views
+    return Trace(RawTrace(folder, meta, _LazyAllocations(folder, tables), summary, live=False, torn_tail=False))
+
+
+def _with_views(folder: Path) -> Trace | None:
+    """A closed trace whose stored views hold for its tables, its allocation rows left unread."""
+    if (folder / EVENTS_FILE).is_file() or not all((folder / f"{t}.parquet").is_file() for t in TABLES):
+        return None
+    views = load_views(folder)
+    if views is None:
+        return None
+    trace = _lazy_closed(folder)
+    if trace is not None:
+        trace.__dict__["views"] = views
+    return trace
+
+
+def load_closed(path: str | Path) -> Trace:
+    """Load a trace that has just closed and store its views (views.json), as `kvprof.api` does
+    at close: the views are computed straight from allocations.parquet a column at a time
+    (kvprof.read.views.compute_views_from_file), so the allocation rows are never a DataFrame
+    and stay unread unless an analysis asks for them. A trace that is not plainly kvprof's own
+    (live, damaged, rows the reader skips) is loaded as `load_trace` loads it, views computed
+    from its tables where they hold. A views file that cannot be written (a full disk) is left
+    out: readers then compute the views from the tables."""
+    folder = Path(path)
+    try:
+        trace = _lazy_closed(folder)
+    except TraceError:
+        trace = None  # load_trace says what is wrong
+    views = None if trace is None else compute_views_from_file(trace)
+    if views is None:
+        trace = load_trace(folder)
+    else:
+        trace.__dict__["views"] = views
+    try:
+        write_views(trace)
+    except OSError:
+        pass
     return trace
 
 

@@ -6,6 +6,12 @@ peak of each phase with its live bytes by category, the allocation rows live at 
 maximum, live bytes at each allocator counter reading, the TUI's two timelines (`TUI_BUCKETS`
 points over events and over time) and the report's min/max envelope (`REPORT_BUCKETS`).
 
+At close, `kvprof.read.trace.load_closed` computes them with `compute_views_from_file`: straight
+from allocations.parquet, one column at a time (kvprof.read.columns), so the allocation table
+never becomes a DataFrame (on a 7.2 M-row trace that DataFrame and the full-length event
+temporaries held ~2 GB; now ~0.5 GB above the imports). `compute_views` computes the same from a
+table already read; both run one computation (`_compute`) on the columns.
+
 `write_views(trace)` stores them as `views.json` next to the tables when a trace closes (the
 recorder calls it); `load_views(folder)` reads them back only when the tables are byte for byte
 those they were computed from (a BLAKE2 digest of each table file) and the file is as written
@@ -19,14 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from kvprof.read.events import (EventArrays, bucket_points, category_at, category_lines, category_max, envelope_points,
-                                event_arrays, time_points)
+from kvprof.read.columns import FrameColumns, ParquetColumns, Unusual
+from kvprof.read.events import (CHUNK, AllocColumns, EventArrays, Events, bucket_points, category_at, category_lines,
+                                category_max, envelope_points, first_reaching, narrow_events, time_points)
 from tracers.atomic import write_json_atomic
 from tracers.categories import CATEGORIES
 from tracers.trace_fold import ALLOC_COLUMNS, NO_FREE
@@ -34,7 +42,7 @@ from tracers.trace_fold import ALLOC_COLUMNS, NO_FREE
 if TYPE_CHECKING:
     from kvprof.read.trace import Trace
 
-__all__ = ["VIEWS_FILE", "Views", "compute_views", "write_views", "load_views", "TUI_BUCKETS", "REPORT_BUCKETS"]
+__all__ = ["VIEWS_FILE", "Views", "compute_views", "compute_views_from_file", "write_views", "load_views", "TUI_BUCKETS", "REPORT_BUCKETS"]
 
 VIEWS_FILE = "views.json"
 VIEWS_VERSION = 1
@@ -111,10 +119,9 @@ class Views:
         )
 
 
-def _phase_points(trace: "Trace", ev: EventArrays) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The phase of each allocation's span, as (names, phase of each event (-1 at frees and
-    0-byte allocations, which raise nothing), event at the maximum of each phase that allocated
-    and its first event, one row per phase in the order they first allocated)."""
+def _row_phases(trace: "Trace", cols: AllocColumns) -> tuple[list[str], np.ndarray]:
+    """The phase of each allocation's span: (names, each row's index into them; a span the
+    table lacks counts as outside stages)."""
     from kvprof.read.phases import OUTSIDE, span_phases
 
     sp = span_phases(trace)
@@ -122,38 +129,72 @@ def _phase_points(trace: "Trace", ev: EventArrays) -> tuple[list[str], np.ndarra
     code = {n: i for i, n in enumerate(names)}
     by_span = dict(zip(sp["id"].astype(int), (code[str(p)] for p in sp["phase"])))
     known = np.asarray(sorted(by_span), dtype=np.int64)
-    lut = np.asarray([by_span[int(s)] for s in known] or [0], dtype=np.int64)
-    span_ids = trace.allocations["span_id"].to_numpy(dtype=np.int64)
-    pos = np.clip(np.searchsorted(known, span_ids), 0, max(len(known) - 1, 0))
-    found = known[pos] == span_ids if len(known) else np.zeros(len(span_ids), dtype=bool)
-    row_phase = np.where(found, lut[pos], 0)  # a span the table lacks: outside stages
-    is_alloc = ev.delta > 0
-    ev_phase = np.where(is_alloc, row_phase[ev.row], -1)
-    best, first = [], []
-    for p in np.flatnonzero(np.bincount(ev_phase[is_alloc], minlength=len(names))):  # phases that allocated
-        idx = np.flatnonzero(ev_phase == p)
-        best.append(idx[int(np.argmax(ev.live[idx]))])
-        first.append(idx[0])
-    points = np.asarray([best, first], dtype=np.int64).reshape(2, -1).T
-    return names, ev_phase, points[np.argsort(points[:, 1], kind="stable")]
+    small = np.int8 if len(names) < 2**7 else np.int64
+    lut = np.asarray([by_span[int(s)] for s in known] or [0], dtype=small)
+    span_ids = cols.int64("span_id")
+    row_phase = np.zeros(len(span_ids), dtype=small)
+    for s in range(0, len(span_ids) if len(known) else 0, CHUNK):
+        ids = span_ids[s:s + CHUNK]
+        pos = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+        row_phase[s:s + CHUNK] = np.where(known[pos] == ids, lut[pos], 0)
+    return names, row_phase
 
 
-def _phase_table(ev: EventArrays, names: list[str], ev_phase: np.ndarray, points: np.ndarray,
-                 cats: np.ndarray) -> pd.DataFrame:
+def _phase_points(ev: Events, row_phase: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per phase that allocated, in the order they first allocated: its phase (index into
+    the `k` names of `_row_phases`), the event at its maximum and its first event. Only
+    allocations with bytes (delta > 0) count: frees and 0-byte allocations raise nothing."""
+    best, first, top = np.full(k, -1, dtype=np.int64), np.full(k, -1, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    for s in range(0, len(ev), CHUNK):
+        rises = ev.deltas(s, s + CHUNK) > 0
+        phase = np.where(rises, row_phase[ev.row[s:s + CHUNK]], -1)
+        for p in np.flatnonzero(np.bincount(phase[rises], minlength=k)):
+            idx = np.flatnonzero(phase == p)
+            live = ev.live[s:s + CHUNK][idx]
+            j = int(np.argmax(live))  # the first maximum
+            if first[p] < 0 or live[j] > top[p]:
+                best[p], top[p] = s + idx[j], live[j]
+            if first[p] < 0:
+                first[p] = s + idx[0]
+    phases = np.flatnonzero(first >= 0)
+    phases = phases[np.argsort(first[phases], kind="stable")]
+    return phases, best[phases], first[phases]
+
+
+class _Shown:
+    """Values at the few events the views show (gathered once, the event arrays then let go)."""
+
+    def __init__(self, events: np.ndarray):
+        self.events = events  # ascending
+        self.values: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, points: np.ndarray) -> np.ndarray:
+        return self.values[name][np.searchsorted(self.events, points)]
+
+
+def _phase_table(names: list[str], phases: np.ndarray, best: np.ndarray, first: np.ndarray, at: _Shown,
+                 cats: np.ndarray, categories: list[str]) -> pd.DataFrame:
     """The phase-peak table (PHASE_COLUMNS) from `_phase_points`; `cats`: category_at of the maxima."""
     from kvprof.read.phases import CACHE_CATEGORIES
 
     rows = []
-    for j, (i, first) in enumerate(points):
-        row = {"phase": names[int(ev_phase[i])], "peak_bytes": int(ev.live[i]), "q": int(ev.q[i]),
-               "t_ns": int(ev.t_ns[i]), "alloc_id": int(ev.alloc_id[i])}
+    for j, (p, i, i0) in enumerate(zip(phases.tolist(), best.tolist(), first.tolist())):
+        row = {"phase": names[p], "peak_bytes": int(at("live", i)), "q": int(at("q", i)), "t_ns": int(at("t_ns", i)),
+               "alloc_id": int(at("alloc_id", i))}
         for cat in CATEGORIES:
-            k = ev.code_of(cat)
-            row[cat] = 0 if k is None else int(cats[j, k])
+            row[cat] = int(cats[j, categories.index(cat)]) if cat in categories else 0
         row["cache_bytes"] = sum(row[c] for c in CACHE_CATEGORIES)
-        row["first_q"] = int(ev.q[first])
+        row["first_q"] = int(at("q", i0))
         rows.append(row)
     return pd.DataFrame(rows, columns=PHASE_COLUMNS)
+
+
+def _envelope_table(q: np.ndarray, t_ns: np.ndarray, by_cat: dict[str, np.ndarray], total: np.ndarray) -> pd.DataFrame:
+    out = pd.DataFrame({"q": q, "t_ns": t_ns})
+    for cat in CATEGORIES:
+        out[cat] = by_cat.get(cat, np.zeros(len(q), dtype=np.int64))
+    out["total"] = total
+    return out
 
 
 def report_envelope(ev: EventArrays, buckets: int, lines: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -162,65 +203,113 @@ def report_envelope(ev: EventArrays, buckets: int, lines: Callable[[np.ndarray],
     envelope over time keeps (kvprof.read.events.envelope_points: `keep` when at hand); `lines`:
     their category_at."""
     keep = envelope_points(ev.t_ns, ev.live, buckets) if keep is None else keep
-    out = pd.DataFrame({"q": ev.q[keep], "t_ns": ev.t_ns[keep]})
     by_cat = category_lines(ev, keep, nonzero_only=False, lines=None if lines is None else lines(keep))
-    for cat in CATEGORIES:
-        out[cat] = by_cat.get(cat, np.zeros(len(keep), dtype=np.int64))
-    out["total"] = ev.live[keep]
-    return out
+    return _envelope_table(ev.q[keep], ev.t_ns[keep], by_cat, ev.live[keep])
 
 
-def compute_views(trace: "Trace") -> Views:
-    """The views of a trace, computed from its tables (numpy passes over the events)."""
-    a = trace.allocations
-    ev = event_arrays(a)
-    names, ev_phase, phase_points = _phase_points(trace, ev)
+def _event_q(row: np.ndarray, is_alloc: np.ndarray, q_alloc: np.ndarray, q_free: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The order key of events `idx`: their row's q_alloc at an allocation, q_free at a free."""
+    return np.where(is_alloc[idx], q_alloc[row[idx]], q_free[row[idx]])
+
+
+def _count_at_or_before(q_of: Callable[[np.ndarray], np.ndarray], n: int, targets: np.ndarray) -> np.ndarray:
+    """searchsorted(q, targets, side='right') over the events' (ascending) order keys, read at
+    ~log2(n) events per target through `q_of` instead of a full array of q."""
+    lo, hi = np.zeros(len(targets), dtype=np.int64), np.full(len(targets), n, dtype=np.int64)
+    while bool((lo < hi).any()):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        right = np.zeros(len(targets), dtype=bool)
+        right[active] = q_of(mid[active]) <= targets[active]
+        lo = np.where(active & right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+    return lo
+
+
+def _compute(trace: "Trace", cols: AllocColumns) -> Views:
+    """The views from the allocation columns (numpy passes over the events, a stretch at a time)."""
+    names, row_phase = _row_phases(trace, cols)  # before the events: one column in memory at a time
+    ev = narrow_events(cols)
+    m, categories = len(ev), list(ev.names)
+    phase_ids, best, first = _phase_points(ev, row_phase, len(names))
+    del row_phase
     sets = {"events": bucket_points(ev.live, TUI_BUCKETS), "time": time_points(ev.t_ns, ev.live, TUI_BUCKETS),
-            "envelope": envelope_points(ev.t_ns, ev.live, REPORT_BUCKETS), "phases": phase_points[:, 0]}
+            "envelope": envelope_points(ev.t_ns, ev.live, REPORT_BUCKETS), "phases": best}
     kv_point = None
-    if len(trace.kv) and len(ev):
-        t = np.maximum.accumulate(ev.t_ns)
-        kv_point = int(np.searchsorted(t, int(trace.kv["t_ns"].iloc[-1]), side="right")) - 1
+    if len(trace.kv) and m:
+        kv_point = int(first_reaching(ev.t_ns, np.asarray([int(trace.kv["t_ns"].iloc[-1])]), side="right")[0]) - 1
         sets["kv"] = np.array([kv_point], dtype=np.int64) if kv_point >= 0 else np.zeros(0, dtype=np.int64)
-    # one pass over the events for every point any view needs
-    union = np.unique(np.concatenate(list(sets.values())))
+    peak_at = int(np.argmax(ev.live)) if m else None
+    # one pass over the events for every point any view needs (the last event: what is live at the end)
+    union = np.unique(np.concatenate([*sets.values(), np.arange(max(m - 1, 0), m)]))
     matrix = category_at(ev, union)
 
     def lines(points: np.ndarray) -> np.ndarray:
         return matrix[np.searchsorted(union, points)]
 
-    phases = _phase_table(ev, names, ev_phase, phase_points, lines(phase_points[:, 0]))
-    peak = None
-    key: list[int] = []
-    if len(ev):
-        i = int(np.argmax(ev.live))
-        peak = {"event": i, "q": int(ev.q[i]), "t_ns": int(ev.t_ns[i]), "bytes": int(ev.live[i]), "alloc_id": int(ev.alloc_id[i])}
-        key = [peak["q"], *phases["q"].astype(int)]
-    q_alloc, q_free = a["q_alloc"].to_numpy(dtype=np.int64), a["q_free"].to_numpy(dtype=np.int64)
-    mask = np.zeros(len(a), dtype=bool)
-    for q in set(key):
-        mask |= ((q_alloc <= q) & ((q_free == NO_FREE) | (q_free > q))) | (q_alloc == q)
-    still = q_free == NO_FREE
-    codes = np.empty(len(a), dtype=np.int64)
-    codes[ev.row[ev.delta_is_alloc]] = ev.code[ev.delta_is_alloc]
-    end = np.bincount(codes[still], weights=a["bytes"].to_numpy(dtype=np.float64)[still], minlength=len(ev.names))
-    live_at_end = {c: int(round(b)) for c, b in sorted(zip(ev.names, end)) if round(b)}
-    counters = trace.counters
-    counter_live = np.zeros(len(counters), dtype=np.int64)
-    if len(counters) and len(ev):
-        pos = np.searchsorted(ev.q, counters["q"].to_numpy(dtype=np.int64), side="right") - 1
-        counter_live = np.where(pos >= 0, ev.live[np.clip(pos, 0, None)], 0)
+    by_cat = {key: category_lines(ev, sets[key], nonzero_only=key != "envelope", lines=lines(sets[key]))
+              for key in ("events", "time", "envelope")}
+    cat_max = category_max(ev)
+    end = lines(union[-1:])[0] if m else np.zeros(len(categories), dtype=np.int64)
+    live_at_end = {c: int(b) for c, b in sorted(zip(categories, end.tolist())) if b}
     k = ev.code_of("kv_codes")
     kv_codes = None if kv_point is None or kv_point < 0 else 0 if k is None else int(lines(sets["kv"])[0, k])
+    at = _Shown(np.unique(np.concatenate([union, first, np.asarray([] if peak_at is None else [peak_at], dtype=np.int64)])))
+    at.values.update(t_ns=ev.t_ns[at.events], live=ev.live[at.events])
+    row, is_alloc, live = ev.row, ev.delta_is_alloc, ev.live
+    del ev  # the event arrays left are row, is_alloc and live: each event's q is read where needed
+    q_alloc, q_free = cols.int64("q_alloc"), cols.int64("q_free")
+    q_of = partial(_event_q, row, is_alloc, q_alloc, q_free)
+    at.values["q"] = q_of(at.events)
+    ids = cols.int64("id")
+    cols.check(q_alloc, q_free, ids)  # a table read straight from its file: what the reader would refuse
+    at.values["alloc_id"] = ids[row[at.events]]
+    del ids
+    counters = trace.counters
+    counter_live = np.zeros(len(counters), dtype=np.int64)
+    if len(counters) and m:
+        pos = _count_at_or_before(q_of, m, counters["q"].to_numpy(dtype=np.int64)) - 1
+        counter_live = np.where(pos >= 0, live[np.clip(pos, 0, None)], 0)
+    del row, is_alloc, live, q_of
+    phases = _phase_table(names, phase_ids, best, first, at, lines(best), categories)
+    peak = None
+    key: list[int] = []
+    if peak_at is not None:
+        peak = {"event": peak_at, "q": int(at("q", peak_at)), "t_ns": int(at("t_ns", peak_at)),
+                "bytes": int(at("live", peak_at)), "alloc_id": int(at("alloc_id", peak_at))}
+        key = [peak["q"], *phases["q"].astype(int)]
+    mask = np.zeros(cols.n, dtype=bool)
+    for q in set(key):
+        mask |= ((q_alloc <= q) & ((q_free == NO_FREE) | (q_free > q))) | (q_alloc == q)
+    del q_alloc, q_free
     return Views(
-        n_events=len(ev), n_allocations=len(a), peak=peak, phase_peaks=phases, key_rows=a[mask].reset_index(drop=True),
-        key_qs=frozenset(key), categories=tuple(ev.names), category_max=category_max(ev), live_at_end=live_at_end,
+        n_events=m, n_allocations=cols.n, peak=peak, phase_peaks=phases, key_rows=cols.rows(mask),
+        key_qs=frozenset(key), categories=tuple(categories), category_max=cat_max, live_at_end=live_at_end,
         counter_live=counter_live, kv_codes_at_last_kv=kv_codes,
-        timelines={axis: {"index": p, "q": ev.q[p], "t_ns": ev.t_ns[p], "total": ev.live[p],
-                          "by_category": category_lines(ev, p, lines=lines(p))}
+        timelines={axis: {"index": p, "q": at("q", p), "t_ns": at("t_ns", p), "total": at("live", p), "by_category": by_cat[axis]}
                    for axis, p in (("events", sets["events"]), ("time", sets["time"]))},
-        envelope=report_envelope(ev, REPORT_BUCKETS, lines, sets["envelope"]),
+        envelope=_envelope_table(at("q", sets["envelope"]), at("t_ns", sets["envelope"]), by_cat["envelope"],
+                                 at("live", sets["envelope"])),
     )
+
+
+def compute_views(trace: "Trace") -> Views:
+    """The views of a trace, computed from its allocation table (numpy passes over the events)."""
+    return _compute(trace, FrameColumns(trace.allocations))
+
+
+def compute_views_from_file(trace: "Trace") -> Views | None:
+    """The views of a closed trace computed straight from its `allocations.parquet`, a column at a
+    time (kvprof.read.columns): the same numbers as `compute_views`, without the allocation table
+    ever in a DataFrame (what closing a trace held most memory for). None when the file is not
+    exactly as kvprof writes it, or has rows the reader would skip or refuse (repeated ids, freed
+    before made): the caller reads the trace the ordinary way, which says what is wrong."""
+    import pyarrow as pa
+
+    try:
+        return _compute(trace, ParquetColumns(trace.path / "allocations.parquet"))
+    except (Unusual, OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+        return None
 
 
 def _fingerprint(folder: Path) -> dict[str, list[Any]]:
