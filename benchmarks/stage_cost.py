@@ -1,17 +1,23 @@
 """What one traced stage costs the host, part by part (issue 15's overhead budget).
 
-    python3 benchmarks/stage_cost.py [--stages 20000] [--device cuda]
+    python3 benchmarks/stage_cost.py [--stages 20000] [--device cuda] [--deep 100000]
 
 Times `--stages` empty stages (a layer with one sub-stage, as the rollout nests them) under a
 TraceSession, then again with each part of the bookkeeping switched off: allocator counters
 (`counter_depth=0`), the device-time events and NVTX ranges (StageTimer), host-sync counting; and
 the same loop with no session at all. Prints microseconds per stage as JSON. A real stage also
 pays for the allocations inside it (recorded in C++ on CUDA, not here).
+
+`--deep N` adds PRQ's pattern: N `residual` stages, each inside a `kv_scratch` tag, below the depths
+that read counters or record device time, with the log's lines deferred as on CUDA: the model
+thread's microseconds for one (stage + tag), the lines' (written by the drain thread on CUDA), and
+the host RSS the N stages added while recording.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import tempfile
@@ -55,16 +61,43 @@ def _session_cost(n: int, device: str, **switch: bool) -> float:
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
+def _deep_cost(n: int, device: str) -> dict[str, float]:
+    folder = Path(tempfile.mkdtemp()) / "t"
+    s = TraceSession(folder, {"run_id": "deep-cost"}, device, drain_at_checkpoints=False)
+    s.start()
+    assert s._log is not None
+    s._log.deferred = True  # lines written by whoever flushes (the drain thread on CUDA)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with stage("rollout"), stage("chunk", 0), stage("denoise", 0), stage("layer", 0), stage("kv_write"), stage("quantize"):
+            t = time.perf_counter()
+            for _ in range(n):
+                with tag("kv_scratch"), stage("residual"):
+                    pass
+            main_us = (time.perf_counter() - t) / n * 1e6
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+        t = time.perf_counter()
+        s._log.flush()
+        lines_us = (time.perf_counter() - t) / n * 1e6
+    finally:
+        s.close("complete")
+        shutil.rmtree(folder.parent, ignore_errors=True)
+    return {"deep_stages": n, "deep_main_us": main_us, "deep_lines_us": lines_us, "deep_rss_growth_bytes": grown}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stages", type=int, default=20_000)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--deep", type=int, default=0, help="also time N PRQ-like deep stages (see the docstring)")
     args = p.parse_args()
     _session_cost(2000, args.device)  # warm-up: imports, the native build, CUDA context
     out = {"device": args.device, "stages": args.stages, "untraced_us": _loop(args.stages, traced=False),
            "traced_us": _session_cost(args.stages, args.device)}
     for switch in ("no_counters", "no_timer", "no_sync_count"):
         out[f"{switch}_us"] = _session_cost(args.stages, args.device, **{switch: True})
+    if args.deep:
+        out.update(_deep_cost(args.deep, args.device))
     print(json.dumps(out))
     return 0
 
