@@ -447,10 +447,10 @@ def test_native_recorder_turns_event_ticks_into_steady_ns_between_drains():
         lib.kvp_set_recording(0)
 
 
-def test_a_followed_native_run_streams_parts_and_writes_lines_it_does_not_keep(tmp_path, monkeypatch):
+def test_a_followed_native_run_streams_parts_that_the_follower_reads(tmp_path, monkeypatch):
     """A run followed live (drain_at_checkpoints) records like an unfollowed one (streamed parts, bounded
-    memory: the writer keeps no allocation record) and also writes each drain's rows as the `a`/`f` lines a
-    follower folds: before close the follower's allocations are the closed trace's."""
+    memory: no allocation record kept or written per row) and the follower folds the parts as they appear:
+    before close its allocations are the closed trace's."""
     from kvprof.read.live import TraceFollower
 
     tables = {}
@@ -465,6 +465,7 @@ def test_a_followed_native_run_streams_parts_and_writes_lines_it_does_not_keep(t
             follower.poll()
             seen = follower.trace().allocations.sort_values("id").reset_index(drop=True)
             assert not [r for r in s._log.records if r["k"] == "a"]  # the rows live in the parts only
+            assert '"k":"a"' not in (tmp_path / name / "events.jsonl").read_text()
             assert len(list((tmp_path / name / "allocations.parts").glob("part-*.parquet"))) >= 8
         s.close("complete")
         trace = load_trace(tmp_path / name)

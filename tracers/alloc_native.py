@@ -5,8 +5,8 @@ drains the buffer every `interval_s` (2 s; the replay runs in C++ with the GIL r
 built with numpy) and streams them to `allocations.parts/` (tracers.alloc_parts). So the host
 memory of a trace is the mirror of the allocator's segments and the allocations alive, not the
 number of events, and closing the trace merges parts instead of replaying a whole history. A run
-that is followed live (`drain_at_checkpoints`) also drains at each checkpoint and writes each
-part's rows as event lines a follower reads (lines only: the writer does not keep them). Block sizes come from the mirrored layout, checked against, and
+that is followed live (`drain_at_checkpoints`) also drains at each checkpoint, so the follower,
+which reads the parts as they appear, sees each chunk's allocations when it ends. Block sizes come from the mirrored layout, checked against, and
 corrected from, the allocator's snapshot when recording stops (the rows already on disk get `z`
 records), as `CudaHistoryTracker` does at each drain.
 """
@@ -153,8 +153,7 @@ class NativeCudaTracker:
             for ctx, free, size, t in zip(*(a.tolist() for a in ooms)):
                 self.oom_events.append({"action": "oom", "addr": free, "size": size, "ctx": ctx,
                                         "t_ns": t - self.session.t0_perf_ns})
-            # followed live: the rows also as lines for the follower (not kept: the parts hold them)
-            self.session.record_stream_batch(batch, self._retags, follower_lines=self.session.drain_at_checkpoints)
+            self.session.record_stream_batch(batch, self._retags)  # a live follower reads the parts too
             self.session.flush_log()  # the stage records the main thread only queued
 
     def raise_error(self) -> None:

@@ -93,10 +93,15 @@ def _read_part(path: Path) -> dict[str, Any]:
     return out
 
 
+def read_part(path: Path) -> dict[str, list[Any]]:
+    """One part's rows as columns of Python values (for `TableFolder.add_bulk`)."""
+    return {c: list(v) for c, v in _read_part(path).items()}
+
+
 def read_parts(folder: Path) -> Iterator[dict[str, list[Any]]]:
     """Each part's rows as columns (for folding a trace that never closed)."""
     for path in part_files(folder):
-        yield {c: list(v) for c, v in _read_part(path).items()}
+        yield read_part(path)
 
 
 class _Updates:
@@ -186,4 +191,4 @@ def remove_parts(folder: Path) -> None:
     shutil.rmtree(Path(folder) / PARTS_DIR, ignore_errors=True)
 
 
-__all__ = ["PARTS_DIR", "AllocationParts", "merge_parts", "part_files", "read_parts", "remove_parts"]
+__all__ = ["PARTS_DIR", "AllocationParts", "merge_parts", "part_files", "read_part", "read_parts", "remove_parts"]

@@ -103,12 +103,10 @@ def record_history_batch(session: "TraceSession", batch: "HistoryBatch") -> None
             session._write({"k": "f", "id": alloc_id, "q": q, "t": now if t is None else t * scale - offset})
 
 
-def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[tuple[str, str | None]],
-                        follower_lines: bool = False) -> None:
-    """Record one drain of the native recorder: its rows become the next streamed part. Vectorized:
-    the only per-row Python work is for allocations that outlive the drain and for retags. With
-    `follower_lines` (a run followed live) the rows are also written as `a`/`f` lines for the
-    follower, lines only: the writer keeps no record of them, the part is what the closed trace reads."""
+def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[tuple[str, str | None]]) -> None:
+    """Record one drain of the native recorder: its rows become the next streamed part (which a live
+    follower reads too, `kvprof.read.live`). Vectorized: the only per-row Python work is for
+    allocations that outlive the drain and for retags."""
     n, first = len(b.a_q), b.first_id
     with session._lock:
         reserved = session.reserve_alloc_ids(n)
@@ -145,28 +143,6 @@ def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[
             session._write({"k": "f", "id": alloc_id, "q": q, "t": t - t0})
     assert session._parts is not None
     session._parts.append(columns)
-    if follower_lines:
-        _write_follower_lines(session, columns)
-
-
-def _write_follower_lines(session: "TraceSession", columns: dict[str, Any]) -> None:
-    """A part's rows as the log records a live follower folds (`a`, and `f` when freed in the part), in order."""
-    ids, q_alloc, q_free = columns["id"].tolist(), columns["q_alloc"].tolist(), columns["q_free"].tolist()
-    t_alloc, t_free, size = columns["t_alloc_ns"].tolist(), columns["t_free_ns"].tolist(), columns["bytes"].tolist()
-    codes, cats = columns["category"]
-    codes, spans = codes.tolist(), columns["span_id"].tolist()
-    names = columns["name"].tolist() if columns["name"] is not None else [None] * len(ids)
-    out: list[tuple[int, dict[str, Any]]] = []
-    for i, alloc_id in enumerate(ids):
-        rec = {"k": "a", "id": alloc_id, "t": t_alloc[i], "q": q_alloc[i], "b": size[i], "c": cats[codes[i]], "s": spans[i]}
-        if names[i]:
-            rec["n"] = names[i]
-        out.append((q_alloc[i], rec))
-        if q_free[i] != NO_FREE:
-            out.append((q_free[i], {"k": "f", "id": alloc_id, "t": t_free[i], "q": q_free[i]}))
-    out.sort(key=lambda item: item[0])
-    assert session._log is not None
-    session._log.write_lines_only([rec for _, rec in out])
 
 
 def note_blocks_from_before(session: "TraceSession", allocations: Any) -> None:

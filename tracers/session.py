@@ -357,10 +357,9 @@ class TraceSession:
         """Record one drain of the CUDA allocator's history (allocations in allocator order)."""
         alloc_rows.record_history_batch(self, batch)
 
-    def record_stream_batch(self, batch: Any, retags: list[tuple[str, str | None]], follower_lines: bool = False) -> None:
-        """Record one drain of the native recorder: rows to the streamed parts (tracers.alloc_parts), and
-        as event lines for a live follower when `follower_lines`."""
-        alloc_rows.record_stream_batch(self, batch, retags, follower_lines)
+    def record_stream_batch(self, batch: Any, retags: list[tuple[str, str | None]]) -> None:
+        """Record one drain of the native recorder: rows to the streamed parts (tracers.alloc_parts)."""
+        alloc_rows.record_stream_batch(self, batch, retags)
 
     def record_size(self, alloc_id: int, nbytes: int) -> bool:
         """Correct the byte size of allocation `alloc_id` for its whole life (allocator block size);

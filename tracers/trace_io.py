@@ -33,7 +33,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from tracers.alloc_parts import read_parts
+from tracers.alloc_parts import part_files, read_part, read_parts  # noqa: F401 (part_files, read_part: the format's API for followers)
 from tracers.record_lines import encode_record
 from tracers.table_schema import write_parquet
 from tracers.trace_fold import NO_FREE, TableFolder, TraceFoldError  # noqa: F401 (NO_FREE: part of the format's API)
@@ -124,16 +124,6 @@ class EventLog:
         with self._lock:
             self.folder.spans.close(span_id, q, t, ms, ends)
             self._line(("e", span_id, t, q, ms, ends))
-
-    def write_lines_only(self, records: list[dict[str, Any]]) -> None:
-        """Lines for a follower that the tables at close get elsewhere (the rows of streamed parts): not kept."""
-        with self._lock:
-            if self._file is None or self.memory_only:
-                return
-            if self.deferred:
-                self._queued.extend(records)
-            else:
-                self._write_lines(records)
 
     def _line(self, record: tuple) -> None:
         if self._file is None or self.memory_only:

@@ -18,7 +18,8 @@ from typing import Any
 
 from kvprof.read.trace import Trace, load_trace
 from tracers.trace_fold import TableFolder, TraceFoldError
-from tracers.trace_io import EVENTS_FILE, META_FILE, SUMMARY_FILE, TABLES, RawTrace, TraceError, check_tables, read_meta
+from tracers.trace_io import (EVENTS_FILE, META_FILE, SUMMARY_FILE, TABLES, RawTrace, TraceError, check_tables, part_files,
+                              read_meta, read_part)
 from tracers.liveness import shown_status
 from tracers.summary_schema import read_summary_file
 
@@ -69,6 +70,7 @@ class TraceFollower:
         self.phase = "waiting"
         self._folder = TableFolder()
         self._lines = 0
+        self._parts = 0  # streamed allocation parts folded (a CUDA trace's rows: tracers.alloc_parts)
         self._meta_mtime: int | None = None
         self._summary_mtime: int | None = None
         self._closed: Trace | None = None
@@ -97,6 +99,7 @@ class TraceFollower:
         if events.is_file():
             self.phase = "live"
             changed |= self._read_new(events)
+            changed |= self._read_new_parts()
             changed |= self._poll_summary()
             return changed
         closed = self.meta is not None and self.meta.get("status") != "running"
@@ -142,8 +145,26 @@ class TraceFollower:
             self._snapshot = None
         return bool(records)
 
+    def _read_new_parts(self) -> bool:
+        """Fold the allocation parts written since the last poll (whole files: written by rename)."""
+        new = part_files(self.folder)[self._parts:]
+        for path in new:
+            try:
+                columns = read_part(path)
+            except FileNotFoundError:
+                return False  # merged and removed at close: the next poll loads Parquet
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise TraceError(f"{path}: cannot read a streamed allocation part ({exc})") from None
+            try:
+                self._folder.add_bulk(columns)
+            except (TraceFoldError, TypeError, ValueError) as exc:
+                raise TraceError(f"{path}: {exc}") from None
+            self._parts += 1
+            self._snapshot = None
+        return bool(new)
+
     def _restart(self) -> None:
-        self.offset, self._lines = 0, 0
+        self.offset, self._lines, self._parts = 0, 0, 0
         self._folder = TableFolder()
         self._snapshot = None
 
