@@ -26,8 +26,15 @@ export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 KV="python3 -m kvprof.cli"
 # `kvprof sweep` into folder $1 (the matrix flags after it), resumed when the folder holds a sweep; a
 # call stops (SIGINT: finished cells stay in the manifest) before the device call's 10 minutes.
+# A machine can be given back between two calls (session 7): with SWEEP_STATE_DIR (a carried folder
+# holding <sweep>.manifest.json from the last call's $OUT), a fresh machine resumes from that manifest
+# (finished cells are not run again; their trace folders stay with the call that wrote them).
 sweep() {
   local dir=$1; shift
+  local saved="${SWEEP_STATE_DIR:-/nonexistent}/$(basename "$dir").manifest.json"
+  if [ ! -f "$dir/manifest.json" ] && [ -f "$saved" ]; then
+    mkdir -p "$dir" && cp "$saved" "$dir/manifest.json" && log "restored $dir/manifest.json from $saved (fresh machine)"
+  fi
   local args=("$@"); [ -f "$dir/manifest.json" ] && args=(--resume)
   timeout -s INT -k 30 "${SWEEP_S:-520}" $KV sweep --out "$dir" "${args[@]}" --workers-per-gpu "${WORKERS_PER_GPU:-1}" \
     --quiet >> "$OUT/steps.log" 2>&1
