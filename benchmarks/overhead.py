@@ -1,5 +1,6 @@
 """The profiler's own cost: the same rollout untraced, under kvprof, under the allocator's raw
-history, and under `torch.profiler` with `export_memory_timeline` (the tool a user would pick instead).
+history (events only, no stacks), and under `torch.profiler` with `export_memory_timeline` (the tool
+a user would pick instead).
 
     python3 benchmarks/overhead.py --method bf16 [--config wan-1.3b] [--frames 42] [--repeat 3]
         [--modes untraced,kvprof,history,profiler] [--mode-timeout 600] [--out /tmp/kv/overhead]
@@ -92,8 +93,9 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     _sync(r.device)
     prof = None
-    if mode == "history":
-        torch.cuda.memory._record_memory_history(max_entries=50_000_000)
+    if mode == "history":  # the events alone, as kvprof's Python fallback records them: the defaults would also
+        # capture a Python and C++ stack per event (session 6 measured that as the "floor": 1.28 on prq_int4)
+        torch.cuda.memory._record_memory_history("all", context=None, stacks="python", max_entries=50_000_000)
     elif mode == "profiler":
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if r.device.type == "cuda" else [])
         prof = torch.profiler.profile(activities=acts, profile_memory=True, record_shapes=True, with_stack=True)

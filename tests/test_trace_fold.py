@@ -198,3 +198,25 @@ def test_directly_formatted_records_are_the_json_encoders_lines() -> None:
         elif k == "e":
             ends = {x: r[x] for x in ("hs", "ons", "tns") if x in r}
             assert encode_record(("e", r["id"], r["t"], r["q"], r["ms"], ends)) == _ENCODE(r)
+
+
+def test_bulk_rows_fold_like_the_same_rows_one_by_one() -> None:
+    """add_bulk extends each column at once (a live follower folds every streamed part): the table, and the
+    frees, retags and sizes that reach its rows (a repeated id: the later row), are those of a per-row fold."""
+    rng = random.Random(9)
+    n = 500
+    cols = {"id": [rng.randint(1, 450) for _ in range(n)], "q_alloc": list(range(n)), "q_free": [rng.choice([NO_FREE, 10**6]) for _ in range(n)],
+            "t_alloc_ns": list(range(n)), "t_free_ns": [NO_FREE] * n, "bytes": [rng.randint(1, 10**9) for _ in range(n)],
+            "category": [rng.choice(["kv_scratch", "activations"]) for _ in range(n)], "span_id": [rng.randint(0, 9) for _ in range(n)],
+            "name": [rng.choice([None, "x"]) for _ in range(n)]}
+    later = [{"k": "f", "id": 7, "t": 5, "q": 5}, {"k": "r", "id": 9, "c": "kv_codes", "n": "codes"}, {"k": "z", "id": 11, "b": 4096}]
+    bulk, rows = TableFolder(), TableFolder()
+    bulk.add_bulk(cols)
+    for i in range(n):  # the per-row fold add_bulk replaced, as the reference
+        rows._add_alloc(cols["id"][i], cols["q_alloc"][i], cols["t_alloc_ns"][i], cols["bytes"][i], cols["category"][i],
+                        cols["span_id"][i], cols["name"][i], q_free=cols["q_free"][i], t_free=cols["t_free_ns"][i])
+    for f in (bulk, rows):
+        f.fold(later)
+    pd.testing.assert_frame_equal(bulk.tables()["allocations"], rows.tables()["allocations"])
+    with pytest.raises(Exception, match="unequal length"):
+        TableFolder().add_bulk({**cols, "bytes": cols["bytes"][:-1]})

@@ -202,12 +202,18 @@ class TableFolder:
         self.records += n
 
     def add_bulk(self, columns: dict[str, list[Any]]) -> None:
-        """Append allocation rows given as columns (the CUDA drains' history batches)."""
-        ids = columns.get("id") or []
-        for i in range(len(ids)):
-            self._add_alloc(ids[i], columns["q_alloc"][i], columns["t_alloc_ns"][i], columns["bytes"][i],
-                            columns["category"][i], columns["span_id"][i], columns["name"][i],
-                            q_free=columns["q_free"][i], t_free=columns["t_free_ns"][i])
+        """Append allocation rows given as columns (the CUDA drains' history batches, streamed parts):
+        a list extend per column, not a call per row (a live follower folds millions of them)."""
+        ids = list(columns.get("id") or [])
+        n = len(ids)
+        if not n:
+            return
+        if any(len(columns[c]) != n for c in ALLOC_COLUMNS):
+            raise TraceFoldError(f"allocation columns of unequal length ({', '.join(f'{c} {len(columns[c])}' for c in ALLOC_COLUMNS)})")
+        al, base = self.alloc, len(self.alloc["id"])
+        for c in ALLOC_COLUMNS:
+            al[c].extend(ids if c == "id" else columns[c])
+        self._alloc_row.update(zip(ids, range(base, base + n)))  # a repeated id: the later row, as per row
 
     def _add_alloc(self, aid: int, q: int, t: int, nbytes: int, cat: str, span: int, name: str | None,
                    q_free: int = NO_FREE, t_free: int = NO_FREE) -> None:
