@@ -220,3 +220,27 @@ def test_bulk_rows_fold_like_the_same_rows_one_by_one() -> None:
     pd.testing.assert_frame_equal(bulk.tables()["allocations"], rows.tables()["allocations"])
     with pytest.raises(Exception, match="unequal length"):
         TableFolder().add_bulk({**cols, "bytes": cols["bytes"][:-1]})
+
+
+def test_a_streamed_part_reads_as_python_values_sharing_the_category_strings(tmp_path) -> None:
+    """read_part (a live follower's and a killed trace's reader of streamed parts): the part's values as ints
+    and strings, equal to the Parquet file's, with the few category strings shared by all rows."""
+    import numpy as np
+
+    from tracers.alloc_parts import AllocationParts, part_files, read_part
+    from tracers.categories import CATEGORIES
+
+    n = 5000
+    names = np.full(n, None, dtype=object)
+    names[::7] = "layer 3 / k"
+    codes = np.random.default_rng(1).integers(0, len(CATEGORIES), n)
+    AllocationParts(tmp_path).append({"id": np.arange(1, n + 1), "q_alloc": np.arange(n) * 3, "q_free": np.full(n, NO_FREE),
+                                      "t_alloc_ns": np.arange(n), "t_free_ns": np.full(n, NO_FREE), "bytes": np.full(n, 512),
+                                      "category": (codes, list(CATEGORIES)), "span_id": np.arange(n) % 11, "name": names})
+    path = part_files(tmp_path)[0]
+    cols = read_part(path)
+    disk = pd.read_parquet(path)
+    for c, values in cols.items():
+        expected = [None if pd.isna(v) else v for v in disk[c].astype(object)] if c in ("category", "name") else disk[c].tolist()
+        assert values == expected, c
+    assert all(type(v) is int for v in cols["q_alloc"]) and len({id(v) for v in cols["category"]}) <= len(CATEGORIES)
