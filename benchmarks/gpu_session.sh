@@ -3,7 +3,9 @@
 #
 #   bash benchmarks/gpu_session.sh STEP [STEP...]     (on the device machine, from the repo root)
 #
-# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), budget (issue 6 budget + diagnose), host (issue 8 py-spy host
+# Steps: core (issue 2 bf16 traced vs untraced, issue 5 LPIPS), cost (issue 15: stage_cost and
+# overhead_parts, ~6 min), long:METHOD:INTEGRATION:FRAMES (issue 15: a --rolling 21 trace, then
+# open_speed on it; LONG_S caps the trace), budget (issue 6 budget + diagnose), host (issue 8 py-spy host
 # profiles), study:M1,M2,... and staged:M1,M2,... (issue 3 sweeps, `kvprof sweep` on a local Dask
 # cluster of one worker per GPU; WORKERS_PER_GPU=N puts N traces on each GPU: bytes stay exact,
 # times include the others' load), sweep-1gpu and sweep-all (issue 17: all methods, staged, 42
@@ -54,6 +56,22 @@ for step in "$@"; do
       timeout 560 python3 benchmarks/overhead.py --method bf16 --repeat 3 --out /tmp/kv/tvu > "$OUT/bf16_overhead.json" 2>>"$OUT/steps.log"
       log "issue 5: lpips vs official"
       timeout 120 python3 benchmarks/lpips_vs_official.py --device cuda --out "$OUT/lpips_vs_official_cuda.json" >> "$OUT/steps.log" 2>&1
+      ;;
+    cost)
+      log "issue 15: where the traced rollout's time goes (stage cost, parts of prq_int4 12 f and bf16 42 f)"
+      timeout 90 python3 benchmarks/stage_cost.py --stages 20000 --deep 100000 > "$OUT/stage_cost.json" 2>>"$OUT/steps.log"
+      timeout 260 python3 benchmarks/overhead_parts.py --method prq_int4 --frames 12 --repeat 2 \
+        --parts untraced,tracker,drain,nostages,kvprof > "$OUT/parts_prq12.json" 2>>"$OUT/steps.log"
+      timeout 150 python3 benchmarks/overhead_parts.py --method bf16 --frames 42 --repeat 3 \
+        --parts untraced,tracker,kvprof > "$OUT/parts_bf16_42.json" 2>>"$OUT/steps.log"
+      ;;
+    long:*)  # long:METHOD:INTEGRATION:FRAMES, e.g. long:prq_int4:study:126 (issue 15: a long horizon traced, then opened)
+      IFS=: read -r _ m integ frames <<< "$step"
+      log "issue 15: $m $integ $frames frames --rolling 21, traced, then opened"
+      timeout "${LONG_S:-540}" $KV trace --method "$m" --integration "$integ" --frames "$frames" --rolling 21 --no-decode \
+        --out /tmp/kv/long --run-id "$m-$integ-$frames" --json > "$OUT/long_$m-$integ-$frames.json" 2>>"$OUT/steps.log"
+      [ -f "/tmp/kv/long/$m-$integ-$frames/summary.json" ] && timeout 120 python3 benchmarks/open_speed.py \
+        --trace "/tmp/kv/long/$m-$integ-$frames" --repeat 1 > "$OUT/open_$m-$integ-$frames.txt" 2>>"$OUT/steps.log"
       ;;
     budget)
       log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"
