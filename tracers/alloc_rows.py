@@ -39,17 +39,23 @@ def _account(session: "TraceSession", q: np.ndarray, delta: np.ndarray) -> None:
     session.live_bytes = int(cum[-1])
 
 
+_CATEGORY_CODE = {c: i for i, c in enumerate(CATEGORIES)}
+
+
 def _context_arrays(session: "TraceSession", n: int) -> tuple[np.ndarray, np.ndarray]:
     """Span and default category (its index in CATEGORIES) of contexts 0..n-1 as arrays, grown by the
-    new contexts only (a long rollout opens a million contexts: converting the whole lists at every
-    drain would hold the GIL for tens of ms each time)."""
-    spans, codes = session._ctx_arrays
-    if n > len(spans):
-        have = len(spans)
-        spans = np.concatenate([spans, np.asarray(session._ctx_span[have:n], dtype=np.int64)])
-        codes = np.concatenate([codes, np.array([CATEGORIES.index(c) for c in session._ctx_cat[have:n]], dtype=np.int32)])
-        session._ctx_arrays = (spans, codes)
-    return spans, codes
+    new contexts only, into spare capacity that doubles when full (a long rollout opens millions of
+    contexts: converting the whole lists, or copying the arrays, at every drain would hold the GIL
+    for tens of ms each time)."""
+    spans, codes, have = session._ctx_arrays
+    if n > have:
+        if n > len(spans):
+            size = max(n, 2 * len(spans), 1024)
+            spans, codes = np.resize(spans[:have], size), np.resize(codes[:have], size)
+        spans[have:n] = session._ctx_span[have:n]
+        codes[have:n] = [_CATEGORY_CODE[c] for c in session._ctx_cat[have:n]]
+        session._ctx_arrays = (spans, codes, n)
+    return spans[:n], codes[:n]
 
 
 def record_history_batch(session: "TraceSession", batch: "HistoryBatch") -> None:

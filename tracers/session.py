@@ -89,9 +89,9 @@ class TraceSession:
         # span and default category of each context number (index), appended as contexts open
         self._ctx_span: list[int] = [0]
         self._ctx_cat: list[str] = ["unattributed"]
-        self._parts: AllocationParts | None = None  # streamed allocation rows (native recorder, unfollowed)
+        self._parts: AllocationParts | None = None  # streamed allocation rows (native recorder)
         # the two lists as arrays (categories as indices in CATEGORIES), grown per drain (tracers.alloc_rows)
-        self._ctx_arrays = (np.zeros(0, np.int64), np.zeros(0, np.int32))
+        self._ctx_arrays = (np.zeros(0, np.int64), np.zeros(0, np.int32), 0)  # (spans, codes, contexts filled)
         self._span_stack: list[tuple[int, str]] = []  # (span id, path element)
         self._tag_stack: list[str] = []
         self.live_bytes = 0  # running total for budgets and progress; analyses recount from records
