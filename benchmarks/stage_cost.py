@@ -8,8 +8,8 @@ TraceSession, then again with each part of the bookkeeping switched off: allocat
 the same loop with no session at all. Prints microseconds per stage as JSON. A real stage also
 pays for the allocations inside it (recorded in C++ on CUDA, not here).
 
-`--deep N` adds PRQ's pattern: N `residual` stages, each inside a `kv_scratch` tag, below the depths
-that read counters or record device time, with the log's lines deferred as on CUDA: the model
+`--deep N` adds PRQ's pattern: N `residual` stages, each inside a `kv_scratch` tag (within the cache's
+own `kv_scratch` tag, as PRQ's study encode runs), below the depths that read counters or record device time, with the log's lines deferred as on CUDA: the model
 thread's microseconds for one (stage + tag), the lines' (written by the drain thread on CUDA), and
 the host RSS the N stages added while recording.
 """
@@ -69,7 +69,9 @@ def _deep_cost(n: int, device: str) -> dict[str, float]:
     s._log.deferred = True  # lines written by whoever flushes (the drain thread on CUDA)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
-        with stage("rollout"), stage("chunk", 0), stage("denoise", 0), stage("layer", 0), stage("kv_write"), stage("quantize"):
+        # as PRQ's study encode: the cache's own kv_scratch tag, then a tag and a stage for each slice of groups
+        with stage("rollout"), stage("chunk", 0), stage("denoise", 0), stage("layer", 0), stage("kv_write"), tag("kv_scratch"), \
+                stage("quantize"):
             t = time.perf_counter()
             for _ in range(n):
                 with tag("kv_scratch"), stage("residual"):

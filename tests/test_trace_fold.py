@@ -1,6 +1,7 @@
 """The one fold of trace records: every record kind, the live follower equal to the closed loader."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -244,3 +245,38 @@ def test_a_streamed_part_reads_as_python_values_sharing_the_category_strings(tmp
         expected = [None if pd.isna(v) else v for v in disk[c].astype(object)] if c in ("category", "name") else disk[c].tolist()
         assert values == expected, c
     assert all(type(v) is int for v in cols["q_alloc"]) and len({id(v) for v in cols["category"]}) <= len(CATEGORIES)
+
+
+def test_a_tag_of_the_category_in_force_opens_no_context_and_changes_no_row(tmp_path) -> None:
+    """PRQ tags each slice `kv_scratch` inside the encode's own `kv_scratch` tag: such a tag opens no new
+    context (its two cost a little on each of ~10^6 tags), and the trace's rows are the same as without it
+    (category, span, bytes, order of q); a tag of another category still opens contexts and takes effect."""
+    import torch
+
+    from kvprof.read.trace import load_trace
+    from tracers import TraceSession, stage, tag
+
+    def run(folder, inner: bool):
+        s = TraceSession(folder, {"run_id": folder.name}, "cpu")
+        with s:
+            with stage("quantize"), tag("kv_scratch"):
+                keep = [torch.ones(64)]
+                for _ in range(3):
+                    with tag("kv_scratch") if inner else contextlib.nullcontext():
+                        keep.append(torch.ones(32))
+                        with stage("residual"):
+                            keep.append(torch.ones(16))
+                    with tag("kv_codes"):
+                        keep.append(torch.ones(8))
+                contexts = s._ctx
+            del keep
+        return contexts, load_trace(folder).allocations
+
+    with_inner, rows_a = run(tmp_path / "a", True)
+    without, rows_b = run(tmp_path / "b", False)
+    assert with_inner == without
+    for rows in (rows_a, rows_b):
+        rows["q_rank"], rows["free_rank"] = rows["q_alloc"].rank(), rows["q_free"].rank()
+    cols = ["bytes", "category", "span_id", "q_rank", "free_rank"]
+    pd.testing.assert_frame_equal(rows_a[cols], rows_b[cols])
+    assert rows_a["category"].value_counts().to_dict() == {"kv_scratch": 7, "kv_codes": 3}

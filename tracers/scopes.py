@@ -62,9 +62,12 @@ class StageScope:
 
 
 class TagScope:
-    """One category tag: allocations made while it is innermost belong to its category."""
+    """One category tag: allocations made while it is innermost belong to its category. A tag of the
+    category already in force (PRQ's per-slice `kv_scratch` inside the encode's own) changes no
+    allocation's category or span, so it opens no new context (each costs a little on every one of
+    ~10^6 tags; order keys stay in order, with fewer contexts)."""
 
-    __slots__ = ("_s", "_category")
+    __slots__ = ("_s", "_category", "_same")
 
     def __init__(self, session: "TraceSession", category: str):
         self._s, self._category = session, category
@@ -72,11 +75,15 @@ class TagScope:
     def __enter__(self) -> None:
         s = self._s
         with s._lock:
-            s._tag_stack.append(self._category)
-            s._new_context()
+            stack = s._tag_stack
+            self._same = (stack[-1] if stack else "unattributed") == self._category
+            stack.append(self._category)
+            if not self._same:
+                s._new_context()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         s = self._s
         with s._lock:
             s._tag_stack.pop()
-            s._new_context()
+            if not self._same:
+                s._new_context()
