@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import shutil
@@ -47,15 +46,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _drain_once(lib: Any) -> int:
-    """Replay and copy out what the recorder holds; the number of events."""
-    import numpy as np
+    """Replay and copy out what the recorder holds, as the tracker's drain does; the number of events."""
+    from tracers.alloc_native import drain_columns
 
-    counts = (ctypes.c_int64 * 6)()
-    lib.kvp_drain(counts)
-    n_a, n_f, n_r, n_o, entries, _ = list(counts)
-    bufs = [np.empty(n, np.int64) for n in (n_a,) * 4 + (n_f,) * 3 + (n_r,) * 2 + (n_o,) * 4]
-    lib.kvp_take(*[b.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)) for b in bufs])
-    return entries
+    return drain_columns(lib)[0].entries
 
 
 class _Recorder:

@@ -401,6 +401,7 @@ def test_native_recorder_turns_event_ticks_into_steady_ns_between_drains():
     import numpy as np
 
     from tracers import native
+    from tracers.alloc_native import drain_columns
 
     lib = native.load(cuda=False)
     tick_fn = ctypes.CFUNCTYPE(ctypes.c_int64)
@@ -408,12 +409,7 @@ def test_native_recorder_turns_event_ticks_into_steady_ns_between_drains():
     source = tick_fn(lambda: 3 * time.perf_counter_ns() + 12_345)
 
     def drain() -> np.ndarray:
-        counts = (ctypes.c_int64 * 6)()
-        lib.kvp_drain(counts)
-        n_a, n_f, n_r, n_o = list(counts)[:4]
-        cols = [np.empty(n, np.int64) for n in (n_a,) * 4 + (n_f,) * 3 + (n_r,) * 2 + (n_o,) * 4]
-        lib.kvp_take(*[c.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)) for c in cols])
-        return cols[1]  # allocation times
+        return drain_columns(lib)[0].a_t  # allocation times
 
     def record(n: int, base: int, ticks_of) -> list[int]:
         truth = []

@@ -50,6 +50,18 @@ def _buf(n: int) -> np.ndarray:
     return np.empty(n, dtype=np.int64)
 
 
+def drain_columns(lib: Any) -> tuple[StreamBatch, list[np.ndarray]]:
+    """Replay what the recorder holds (C++, GIL released) and copy it out: the drain's rows, and its
+    allocator out-of-memory events as columns (ctx, free bytes, requested bytes, ns)."""
+    counts = (ctypes.c_int64 * 6)()
+    lib.kvp_drain(counts)
+    n_a, n_f, n_r, n_o, entries, first = list(counts)
+    cols = [_buf(n_a) for _ in range(4)] + [_buf(n_f) for _ in range(3)] + [_buf(n_r) for _ in range(2)]
+    ooms = [_buf(n_o) for _ in range(4)]
+    lib.kvp_take(*[_ptr(a) for a in cols + ooms])
+    return StreamBatch(first, *cols, entries=entries), ooms
+
+
 def _ptr(a: np.ndarray) -> Any:
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
 
@@ -103,12 +115,11 @@ class NativeCudaTracker:
         self._start_blocks.pop(address, None)
         self.lib.kvp_adopt(address, alloc_id)
 
-    def stream(self, next_id: int, background: bool) -> None:
-        """Number allocations from `next_id` on; drain on a background thread when `background`."""
+    def stream(self, next_id: int) -> None:
+        """Number allocations from `next_id` on; drain on a background thread every `interval_s`."""
         self.lib.kvp_set_next_id(next_id)
-        if background:
-            self._thread = threading.Thread(target=self._run, name="kvprof-drain", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="kvprof-drain", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -141,14 +152,8 @@ class NativeCudaTracker:
     def drain(self) -> None:
         """Replay what was recorded since the last drain (C++, GIL released) and record its rows."""
         with self._lock:
-            counts = (ctypes.c_int64 * 6)()
-            self.lib.kvp_drain(counts)
-            n_a, n_f, n_r, n_o, entries, first = list(counts)
-            cols = [_buf(n_a) for _ in range(4)] + [_buf(n_f) for _ in range(3)] + [_buf(n_r) for _ in range(2)]
-            ooms = [_buf(n_o) for _ in range(4)]
-            self.lib.kvp_take(*[_ptr(a) for a in cols + ooms])
-            batch = StreamBatch(first, *cols, entries=entries)
-            self.entries += entries
+            batch, ooms = drain_columns(self.lib)
+            self.entries += batch.entries
             self.drains += 1
             for ctx, free, size, t in zip(*(a.tolist() for a in ooms)):
                 self.oom_events.append({"action": "oom", "addr": free, "size": size, "ctx": ctx,

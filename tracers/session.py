@@ -146,7 +146,7 @@ class TraceSession:
             self._hold_blocks_from_before()
             if isinstance(self._cuda, NativeCudaTracker):  # streamed parts, followed live or not: bounded memory
                 self._parts = AllocationParts(self.folder)
-                self._cuda.stream(self._next_alloc, background=True)
+                self._cuda.stream(self._next_alloc)
                 self._timer.use_native(self._cuda.lib)
                 self._log.deferred = True  # the drain thread (and checkpoints) write the lines
         else:
@@ -192,8 +192,8 @@ class TraceSession:
             while self._span_stack:
                 span_id, _ = self._span_stack.pop()
                 parent = self._span_stack[-1][0] if self._span_stack else 0
-                self._write({"k": "e", "id": span_id, "t": t_end, "q": self._q(), "ms": float("nan"),
-                             **self.host_activity.end_span(span_id, parent)})
+                if self._log is not None:
+                    self._log.span_end(span_id, t_end, self._q(), float("nan"), self.host_activity.end_span(span_id, parent))
         self.host_activity.uninstall()
         if self._sampler is not None:
             self._sampler.stop()

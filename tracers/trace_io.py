@@ -101,16 +101,7 @@ class EventLog:
                 self.folder.fold((record,))
             else:
                 self.records.append(record)
-            if self._file is None or self.memory_only:
-                return
-            if self.deferred:
-                self._queued.append(record)
-                return
-            self._write_lines([record])
-            now = time.monotonic()
-            if now - self._last_flush > self._flush_interval_s:
-                self._flush_file()
-                self._last_flush = now
+            self._line(record)
 
     def span_begin(self, span_id: int, parent: int, name: str, index: int | None, t: int, q: int) -> None:
         """A `b` record from the session's own stage scope: into the span columns directly, its line
@@ -125,7 +116,8 @@ class EventLog:
             self.folder.spans.close(span_id, q, t, ms, ends)
             self._line(("e", span_id, t, q, ms, ends))
 
-    def _line(self, record: tuple) -> None:
+    def _line(self, record: dict[str, Any] | tuple) -> None:
+        """Write (or, while `deferred`, queue) one record's line."""
         if self._file is None or self.memory_only:
             return
         if self.deferred:
