@@ -12,7 +12,10 @@ The workload is built once (fresh KV caches each round); the parts alternate, `-
   Python rows): what the replay thread takes from the model's thread;
 - `nostages`: a TraceSession (native recorder, streamed parts) whose stage and tag calls are no-ops:
   the rows, parts and JSON lines without the stage bookkeeping;
-- `kvprof`: a full TraceSession.
+- `kvprof`: a full TraceSession (as `kvprof trace`: fine stages, e.g. PRQ's residual per slice, left out);
+- `fine`: the same recording fine stages too (`kvprof trace --fine-stages`);
+- `nocounters`: `kvprof` without the allocator counters at stage boundaries (`counter_depth=0`);
+- `notimer`: `kvprof` without the device-time marks and NVTX ranges (`timer_depth=-1`).
 
 Prints JSON: per part the rollout seconds of every round, the median and its ratio to untraced's
 median. Rounds share one process and a warm allocator, unlike `overhead.py`'s fresh processes:
@@ -37,7 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PARTS = ("untraced", "tracker", "drain", "nostages", "kvprof")
+PARTS = ("untraced", "tracker", "drain", "nostages", "kvprof", "fine", "nocounters", "notimer")
+# TraceSession options of the session parts
+_SESSION_OPTIONS: dict[str, dict[str, Any]] = {"nostages": {}, "kvprof": {}, "fine": {"fine_stages": True},
+                                               "nocounters": {"counter_depth": 0}, "notimer": {"timer_depth": -1}}
 
 
 def _sync(device: torch.device) -> None:
@@ -86,11 +92,11 @@ class _Recorder:
         self.events += _drain_once(self.lib)
 
 
-def _session(folder: Path, device: torch.device, stages: bool) -> contextlib.AbstractContextManager:
+def _session(folder: Path, device: torch.device, part: str) -> contextlib.AbstractContextManager:
     from tracers import TraceSession
 
-    session = TraceSession(folder, {"run_id": folder.name}, device, drain_at_checkpoints=False)
-    if not stages:  # the rollout reaches the session through tracers.context, which calls these
+    session = TraceSession(folder, {"run_id": folder.name}, device, drain_at_checkpoints=False, **_SESSION_OPTIONS[part])
+    if part == "nostages":  # the rollout reaches the session through tracers.context, which calls these
         session.stage = lambda *a, **k: contextlib.nullcontext()  # type: ignore[method-assign]
         session.tag = lambda *a, **k: contextlib.nullcontext()  # type: ignore[method-assign]
     return session
@@ -131,7 +137,7 @@ def _round(part: str, rollout: Callable[[], None], device: torch.device, out: Pa
     elif part in ("tracker", "drain"):
         ctx = _Recorder(device, background=part == "drain")
     else:
-        ctx = _session(folder, device, stages=part == "kvprof")
+        ctx = _session(folder, device, part)
     _sync(device)
     with ctx:
         t0 = time.perf_counter()

@@ -115,7 +115,7 @@ class TraceRun:
     """One traced run of your code; see the module docstring. Made by `trace()`."""
 
     def __init__(self, folder: str | Path, meta: dict[str, Any] | None, device: torch.device,
-                 budget_bytes: int | None, live: bool, signals: bool):
+                 budget_bytes: int | None, live: bool, signals: bool, fine_stages: bool = False):
         self.path = Path(folder)
         self.device = device
         self.budget_bytes = budget_bytes
@@ -125,7 +125,7 @@ class TraceRun:
         if "environment" not in meta:
             meta["environment"] = environment(device)
         self.session = TraceSession(self.path, meta, device, budget_bytes=budget_bytes if device.type == "cpu" else None,
-                                    drain_at_checkpoints=live)
+                                    drain_at_checkpoints=live, fine_stages=fine_stages)
         self.summary: Summary | None = None
         self.error: BaseException | None = None
         self._guard: InterruptGuard | None = None
@@ -141,9 +141,10 @@ class TraceRun:
         return self.session.status
 
     @contextlib.contextmanager
-    def stage(self, name: str, index: int | None = None) -> Iterator[None]:
-        """Run the body as stage `name` (`name[index]` in the stage path)."""
-        with self.session.stage(name, index):
+    def stage(self, name: str, index: int | None = None, fine: bool = False) -> Iterator[None]:
+        """Run the body as stage `name` (`name[index]` in the stage path); `fine`: a step repeated inside
+        one step, recorded only when the trace records fine stages (`trace(..., fine_stages=True)`)."""
+        with self.session.stage(name, index, fine):
             yield
 
     @contextlib.contextmanager
@@ -287,6 +288,7 @@ def trace(
     budget: int | str | None = None,
     live: bool = False,
     signals: bool = True,
+    fine_stages: bool = False,
 ) -> TraceRun:
     """A traced run writing the trace folder `folder` (which must not hold a trace yet).
 
@@ -295,7 +297,9 @@ def trace(
     size; on CPU kvprof raises its own OutOfMemoryError when tracked live bytes would pass it.
     `live`: a follower reads the trace while it runs (CUDA: drain the allocator history at every
     `checkpoint()`). `signals`: in the main thread, SIGINT and SIGTERM close the trace as
-    `interrupted` and a second one exits at once. `meta` adds fields to meta.json.
+    `interrupted` and a second one exits at once. `meta` adds fields to meta.json. `fine_stages`: also
+    record stages marked `fine` (a step repeated inside one step, e.g. per slice of groups; a few
+    microseconds of host time each), which are otherwise left to their enclosing stage.
     """
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget_bytes = parse_size(budget, "budget") if isinstance(budget, str) else budget
@@ -304,4 +308,4 @@ def trace(
     if (Path(folder) / META_FILE).exists():
         raise UsageError(f"{folder}: a trace already exists there; pick another folder")
     _check_meta(meta)
-    return TraceRun(folder, meta, dev, budget_bytes, live, signals)
+    return TraceRun(folder, meta, dev, budget_bytes, live, signals, fine_stages)

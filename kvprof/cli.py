@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--host-profile", action="store_true", help="record host stacks with py-spy (the 'host' extra) into the trace folder")
     t.add_argument("--host-rate", type=int, default=100, metavar="HZ", help="py-spy samples per second (default 100)")
     t.add_argument("--native", action="store_true", help="with --host-profile: C/C++ frames too (py-spy --native)")
+    t.add_argument("--fine-stages", action="store_true",
+                   help="also record fine stages (steps repeated inside a step, e.g. PRQ's residual per slice: "
+                        "a few us of host time each, ~30%% of a PRQ study rollout)")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress display")
     t.add_argument("--tui", action="store_true", help="watch the rollout live in the terminal UI (q quits; quitting early interrupts the run)")
@@ -119,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", type=Path, default=Path("traces"), help="output folder (default traces/)")
     x.add_argument("--run-id", default=None, help="trace folder name (default: time-run-SCRIPT)")
     x.add_argument("--device", default=None, help="where the script's tensors live: cpu or cuda[:N] (default: cuda when present)")
+    x.add_argument("--fine-stages", action="store_true", help="also record stages marked fine (steps repeated inside a step)")
     x.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- python SCRIPT ARGS")
 
     e = sub.add_parser("export", help="perfetto JSON, csv/parquet tables, PyTorch allocator snapshot (GPU traces)")
@@ -143,7 +147,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         quality=args.quality, lpips_backbone=args.lpips_backbone,
         vbench_dims=tuple(d for d in args.vbench_dims.split(",") if d), vbench_python=args.vbench_python,
         host_profile=args.host_profile, host_rate=args.host_rate, host_native=args.native,
-        command=["kvprof", *sys.argv[1:]],
+        fine_stages=args.fine_stages, command=["kvprof", *sys.argv[1:]],
     )
     err = console(stderr=True)
     if args.tui:
@@ -305,7 +309,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from kvprof.integrations.run import RunRequest, run_script
 
-    return run_script(RunRequest(args.cmd, args.out, args.run_id, args.instrument, args.device), print_summary)
+    return run_script(RunRequest(args.cmd, args.out, args.run_id, args.instrument, args.device, args.fine_stages), print_summary)
 
 
 HANDLERS = {

@@ -63,6 +63,7 @@ class TraceRequest:
     host_profile: bool = False  # py-spy record of this process, joined to the stages
     host_rate: int = 100
     host_native: bool = False
+    fine_stages: bool = False  # record stages marked fine (PRQ's residual per slice): a few us of host time each
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -371,7 +372,8 @@ def run_trace(run: TraceRequest | PreparedRun, on_progress: Callable[[Progress],
     # they are not the run's allocations
     from kvprof.workload import build, vae  # noqa: F401
 
-    traced = api.trace(folder, meta=prep.meta(), device=prep.device, budget=req.budget_bytes, live=req.live)
+    traced = api.trace(folder, meta=prep.meta(), device=prep.device, budget=req.budget_bytes, live=req.live,
+                        fine_stages=req.fine_stages)
     outputs = None
     try:
         with traced:

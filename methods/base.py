@@ -96,8 +96,10 @@ class EncodedKV:
 class Marks:
     """Stage and category markers that the cache injects (no-ops by default)."""
 
-    def stage(self, name: str) -> ContextManager[None]:
-        """Mark an inner step (`quantize`, `dequantize`, `rotate`, ...)."""
+    def stage(self, name: str, fine: bool = False) -> ContextManager[None]:
+        """Mark an inner step (`quantize`, `dequantize`, `rotate`, ...). `fine=True` for a step repeated
+        inside one step (a loop over slices of groups): traces record those only on request
+        (`kvprof trace --fine-stages`), as each costs the host a few microseconds."""
         return contextlib.nullcontext()
 
     def category(self, category: str) -> ContextManager[None]:

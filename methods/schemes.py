@@ -317,7 +317,7 @@ class ResidualScheme(Scheme):
                     xs = xg[:, a:e].float()
                     s = sym_scale(xs, bb, dim=2)
                     q = sym_codes(xs, s, bb)
-                    with m.stage("residual"):
+                    with m.stage("residual", fine=True):  # per slice: 260k of them at 42 frames
                         r = xs - q * s.float()
                         rs = sym_scale(r, rb, dim=2)
                         rq = sym_codes(r, rs, rb)

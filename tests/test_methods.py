@@ -191,7 +191,7 @@ def test_marks_name_inner_stages_and_the_dequant_category():
         def __init__(self):
             self.stages, self.categories = set(), []
 
-        def stage(self, name):
+        def stage(self, name, fine=False):
             self.stages.add(name)
             return contextlib.nullcontext()
 

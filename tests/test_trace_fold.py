@@ -280,3 +280,39 @@ def test_a_tag_of_the_category_in_force_opens_no_context_and_changes_no_row(tmp_
     cols = ["bytes", "category", "span_id", "q_rank", "free_rank"]
     pd.testing.assert_frame_equal(rows_a[cols], rows_b[cols])
     assert rows_a["category"].value_counts().to_dict() == {"kv_scratch": 7, "kv_codes": 3}
+
+
+def test_fine_stages_are_left_to_their_parent_unless_asked_for(tmp_path) -> None:
+    """A `fine` stage (PRQ's residual per slice of groups) is a no-op by default: no span, its allocations
+    belong to the enclosing stage with the same bytes and categories, meta counts it and a note says how to
+    record it; with fine_stages=True it is a span like any other."""
+    import json
+
+    import torch
+
+    from kvprof.read.trace import load_trace
+    from tracers import TraceSession, stage, tag
+
+    def run(folder, fine_stages: bool):
+        with TraceSession(folder, {"run_id": folder.name}, "cpu", fine_stages=fine_stages):
+            with stage("quantize"), tag("kv_scratch"):
+                keep = [torch.ones(64)]
+                for _ in range(3):
+                    with stage("residual", fine=True):
+                        keep.append(torch.ones(16))
+            del keep
+        return load_trace(folder), json.loads((folder / "meta.json").read_text())
+
+    (skipped, meta_s), (recorded, meta_r) = run(tmp_path / "s", False), run(tmp_path / "r", True)
+    assert sorted(skipped.spans["name"]) == ["quantize"]
+    assert sorted(recorded.spans["name"]) == ["quantize"] + ["residual"] * 3
+    quantize = int(skipped.spans.loc[skipped.spans["name"] == "quantize", "id"].iloc[0])
+    assert set(skipped.allocations["span_id"]) == {quantize}
+    assert sorted(skipped.allocations["bytes"]) == sorted(recorded.allocations["bytes"]) == [64] * 3 + [256]
+    assert set(skipped.allocations["category"]) == set(recorded.allocations["category"]) == {"kv_scratch"}
+    residual_ids = set(recorded.spans.loc[recorded.spans["name"] == "residual", "id"])
+    assert set(recorded.allocations["span_id"]) == residual_ids | {int(recorded.spans.loc[recorded.spans["name"] == "quantize", "id"].iloc[0])}
+    assert meta_s["fine_stages"] == {"recorded": False, "skipped": 3}
+    assert meta_r["fine_stages"] == {"recorded": True, "skipped": 0}
+    assert any("3 fine stages" in n and "--fine-stages" in n for n in meta_s["notes"])
+    assert not any("fine stages" in n for n in meta_r["notes"])

@@ -5,8 +5,9 @@ Code that is traced (the rollout, the KV cache, user code) only ever calls `stag
 """
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, ContextManager
+
+from tracers.scopes import NO_SCOPE as _NO_SESSION  # untraced code pays one global read per `with`
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -28,14 +29,11 @@ def _set_active(session: "TraceSession | None") -> None:
     _active = session
 
 
-# One shared no-op scope: nullcontext is reentrant, and untraced code pays one global read per `with`.
-_NO_SESSION = contextlib.nullcontext()
-
-
-def stage(name: str, index: int | None = None) -> "ContextManager[None]":
-    """Run the body as stage `name` (path element `name[index]` when an index is given)."""
+def stage(name: str, index: int | None = None, fine: bool = False) -> "ContextManager[None]":
+    """Run the body as stage `name` (path element `name[index]` when an index is given). `fine`: a step
+    repeated inside one step (a loop over slices), recorded only when the session records fine stages."""
     session = _active
-    return _NO_SESSION if session is None else session.stage(name, index)
+    return _NO_SESSION if session is None else session.stage(name, index, fine)
 
 
 def tag(category: str) -> "ContextManager[None]":

@@ -7,10 +7,15 @@ The records they write are the session's (`b`/`e` span records, `m` counters at 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
+
+
+# The one shared no-op scope (nullcontext is reentrant): untraced code and fine stages left out get it.
+NO_SCOPE = contextlib.nullcontext()
 
 
 class StageScope:

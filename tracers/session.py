@@ -26,7 +26,9 @@ from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
 from tracers.outcome import status_of
 from tracers.sampler import DeviceSampler
-from tracers.scopes import StageScope, TagScope
+from contextlib import AbstractContextManager
+
+from tracers.scopes import NO_SCOPE, StageScope, TagScope
 from tracers.timing import StageTimer
 from tracers.trace_io import (EVENTS_FILE, META_FILE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
                                tables_from_records, write_closed_trace, write_json_atomic)
@@ -59,6 +61,7 @@ class TraceSession:
         counter_depth: int | None = 4,
         timer_depth: int | None = 5,
         drain_at_checkpoints: bool = True,
+        fine_stages: bool = False,
     ):
         self.folder = Path(folder)
         self.device = torch.device(device)
@@ -73,6 +76,10 @@ class TraceSession:
         # quantizer's residual steps: 260k of them in a 42-frame PRQ rollout) keep their host time only.
         self.timer_depth = timer_depth
         self.drain_at_checkpoints = drain_at_checkpoints
+        # Fine stages (a step repeated inside one step: PRQ's residual per slice of groups, 260k of them at
+        # 42 frames) cost the host a few us each, a third of a host-bound rollout's time: recorded on request.
+        self.fine_stages = fine_stages
+        self.fine_stages_skipped = 0
         self.tracer_seconds = 0.0  # time spent draining the allocator history (tracer overhead)
         if tracker not in ("auto", "native", "allocator", "dispatch"):
             raise ValueError(f"unknown tracker {tracker!r}; one of auto, native, allocator, dispatch")
@@ -230,6 +237,10 @@ class TraceSession:
         self.meta["error"] = None if error is None else f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
         self.meta["ended_unix_ns"] = time.time_ns()
         self.meta["wall_s"] = (time.perf_counter_ns() - self._t0_perf) / 1e9
+        self.meta["fine_stages"] = {"recorded": self.fine_stages, "skipped": self.fine_stages_skipped}
+        if self.fine_stages_skipped:
+            self.notes.append(f"{self.fine_stages_skipped:,} fine stages (steps repeated inside a step, e.g. per slice) "
+                              "not recorded: their allocations belong to the enclosing stage (--fine-stages records them)")
         self.meta["notes"] = self.notes
         self.meta["other_gpu_processes_max"] = self.max_other_gpu_processes
         self.meta["tracer_drain_s"] = self.tracer_seconds
@@ -299,8 +310,13 @@ class TraceSession:
         """Path of the innermost open stage, e.g. 'rollout/chunk[2]/refresh/layer[1]/kv_write'."""
         return "/".join(elem for _, elem in self._span_stack)
 
-    def stage(self, name: str, index: int | None = None) -> StageScope:
-        """A scope that opens a span on enter; nested spans build the stage path."""
+    def stage(self, name: str, index: int | None = None, fine: bool = False) -> StageScope | AbstractContextManager[None]:
+        """A scope that opens a span on enter; nested spans build the stage path. A `fine` stage (a step
+        repeated inside one step) is a no-op unless the session records fine stages: its allocations
+        belong to the enclosing stage, and `meta.json` counts the stages left out."""
+        if fine and not self.fine_stages:
+            self.fine_stages_skipped += 1
+            return NO_SCOPE
         return StageScope(self, name, index)
 
     def _counter(self, span_id: int) -> None:

@@ -43,6 +43,7 @@ class RunRequest:
     run_id: str | None = None
     instrument: str | None = None
     device: str | None = None
+    fine_stages: bool = False  # record stages marked fine (steps repeated inside a step)
 
 
 def parse_command(command: list[str]) -> tuple[str, str, list[str]]:
@@ -184,7 +185,7 @@ def run_script(req: RunRequest, print_summary: Callable[[Path, dict[str, Any]], 
     finder = PipelineFinder() if req.instrument == "self-forcing" else None
     if finder is not None:
         sys.meta_path.insert(0, finder)
-    run = kv.trace(folder, meta=meta, device=req.device)
+    run = kv.trace(folder, meta=meta, device=req.device, fine_stages=req.fine_stages)
     code = 0
     try:
         with run:

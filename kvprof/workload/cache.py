@@ -32,8 +32,8 @@ INTEGRATIONS: tuple[str, ...] = ("study", "staged")
 class TracerMarks(Marks):
     """Marks that forward a method's inner steps to kvprof's tracers."""
 
-    def stage(self, name: str) -> ContextManager[None]:
-        return stage(name)
+    def stage(self, name: str, fine: bool = False) -> ContextManager[None]:
+        return stage(name, fine=fine)
 
     def category(self, category: str) -> ContextManager[None]:
         return tag(category)
