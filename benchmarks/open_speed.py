@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,11 +48,18 @@ assert s.view is not None and s.view.breakdown_at_event(s.view.peak_event).total
 CLI = "import sys; from kvprof.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
+def _child_env() -> dict[str, str]:
+    """The fresh processes' environment: this repo first, then the caller's PYTHONPATH (a device machine's carried
+    packages, e.g. textual for the TUI, live there), nothing else of the caller's."""
+    extra = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([str(ROOT)] + ([extra] if extra else [])), "PATH": "/usr/bin:/bin"}
+
+
 def _run(code: str, *args: str) -> tuple[float, int, str]:
     """(wall s, max RSS KiB, stdout) of `python -c code args` in a fresh process."""
     t0 = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", code, *args], capture_output=True, text=True,
-                       cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       cwd=ROOT, env=_child_env())
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"failed: {args}\n{p.stderr[-2000:]}")

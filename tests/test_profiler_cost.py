@@ -93,3 +93,16 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     assert s["history"]["runs"] == 0 and s["history"]["rollout_over_untraced"] is None
     with pytest.raises(SystemExit):
         oh.main(["--modes", "untraced,nope"])
+
+
+def test_open_speed_children_see_the_callers_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks/open_speed.py's fresh processes: this repo first, then the caller's PYTHONPATH (on a device machine
+    # the carried wheels, textual among them: the TUI step failed without them in session 8's call 4)
+    from benchmark_scripts import BENCHMARKS, load
+
+    ospeed = load("open_speed")
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    env = ospeed._child_env()
+    assert env["PYTHONPATH"].split(":") == [str(BENCHMARKS.parent), "/tmp/site"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert ospeed._child_env()["PYTHONPATH"] == str(BENCHMARKS.parent)
