@@ -14,11 +14,12 @@ The workload is built once (fresh KV caches each round); the parts alternate, `-
   the rows, parts and JSON lines without the stage bookkeeping;
 - `kvprof`: a full TraceSession (as `kvprof trace`: fine stages, e.g. PRQ's residual per slice, left out);
 - `fine`: the same recording fine stages too (`kvprof trace --fine-stages`);
+- `notags`: `kvprof` whose tag calls are no-ops (stages kept): what the category tags cost;
 - `nocounters`: `kvprof` without the allocator counters at stage boundaries (`counter_depth=0`);
 - `notimer`: `kvprof` without the device-time marks and NVTX ranges (`timer_depth=-1`).
 
-Prints JSON: per part the rollout seconds of every round, the median and its ratio to untraced's
-median. Rounds share one process and a warm allocator, unlike `overhead.py`'s fresh processes:
+Prints JSON: per part the rollout seconds of every round (and the model thread's CPU seconds,
+`time.thread_time()`), the medians and their ratios to untraced's. Rounds share one process and a warm allocator, unlike `overhead.py`'s fresh processes:
 read these as the shares of the overhead, `overhead.py` for the headline ratio. CUDA only for
 `tracker` and `drain` (they need the c10 tracker); on CPU they are skipped.
 """
@@ -40,9 +41,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PARTS = ("untraced", "tracker", "drain", "nostages", "kvprof", "fine", "nocounters", "notimer")
+PARTS = ("untraced", "tracker", "drain", "nostages", "notags", "kvprof", "fine", "nocounters", "notimer")
 # TraceSession options of the session parts
-_SESSION_OPTIONS: dict[str, dict[str, Any]] = {"nostages": {}, "kvprof": {}, "fine": {"fine_stages": True},
+_SESSION_OPTIONS: dict[str, dict[str, Any]] = {"nostages": {}, "notags": {}, "kvprof": {}, "fine": {"fine_stages": True},
                                                "nocounters": {"counter_depth": 0}, "notimer": {"timer_depth": -1}}
 
 
@@ -96,9 +97,10 @@ def _session(folder: Path, device: torch.device, part: str) -> contextlib.Abstra
     from tracers import TraceSession
 
     session = TraceSession(folder, {"run_id": folder.name}, device, drain_at_checkpoints=False, **_SESSION_OPTIONS[part])
-    if part == "nostages":  # the rollout reaches the session through tracers.context, which calls these
-        session.stage = lambda *a, **k: contextlib.nullcontext()  # type: ignore[method-assign]
+    if part in ("nostages", "notags"):  # the rollout reaches the session through tracers.context, which calls these
         session.tag = lambda *a, **k: contextlib.nullcontext()  # type: ignore[method-assign]
+    if part == "nostages":
+        session.stage = lambda *a, **k: contextlib.nullcontext()  # type: ignore[method-assign]
     return session
 
 
@@ -140,10 +142,12 @@ def _round(part: str, rollout: Callable[[], None], device: torch.device, out: Pa
         ctx = _session(folder, device, part)
     _sync(device)
     with ctx:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         rollout()
         _sync(device)
-        row["rollout_s"] = time.perf_counter() - t0
+        # the model thread's CPU seconds: on a shared host far steadier than wall time, and on a host-bound
+        # rollout what any per-call bookkeeping adds to
+        row["rollout_s"], row["thread_cpu_s"] = time.perf_counter() - t0, time.thread_time() - c0
         t1 = time.perf_counter()
     row["close_s"] = time.perf_counter() - t1
     if isinstance(ctx, _Recorder):
@@ -193,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     rollout()  # warm-up: kernels, the allocator's cache, the native build
     rows = [_round(part, rollout, r.device, out) for _ in range(args.repeat) for part in parts]
     medians = {part: statistics.median(x["rollout_s"] for x in rows if x["part"] == part) for part in parts}
-    base = medians.get("untraced")
+    cpu = {part: statistics.median(x["thread_cpu_s"] for x in rows if x["part"] == part) for part in parts}
+    base, cpu_base = medians.get("untraced"), cpu.get("untraced")
     print(json.dumps({
         "method": args.method, "integration": args.integration, "frames": args.frames, "device": str(r.device),
         "gpu": torch.cuda.get_device_name(r.device) if r.device.type == "cuda" else None, "rounds": rows,
         "median_rollout_s": medians, "ratio_to_untraced": {k: v / base for k, v in medians.items()} if base else None,
+        "median_thread_cpu_s": cpu, "cpu_ratio_to_untraced": {k: v / cpu_base for k, v in cpu.items()} if cpu_base else None,
     }, indent=1))
     return 0
 
