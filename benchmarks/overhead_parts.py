@@ -3,7 +3,8 @@
     python3 benchmarks/overhead_parts.py --method prq_int4 [--integration study] [--frames 12]
         [--repeat 3] [--parts untraced,tracker,drain,nostages,kvprof] [--out /tmp/kv/parts]
 
-The workload is built once (fresh KV caches each round); the parts alternate, `--repeat` rounds:
+The workload is built once (fresh KV caches each round); the parts alternate, `--repeat` rounds, each
+round starting one part later than the last:
 
 - `untraced`: no session;
 - `tracker`: the native recorder attached and recording (c10's trace tracker -> the C++ buffer),
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rollout()  # warm-up: kernels, the allocator's cache, the native build
-    rows = [_round(part, rollout, r.device, out) for _ in range(args.repeat) for part in parts]
+    # each round starts one part later, so no part always runs first or last in its round (on a shared host the
+    # place in a round moved times by 10-20 %: session 8)
+    rows = [_round(part, rollout, r.device, out) for i in range(args.repeat) for part in parts[i % len(parts):] + parts[:i % len(parts)]]
     medians = {part: statistics.median(x["rollout_s"] for x in rows if x["part"] == part) for part in parts}
     cpu = {part: statistics.median(x["thread_cpu_s"] for x in rows if x["part"] == part) for part in parts}
     base, cpu_base = medians.get("untraced"), cpu.get("untraced")
