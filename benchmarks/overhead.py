@@ -11,11 +11,21 @@ trace / taking the snapshot / exporting the timeline), bytes of what it leaves o
 process's max RSS; then medians, spreads and each mode's rollout time over untraced. A run past
 `--mode-timeout` counts as timed out (the profiler's export has run for minutes). `history` needs a
 GPU. Prints JSON; `--mode NAME` runs one mode in this process (what the alternation calls).
+
+`kvprof:PIECE` is kvprof with one piece of its bookkeeping switched off (this process only): `notags` (category
+tags are no-ops), `nostages` (stages and tags are no-ops), `notimer` (no device-time marks or NVTX ranges),
+`nocounters` (no allocator counters at stage boundaries); `kvprof:fine` records fine stages too. They find where
+kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
+
+`--pair-gpus A,B` (a shared host's noise moves whole stretches of time): each traced mode runs on GPU A while
+untraced runs on GPU B at the same moment, then the two swap; each mode's ratio is the median over those
+simultaneous pairs (`paired_ratio`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import resource
 import statistics
@@ -31,6 +41,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("untraced", "kvprof", "history", "profiler")
+PIECES = ("notags", "nostages", "notimer", "nocounters", "fine")
+
+
+def _mode_ok(mode: str) -> bool:
+    base, _, piece = mode.partition(":")
+    return base in MODES and (not piece or (base == "kvprof" and piece in PIECES))
+
+
+def _switch_off(piece: str) -> None:
+    """Make this process's trace sessions skip one piece of their bookkeeping (the `kvprof:PIECE` modes)."""
+    from tracers.scopes import NO_SCOPE
+    from tracers.session import TraceSession
+    from tracers.timing import StageTimer
+
+    if piece in ("notags", "nostages"):
+        TraceSession.tag = lambda self, category: NO_SCOPE  # type: ignore[method-assign]
+    if piece == "nostages":
+        TraceSession.stage = lambda self, name, index=None, fine=False: NO_SCOPE  # type: ignore[method-assign]
+    if piece == "notimer":
+        StageTimer.begin = lambda self, span_id, label: None  # type: ignore[method-assign]
+        StageTimer.end = lambda self, span_id: None  # type: ignore[method-assign]
+    if piece == "nocounters":
+        TraceSession._counter = lambda self, span_id: None  # type: ignore[method-assign]
 
 
 def _bytes_under(path: Path) -> int:
@@ -60,12 +93,16 @@ def _sync(device: torch.device) -> None:
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One mode in this process; the row the alternation collects."""
     out: dict[str, Any] = {"mode": mode}
-    if mode == "kvprof":
+    base, _, piece = mode.partition(":")
+    if base == "kvprof":
         from kvprof.runner import TraceRequest, run_trace
 
+        if piece and piece != "fine":
+            _switch_off(piece)
         t0 = time.perf_counter()
         outcome = run_trace(TraceRequest(method=args.method, integration=args.integration, config=args.config,
-                                         frames=args.frames, decode=not args.no_decode, out=Path(args.out)))
+                                         frames=args.frames, decode=not args.no_decode, out=Path(args.out),
+                                         fine_stages=piece == "fine"))
         s = outcome.summary
         rollout = next((r for r in s.stage_times if r.stage == "rollout"), None)
         done = time.time()
@@ -138,7 +175,36 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for mode, s in out.items():
         med = s["rollout_wall_s"]["median"]
         s["rollout_over_untraced"] = med / base if base and med else None
+    pairs: dict[int, dict[str, float]] = {}
+    for r in rows:  # --pair-gpus: a traced run and the untraced run that ran beside it
+        if r.get("pair") is not None and r.get("rollout_wall_s"):
+            pairs.setdefault(r["pair"], {})[r["mode"]] = r["rollout_wall_s"]
+    for mode, s in out.items():
+        ratios = [p[mode] / p["untraced"] for p in pairs.values() if mode in p and "untraced" in p and mode != "untraced"]
+        if ratios:
+            s["paired_ratio"] = {**_spread(ratios), "pairs": len(ratios)}
     return out
+
+
+def _run_one(mode: str, shared: list[str], gpu: str | None = None) -> subprocess.Popen:
+    """Start `--mode mode` in its own process (on GPU `gpu` alone when given)."""
+    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+    return subprocess.Popen([sys.executable, __file__, "--mode", mode, *shared], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _row(proc: subprocess.Popen, mode: str, timeout: float, **extra: Any) -> dict[str, Any]:
+    """The JSON row a `--mode` process printed (or what went wrong), with `extra` (gpu, pair) added."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"mode": mode, "timed_out": True, **extra}
+    sys.stderr.write(stderr[-2000:])
+    if proc.returncode != 0:
+        return {"mode": mode, "failed": stderr.strip().splitlines()[-1:] or ["?"], **extra}
+    return {**json.loads(stdout.strip().splitlines()[-1]), **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,30 +217,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/kv/overhead")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--mode", choices=MODES, help="run one mode in this process")
+    p.add_argument("--mode", help="run one mode in this process")
     p.add_argument("--mode-timeout", type=float, default=600.0)
+    p.add_argument("--pair-gpus", default=None, metavar="A,B", help="each traced mode on GPU A beside untraced on B, then swapped")
     args = p.parse_args(argv)
+    choices = f"{', '.join(MODES)}, or kvprof:PIECE with PIECE one of {', '.join(PIECES)}"
     if args.mode:
+        if not _mode_ok(args.mode):
+            p.error(f"--mode: unknown {args.mode}; choose from {choices}")
         print(json.dumps(run_mode(args.mode, args)))
         return 0
     modes = [m for m in args.modes.split(",") if m]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if not _mode_ok(m)]
     if bad:
-        p.error(f"--modes: unknown {', '.join(bad)}; choose from {', '.join(MODES)}")
+        p.error(f"--modes: unknown {', '.join(bad)}; choose from {choices}")
+    gpus = [g.strip() for g in args.pair_gpus.split(",")] if args.pair_gpus else None
+    if gpus is not None and (len(gpus) != 2 or len(set(gpus)) != 2):
+        p.error(f"--pair-gpus: two different GPU indices, e.g. 0,1 (got {args.pair_gpus!r})")
     shared = ["--method", args.method, "--integration", args.integration, "--out", args.out] + \
         (["--config", args.config] if args.config else []) + (["--frames", str(args.frames)] if args.frames else []) + \
         (["--no-decode"] if args.no_decode else [])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for _ in range(args.repeat):
-        for mode in modes:
-            try:
-                done = subprocess.run([sys.executable, __file__, "--mode", mode, *shared], capture_output=True, text=True,
-                                      timeout=args.mode_timeout)
-                sys.stderr.write(done.stderr[-2000:])
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else
-                            {"mode": mode, "failed": done.stderr.strip().splitlines()[-1:] or ["?"]})
-            except subprocess.TimeoutExpired:
-                rows.append({"mode": mode, "timed_out": True})
+        if gpus is None:
+            for mode in modes:
+                rows.append(_row(_run_one(mode, shared), mode, args.mode_timeout))
+            continue
+        for mode in (m for m in modes if m != "untraced"):
+            for traced_gpu, plain_gpu in (gpus, gpus[::-1]):
+                pair = len({r["pair"] for r in rows})
+                procs = [(mode, traced_gpu, _run_one(mode, shared, traced_gpu)),
+                         ("untraced", plain_gpu, _run_one("untraced", shared, plain_gpu))]
+                rows += [_row(proc, m, args.mode_timeout, gpu=g, pair=pair) for m, g, proc in procs]
     print(json.dumps({"rows": rows, "summary": summarize(rows)}, indent=1, default=str))
     return 0
 

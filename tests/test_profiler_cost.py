@@ -106,3 +106,34 @@ def test_open_speed_children_see_the_callers_packages(monkeypatch: pytest.Monkey
     assert env["PYTHONPATH"].split(":") == [str(BENCHMARKS.parent), "/tmp/site"]
     monkeypatch.delenv("PYTHONPATH")
     assert ospeed._child_env()["PYTHONPATH"] == str(BENCHMARKS.parent)
+
+
+def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
+    # benchmarks/overhead.py's `kvprof:PIECE` modes (a fresh process each, switching one piece off) and the
+    # --pair-gpus summary: a traced run over the untraced run that ran beside it
+    import json
+
+    import pandas as pd
+
+    from benchmark_scripts import BENCHMARKS, load
+
+    oh = load("overhead")
+    shared = ["--method", "rtn_int4", "--config", "tiny", "--frames", "3", "--no-decode", "--out", str(tmp_path)]
+    cats = {}
+    for mode in ("kvprof", "kvprof:notags"):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / "overhead.py"), "--mode", mode, *shared],
+                              capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
+        assert done.returncode == 0, done.stderr[-2000:]
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        assert row["mode"] == mode and row["peak_bytes"] > 0
+        cats[mode] = set(pd.read_parquet(Path(row["path"]) / "allocations.parquet", columns=["category"])["category"])
+    assert {"kv_codes", "kv_scratch"} <= cats["kvprof"]  # the method's tags took effect
+    # with tags off no allocation is scratch (only tags say so); stored codes still are codes (tensors are retagged)
+    assert "kv_scratch" not in cats["kvprof:notags"] and "kv_codes" in cats["kvprof:notags"]
+    rows = [{"mode": "kvprof:notags", "pair": 0, "rollout_wall_s": 3.3}, {"mode": "untraced", "pair": 0, "rollout_wall_s": 3.0},
+            {"mode": "kvprof:notags", "pair": 1, "rollout_wall_s": 4.0}, {"mode": "untraced", "pair": 1, "rollout_wall_s": 4.0}]
+    paired = oh.summarize(rows)["kvprof:notags"]["paired_ratio"]
+    assert paired["pairs"] == 2 and paired["median"] == pytest.approx(1.05) and paired["max"] == pytest.approx(1.1)
+    for bad in (["--modes", "kvprof:bogus"], ["--modes", "untraced:notags"], ["--pair-gpus", "0"], ["--pair-gpus", "1,1"]):
+        with pytest.raises(SystemExit):
+            oh.main(bad)
