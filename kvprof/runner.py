@@ -63,7 +63,7 @@ class TraceRequest:
     host_profile: bool = False  # py-spy record of this process, joined to the stages
     host_rate: int = 100
     host_native: bool = False
-    fine_stages: bool = False  # record stages marked fine (PRQ's residual per slice): a few us of host time each
+    fine_stages: bool = False  # record stages marked fine (PRQ's residual per slice): 10-20 us of host time each
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
