@@ -283,7 +283,7 @@ class RecordingSession:
         self.tagged: list[tuple[str, str | None]] = []
 
     @contextlib.contextmanager
-    def stage(self, name: str, index: int | None = None) -> Iterator[None]:
+    def stage(self, name: str, index: int | None = None, fine: bool = False) -> Iterator[None]:
         self.path.append(name if index is None else f"{name}[{index}]")
         self.stages.append("/".join(self.path))
         try:

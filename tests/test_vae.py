@@ -65,7 +65,7 @@ class _Session:
         self.tagged: list[tuple[str, str | None, tuple[int, ...]]] = []
 
     @contextlib.contextmanager
-    def stage(self, name: str, index: int | None = None) -> Iterator[None]:
+    def stage(self, name: str, index: int | None = None, fine: bool = False) -> Iterator[None]:
         self.stages.append(name)
         yield
 
