@@ -110,9 +110,14 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         spans = pd.read_parquet(outcome.path / "spans.parquet", columns=["name", "t_end_ns"])
         ends = spans.loc[spans["name"] == "rollout", "t_end_ns"]
         layout = meta.get("allocator_layout") or {}
-        out.update(rollout_wall_s=rollout.host_ms / 1e3 if rollout else None, usable_s=time.perf_counter() - t0,
-                   # from the rollout's end to a closed trace with its summary written
-                   close_s=done - (meta["started_unix_ns"] + int(ends.iloc[0])) / 1e9 if len(ends) else None,
+        rollout_s = rollout.host_ms / 1e3 if rollout else None
+        # from the rollout's end to a closed trace with its summary written
+        close_s = done - (meta["started_unix_ns"] + int(ends.iloc[0])) / 1e9 if len(ends) else None
+        out.update(rollout_wall_s=rollout_s, close_s=close_s,
+                   # the rollout and its close, as untraced's is its rollout (building the workload is in neither;
+                   # whole_s is the whole `run_trace`, setup included)
+                   usable_s=rollout_s + close_s if rollout_s is not None and close_s is not None else None,
+                   whole_s=time.perf_counter() - t0,
                    disk_bytes=_bytes_under(outcome.path), events=s.allocation_events,
                    peak_bytes=s.peak.bytes if s.peak else None, max_memory_allocated=meta.get("max_memory_allocated_bytes"),
                    peak_gap_bytes=s.reconciliation.peak_gap_bytes if s.reconciliation else None,
