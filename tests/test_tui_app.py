@@ -247,7 +247,7 @@ async def test_a_view_draws_itself_once_mounted_and_never_before(bf16_trace: Pat
 def test_follow_loop_leaves_a_watched_rollout_most_of_the_time() -> None:
     # The follow loop's sleep after a rebuild: the poll interval for quick ones; a third of the time at most in a TUI
     # process of its own; beside the rollout (`kvprof trace --tui`) a twentieth once a rebuild takes a second or more
-    from tui.app import follow_wait_s
+    from tui.source import follow_wait_s
 
     assert follow_wait_s(0.5, 0.05, beside_rollout=True) == pytest.approx(0.45)
     assert follow_wait_s(0.5, 0.6, beside_rollout=False) == pytest.approx(1.2)  # 0.6 of 1.8 s: a third

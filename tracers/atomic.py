@@ -39,9 +39,11 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
-    text = json.dumps(data, indent=2, default=str) + "\n"
+def write_json_atomic(path: Path, data: dict[str, Any], compact: bool = False) -> None:
+    """Write JSON through a temporary file and rename, so readers never see half a file. Indented for people
+    (meta, summary); `compact` for what only programs read (views.json: json's C encoder, ~5x faster than the
+    indenting Python one on its MBs)."""
+    text = (json.dumps(data, separators=(",", ":"), default=str) if compact else json.dumps(data, indent=2, default=str)) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 

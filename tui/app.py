@@ -41,7 +41,7 @@ from tui.screens import (
     TracesScreen,
 )
 from tui.screens.base import ViewScreen
-from tui.source import TraceSource
+from tui.source import TraceSource, follow_wait_s
 from tui.widgets.colors import STATUS_COLORS
 
 VIEWS: tuple[tuple[str, type[ViewScreen]], ...] = (
@@ -55,20 +55,6 @@ VIEWS: tuple[tuple[str, type[ViewScreen]], ...] = (
 )
 VIEW_NAMES = tuple(name for name, _ in VIEWS)
 POLL_S = 0.5  # follow: how often the folder is polled
-# Most of the time the follow loop may spend rebuilding views (the rebuild of a live trace grows with its rows and
-# holds the GIL): a third in a TUI process of its own; beside the rollout it watches (`kvprof trace --tui`), whose
-# model thread waits for the GIL meanwhile, a twentieth once a rebuild takes a second or more (a multi-million-row
-# run: the TUI would otherwise slow the traced run by up to a third; small traces refresh as before).
-REBUILD_SHARE = 1 / 3
-REBUILD_SHARE_BESIDE_ROLLOUT = 0.05
-BIG_REBUILD_S = 1.0
-
-
-def follow_wait_s(poll_s: float, spent_s: float, beside_rollout: bool) -> float:
-    """Seconds to sleep after a refresh that took `spent_s`: the poll interval, or longer, so that refreshing takes
-    at most its share of the time."""
-    share = REBUILD_SHARE_BESIDE_ROLLOUT if beside_rollout and spent_s >= BIG_REBUILD_S else REBUILD_SHARE
-    return max(poll_s - spent_s, spent_s * (1 - share) / share)
 LIVE_CHECK_S = 0.25  # `kvprof trace --tui`: how often the app looks whether the rollout ended
 DEFAULT_CHART_COLUMNS = 120
 SCREEN_KEYS = [("s", "compare: sort by the next column"), ("r", "compare: reverse the sort"),

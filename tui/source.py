@@ -15,6 +15,21 @@ from kvprof.read.live import FollowState, TraceFollower
 from tracers.trace_io import META_FILE, TraceError, read_meta
 from tui.model import TraceView, build_view
 
+# Most of the time the follow loop may spend rebuilding views (the rebuild of a live trace grows with its rows and
+# holds the GIL): a third in a TUI process of its own; beside the rollout it watches (`kvprof trace --tui`), whose
+# model thread waits for the GIL meanwhile, a twentieth once a rebuild takes a second or more (a multi-million-row
+# run: the TUI would otherwise slow the traced run by up to a third; small traces refresh as before).
+REBUILD_SHARE = 1 / 3
+REBUILD_SHARE_BESIDE_ROLLOUT = 0.05
+BIG_REBUILD_S = 1.0
+
+
+def follow_wait_s(poll_s: float, spent_s: float, beside_rollout: bool) -> float:
+    """Seconds to sleep after a refresh that took `spent_s`: the poll interval, or longer, so that refreshing takes
+    at most its share of the time."""
+    share = REBUILD_SHARE_BESIDE_ROLLOUT if beside_rollout and spent_s >= BIG_REBUILD_S else REBUILD_SHARE
+    return max(poll_s - spent_s, spent_s * (1 - share) / share)
+
 
 class TraceSource:
     """A trace folder being read (once, or followed while it is written)."""

@@ -333,7 +333,7 @@ def write_views(trace: "Trace") -> Path | None:
         return None
     path = trace.path / VIEWS_FILE
     data = trace.views.to_dict(_fingerprint(trace.path))
-    write_json_atomic(path, {**data, "digest": _digest(data)})
+    write_json_atomic(path, {**data, "digest": _digest(data)}, compact=True)
     return path
 
 
