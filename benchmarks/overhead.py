@@ -14,7 +14,9 @@ GPU. Prints JSON; `--mode NAME` runs one mode in this process (what the alternat
 
 `kvprof:PIECE` is kvprof with one piece of its bookkeeping switched off (this process only): `notags` (category
 tags are no-ops), `nostages` (stages and tags are no-ops), `notimer` (no device-time marks or NVTX ranges),
-`nocounters` (no allocator counters at stage boundaries); `kvprof:fine` records fine stages too. They find where
+`nocounters` (no allocator counters at stage boundaries), `drain30` (the recorder drained every 30 s, not 2),
+`rawparts` (streamed parts written without zstd, and so are the tables at close: compare its rollout time, not its
+bytes; both CUDA only); `kvprof:fine` records fine stages too. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
 
 `--pair-gpus A,B` (a shared host's noise moves whole stretches of time): each traced mode runs on GPU A while
@@ -41,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("untraced", "kvprof", "history", "profiler")
-PIECES = ("notags", "nostages", "notimer", "nocounters", "fine")
+PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine")
 
 
 def _mode_ok(mode: str) -> bool:
@@ -64,6 +66,16 @@ def _switch_off(piece: str) -> None:
         StageTimer.end = lambda self, span_id: None  # type: ignore[method-assign]
     if piece == "nocounters":
         TraceSession._counter = lambda self, span_id: None  # type: ignore[method-assign]
+    if piece == "drain30":
+        from tracers.alloc_native import NativeCudaTracker
+
+        init = NativeCudaTracker.__init__
+        NativeCudaTracker.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "interval_s": 30.0})  # type: ignore[method-assign]
+    if piece == "rawparts":
+        import pyarrow.parquet as pq
+
+        write = pq.write_table
+        pq.write_table = lambda table, where, **k: write(table, where, **{**k, "compression": "none"})  # type: ignore[assignment]
 
 
 def _bytes_under(path: Path) -> int:
