@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session 8, call 3 (issue 15): traced / untraced rollout wall time in fresh processes (benchmarks/overhead.py),
+# Session 8, call 5 (issue 15; written as call 3 for 4 GPUs, ran as call 5 on the 2 H200s lent): traced / untraced rollout wall time in fresh processes (benchmarks/overhead.py),
 # prq_int4 (study) and bf16 at 42 frames, one alternated pair per GPU, every GPU of one host at once (even GPUs run
 # untraced first, odd ones kvprof first): as many pairs in one device call as the host has GPUs.
 # Device call: run(command="bash .carry_c3.sh", carry=[".whl"], kind="nvidia-h100-x4" or "nvidia-h100-x2").
