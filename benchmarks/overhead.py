@@ -26,6 +26,7 @@ simultaneous pairs (`paired_ratio`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pickle
@@ -51,26 +52,30 @@ def _mode_ok(mode: str) -> bool:
     return base in MODES and (not piece or (base == "kvprof" and piece in PIECES))
 
 
+def _with_options(cls: type, **options: Any) -> None:
+    """Construct `cls` with `options` in this process, whatever its callers pass (`kvprof trace` builds the
+    session and its tracker itself)."""
+    init = cls.__init__
+    cls.__init__ = lambda self, *a, **k: init(self, *a, **{**k, **options})  # type: ignore[method-assign]
+
+
 def _switch_off(piece: str) -> None:
-    """Make this process's trace sessions skip one piece of their bookkeeping (the `kvprof:PIECE` modes)."""
+    """Make this process's trace sessions skip one piece of their bookkeeping (the `kvprof:PIECE` modes):
+    through the session's and the tracker's own options where they have one (as overhead_parts.py does)."""
+    from tracers.alloc_native import NativeCudaTracker
     from tracers.scopes import NO_SCOPE
     from tracers.session import TraceSession
-    from tracers.timing import StageTimer
 
-    if piece in ("notags", "nostages"):
+    if piece in ("notags", "nostages"):  # no option turns tags or stages off: the scopes become no-ops
         TraceSession.tag = lambda self, category: NO_SCOPE  # type: ignore[method-assign]
     if piece == "nostages":
         TraceSession.stage = lambda self, name, index=None, fine=False: NO_SCOPE  # type: ignore[method-assign]
     if piece == "notimer":
-        StageTimer.begin = lambda self, span_id, label: None  # type: ignore[method-assign]
-        StageTimer.end = lambda self, span_id: None  # type: ignore[method-assign]
+        _with_options(TraceSession, timer_depth=-1)
     if piece == "nocounters":
-        TraceSession._counter = lambda self, span_id: None  # type: ignore[method-assign]
+        _with_options(TraceSession, counter_depth=0)
     if piece == "drain30":
-        from tracers.alloc_native import NativeCudaTracker
-
-        init = NativeCudaTracker.__init__
-        NativeCudaTracker.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "interval_s": 30.0})  # type: ignore[method-assign]
+        _with_options(NativeCudaTracker, interval_s=30.0)
     if piece == "rawparts":
         import pyarrow.parquet as pq
 
@@ -255,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         (["--config", args.config] if args.config else []) + (["--frames", str(args.frames)] if args.frames else []) + \
         (["--no-decode"] if args.no_decode else [])
     rows: list[dict[str, Any]] = []
+    pairs = itertools.count()
     for _ in range(args.repeat):
         if gpus is None:
             for mode in modes:
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for mode in (m for m in modes if m != "untraced"):
             for traced_gpu, plain_gpu in (gpus, gpus[::-1]):
-                pair = len({r["pair"] for r in rows})
+                pair = next(pairs)
                 procs = [(mode, traced_gpu, _run_one(mode, shared, traced_gpu)),
                          ("untraced", plain_gpu, _run_one("untraced", shared, plain_gpu))]
                 rows += [_row(proc, m, args.mode_timeout, gpu=g, pair=pair) for m, g, proc in procs]

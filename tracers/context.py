@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ContextManager
 
-from tracers.scopes import NO_SCOPE as _NO_SESSION  # untraced code pays one global read per `with`
+from tracers.scopes import NO_SCOPE  # untraced code pays one global read per `with`
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,13 +33,13 @@ def stage(name: str, index: int | None = None, fine: bool = False) -> "ContextMa
     """Run the body as stage `name` (path element `name[index]` when an index is given). `fine`: a step
     repeated inside one step (a loop over slices), recorded only when the session records fine stages."""
     session = _active
-    return _NO_SESSION if session is None else session.stage(name, index, fine)
+    return NO_SCOPE if session is None else session.stage(name, index, fine)
 
 
 def tag(category: str) -> "ContextManager[None]":
     """Allocations made in the body belong to `category` unless an inner tag says otherwise."""
     session = _active
-    return _NO_SESSION if session is None else session.tag(category)
+    return NO_SCOPE if session is None else session.tag(category)
 
 
 def tag_tensor(tensor: "torch.Tensor", category: str, name: str | None = None) -> None:
