@@ -26,6 +26,25 @@ with kv.trace({str(tmp_path / 't')!r}):
     assert done.stdout.splitlines()[0] == "True"
 
 
+def test_closing_a_trace_says_what_each_step_cost(tmp_path: Path) -> None:
+    # issue 15: "closing the trace takes <= 10 % of the rollout": meta.json names each step's seconds
+    import json
+
+    import torch
+
+    import kvprof.api as kv
+
+    with kv.trace(tmp_path / "t") as run:
+        with kv.stage("step", 0):
+            kept = [torch.ones(256) for _ in range(50)]
+    meta = json.loads((run.path / "meta.json").read_text())
+    steps = meta["tracer_close_s"]
+    assert list(steps) == ["hooks", "recorder", "device_times", "tables", "merge_parts"]
+    assert all(isinstance(v, float) and v >= 0 for v in steps.values())
+    assert sum(steps.values()) <= meta["wall_s"] + 1.0  # the steps before the meta's wall clock stopped, and tables
+    assert len(kept) == 50
+
+
 def _rollout_like_allocations(n: int, seed: int = 0):
     """n allocations shaped like a rollout's: increasing order keys and times, short-lived
     temporaries among long-lived cache buffers, sizes and names from a small vocabulary."""

@@ -29,7 +29,7 @@ from tracers.sampler import DeviceSampler
 from contextlib import AbstractContextManager
 
 from tracers.scopes import NO_SCOPE, StageScope, TagScope
-from tracers.timing import StageTimer
+from tracers.timing import CloseSteps, StageTimer
 from tracers.trace_io import (EVENTS_FILE, META_FILE, SCHEMA_VERSION, STATUSES, EventLog, TraceWriteError,
                                tables_from_records, write_closed_trace, write_json_atomic)
 
@@ -193,6 +193,7 @@ class TraceSession:
             except Exception as exc:  # a failing hook must not lose the trace; its failure is recorded
                 self.notes.append(f"close hook {getattr(hook, '__qualname__', hook)!s} failed: {type(exc).__name__}: {exc}")
         self._armed = False
+        steps = CloseSteps()
         with self._lock:
             t_end = self._now()
             # Spans still open (an exception unwound past them) end at the failure.
@@ -213,6 +214,7 @@ class TraceSession:
                                   "during the trace; memory figures are this process's, times include their load")
         if self._dispatch is not None:
             self._dispatch.__exit__(None, None, None)
+        steps.lap("hooks")
         if self._cuda is not None:
             assert self._log is not None
             self._log.memory_only = not self.drain_at_checkpoints
@@ -227,8 +229,10 @@ class TraceSession:
             self.meta["held_before_bytes"] = self.held_before_bytes
             if self._cuda.oom_events:
                 self.meta["allocator_oom_events"] = self._cuda.oom_events
+        steps.lap("recorder")
         for span_id, ms in self._timer.resolve().items():
             self._write({"k": "x", "id": span_id, "dms": ms})
+        steps.lap("device_times")
         context._set_active(None)
         assert self._log is not None
         self._log.close()
@@ -248,8 +252,11 @@ class TraceSession:
         tables, pending = tables_from_records(self._log.records, self._log.alloc_columns, with_pending=True,
                                               folder=self._log.folder)
         alloc_rows.note_blocks_from_before(self, tables["allocations"])
+        steps.lap("tables")
         if self._parts is not None and self._parts.count:  # streamed rows: merged one part at a time
             tables["allocations"] = merge_parts(self.folder, tables["allocations"], pending)
+        steps.lap("merge_parts")
+        self.meta["tracer_close_s"] = steps.seconds  # the write below is the one step it cannot hold
         write_closed_trace(self.folder, self._log, tables, self.meta)  # a full disk: status failed, said in meta
         if self.meta["status"] != "failed":
             remove_parts(self.folder)

@@ -5,6 +5,7 @@ With the native recorder's library (`use_native`), a boundary records a pooled C
 (~2 us); otherwise a `torch.cuda.Event` per boundary (~25 us from Python)."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -65,3 +66,18 @@ class StageTimer:
         if self._lib is not None:
             self._lib.kvp_marks_reset()
         return out
+
+
+class CloseSteps:
+    """Seconds of each step of closing a trace (`meta.json` `tracer_close_s`): the profiler's own cost
+    after the run, by step, so a slow close says which step to look at."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """End `step` now (its seconds run from the previous lap, or from creation)."""
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._last, 4)
+        self._last = now
