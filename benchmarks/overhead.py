@@ -13,7 +13,7 @@ process's max RSS; then medians, spreads and each mode's rollout time over untra
 GPU. Prints JSON; `--mode NAME` runs one mode in this process (what the alternation calls).
 
 `kvprof:PIECE` is kvprof with one piece of its bookkeeping switched off (this process only): `notags` (category
-tags are no-ops), `nostages` (stages and tags are no-ops), `notimer` (no device-time marks or NVTX ranges),
+tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `notimer` (no device-time marks or NVTX ranges),
 `nocounters` (no allocator counters at stage boundaries), `drain30` (the recorder drained every 30 s, not 2),
 `rawparts` (streamed parts written without zstd, and so are the tables at close: compare its rollout time, not its
 bytes; both CUDA only); `kvprof:fine` records fine stages too. They find where
@@ -26,6 +26,7 @@ simultaneous pairs (`paired_ratio`).
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
@@ -68,8 +69,10 @@ def _switch_off(piece: str) -> None:
 
     if piece in ("notags", "nostages"):  # no option turns tags or stages off: the scopes become no-ops
         TraceSession.tag = lambda self, category: NO_SCOPE  # type: ignore[method-assign]
-    if piece == "nostages":
-        TraceSession.stage = lambda self, name, index=None, fine=False: NO_SCOPE  # type: ignore[method-assign]
+    if piece == "nostages":  # all but the `rollout` stage itself, which times the rollout
+        stage = TraceSession.stage
+        TraceSession.stage = lambda self, name, index=None, fine=False: (  # type: ignore[method-assign]
+            stage(self, name, index, fine) if name == "rollout" else NO_SCOPE)
     if piece == "notimer":
         _with_options(TraceSession, timer_depth=-1)
     if piece == "nocounters":
@@ -231,6 +234,12 @@ def _row(proc: subprocess.Popen, mode: str, timeout: float, **extra: Any) -> dic
     return {**json.loads(stdout.strip().splitlines()[-1]), **extra}
 
 
+def _log_rows(path: Path | None, rows: list[dict[str, Any]]) -> None:
+    if path is not None:
+        with path.open("a") as f:
+            f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="bf16")
@@ -244,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", help="run one mode in this process")
     p.add_argument("--mode-timeout", type=float, default=600.0)
     p.add_argument("--pair-gpus", default=None, metavar="A,B", help="each traced mode on GPU A beside untraced on B, then swapped")
+    p.add_argument("--rows-log", type=Path, default=None, metavar="FILE",
+                   help="also append each row to FILE as a JSON line when it is in (a call cut off keeps them)")
+    p.add_argument("--pairs", type=int, default=None, metavar="N",
+                   help="with --pair-gpus: at most N pairs a mode (--repeat R gives 2R; an odd count that fits a call)")
     args = p.parse_args(argv)
     choices = f"{', '.join(MODES)}, or kvprof:PIECE with PIECE one of {', '.join(PIECES)}"
     if args.mode:
@@ -263,17 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         (["--no-decode"] if args.no_decode else [])
     rows: list[dict[str, Any]] = []
     pairs = itertools.count()
+    done: collections.Counter[str] = collections.Counter()  # pairs run per mode (--pairs)
     for _ in range(args.repeat):
         if gpus is None:
             for mode in modes:
                 rows.append(_row(_run_one(mode, shared), mode, args.mode_timeout))
+                _log_rows(args.rows_log, rows[-1:])
             continue
         for mode in (m for m in modes if m != "untraced"):
             for traced_gpu, plain_gpu in (gpus, gpus[::-1]):
+                if args.pairs is not None and done[mode] >= args.pairs:
+                    break
+                done[mode] += 1
                 pair = next(pairs)
                 procs = [(mode, traced_gpu, _run_one(mode, shared, traced_gpu)),
                          ("untraced", plain_gpu, _run_one("untraced", shared, plain_gpu))]
                 rows += [_row(proc, m, args.mode_timeout, gpu=g, pair=pair) for m, g, proc in procs]
+                _log_rows(args.rows_log, rows[-2:])
     print(json.dumps({"rows": rows, "summary": summarize(rows)}, indent=1, default=str))
     return 0
 

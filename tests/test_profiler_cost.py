@@ -138,14 +138,17 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
 
     oh = load("overhead")
     shared = ["--method", "rtn_int4", "--config", "tiny", "--frames", "3", "--no-decode", "--out", str(tmp_path)]
-    cats = {}
-    for mode in ("kvprof", "kvprof:notags"):
+    cats, spans = {}, {}
+    for mode in ("kvprof", "kvprof:notags", "kvprof:nostages"):
         done = subprocess.run([sys.executable, str(BENCHMARKS / "overhead.py"), "--mode", mode, *shared],
                               capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
         assert done.returncode == 0, done.stderr[-2000:]
         row = json.loads(done.stdout.strip().splitlines()[-1])
         assert row["mode"] == mode and row["peak_bytes"] > 0
         cats[mode] = set(pd.read_parquet(Path(row["path"]) / "allocations.parquet", columns=["category"])["category"])
+        spans[mode] = set(pd.read_parquet(Path(row["path"]) / "spans.parquet", columns=["name"])["name"])
+        assert row["rollout_wall_s"] > 0 and set(row["close_steps_s"]) >= {"recorder", "tables"}
+    assert spans["kvprof:nostages"] == {"rollout"} and {"rollout", "chunk", "layer"} <= spans["kvprof"]
     assert {"kv_codes", "kv_scratch"} <= cats["kvprof"]  # the method's tags took effect
     # with tags off no allocation is scratch (only tags say so); stored codes still are codes (tensors are retagged)
     assert "kv_scratch" not in cats["kvprof:notags"] and "kv_codes" in cats["kvprof:notags"]
@@ -157,3 +160,53 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
     for bad in (["--modes", "kvprof:bogus"], ["--modes", "untraced:notags"], ["--pair-gpus", "0"], ["--pair-gpus", "1,1"]):
         with pytest.raises(SystemExit):
             oh.main(bad)
+
+
+def test_self_profile_shares_of_the_model_threads_rollout(tmp_path: Path) -> None:
+    # benchmarks/self_profile.py: py-spy's raw stacks -> each kvprof piece's share of the rollout's samples
+    from benchmark_scripts import load
+
+    sp = load("self_profile")
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join([
+        "thread (1): MainThread;main (x.py:1);build (kvprof/workload/build.py:9) 50",  # setup: not the rollout
+        "thread (1): MainThread;main (x.py:1);run_rollout (kvprof/workload/rollout.py:120);matmul (libtorch.so) 60",
+        "thread (1): MainThread;main (x.py:1);run_rollout (kvprof/workload/rollout.py:120);"
+        "TagScope.__enter__ (tracers/scopes.py:80) 10",
+        "thread (1): MainThread;main (x.py:1);run_rollout (kvprof/workload/rollout.py:120);empty (libtorch.so);"
+        "record_trace (libc10_cuda.so);kvp_record (kvprof_native.so) 30",
+        "thread (2): kvprof-drain;_run (tracers/alloc_native.py:120);kvp_drain (kvprof_native.so) 7",
+        "not a sample line",
+    ]) + "\n")
+    out = sp.analyze(raw, top=2)
+    assert out["rollout_samples"] == 100
+    assert out["share"]["scopes"] == 0.1 and out["share"]["kvprof_python"] == 0.1
+    assert out["share"]["native_recorder"] == 0.3 and out["share"]["allocator_tracker"] == 0.3
+    assert out["share"]["counters"] == 0.0
+    assert out["threads"] == {"thread (1): MainThread": 150, "thread (2): kvprof-drain": 7}
+    assert out["top_leaves"][0] == ["matmul (libtorch.so)", 60, 0.6]
+    cmd = sp.record_command(tmp_path / "o.txt", "kvprof:notags", 50, ["--method", "prq_int4"], "py-spy")
+    assert cmd[:2] == ["py-spy", "record"] and "--native" in cmd and cmd[-4:] == ["--mode", "kvprof:notags", "--method", "prq_int4"]
+
+
+def test_overhead_pairs_cap_and_rows_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # --pairs N: at most N simultaneous pairs a traced mode (3 pairs of a 42-frame prq rollout fit one device call);
+    # --rows-log: each row on disk as soon as it is in, so a call cut off at its time limit keeps what ran
+    import json
+
+    from benchmark_scripts import load
+
+    oh = load("overhead")
+    started: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(oh, "_run_one", lambda mode, shared, gpu=None: started.append((mode, gpu)) or (mode, gpu))
+    monkeypatch.setattr(oh, "_row", lambda proc, mode, timeout, **extra: {"mode": mode, "rollout_wall_s": 1.0, **extra})
+    log = tmp_path / "rows.jsonl"
+    assert oh.main(["--modes", "untraced,kvprof,kvprof:notags", "--pair-gpus", "0,1", "--repeat", "2", "--pairs", "3",
+                    "--rows-log", str(log)]) == 0
+    traced = [(m, g) for m, g in started if m != "untraced"]
+    assert traced == [("kvprof", "0"), ("kvprof", "1"), ("kvprof:notags", "0"), ("kvprof:notags", "1"),
+                      ("kvprof", "0"), ("kvprof:notags", "0")]
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(logged) == 12 and [r["pair"] for r in logged[::2]] == list(range(6))
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["kvprof"]["paired_ratio"]["pairs"] == 3 == summary["kvprof:notags"]["paired_ratio"]["pairs"]

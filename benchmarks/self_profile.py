@@ -1,0 +1,115 @@
+"""Where a traced rollout's host time goes, by sampling it: py-spy (`--native`, every thread) on one
+`overhead.py --mode MODE` process, then the share of the model thread's rollout samples that sit in
+each piece of kvprof (issue 15: the traced prq_int4 rollout is 5-10 % slower and in-process timings on
+the device hosts were too noisy to say why; a sample's stack says it directly).
+
+    python3 benchmarks/self_profile.py record OUT.txt --mode kvprof [--rate 100] -- --method prq_int4 --frames 12 --no-decode
+    python3 benchmarks/self_profile.py analyze OUT.txt [--top 25]
+
+`record` passes everything after `--` to `overhead.py --mode MODE` (so the workload is the benchmark's) and
+writes py-spy's raw (folded) stacks. `analyze` keeps the samples of the thread that ran `run_rollout`
+inside it, and prints JSON: their count, each piece's share (a sample counts for a piece when any frame
+of its stack matches), the other threads' samples (the drain thread's own CPU time), and the leaf frames
+that held most samples. Sampling is time-based, so shares are of wall time on the model thread.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+# piece -> substrings of a frame (function and file) that put a sample in it
+PIECES: dict[str, tuple[str, ...]] = {
+    "kvprof_python": ("tracers/", "kvprof/tagging.py", "kvprof/api.py", "methods/base.py:"),
+    "scopes": ("tracers/scopes.py",),
+    "native_recorder": ("kvp_record", "kvp_retag"),
+    "allocator_tracker": ("attachAllocatorTraceTracker", "record_trace"),
+    "counters": ("kvp_counters", "getDeviceStats", "memory_stats"),
+    "device_marks": ("kvp_mark", "cudaEventRecord", "StageTimer", "nvtx"),
+    "ctypes": ("_ctypes", "ffi_call"),
+    "locks": ("lock_PyThread", "acquire_timed", "PyThread_acquire"),
+    "gil_wait": ("take_gil", "drop_gil", "PyCOND_WAIT", "pthread_cond_timedwait"),
+}
+ROLLOUT_FRAME = "run_rollout ("
+OVERHEAD = Path(__file__).resolve().parent / "overhead.py"
+
+
+def samples(raw: Path) -> Iterator[tuple[str, list[str], int]]:
+    """(thread, frames root-first, count) of each line of py-spy's raw output."""
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        yield frames[0], frames[1:], int(count)
+
+
+def analyze(raw: Path, top: int = 25) -> dict[str, Any]:
+    """The shares described in the module docstring."""
+    per_thread: collections.Counter[str] = collections.Counter()
+    rollout_threads: set[str] = set()
+    stacks = list(samples(raw))
+    for thread, frames, n in stacks:
+        per_thread[thread] += n
+        if any(ROLLOUT_FRAME in f for f in frames):
+            rollout_threads.add(thread)
+    pieces: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for thread, frames, n in stacks:
+        if thread not in rollout_threads or not any(ROLLOUT_FRAME in f for f in frames):
+            continue
+        total += n
+        leaves[frames[-1] if frames else "?"] += n
+        for piece, marks in PIECES.items():
+            if any(m in f for f in frames for m in marks):
+                pieces[piece] += n
+    return {
+        "rollout_samples": total,
+        "share": {p: round(pieces[p] / total, 4) if total else None for p in PIECES},
+        "threads": dict(per_thread.most_common()),
+        "top_leaves": [[f, n, round(n / total, 4)] for f, n in leaves.most_common(top)] if total else [],
+    }
+
+
+def record_command(out: Path, mode: str, rate: int, rest: list[str], py_spy: str = "py-spy") -> list[str]:
+    """The py-spy command line that samples one `overhead.py --mode MODE` process."""
+    return [py_spy, "record", "--native", "--threads", "--rate", str(rate), "--format", "raw", "--output", str(out),
+            "--", sys.executable, str(OVERHEAD), "--mode", mode, *rest]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    rest: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    rec = sub.add_parser("record", help="sample one overhead.py --mode process with py-spy")
+    rec.add_argument("out", type=Path)
+    rec.add_argument("--mode", default="kvprof")
+    rec.add_argument("--rate", type=int, default=100, help="samples a second (py-spy's --rate)")
+    ana = sub.add_parser("analyze", help="shares of the model thread's rollout samples")
+    ana.add_argument("raw", type=Path)
+    ana.add_argument("--top", type=int, default=25)
+    args = p.parse_args(argv)
+    if args.cmd == "analyze":
+        if not args.raw.is_file():
+            p.error(f"{args.raw}: no such file (py-spy's raw output, from `record`)")
+        print(json.dumps(analyze(args.raw, args.top), indent=1))
+        return 0
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        p.error("py-spy not found on PATH (pip install py-spy)")
+    done = subprocess.run(record_command(args.out, args.mode, args.rate, rest, py_spy))
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
