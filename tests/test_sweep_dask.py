@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -68,6 +69,7 @@ def cells_with(out: Path, status: str) -> dict[str, dict]:
     (["--methods", "bf16", "--prompt-embeds", "nowhere.pt"], "--prompt-embeds nowhere.pt: no such file"),
     (["--methods", "bf16", "--workers", "0"], "--workers 0: must be 1 or more"),
     (["--resume"], "--resume: "),
+    (["--methods", "bf16", "--costs-from", "nowhere"], "--costs-from: nowhere/manifest.json: cannot read a sweep manifest"),
 ])
 def test_bad_input_exits_2_with_a_hint_before_any_cluster(tmp_path, capsys, monkeypatch, argv, message):
     import kvprof.sweep.cluster as cl
@@ -201,6 +203,33 @@ def test_local_workers_one_per_gpu_or_n_per_gpu_or_cpu(monkeypatch):
     assert [v["options"]["env"]["CUDA_VISIBLE_DEVICES"] for v in local_worker_specs(2, 1, 7).values()] == ["0", "1"]
     cpu = local_worker_specs(0, 1, cpu_workers=3)
     assert sorted(cpu) == ["cpu0", "cpu1", "cpu2"] and all("resources" not in v["options"] for v in cpu.values())
+
+
+def test_earlier_sweeps_order_a_fresh_sweep_longest_first_and_feed_its_eta(tmp_path):
+    # --costs-from: a fresh sweep knows no costs, so Dask ran its cells in submission order and the 4-GPU staged sweep of
+    # session 9 ended with 19 s on one or two GPUs; an earlier sweep's cell times put the long cells first
+    from kvprof.sweep.command import cell_priorities, earlier_cells
+    from kvprof.sweep.progress import eta_s
+
+    def cell(method, integration="staged", frames=42, **kw):
+        return {"id": f"{method}-{integration}-{frames}", "method": method, "integration": integration, "frames": frames,
+                "rolling": None, **kw}
+
+    old = tmp_path / "old"
+    old.mkdir()
+    done = [cell("prq_int4", status="complete", seconds=61.2), cell("bf16", status="complete", seconds=27.1),
+            cell("prq_int4", "study", status="complete", seconds=420.0), cell("rtn_int4", status="failed")]
+    manifest = mf.new_manifest({}, done, ["kvprof", "sweep"])
+    for c, was in zip(manifest["cells"], done):
+        c["status"] = was["status"]  # as the finished sweep recorded them
+    mf.write_manifest(old, manifest)
+    earlier = earlier_cells([old])
+    todo = [cell("bf16"), cell("rtn_int4"), cell("prq_int4"), cell("prq_int4", frames=126)]
+    # a cell's kind is its method, integration, frames and rolling window: the 126-frame and the failed cells are unknown
+    assert cell_priorities(todo, earlier) == [27_100, 0, 61_200, 0]
+    assert cell_priorities(todo, []) == [0, 0, 0, 0]
+    # bf16 and prq_int4 at 42 frames as measured; rtn_int4 and the 126-frame cell at the median of every finished cell
+    assert eta_s(todo, todo, workers=2, earlier=earlier) == pytest.approx((27.1 + 61.2 + 2 * statistics.median([61.2, 27.1, 420.0])) / 2)
 
 
 def test_eta_uses_the_median_cost_of_each_method_then_of_all():

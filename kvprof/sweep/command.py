@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser, param_type: Any) -> None:
     c.add_argument("--workers-per-gpu", type=int, default=1, metavar="N", help="local workers per GPU (traces sharing a GPU)")
     c.add_argument("--workers", type=int, default=2, metavar="N", help="local CPU workers on a machine without GPU (default 2)")
     c.add_argument("--retries", type=int, default=1, metavar="N", help="retries of a cell whose trace process died (default 1)")
+    c.add_argument("--costs-from", type=Path, nargs="+", default=[], metavar="SWEEP",
+                   help="earlier sweep folders: their cells' times order this sweep's cells longest first and feed the ETA")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True, metavar="SWEEP", help="the sweep folder (manifest.json, traces/)")
     o.add_argument("--resume", action="store_true", help="run only the cells of SWEEP that are not complete or oom")
@@ -74,11 +76,23 @@ def _given_cell_flags(args: argparse.Namespace) -> list[str]:
     return [a for a in (*AXES, *PASS_THROUGH) if getattr(args, a, None) != defaults.get(a)]
 
 
+def earlier_cells(folders: list[Path]) -> list[dict[str, Any]]:
+    """The cells of the `--costs-from` sweeps (their times: `progress.cell_costs`)."""
+    cells: list[dict[str, Any]] = []
+    for folder in folders:
+        try:
+            cells += mf.read_manifest(folder)["cells"]
+        except ValueError as exc:
+            raise UsageError(f"--costs-from: {exc}; pass folders written by 'kvprof sweep'") from None
+    return cells
+
+
 def prepare(args: argparse.Namespace, gpus: int) -> tuple[dict[str, Any], Matrix | None]:
     """The manifest to run (a new one from the matrix flags, or SWEEP's own with --resume), and the
     matrix when the cells wait for a remote cluster to say GPU or CPU. All usage errors are raised
     here, before any cluster starts."""
     _check_flags(args)
+    earlier_cells(args.costs_from)  # a bad folder fails here, before any cluster starts
     out: Path = args.out
     if args.resume:
         if not mf.is_sweep(out):
@@ -133,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"kvprof sweep: {len(manifest['cells'])} cells, {info.workers} workers"
                   f"{f' on {info.gpus // max(1, info.workers_per_gpu)} GPUs' if info.gpus else ' (CPU)'}; "
                   f"dashboard: {info.dashboard or 'none'}{_bokeh_note()}", file=sys.stderr)
-        code = _run_cells(client, info, manifest, out, token, args.retries, quiet)
+        code = _run_cells(client, info, manifest, out, token, args.retries, quiet, earlier_cells(args.costs_from))
     except KeyboardInterrupt:
         print(f"kvprof sweep: interrupted; finished cells are in {out / mf.MANIFEST_FILE} ('--resume' runs the rest)",
               file=sys.stderr)
@@ -155,20 +169,28 @@ def _print_json(out: Path, manifest: dict[str, Any]) -> None:
     print(json.dumps({"sweep": str(out), "counts": mf.counts(manifest), "cells": manifest["cells"]}, indent=2, default=str))
 
 
-def _run_cells(client: Any, info: Any, manifest: dict[str, Any], out: Path, token: str, retries: int, quiet: bool) -> int:
+def cell_priorities(todo: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[int]:
+    """Dask priorities of the cells to run: their expected milliseconds (from `done` cells of the same kind, this
+    sweep's and earlier sweeps'), so the longest start first and the sweep ends with short cells; 0 when unknown."""
+    from kvprof.sweep.progress import cell_costs, expected_cost
+
+    costs = cell_costs(done)
+    return [int(1000 * (expected_cost(c, costs, 0.0) or 0.0)) for c in todo]
+
+
+def _run_cells(client: Any, info: Any, manifest: dict[str, Any], out: Path, token: str, retries: int, quiet: bool,
+               earlier: list[dict[str, Any]]) -> int:
     """Submit the cells not done (longest expected first), record each as it finishes."""
     from distributed import as_completed
 
-    from kvprof.sweep.progress import SweepProgress, expected_cost, method_costs
+    from kvprof.sweep.progress import SweepProgress
     from kvprof.sweep.run import run_cell
 
     cells = manifest["cells"]
     todo = [c for c in cells if c["status"] not in mf.DONE]
-    costs = method_costs(cells)
     futures = {}
-    for c in todo:
+    for c, prio in zip(todo, cell_priorities(todo, [*earlier, *cells])):
         c["status"] = "pending"
-        prio = int(expected_cost(c, costs, 0.0) or 0)  # longest first: the sweep ends with short cells
         fut = client.submit(run_cell, {"id": c["id"], "args": c["args"]}, str(out.resolve()), str((out / MARKER).resolve()),
                             token, key=f"cell-{c['id']}-{token}", retries=retries, pure=False, priority=prio,
                             resources={"GPU": 1} if info.gpus else None)
@@ -176,7 +198,7 @@ def _run_cells(client: Any, info: Any, manifest: dict[str, Any], out: Path, toke
     workers: dict[str, dict[str, Any]] = {}
     failed = 0
     t0 = time.time()
-    with SweepProgress(len(cells), disable=quiet) as view:
+    with SweepProgress(len(cells), disable=quiet, earlier=earlier) as view:
         ac = as_completed([f for f, _ in futures.values()])
         while not ac.is_empty():
             for fut in ac.next_batch(block=False) if ac.has_ready() else []:

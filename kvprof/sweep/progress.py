@@ -1,8 +1,10 @@
 """The live view of a sweep on the terminal: cells done / running / failed, one line per worker
-(its GPU and the cell it traces), and an ETA from the costs of cells finished so far."""
+(its GPU and the cell it traces), and an ETA from the costs of cells finished so far (and of earlier sweeps'
+cells, `--costs-from`), which also order a sweep's cells longest first."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -11,24 +13,34 @@ from rich.table import Table
 from rich.text import Text
 
 
-def expected_cost(cell: dict[str, Any], costs: dict[str, list[float]], default: float | None) -> float | None:
-    """Seconds a cell is expected to take: the median of its method's finished cells, else of all."""
-    mine = costs.get(cell["method"])
+CostKey = tuple[str, str, Any, Any]
+
+
+def cost_key(cell: dict[str, Any]) -> CostKey:
+    """What a cell's cost depends on: its method, integration, frames and rolling window (not its seed)."""
+    return cell["method"], cell.get("integration") or "", cell.get("frames"), cell.get("rolling")
+
+
+def expected_cost(cell: dict[str, Any], costs: dict[CostKey, list[float]], default: float | None) -> float | None:
+    """Seconds a cell is expected to take: the median of the finished cells of its kind (`cost_key`), else `default`."""
+    mine = costs.get(cost_key(cell))
     return statistics.median(mine) if mine else default
 
 
-def method_costs(cells: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Seconds of each finished cell (complete or oom), per method."""
-    out: dict[str, list[float]] = {}
+def cell_costs(cells: list[dict[str, Any]]) -> dict[CostKey, list[float]]:
+    """Seconds of each finished cell (complete or oom), per `cost_key`."""
+    out: dict[CostKey, list[float]] = {}
     for c in cells:
         if c.get("status") in ("complete", "oom") and c.get("seconds"):
-            out.setdefault(c["method"], []).append(float(c["seconds"]))
+            out.setdefault(cost_key(c), []).append(float(c["seconds"]))
     return out
 
 
-def eta_s(cells: list[dict[str, Any]], pending: list[dict[str, Any]], workers: int) -> float | None:
-    """Seconds until the pending cells are done, spread over the workers (None before any cost is known)."""
-    costs = method_costs(cells)
+def eta_s(cells: list[dict[str, Any]], pending: list[dict[str, Any]], workers: int,
+          earlier: Sequence[dict[str, Any]] = ()) -> float | None:
+    """Seconds until the pending cells are done, spread over the workers, from the costs of this sweep's finished
+    cells and of `earlier` sweeps' (`--costs-from`); None before any cost is known."""
+    costs = cell_costs([*earlier, *cells])
     every = [s for v in costs.values() for s in v]
     if not every or not pending:
         return None
@@ -47,9 +59,10 @@ def _fmt_s(s: float | None) -> str:
 class SweepProgress:
     """A rich Live table on stderr, redrawn by `update`; disabled (prints nothing) when quiet."""
 
-    def __init__(self, total: int, disable: bool) -> None:
+    def __init__(self, total: int, disable: bool, earlier: Sequence[dict[str, Any]] = ()) -> None:
         self.total = total
         self.disable = disable
+        self.earlier = earlier  # cells of the --costs-from sweeps: their times feed the ETA
         self.console = Console(stderr=True)
         self.live = None if disable else Live(console=self.console, refresh_per_second=2, transient=False)
 
@@ -70,7 +83,7 @@ class SweepProgress:
         maps address to {name, gpu, done, failed}."""
         if self.live is None:
             return
-        self.live.update(render(cells, running, workers, elapsed_s))
+        self.live.update(render(cells, running, workers, elapsed_s, self.earlier))
 
     def log(self, text: str) -> None:
         """A line above the live view (a cell that failed, a worker lost)."""
@@ -79,7 +92,7 @@ class SweepProgress:
 
 
 def render(cells: list[dict[str, Any]], running: dict[str, list[str]], workers: dict[str, dict[str, Any]],
-           elapsed_s: float) -> Group:
+           elapsed_s: float, earlier: Sequence[dict[str, Any]] = ()) -> Group:
     """The view: a header line of counts and ETA, then one row per worker."""
     by: dict[str, int] = {}
     for c in cells:
@@ -89,7 +102,7 @@ def render(cells: list[dict[str, Any]], running: dict[str, list[str]], workers: 
     done = by.get("complete", 0) + by.get("oom", 0)
     header = Text(f"sweep: {done}/{len(cells)} done ({by.get('oom', 0)} oom) · {n_running} running · "
                   f"{by.get('failed', 0)} failed · elapsed {_fmt_s(elapsed_s)} · "
-                  f"ETA {_fmt_s(eta_s(cells, pending, max(1, len(workers))))}", style="bold")
+                  f"ETA {_fmt_s(eta_s(cells, pending, max(1, len(workers)), earlier))}", style="bold")
     t = Table(show_edge=False)
     for col in ("worker", "GPU", "done", "failed", "tracing"):
         t.add_column(col)
