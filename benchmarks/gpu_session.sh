@@ -11,7 +11,9 @@
 # times include the others' load), sweep-1gpu and sweep-all (issue 17: all methods, staged, 42
 # frames, on GPU 0 alone and on every GPU of the machine; each resumes where the last call
 # stopped, so repeat the step until it says 'complete'; SWEEP_METHODS=M1,M2 for fewer), sweep-table (their tables and
-# throughput), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
+# throughput), sweep-speedup (issue 17 in one call on one machine: the methods split in one list a GPU by earlier
+# costs, a one-GPU sweep of each list on its GPU at once, then one sweep over every GPU longest first; then
+# sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
 # upstream and plugin (issue 18: upstream Self-Forcing instrumented, the example plugin method).
@@ -98,6 +100,24 @@ for step in "$@"; do
     sweep-all)
       log "issue 17: all methods, staged, 42 frames, every GPU ($(nvidia-smi -L | wc -l))"
       sweep /tmp/kv/sweep-all --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
+      ;;
+    sweep-speedup)
+      n=$(nvidia-smi -L | wc -l)
+      costs=${SPLIT_COSTS_FROM:-$(ls benchmarks/results/session9/call2/q*.manifest.json)}
+      mapfile -t parts < <(python3 benchmarks/sweep_speedup.py split "$n" --costs-from $costs --methods "${SWEEP_METHODS:-all}")
+      log "issue 17: $n one-GPU sweeps at once (${SWEEP_FLAGS:-with the decode})"
+      for g in $(seq 0 $((n - 1))); do
+        CUDA_VISIBLE_DEVICES=$g timeout -s INT -k 30 "${ONE_S:-300}" $KV sweep --out /tmp/kv/one$g --integrations staged \
+          --methods "${parts[$g]}" --frames 42 ${SWEEP_FLAGS:-} --quiet >> "$OUT/steps.log" 2>&1 &
+      done
+      wait
+      log "issue 17: one sweep over $n GPUs"
+      timeout -s INT -k 30 "${MANY_S:-300}" $KV sweep --out /tmp/kv/many --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42 \
+        ${SWEEP_FLAGS:-} --costs-from /tmp/kv/one* --quiet >> "$OUT/steps.log" 2>&1
+      log "sweeps done"
+      python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many > "$OUT/sweep_speedup.md" 2>>"$OUT/steps.log"
+      python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many --json > "$OUT/sweep_speedup.json" 2>>"$OUT/steps.log"
+      tar -czf "$OUT/sweep_speedup_manifests.tgz" /tmp/kv/one*/manifest.json /tmp/kv/many/manifest.json 2>>"$OUT/steps.log"
       ;;
     sweep-table)
       done_dirs=()

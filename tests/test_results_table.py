@@ -69,3 +69,44 @@ def test_rows_come_from_a_kvprof_sweep_folder_too(tmp_path):
     assert lines[2].endswith("| 20.0 * | 40 * |") and lines[3].startswith("| prq | study | oom |")
     assert mod.rows([str(tmp_path / "sw" / "manifest.json")]) == rs
     assert mod.throughput(tmp_path / "sw").endswith("2/2 cells in 1800 s over 1 run(s), 4 workers (4 GPU workers, 2 per GPU): 4.0 cells/h")  # oom is done
+
+
+def test_sweep_speedup_adds_the_one_gpu_sweeps_and_checks_the_cells(tmp_path):
+    # benchmarks/sweep_speedup.py (issue 17): quarters run at once on one GPU each, against one sweep over 4 GPUs
+    from kvprof.read import manifest as mf
+
+    def sweep(name, cells, wall, workers):
+        folder = tmp_path / name
+        folder.mkdir()
+        m = mf.new_manifest({}, [{"id": cid, "method": cid} for cid, _, _ in cells], ["kvprof", "sweep"])
+        for c, (_, seconds, peak) in zip(m["cells"], cells):
+            gap = 0 if peak > 0 else 4096  # a negative peak stands for a trace that was not exact
+            c.update(status="complete", seconds=seconds, result={"peak_bytes": abs(peak), "reconciliation": {
+                "peak_gap_bytes": gap, "max_abs_gap_bytes": 0}})
+        m["runs"] = [{"seconds": s} for s in wall]
+        m["cluster"] = {"workers": workers}
+        mf.write_manifest(folder, m)
+        return folder
+
+    one = [sweep("q0", [("a", 100.0, 10), ("b", 50.0, 20)], [80.0, 75.0], 1), sweep("q1", [("c", 148.0, 30)], [150.0], 1)]
+    many = sweep("all", [("a", 110.0, 10), ("b", 55.0, 21), ("c", 150.0, -30)], [100.0], 4)
+    r = load("sweep_speedup").compare(one, [many])
+    assert r["one"]["wall_s"] == 305.0 and r["one"]["cells"] == 3 and r["one"]["cell_s"] == 298.0  # a resumed run counts
+    assert r["speedup"] == 3.05 and r["busy"] == round(315 / 400, 3) and r["cell_time_ratio"] == round(315 / 298, 3)
+    assert r["many"]["inexact"] == ["c"] and r["one"]["inexact"] == [] and r["peaks_differ"] == ["b"] and r["same_cells"]
+    assert "speed-up 3.05x" in load("sweep_speedup").markdown(r)
+
+
+def test_sweep_speedup_splits_methods_by_earlier_costs(tmp_path):
+    from kvprof.read import manifest as mf
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    m = mf.new_manifest({}, [{"id": x, "method": x} for x in ("prq", "bf16", "rtn", "kivi")], ["kvprof", "sweep"])
+    for c, s in zip(m["cells"], (60.0, 30.0, 28.0, 32.0)):
+        c.update(status="complete", seconds=s)
+    mf.write_manifest(folder, m)
+    parts = load("sweep_speedup").split(2, ["bf16", "rtn", "kivi", "prq", "new"], [folder])
+    # longest first, each to the lighter list; `new` has no cost of its own: the median of all (31 s)
+    assert parts == [["prq", "bf16"], ["kivi", "new", "rtn"]]
+    assert sorted(sum(parts, [])) == ["bf16", "kivi", "new", "prq", "rtn"]

@@ -224,6 +224,7 @@ def test_earlier_sweeps_order_a_fresh_sweep_longest_first_and_feed_its_eta(tmp_p
         c["status"] = was["status"]  # as the finished sweep recorded them
     mf.write_manifest(old, manifest)
     earlier = earlier_cells([old])
+    assert earlier_cells([old / mf.MANIFEST_FILE]) == earlier  # a manifest kept apart from its folder reads the same
     todo = [cell("bf16"), cell("rtn_int4"), cell("prq_int4"), cell("prq_int4", frames=126)]
     # a cell's kind is its method, integration, frames and rolling window: the 126-frame and the failed cells are unknown
     assert cell_priorities(todo, earlier) == [27_100, 0, 61_200, 0]

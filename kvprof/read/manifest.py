@@ -43,8 +43,9 @@ def is_sweep(folder: str | Path) -> bool:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a sweep folder; ValueError naming the file when it is not one."""
-    path = Path(folder) / MANIFEST_FILE
+    """The manifest of a sweep folder (or a manifest file kept apart from its folder, e.g. a copy in
+    benchmarks/results/); ValueError naming the file when it is not one."""
+    path = Path(folder) if Path(folder).is_file() else Path(folder) / MANIFEST_FILE
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

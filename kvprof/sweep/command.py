@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser, param_type: Any) -> None:
     c.add_argument("--workers", type=int, default=2, metavar="N", help="local CPU workers on a machine without GPU (default 2)")
     c.add_argument("--retries", type=int, default=1, metavar="N", help="retries of a cell whose trace process died (default 1)")
     c.add_argument("--costs-from", type=Path, nargs="+", default=[], metavar="SWEEP",
-                   help="earlier sweep folders: their cells' times order this sweep's cells longest first and feed the ETA")
+                   help="earlier sweep folders (or their manifest files): their cells' times order this sweep's "
+                        "cells longest first and feed the ETA")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, required=True, metavar="SWEEP", help="the sweep folder (manifest.json, traces/)")
     o.add_argument("--resume", action="store_true", help="run only the cells of SWEEP that are not complete or oom")
