@@ -3,7 +3,7 @@
 each piece of kvprof (issue 15: the traced prq_int4 rollout is 5-10 % slower and in-process timings on
 the device hosts were too noisy to say why; a sample's stack says it directly).
 
-    python3 benchmarks/self_profile.py record OUT.txt --mode kvprof [--rate 100] -- --method prq_int4 --frames 12 --no-decode
+    timeout -s INT 300 python3 benchmarks/self_profile.py record OUT.txt --mode kvprof [--rate 25] -- --method prq_int4 --frames 12 --no-decode
     python3 benchmarks/self_profile.py analyze OUT.txt [--top 25]
 
 `record` passes everything after `--` to `overhead.py --mode MODE` (so the workload is the benchmark's) and
@@ -11,6 +11,10 @@ writes py-spy's raw (folded) stacks. `analyze` keeps the samples of the thread t
 inside it, and prints JSON: their count, each piece's share (a sample counts for a piece when any frame
 of its stack matches), the other threads' samples (the drain thread's own CPU time), and the leaf frames
 that held most samples. Sampling is time-based, so shares are of wall time on the model thread.
+
+py-spy writes its output only when it stops: stop it with SIGINT (`timeout -s INT`, which py-spy passes on as
+Ctrl-C), never SIGTERM/SIGKILL, or nothing is written (session 9's first try, at 100 Hz with `--native`, fell 1-1.6 s
+behind, slowed the run and was killed by `timeout` before writing). 25 Hz gives ~300 samples of a 12 s rollout.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import argparse
 import collections
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser("record", help="sample one overhead.py --mode process with py-spy")
     rec.add_argument("out", type=Path)
     rec.add_argument("--mode", default="kvprof")
-    rec.add_argument("--rate", type=int, default=100, help="samples a second (py-spy's --rate)")
+    rec.add_argument("--rate", type=int, default=25, help="samples a second (py-spy's --rate; --native is slow)")
     ana = sub.add_parser("analyze", help="shares of the model thread's rollout samples")
     ana.add_argument("raw", type=Path)
     ana.add_argument("--top", type=int, default=25)
@@ -107,8 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         p.error("py-spy not found on PATH (pip install py-spy)")
-    done = subprocess.run(record_command(args.out, args.mode, args.rate, rest, py_spy))
-    return done.returncode
+    return wait_ignoring_interrupts(subprocess.Popen(record_command(args.out, args.mode, args.rate, rest, py_spy)))
+
+
+def wait_ignoring_interrupts(proc: subprocess.Popen) -> int:
+    """Wait for py-spy through Ctrl-C / `timeout -s INT`: py-spy gets the same SIGINT (one process group) and needs
+    the time to write its output (`subprocess.run` would kill it a quarter second later). SIGINT is ignored here
+    while waiting (py-spy, started before, keeps its own handler)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -210,3 +210,22 @@ def test_overhead_pairs_cap_and_rows_log(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(logged) == 12 and [r["pair"] for r in logged[::2]] == list(range(6))
     summary = json.loads(capsys.readouterr().out)["summary"]
     assert summary["kvprof"]["paired_ratio"]["pairs"] == 3 == summary["kvprof:notags"]["paired_ratio"]["pairs"]
+
+
+def test_self_profile_waits_for_py_spy_through_an_interrupt() -> None:
+    # `timeout -s INT` reaches both self_profile.py and py-spy; the wrapper must let py-spy finish writing
+    import os
+    import signal
+    import threading
+    import time
+
+    from benchmark_scripts import load
+
+    sp = load("self_profile")
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                             "time.sleep(3.0); raise SystemExit(7)"])
+    threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # long before the child ends
+    t = time.monotonic()
+    assert sp.wait_ignoring_interrupts(proc) == 7  # the child's own exit status, after the interrupt
+    assert time.monotonic() - t >= 2.5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
