@@ -59,7 +59,10 @@ def compare(one: list[Path], many: list[Path]) -> dict[str, Any]:
     a, b = side(one), side(many)
     ca, cb = a.pop("_cells"), b.pop("_cells")
     shared = sorted(set(ca) & set(cb))
-    peaks_differ = [cid for cid in shared if (ca[cid].get("result") or {}).get("peak_bytes") != (cb[cid].get("result") or {}).get("peak_bytes")]
+    def peak(c: dict[str, Any]) -> Any:
+        return (c.get("result") or {}).get("peak_bytes")
+
+    peaks_differ = [cid for cid in shared if peak(ca[cid]) != peak(cb[cid])]
     same_cell_s = [sum(c[cid].get("seconds") or 0.0 for cid in shared) for c in (ca, cb)]
     out = {"one": a, "many": b, "same_cells": len(shared) == len(ca) == len(cb), "peaks_differ": peaks_differ,
            "speedup": round(a["wall_s"] / b["wall_s"], 3) if a["wall_s"] and b["wall_s"] else None,
@@ -71,7 +74,8 @@ def compare(one: list[Path], many: list[Path]) -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     """The RESULTS.md table."""
-    rows = ["| sweep | cells | wall s | cell seconds | cells / h | workers | not exact or not reconciled |", "|---|---|---|---|---|---|---|"]
+    rows = ["| sweep | cells | wall s | cell seconds | cells / h | workers | not exact or not reconciled |",
+            "|---|---|---|---|---|---|---|"]
     for name in ("one", "many"):
         s = r[name]
         rows.append(f"| {name}: {', '.join(s['sweeps'])} | {s['cells']} | {s['wall_s']} | {s['cell_s']} | {s['cells_per_h']} | "

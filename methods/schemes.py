@@ -311,9 +311,7 @@ class ResidualScheme(Scheme):
                 scale = torch.empty((b, ng, 1, h, d), dtype=torch.float16, device=x.device)
                 res_scale = torch.empty_like(scale)
             step = self.slice_groups or max(ng, 1)
-            # One tag around the loop, not one per slice: every allocation of a slice is scratch either way,
-            # and a tag per slice cost the host ~1-4 us each, ~500k times at 42 frames (issue 15).
-            with m.category("kv_scratch"):
+            with m.category("kv_scratch"):  # once, not per slice: ~500k tags of 1-4 us at 42 frames (issue 15)
                 for a in range(0, ng, step):  # slices of groups, as the study did
                     e = min(ng, a + step)
                     xs = xg[:, a:e].float()
@@ -355,8 +353,7 @@ class ResidualScheme(Scheme):
         buf = _dequant_buffer((b, rows + outliers, h, d), dtype, codes.device, codec.marks, category)
         out = buf[:, :rows].view(b, g1 - g0, GROUP_SIZE, h, d)
         step = self.slice_groups or max(g1 - g0, 1)
-        # The slices' scratch tagged once around the loop (see encode); the copy into `out` allocates nothing.
-        with codec.marks.stage("dequantize"), codec.marks.category("kv_scratch"):
+        with codec.marks.stage("dequantize"), codec.marks.category("kv_scratch"):  # as encode's; copy_ allocates nothing
             for a in range(g0, g1, step):
                 e = min(g1, a + step)
                 x = load_codes(codes[:, a:e], self.bits, True, codec.storage, d, torch.float32)
