@@ -13,7 +13,8 @@
 # stopped, so repeat the step until it says 'complete'; SWEEP_METHODS=M1,M2 for fewer), sweep-table (their tables and
 # throughput), sweep-speedup (issue 17 in one call on one machine: the methods split in one list a GPU by earlier
 # costs, a one-GPU sweep of each list on its GPU at once, then one sweep over every GPU longest first; then
-# sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
+# sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call), pairs:METHOD:FRAMES:N (issue
+# 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
 # upstream and plugin (issue 18: upstream Self-Forcing instrumented, the example plugin method).
@@ -74,6 +75,13 @@ for step in "$@"; do
         --out /tmp/kv/long --run-id "$m-$integ-$frames" --json > "$OUT/long_$m-$integ-$frames.json" 2>>"$OUT/steps.log"
       [ -f "/tmp/kv/long/$m-$integ-$frames/summary.json" ] && timeout 120 python3 benchmarks/open_speed.py \
         --trace "/tmp/kv/long/$m-$integ-$frames" --repeat 1 > "$OUT/open_$m-$integ-$frames.txt" 2>>"$OUT/steps.log"
+      ;;
+    pairs:*)  # pairs:METHOD:FRAMES:N, e.g. pairs:prq_int4:42:3 (issue 15: N traced runs, each beside an untraced one)
+      IFS=: read -r _ m frames n <<< "$step"
+      log "issue 15: $m $frames frames, $n simultaneous pairs on GPUs 0,1"
+      timeout -k 10 "${PAIRS_S:-540}" python3 benchmarks/overhead.py --method "$m" --frames "$frames" --no-decode \
+        --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus 0,1 --modes untraced,kvprof --out /tmp/kv/pairs \
+        --rows-log "$OUT/pairs_$m-$frames.jsonl" > "$OUT/pairs_$m-$frames.json" 2>>"$OUT/steps.log"
       ;;
     budget)
       log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"
