@@ -187,13 +187,13 @@ class TraceSession:
             return
         # the host memory the recording itself needed (what follows: writing tables, summaries)
         self.meta["host_max_rss_recording_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        steps = CloseSteps()
         for hook in self._close_hooks:  # e.g. the host profiler: stops while the trace is still open
             try:
                 hook(self)
             except Exception as exc:  # a failing hook must not lose the trace; its failure is recorded
                 self.notes.append(f"close hook {getattr(hook, '__qualname__', hook)!s} failed: {type(exc).__name__}: {exc}")
         self._armed = False
-        steps = CloseSteps()
         with self._lock:
             t_end = self._now()
             # Spans still open (an exception unwound past them) end at the failure.
