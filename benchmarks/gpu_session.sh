@@ -14,7 +14,8 @@
 # throughput), sweep-speedup (issue 17 in one call on one machine: the methods split in one list a GPU by earlier
 # costs, a one-GPU sweep of each list on its GPU at once, then one sweep over every GPU longest first; then
 # sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call), pairs:METHOD:FRAMES:N (issue
-# 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
+# 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
+# PIN_CPUS=A/B keeps each GPU's runs on its own cores), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
 # upstream and plugin (issue 18: upstream Self-Forcing instrumented, the example plugin method).
@@ -81,7 +82,8 @@ for step in "$@"; do
       log "issue 15: $m $frames frames, $n simultaneous pairs on GPUs 0,1"
       timeout -k 10 "${PAIRS_S:-540}" python3 benchmarks/overhead.py --method "$m" --frames "$frames" --no-decode \
         --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus 0,1 --modes untraced,kvprof --out /tmp/kv/pairs \
-        --rows-log "$OUT/pairs_$m-$frames.jsonl" > "$OUT/pairs_$m-$frames.json" 2>>"$OUT/steps.log"
+        --rows-log "$OUT/pairs_$m-$frames.jsonl" ${PIN_CPUS:+--pin-cpus "$PIN_CPUS"} > "$OUT/pairs_$m-$frames.json" 2>>"$OUT/steps.log"
+      nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
       ;;
     budget)
       log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"

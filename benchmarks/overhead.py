@@ -21,7 +21,8 @@ kvprof's time goes in fresh processes (in one process, a rollout after a traced 
 
 `--pair-gpus A,B` (a shared host's noise moves whole stretches of time): each traced mode runs on GPU A while
 untraced runs on GPU B at the same moment, then the two swap; each mode's ratio is the median over those
-simultaneous pairs (`paired_ratio`).
+simultaneous pairs (`paired_ratio`). `--pin-cpus A/B` keeps each GPU's processes on their own cores (prq_int4's
+host-bound untraced rollouts beside a traced one were bimodal, 10.5 or 12-13.6 s: session 9).
 """
 from __future__ import annotations
 
@@ -213,11 +214,33 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _run_one(mode: str, shared: list[str], gpu: str | None = None) -> subprocess.Popen:
-    """Start `--mode mode` in its own process (on GPU `gpu` alone when given)."""
+def _run_one(mode: str, shared: list[str], gpu: str | None = None, cpus: set[int] | None = None) -> subprocess.Popen:
+    """Start `--mode mode` in its own process (on GPU `gpu` alone when given; its threads on `cpus` when given)."""
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     return subprocess.Popen([sys.executable, __file__, "--mode", mode, *shared], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=pin)
+
+
+def parse_cpus(text: str) -> list[set[int]]:
+    """`--pin-cpus A/B`: two CPU lists as taskset writes them ("0-7,16-23/8-15,24-31"), for GPU A's and GPU B's runs."""
+    sides = text.split("/")
+    if len(sides) != 2:
+        raise ValueError(f"--pin-cpus {text!r}: two CPU lists split by '/', e.g. 0-7/8-15")
+    out = []
+    for side in sides:
+        cpus: set[int] = set()
+        for part in filter(None, side.split(",")):
+            lo, _, hi = part.partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                raise ValueError(f"--pin-cpus {text!r}: {part!r} is not a CPU number or range")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        if not cpus:
+            raise ValueError(f"--pin-cpus {text!r}: an empty CPU list")
+        out.append(cpus)
+    if out[0] & out[1]:
+        raise ValueError(f"--pin-cpus {text!r}: the two lists share CPUs {sorted(out[0] & out[1])}")
+    return out
 
 
 def _row(proc: subprocess.Popen, mode: str, timeout: float, **extra: Any) -> dict[str, Any]:
@@ -253,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", help="run one mode in this process")
     p.add_argument("--mode-timeout", type=float, default=600.0)
     p.add_argument("--pair-gpus", default=None, metavar="A,B", help="each traced mode on GPU A beside untraced on B, then swapped")
+    p.add_argument("--pin-cpus", default=None, metavar="A/B",
+                   help="with --pair-gpus: run GPU A's processes on CPU list A and GPU B's on B (taskset's notation, "
+                        "e.g. 0-7/8-15: each GPU's NUMA-local cores, `nvidia-smi topo -m`), so the two never share a core")
     p.add_argument("--rows-log", type=Path, default=None, metavar="FILE",
                    help="also append each row to FILE as a JSON line when it is in (a call cut off keeps them)")
     p.add_argument("--pairs", type=int, default=None, metavar="N",
@@ -262,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode:
         if not _mode_ok(args.mode):
             p.error(f"--mode: unknown {args.mode}; choose from {choices}")
-        print(json.dumps(run_mode(args.mode, args)))
+        print(json.dumps({**run_mode(args.mode, args), "cpus_allowed": len(os.sched_getaffinity(0))}))
         return 0
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if not _mode_ok(m)]
@@ -271,6 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     gpus = [g.strip() for g in args.pair_gpus.split(",")] if args.pair_gpus else None
     if gpus is not None and (len(gpus) != 2 or len(set(gpus)) != 2):
         p.error(f"--pair-gpus: two different GPU indices, e.g. 0,1 (got {args.pair_gpus!r})")
+    pins: dict[str, set[int]] = {}
+    if args.pin_cpus:
+        if gpus is None:
+            p.error("--pin-cpus: only with --pair-gpus")
+        try:
+            pins = dict(zip(gpus, parse_cpus(args.pin_cpus)))
+        except ValueError as exc:
+            p.error(str(exc))
     shared = ["--method", args.method, "--integration", args.integration, "--out", args.out] + \
         (["--config", args.config] if args.config else []) + (["--frames", str(args.frames)] if args.frames else []) + \
         (["--no-decode"] if args.no_decode else [])
@@ -289,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 done[mode] += 1
                 pair = next(pairs)
-                procs = [(mode, traced_gpu, _run_one(mode, shared, traced_gpu)),
-                         ("untraced", plain_gpu, _run_one("untraced", shared, plain_gpu))]
+                procs = [(mode, traced_gpu, _run_one(mode, shared, traced_gpu, pins.get(traced_gpu))),
+                         ("untraced", plain_gpu, _run_one("untraced", shared, plain_gpu, pins.get(plain_gpu)))]
                 rows += [_row(proc, m, args.mode_timeout, gpu=g, pair=pair) for m, g, proc in procs]
                 _log_rows(args.rows_log, rows[-2:])
     print(json.dumps({"rows": rows, "summary": summarize(rows)}, indent=1, default=str))

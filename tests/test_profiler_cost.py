@@ -229,3 +229,22 @@ def test_self_profile_waits_for_py_spy_through_an_interrupt() -> None:
     assert sp.wait_ignoring_interrupts(proc) == 7  # the child's own exit status, after the interrupt
     assert time.monotonic() - t >= 2.5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_overhead_pins_each_gpus_processes_to_its_own_cpus(tmp_path: Path) -> None:
+    # overhead.py --pin-cpus A/B: a pair's two processes never share a core
+    import os
+
+    from benchmark_scripts import load
+
+    oh = load("overhead")
+    assert oh.parse_cpus("0-3,8/4-7") == [{0, 1, 2, 3, 8}, {4, 5, 6, 7}]
+    for bad in ("0-3", "0-3/3-5", "0-x/4", "/4"):
+        with pytest.raises(ValueError, match="--pin-cpus"):
+            oh.parse_cpus(bad)
+    with pytest.raises(SystemExit):
+        oh.main(["--pin-cpus", "0/1"])  # only with --pair-gpus
+    one = {min(os.sched_getaffinity(0))}
+    shared = ["--method", "bf16", "--config", "tiny", "--frames", "3", "--no-decode", "--out", str(tmp_path)]
+    row = oh._row(oh._run_one("untraced", shared, None, one), "untraced", 300)
+    assert row["cpus_allowed"] == 1 and row["rollout_wall_s"] > 0  # the child ran on the one CPU it was given
