@@ -15,7 +15,8 @@
 # costs, a one-GPU sweep of each list on its GPU at once, then one sweep over every GPU longest first; then
 # sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call), pairs:METHOD:FRAMES:N (issue
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
-# PIN_CPUS=A/B keeps each GPU's runs on its own cores), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
+# PIN_CPUS=A/B keeps each GPU's runs on its own cores), sweep-study (issue 19: the study column, every GPU, longest
+# first; resumes like sweep-all), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
 # upstream and plugin (issue 18: upstream Self-Forcing instrumented, the example plugin method).
@@ -128,6 +129,13 @@ for step in "$@"; do
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many > "$OUT/sweep_speedup.md" 2>>"$OUT/steps.log"
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many --json > "$OUT/sweep_speedup.json" 2>>"$OUT/steps.log"
       tar -czf "$OUT/sweep_speedup_manifests.tgz" /tmp/kv/one*/manifest.json /tmp/kv/many/manifest.json 2>>"$OUT/steps.log"
+      ;;
+    sweep-study)  # issue 19: the study runtime column; the long cells first (by the older study sweeps' times)
+      order=$(python3 benchmarks/sweep_speedup.py split 1 --costs-from benchmarks/results/sweep_study_h100*.jsonl)
+      log "issue 19: all methods, study, 42 frames, every GPU ($(nvidia-smi -L | wc -l)), longest first"
+      sweep /tmp/kv/sweep-study --integrations study --methods "$order" --frames 42
+      python3 benchmarks/results_table.py /tmp/kv/sweep-study > "$OUT/sweep-study.md" 2>>"$OUT/steps.log"
+      cp /tmp/kv/sweep-study/manifest.json "$OUT/sweep-study.manifest.json"
       ;;
     sweep-table)
       done_dirs=()

@@ -84,7 +84,8 @@ def rows(paths: list[str]) -> list[dict]:
     return list(best.values())
 
 
-def table(rs: list[dict], bf16_peak: int) -> str:
+def table(rs: list[dict], bf16_peak: int | None) -> str:
+    """The markdown table; `bf16_peak` None (no complete bf16 row yet, e.g. a sweep stopped early): no comparison."""
     out = ["| method | integration | status | peak | vs bf16 | peak stage | resident KV | stored KV | logical/stored | logical/resident | rollout s | trace s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
@@ -92,12 +93,13 @@ def table(rs: list[dict], bf16_peak: int) -> str:
             out.append(f"| {r['method']} | {r['integration']} | {r.get('status')} | | | | | | | | | |")
             continue
         kv = r["kv"]
-        over = ("reference" if r["method"] == "bf16" else
+        over = ("reference" if r["method"] == "bf16" else "no bf16 row" if bf16_peak is None else
                 "**exceeds**" if peak(r) > bf16_peak else "below")
+        pct = f" ({100 * (peak(r) / bf16_peak - 1):+.1f}%)" if bf16_peak else ""
         star = " *" if shared(r) else ""  # times under a shared GPU
         out.append(
-            f"| {r['method']} | {r['integration']} | complete | {fmt_bytes(peak(r))} | {over} "
-            f"({100 * (peak(r) / bf16_peak - 1):+.1f}%) | `{r['peak_stage']}` | {fmt_bytes(kv['resident_bytes'])} | "
+            f"| {r['method']} | {r['integration']} | complete | {fmt_bytes(peak(r))} | {over}{pct} "
+            f"| `{r['peak_stage']}` | {fmt_bytes(kv['resident_bytes'])} | "
             f"{fmt_bytes(kv['stored_bytes'])} | {kv['ratio_stored']:.2f}x | {kv['ratio_resident']:.2f}x | "
             f"{r['rollout_s']:.1f}{star} | {r['process_s']:.0f}{star} |"
         )
@@ -109,5 +111,5 @@ if __name__ == "__main__":
         print("\n".join(throughput(Path(p)) for p in sys.argv[2:]))
         sys.exit(0)
     rs = rows(sys.argv[1:])
-    bf16 = next(peak(r) for r in rs if r["method"] == "bf16" and r.get("status") == "complete")
+    bf16 = next((peak(r) for r in rs if r["method"] == "bf16" and r.get("status") == "complete"), None)
     print(table(rs, bf16))

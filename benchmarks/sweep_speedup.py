@@ -12,8 +12,9 @@ reconciled at all, as on CPU), and whether
 both sides found the same peak for each cell (they should, byte for byte).
 
 `split N` prints N comma lists of methods whose cells, by the `--costs-from` sweeps' cell seconds (median of a
-method's cells; the median of all for a method they lack), take about the same time (longest first, each to the
-lightest list): the `--one` side's sweeps, one a GPU, in one device call.
+method's cells; the median of all for a method they lack; a .jsonl of the former sweep script counts its rows'
+`process_s`), take about the same time (longest first, each to the lightest list): the `--one` side's sweeps, one a
+GPU, in one device call. `split 1` is the methods longest first (a fresh sweep submits its cells in that order).
 """
 from __future__ import annotations
 
@@ -89,10 +90,9 @@ def markdown(r: dict[str, Any]) -> str:
 def split(n: int, methods: list[str], earlier: list[Path]) -> list[list[str]]:
     """`methods` in `n` lists of about equal cost (see the module docstring)."""
     costs: dict[str, list[float]] = {}
-    for folder in earlier:
-        for c in read_manifest(folder)["cells"]:
-            if c["status"] in DONE and c.get("seconds"):
-                costs.setdefault(c["method"], []).append(float(c["seconds"]))
+    for path in earlier:
+        for method, seconds in _method_seconds(path):
+            costs.setdefault(method, []).append(seconds)
     every = sorted(s for v in costs.values() for s in v)
     default = statistics.median(every) if every else 1.0
     cost = {m: statistics.median(costs[m]) if m in costs else default for m in methods}
@@ -101,6 +101,15 @@ def split(n: int, methods: list[str], earlier: list[Path]) -> list[list[str]]:
         i = min(range(n), key=lambda i: bins[i][0])
         bins[i] = (bins[i][0] + cost[m], bins[i][1] + [m])
     return [b for _, b in bins]
+
+
+def _method_seconds(path: Path) -> list[tuple[str, float]]:
+    """(method, seconds) of the finished cells of a sweep (folder or manifest), or of the rows of the former sweep
+    script's .jsonl files (`process_s`: the older study sweeps in benchmarks/results/)."""
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [(r["method"], float(r["process_s"])) for r in rows if r.get("status") == "complete" and r.get("process_s")]
+    return [(c["method"], float(c["seconds"])) for c in read_manifest(path)["cells"] if c["status"] in DONE and c.get("seconds")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from benchmark_scripts import load
 
@@ -110,3 +111,12 @@ def test_sweep_speedup_splits_methods_by_earlier_costs(tmp_path):
     # longest first, each to the lighter list; `new` has no cost of its own: the median of all (31 s)
     assert parts == [["prq", "bf16"], ["kivi", "new", "rtn"]]
     assert sorted(sum(parts, [])) == ["bf16", "kivi", "new", "prq", "rtn"]
+    # the former sweep script's rows count too (their process_s); `split 1`: the methods longest first
+    old = _write(tmp_path / "old.jsonl", [{**_row("tptq", 1), "process_s": 150.0}, {**_row("rtn", 1, status="error"), "process_s": 999.0}])
+    assert load("sweep_speedup").split(1, ["bf16", "tptq", "prq", "rtn"], [folder, Path(old)]) == [["tptq", "prq", "bf16", "rtn"]]
+
+
+def test_a_table_without_a_bf16_row_says_so(tmp_path):
+    # a sweep stopped before its bf16 cell finished still gets its table (gpu_session.sh writes it after every call)
+    out = _script().table([_row("prq", 120)], None)
+    assert "| prq | study | complete |" in out and "no bf16 row |" in out and "%" not in out.splitlines()[-1]
