@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 # piece -> substrings of a frame (function and file) that put a sample in it
 PIECES: dict[str, tuple[str, ...]] = {
-    "kvprof_python": ("tracers/", "kvprof/tagging.py", "kvprof/api.py", "methods/base.py:"),
+    "kvprof_python": ("tracers/", "kvprof/tagging.py", "kvprof/api.py", "TracerMarks."),
     "scopes": ("tracers/scopes.py",),
     "native_recorder": ("kvp_record", "kvp_retag"),
     "allocator_tracker": ("attachAllocatorTraceTracker", "record_trace"),
