@@ -37,12 +37,17 @@ def test_closing_a_trace_says_what_each_step_cost(tmp_path: Path) -> None:
     with kv.trace(tmp_path / "t") as run:
         with kv.stage("step", 0):
             kept = [torch.ones(256) for _ in range(50)]
+            with kv.category("kv_scratch"), kv.category("kv_scratch"), kv.stage("inner"):  # the second changes nothing
+                kept.append(torch.ones(8))
     meta = json.loads((run.path / "meta.json").read_text())
+    # how much instrumentation ran (a traced prq_int4 rollout at 42 frames: hundreds of thousands of tags once)
+    assert meta["scopes"]["stages"] == 2 and meta["scopes"]["tags"] == 2
+    assert meta["scopes"]["contexts"] == 6  # each stage opens and closes one; only the first tag changes the category
     steps = meta["tracer_close_s"]
     assert list(steps) == ["hooks", "recorder", "device_times", "tables", "merge_parts"]
     assert all(isinstance(v, float) and v >= 0 for v in steps.values())
     assert sum(steps.values()) <= meta["wall_s"] + 1.0  # the steps before the meta's wall clock stopped, and tables
-    assert len(kept) == 50
+    assert len(kept) == 51
 
 
 def _rollout_like_allocations(n: int, seed: int = 0):

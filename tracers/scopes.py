@@ -80,6 +80,7 @@ class TagScope:
     def __enter__(self) -> None:
         s = self._s
         with s._lock:
+            s.tags_opened += 1
             stack = s._tag_stack
             self._same = (stack[-1] if stack else "unattributed") == self._category
             stack.append(self._category)
