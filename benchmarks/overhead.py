@@ -145,7 +145,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                    max_abs_gap_bytes=s.reconciliation.max_abs_gap_bytes if s.reconciliation else None,
                    recorder=layout.get("recorder", "python"), drains=layout.get("drains"), path=str(outcome.path),
                    # the close's steps up to its tables (meta), and from there to the summary (tables, write, views)
-                   close_steps_s=meta.get("tracer_close_s"), after_end_s=done - meta["ended_unix_ns"] / 1e9)
+                   close_steps_s=meta.get("tracer_close_s"), after_end_s=done - meta["ended_unix_ns"] / 1e9,
+                   scopes=meta.get("scopes"))
         if s.allocation_events:
             out["disk_bytes_per_event"] = out["disk_bytes"] / s.allocation_events
         return {**out, "max_rss_bytes": _max_rss_bytes()}

@@ -153,6 +153,7 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
         cats[mode] = set(pd.read_parquet(Path(row["path"]) / "allocations.parquet", columns=["category"])["category"])
         spans[mode] = set(pd.read_parquet(Path(row["path"]) / "spans.parquet", columns=["name"])["name"])
         assert row["rollout_wall_s"] > 0 and set(row["close_steps_s"]) >= {"recorder", "tables"}
+        assert row["scopes"]["stages"] >= 1 and (row["scopes"]["tags"] == 0) == (mode != "kvprof")
     assert spans["kvprof:nostages"] == {"rollout"} and {"rollout", "chunk", "layer"} <= spans["kvprof"]
     assert {"kv_codes", "kv_scratch"} <= cats["kvprof"]  # the method's tags took effect
     # with tags off no allocation is scratch (only tags say so); stored codes still are codes (tensors are retagged)
