@@ -204,11 +204,14 @@ def test_overhead_pairs_cap_and_rows_log(tmp_path: Path, monkeypatch: pytest.Mon
 
     oh = load("overhead")
     started: list[tuple[str, str | None]] = []
-    monkeypatch.setattr(oh, "_run_one", lambda mode, shared, gpu=None: started.append((mode, gpu)) or (mode, gpu))
+    pinned: dict[str | None, set] = {}
+    monkeypatch.setattr(oh, "_run_one", lambda mode, shared, gpu=None, cpus=None: pinned.setdefault(gpu, set()).update(cpus or ())
+                        or started.append((mode, gpu)) or (mode, gpu))
     monkeypatch.setattr(oh, "_row", lambda proc, mode, timeout, **extra: {"mode": mode, "rollout_wall_s": 1.0, **extra})
     log = tmp_path / "rows.jsonl"
     assert oh.main(["--modes", "untraced,kvprof,kvprof:notags", "--pair-gpus", "0,1", "--repeat", "2", "--pairs", "3",
-                    "--rows-log", str(log)]) == 0
+                    "--rows-log", str(log), "--pin-cpus", "0-1/2-3"]) == 0
+    assert pinned == {"0": {0, 1}, "1": {2, 3}}  # every process of GPU 0 on CPUs 0-1, of GPU 1 on 2-3
     traced = [(m, g) for m, g in started if m != "untraced"]
     assert traced == [("kvprof", "0"), ("kvprof", "1"), ("kvprof:notags", "0"), ("kvprof:notags", "1"),
                       ("kvprof", "0"), ("kvprof:notags", "0")]
