@@ -257,3 +257,16 @@ def test_overhead_pins_each_gpus_processes_to_its_own_cpus(tmp_path: Path) -> No
     shared = ["--method", "bf16", "--config", "tiny", "--frames", "3", "--no-decode", "--out", str(tmp_path)]
     row = oh._row(oh._run_one("untraced", shared, None, one), "untraced", 300)
     assert row["cpus_allowed"] == 1 and row["rollout_wall_s"] > 0  # the child ran on the one CPU it was given
+
+
+def test_drain_cost_reports_each_part_of_a_drain(capsys) -> None:
+    # benchmarks/drain_cost.py (issue 15): what a drain of the native recorder costs the drain thread, by part
+    import json
+
+    from benchmark_scripts import load
+
+    assert load("drain_cost").main(["--allocs", "3000", "--drains", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["allocs_a_drain"] == 3000 and out["events_a_drain"] > 8000
+    assert set(out["ms"]) == {"replay", "part", "total", "rows"} and all(len(v) == 2 for v in out["ms"].values())
+    assert all(t >= r for t, r in zip(out["ms"]["total"], out["ms"]["replay"])) and len(out["gil_lost"]) == 2

@@ -1,0 +1,100 @@
+"""What one drain of the native recorder costs the drain thread, by part (CPU; issue 15).
+
+    python3 benchmarks/drain_cost.py [--allocs 90000] [--drains 6]
+
+Feeds the native recorder (its CPU build, through the tests' fake caching allocator) `--drains` batches of
+`--allocs` synthetic allocations each (3 allocator events an allocation, a long-lived one every 97: the
+tests' `stream_history`), drains after each, and prints milliseconds per drain as JSON: `replay` (kvp_drain:
+the C++ replay and the copy into numpy, GIL released), `part` (the streamed part written: Parquet + zstd, mostly
+GIL released), `rows` (the rest: the rows built with numpy and Python under the GIL, what the model thread
+can wait for). The first drain includes one-off imports; the JSON gives the median of the others.
+
+`gil_lost` measures what a model thread would lose: a second Python thread counts in a loop the whole time, and
+1 - (its count rate during a drain / its rate between drains) is the share of that thread's progress the drain
+took (the GIL it held; on this 2-core dev machine also any core it shared). 0 means the drain ran beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--allocs", type=int, default=90_000, help="allocations a drain (prq_int4 at 42 frames: ~130k a 2 s drain)")
+    p.add_argument("--drains", type=int, default=6)
+    args = p.parse_args(argv)
+
+    import pytest
+    from fake_cuda_allocator import FakeCachingAllocator, install_native
+    from stream_history import feed, stack_history
+
+    import tracers.alloc_native as native_tracker
+    from tracers import TraceSession, stage
+
+    patch = pytest.MonkeyPatch()
+    fake = FakeCachingAllocator()
+    install_native(patch, fake)
+    patch.setattr(native_tracker.NativeCudaTracker, "_run", lambda self: None)  # only the drains timed here
+    s = TraceSession(Path(tempfile.mkdtemp()) / "t", {"run_id": "drain-cost"}, "cpu", tracker="native",
+                     drain_at_checkpoints=False)
+    s.start()
+    with stage("rollout"):
+        ctx = s._ctx
+    parts: dict[str, list[float]] = {"replay": [], "part": [], "total": []}
+    drain_columns, append = native_tracker.drain_columns, s._parts.append
+
+    def timed(key, fn):
+        def run(*a):
+            t = time.perf_counter()
+            out = fn(*a)
+            parts[key].append(time.perf_counter() - t)
+            return out
+        return run
+
+    patch.setattr(native_tracker, "drain_columns", timed("replay", drain_columns))
+    s._parts.append = timed("part", append)
+    counter, stop = [0], threading.Event()
+
+    def count() -> None:  # stands for the model thread's Python
+        while not stop.is_set():
+            counter[0] += 1
+
+    ticker = threading.Thread(target=count, daemon=True)
+    ticker.start()
+    lost: list[float] = []
+    base = None
+    for i in range(args.drains):
+        cols, base = stack_history(args.allocs, base=base or 1 << 40, t0=s.t0_perf_ns + (i + 1) * 10**9, ctx=ctx, seed=i,
+                                   segment=i == 0)
+        feed(fake.native, cols)
+        c0, t0 = counter[0], time.perf_counter()
+        time.sleep(0.2)  # the counting thread alone: its rate between drains
+        idle_rate = (counter[0] - c0) / (time.perf_counter() - t0)
+        c0, t = counter[0], time.perf_counter()
+        s._cuda.drain()
+        parts["total"].append(time.perf_counter() - t)
+        lost.append(1 - (counter[0] - c0) / parts["total"][-1] / idle_rate)
+    stop.set()
+    ticker.join()
+    s.close("complete")
+    patch.undo()
+    rows = [t - r - w for t, r, w in zip(parts["total"], parts["replay"], parts["part"])]
+    ms = {k: [round(1000 * x, 1) for x in v[: args.drains]] for k, v in {**parts, "rows": rows}.items()}
+    print(json.dumps({"allocs_a_drain": args.allocs, "events_a_drain": len(cols["action"]), "ms": ms,
+                      "median_ms": {k: statistics.median(v[1:] or v) for k, v in ms.items()},
+                      "gil_lost": [round(x, 3) for x in lost], "median_gil_lost": round(statistics.median(lost[1:] or lost), 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
