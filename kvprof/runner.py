@@ -20,7 +20,7 @@ import torch
 
 from kvprof import api
 from kvprof.workload.config import DTYPES, ModelConfig
-from kvprof.errors import UsageError
+from kvprof.errors import UsageError, VaeError
 from kvprof.read.summary import Summary, write_summary
 from kvprof.read.trace import Trace, load_trace
 from kvprof.workload.rollout import CHUNK_FRAMES, Progress, RolloutSpec, cache_bytes, run_rollout
@@ -275,7 +275,7 @@ def check_inputs(req: TraceRequest, cfg: ModelConfig) -> None:
     if req.prompt_embeds is not None:
         load_prompt_embeds(req.prompt_embeds, cfg)
     if req.vae is not None and req.decode:
-        from kvprof.workload.vae import VaeError, check_vae_dir
+        from kvprof.workload.vae import check_vae_dir
 
         try:
             check_vae_dir(req.vae)
@@ -369,8 +369,11 @@ def run_trace(run: TraceRequest | PreparedRun, on_progress: Callable[[Progress],
     prep = run if isinstance(run, PreparedRun) else prepare(run)
     req, folder = prep.request, prep.folder
     # diffusers makes small constant tensors when its modules load: loaded before the trace opens,
-    # they are not the run's allocations
-    from kvprof.workload import build, vae  # noqa: F401
+    # they are not the run's allocations. A run that decodes nothing never loads it (2 s a process).
+    from kvprof.workload import build  # noqa: F401
+
+    if req.decode or req.quality:
+        from kvprof.workload import vae  # noqa: F401
 
     traced = api.trace(folder, meta=prep.meta(), device=prep.device, budget=req.budget_bytes, live=req.live,
                         fine_stages=req.fine_stages)
@@ -409,7 +412,6 @@ def _traced_body(run: api.TraceRun, prep: PreparedRun, on_progress: Callable[[Pr
     """Build the workload inside the trace and run it; returns the quality capture's outputs (or None)."""
     from kvprof.workload.build import build_workload
     from kvprof.workload.checkpoint import CheckpointError
-    from kvprof.workload.vae import VaeError
 
     req, spec, device = prep.request, prep.spec, prep.device
     try:

@@ -270,3 +270,17 @@ def test_drain_cost_reports_each_part_of_a_drain(capsys) -> None:
     assert out["allocs_a_drain"] == 3000 and out["events_a_drain"] > 8000
     assert set(out["ms"]) == {"replay", "part", "total", "rows"} and all(len(v) == 2 for v in out["ms"].values())
     assert all(t >= r for t, r in zip(out["ms"]["total"], out["ms"]["replay"])) and len(out["gil_lost"]) == 2
+
+
+def test_a_run_that_decodes_nothing_never_imports_diffusers(tmp_path: Path) -> None:
+    # diffusers (the VAE) cost every `kvprof trace --no-decode` process 2 s of imports (1.5 s of a 4.7 s tiny trace)
+    code = f"""
+import sys
+from pathlib import Path
+from kvprof.runner import TraceRequest, run_trace
+out = run_trace(TraceRequest(method='rtn_int4', frames=3, decode=False, out=Path({str(tmp_path)!r}), run_id='nd'))
+print(out.status, 'diffusers' in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["complete", "False"]

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from torch import nn
 
+from kvprof.errors import VaeError  # noqa: F401  (raised here, defined apart: see there)
 from tracers import stage, tag, tag_tensor
 from tracers.vocabulary import DECODE
 
@@ -38,10 +39,6 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 VAE_NAMES: tuple[str, ...] = tuple(VAE_PRESETS)
-
-
-class VaeError(ValueError):
-    """A VAE could not be built or loaded; the message says what and where."""
 
 
 def _local_vae_dir(path: str | Path) -> Path:
