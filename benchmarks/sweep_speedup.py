@@ -7,7 +7,8 @@
 run at once on the four GPUs of a machine; their wall times added are the one-GPU sweep's. `--many`: the sweep of
 the same cells over several GPUs. Wall times are the manifests' `runs[].seconds` (every run of a resumed sweep).
 Prints the table of RESULTS.md (or JSON): cells, wall seconds, cell seconds, cells per hour, the speed-up, how busy
-the many-GPU sweep kept its workers, the cells whose trace was not exact (peak gap or a boundary gap; or not
+the many-GPU sweep kept its workers, where the cells' seconds went (start-up before the trace opened, the trace,
+after it closed: the manifest's `phases`), the cells whose trace was not exact (peak gap or a boundary gap; or not
 reconciled at all, as on CPU), and whether
 both sides found the same peak for each cell (they should, byte for byte).
 
@@ -45,7 +46,10 @@ def side(folders: list[Path]) -> dict[str, Any]:
                 cells[c["id"]] = c
     inexact = sorted(cid for cid, c in cells.items() if _gaps(c) != (0, 0))
     cell_s = sum(c.get("seconds") or 0.0 for c in cells.values())
+    timed = [c["phases"] for c in cells.values() if c.get("phases")]  # cells of sweeps before session 9 have none
+    phases = {k: round(sum(ph[k] for ph in timed), 1) for k in ("startup_s", "trace_s", "after_s")} if timed else None
     return {"sweeps": [str(f) for f in folders], "cells": len(cells), "wall_s": round(wall, 1), "cell_s": round(cell_s, 1),
+            "phases": phases,
             "cells_per_h": round(3600 * len(cells) / wall, 1) if wall else None, "workers": workers, "inexact": inexact,
             "_cells": cells}
 
@@ -82,6 +86,10 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append(f"| {name}: {', '.join(s['sweeps'])} | {s['cells']} | {s['wall_s']} | {s['cell_s']} | {s['cells_per_h']} | "
                     f"{s['workers']} | {len(s['inexact'])} |")
     rows.append("")
+    for name in ("one", "many"):
+        if r[name]["phases"]:
+            rows.append(f"{name}: cell seconds in start-up / trace / after it: " +
+                        " / ".join(str(v) for v in r[name]["phases"].values()))
     rows.append(f"speed-up {r['speedup']}x; many-GPU workers busy {r['busy']}; its cells took {r['cell_time_ratio']}x the "
                 f"one-GPU side's; same cells on both sides: {r['same_cells']}; peaks that differ: {len(r['peaks_differ'])}")
     return "\n".join(rows)

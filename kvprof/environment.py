@@ -5,14 +5,16 @@ ran on the same software and card.
 """
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["environment", "driver_version", "git_revision"]
+__all__ = ["environment", "driver_version", "git_revision", "process_started_unix_ns"]
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -23,6 +25,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "host": platform.node(),
         "device_type": device.type,
+        "process_started_unix_ns": process_started_unix_ns(),  # what the process spent before its trace opened
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -53,3 +56,15 @@ def git_revision(where: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return rev.stdout.strip() or None
+
+
+def process_started_unix_ns() -> int | None:
+    """When this process started, on the wall clock (ns, to ~10 ms: /proc's clock ticks), or None where /proc
+    does not say (not Linux). A sweep's trace processes spend seconds in start-up (interpreter, imports, CUDA)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_after_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return int((time.time() - (uptime - started_after_boot)) * 1e9)

@@ -83,7 +83,7 @@ def test_sweep_speedup_adds_the_one_gpu_sweeps_and_checks_the_cells(tmp_path):
         for c, (_, seconds, peak) in zip(m["cells"], cells):
             gap = 0 if peak > 0 else 4096  # a negative peak stands for a trace that was not exact
             c.update(status="complete", seconds=seconds, result={"peak_bytes": abs(peak), "reconciliation": {
-                "peak_gap_bytes": gap, "max_abs_gap_bytes": 0}})
+                "peak_gap_bytes": gap, "max_abs_gap_bytes": 0}}, phases={"startup_s": 10.0, "trace_s": seconds - 12, "after_s": 2.0})
         m["runs"] = [{"seconds": s} for s in wall]
         m["cluster"] = {"workers": workers}
         mf.write_manifest(folder, m)
@@ -95,7 +95,9 @@ def test_sweep_speedup_adds_the_one_gpu_sweeps_and_checks_the_cells(tmp_path):
     assert r["one"]["wall_s"] == 305.0 and r["one"]["cells"] == 3 and r["one"]["cell_s"] == 298.0  # a resumed run counts
     assert r["speedup"] == 3.05 and r["busy"] == round(315 / 400, 3) and r["cell_time_ratio"] == round(315 / 298, 3)
     assert r["many"]["inexact"] == ["c"] and r["one"]["inexact"] == [] and r["peaks_differ"] == ["b"] and r["same_cells"]
-    assert "speed-up 3.05x" in load("sweep_speedup").markdown(r)
+    assert r["many"]["phases"] == {"startup_s": 30.0, "trace_s": 279.0, "after_s": 6.0}
+    assert "speed-up 3.05x" in load("sweep_speedup").markdown(r) and "start-up / trace / after it: 30.0 / 279.0 / 6.0" in \
+        load("sweep_speedup").markdown(r)
 
 
 def test_sweep_speedup_splits_methods_by_earlier_costs(tmp_path):

@@ -301,6 +301,10 @@ def test_a_running_cluster_at_scheduler_runs_the_cells_and_oom_is_a_result(tmp_p
     # out of memory (a simulated smaller card): a result row of the sweep, not a failure
     assert cell["status"] == "oom" and cell["result"]["peak_bytes"] > 0 and cell["torn"] == []
     assert mf.result_traces(out) == [out / "traces" / "bf16-study-3f-s0"]
+    # where the cell's seconds went: start-up (interpreter, imports) before the trace, the trace, then its close and exit
+    ph = cell["phases"]
+    assert ph["startup_s"] > 0.3 and ph["trace_s"] > 0 and ph["after_s"] >= 0
+    assert ph["startup_s"] + ph["trace_s"] + ph["after_s"] <= cell["seconds"] + 0.1  # /proc's start time: to ~10 ms
 
 
 class _Done:
@@ -486,3 +490,11 @@ def test_ctrl_c_stops_the_sweep_with_one_message_and_no_worker_traceback(tmp_pat
     assert "kvprof sweep: interrupted; finished cells are in" in err
     run = mf.read_manifest(out)["runs"][-1]
     assert run["exit_code"] == 130 and run["seconds"] > 0
+
+
+def test_phases_of_a_cell_from_its_meta(tmp_path):
+    for born, want in ((10 * 10**9, {"startup_s": 15.0, "trace_s": 30.0, "after_s": 2.5}), (None, None)):  # None: no /proc
+        meta = {"environment": {"process_started_unix_ns": born}, "started_unix_ns": 25 * 10**9, "ended_unix_ns": 55 * 10**9}
+        (tmp_path / "meta.json").write_text(json.dumps(meta))
+        assert task.phases_of(tmp_path, finished=57.5) == want
+    assert task.phases_of(tmp_path / "nowhere", 1.0) is None

@@ -104,13 +104,29 @@ def run_cell(cell: dict[str, Any], sweep_dir: str, marker: str, token: str) -> d
         except ValueError:
             raise CellError(f"{run_id}: kvprof trace printed no JSON summary: {proc.stdout[-300:]!r}") from None
         info.update(status=summary.get("status") or ("oom" if proc.returncode == EXIT_OOM else "complete"),
-                    result=result_of(summary))
+                    result=result_of(summary), phases=phases_of(out / run_id, info["finished"]))
         if not shared:
             info["tar"] = pack(out / run_id)
     finally:
         if not shared:
             shutil.rmtree(out, ignore_errors=True)
     return info
+
+
+def phases_of(folder: Path, finished: float) -> dict[str, float] | None:
+    """Where a cell's seconds went, from its trace's meta.json: `startup_s` (the process before its trace opened:
+    interpreter, imports, CUDA), `trace_s` (the trace, open to closed) and `after_s` (its tables, summary and the
+    process's exit, up to `finished`); None when the meta cannot say (no /proc, a damaged file)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    born = (meta.get("environment") or {}).get("process_started_unix_ns")
+    opened, closed = meta.get("started_unix_ns"), meta.get("ended_unix_ns")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (born, opened, closed)):
+        return None
+    return {"startup_s": round((opened - born) / 1e9, 2), "trace_s": round((closed - opened) / 1e9, 2),
+            "after_s": round(finished - closed / 1e9, 2)}
 
 
 def result_of(summary: dict[str, Any]) -> dict[str, Any]:
