@@ -471,3 +471,14 @@ def test_a_followed_native_run_streams_parts_that_the_follower_reads(tmp_path, m
     pd.testing.assert_frame_equal(seen, tables["followed"])
     cols = ["id", "q_alloc", "q_free", "bytes", "category", "span_id", "name"]
     pd.testing.assert_frame_equal(tables["followed"][cols], tables["unfollowed"][cols])
+
+
+def test_a_cached_native_build_is_loaded_without_computing_its_flags(tmp_path, monkeypatch):
+    # every trace process of a sweep loads the library; torch's include paths (cpp_extension) are needed only to build
+    from tracers import native
+
+    monkeypatch.setenv("KVPROF_CACHE_DIR", str(tmp_path))
+    calls = []
+    built = native._build("probe", native.CORE_SOURCES, lambda: calls.append(1) or [], "k")
+    assert built.is_file() and calls == [1]
+    assert native._build("probe", native.CORE_SOURCES, lambda: pytest.fail("flags computed for a cached build"), "k") == built

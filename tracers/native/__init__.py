@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 CORE_SOURCES = (HERE / "alloc_events.cpp",)
@@ -74,7 +75,9 @@ def _torch_flags() -> list[str]:
             + [f"-Wl,-rpath,{p}" for p in libs] + ["-lc10", "-lc10_cuda"])
 
 
-def _build(name: str, sources: tuple[Path, ...], flags: list[str], key: str) -> Path:
+def _build(name: str, sources: tuple[Path, ...], flags: Callable[[], list[str]], key: str) -> Path:
+    """The cached library of `sources` (built with `flags()` only when not cached: torch's include paths cost a
+    process that only loads the library a few tenths of a second, in every trace process of a sweep)."""
     cxx = _compiler()
     digest = hashlib.sha256(key.encode() + cxx.encode() + b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     out = _cache_dir() / f"{name}-{digest}.so"
@@ -83,7 +86,7 @@ def _build(name: str, sources: tuple[Path, ...], flags: list[str], key: str) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         built = Path(tmp) / out.name
-        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", str(built), *map(str, sources), *flags]
+        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", str(built), *map(str, sources), *flags()]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -111,9 +114,9 @@ def load(cuda: bool) -> ctypes.CDLL:
     if cuda:
         import torch
 
-        path = _build("kvprof_alloc_cuda", CUDA_SOURCES, _torch_flags(), f"cuda {torch.__version__}")
+        path = _build("kvprof_alloc_cuda", CUDA_SOURCES, _torch_flags, f"cuda {torch.__version__}")
     else:
-        path = _build("kvprof_alloc_core", CORE_SOURCES, [], "core")
+        path = _build("kvprof_alloc_core", CORE_SOURCES, list, "core")
     try:
         # RTLD_GLOBAL is not needed: the library's only outside symbols are c10's, already loaded by torch.
         return _bind(ctypes.CDLL(str(path)), cuda)
