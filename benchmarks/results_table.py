@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kvprof.read.manifest import MANIFEST_FILE, read_manifest  # noqa: E402
+from kvprof.read.manifest import DONE, read_manifest, sweep_seconds  # noqa: E402
 from kvprof.units import fmt_bytes  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def sweep_rows(folder: Path) -> list[dict]:
     out = []
     for c in m["cells"]:
         res = c.get("result") or {}
-        out.append({"method": c["method"], "integration": c["integration"], "status": c["status"],
+        out.append({"method": c["method"], "integration": c.get("integration"), "status": c["status"],
                     "peak_bytes": res.get("peak_bytes"), "peak_stage": res.get("peak_stage"), "kv": res.get("kv"),
                     "rollout_s": res.get("rollout_s"), "process_s": c.get("seconds"),
                     "reconciliation": res.get("reconciliation"), "lanes": lanes})
@@ -50,9 +50,7 @@ def sweep_rows(folder: Path) -> list[dict]:
 def read_rows(path: str) -> list[dict]:
     """Rows of a sweep folder (or its manifest.json), or of a .jsonl file of the former sweep script."""
     p = Path(path)
-    if p.name == MANIFEST_FILE:
-        p = p.parent
-    if p.is_dir():
+    if p.is_dir() or p.suffix == ".json":  # a sweep folder, or its manifest (also a copy kept under another name)
         return sweep_rows(p)
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
@@ -60,8 +58,8 @@ def read_rows(path: str) -> list[dict]:
 def throughput(folder: Path) -> str:
     """One line: cells finished per hour of the sweep's runs (all runs of a resumed sweep together)."""
     m = read_manifest(folder)
-    done = sum(1 for c in m["cells"] if c["status"] in ("complete", "oom"))
-    seconds = sum(r.get("seconds") or 0 for r in m.get("runs", []))
+    done = sum(1 for c in m["cells"] if c["status"] in DONE)
+    seconds = sweep_seconds(m)
     c = m.get("cluster") or {}
     rate = 3600 * done / seconds if seconds else float("nan")
     return (f"{folder}: {done}/{len(m['cells'])} cells in {seconds:.0f} s over {len(m.get('runs', []))} run(s), "

@@ -12,6 +12,9 @@ inside it, and prints JSON: their count, each piece's share (a sample counts for
 of its stack matches), the other threads' samples (the drain thread's own CPU time), and the leaf frames
 that held most samples. Sampling is time-based, so shares are of wall time on the model thread.
 
+Not `kvprof trace --host-profile`: that profile is about the code under study and leaves kvprof's own frames out of
+its top frames; this one counts exactly those, native ones included, in the benchmark's own workload.
+
 py-spy writes its output only when it stops: stop it with SIGINT (`timeout -s INT`, which py-spy passes on as
 Ctrl-C), never SIGTERM/SIGKILL, or nothing is written (session 9's first try, at 100 Hz with `--native`, fell 1-1.6 s
 behind, slowed the run and was killed by `timeout` before writing). 25 Hz gives ~300 samples of a 12 s rollout.

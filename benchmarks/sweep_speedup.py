@@ -26,10 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kvprof.read.manifest import read_manifest  # noqa: E402
-
-DONE = ("complete", "oom")
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from kvprof.read.manifest import DONE, read_manifest, sweep_seconds  # noqa: E402
+from results_table import read_rows  # noqa: E402
 
 
 def side(folders: list[Path]) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def side(folders: list[Path]) -> dict[str, Any]:
     workers = 0
     for folder in folders:
         m = read_manifest(folder)
-        wall += sum(r.get("seconds") or 0.0 for r in m.get("runs", []))
+        wall += sweep_seconds(m)
         workers = max(workers, (m.get("cluster") or {}).get("workers") or 0)
         for c in m["cells"]:
             if c["status"] in DONE:
@@ -98,9 +97,10 @@ def markdown(r: dict[str, Any]) -> str:
 def split(n: int, methods: list[str], earlier: list[Path]) -> list[list[str]]:
     """`methods` in `n` lists of about equal cost (see the module docstring)."""
     costs: dict[str, list[float]] = {}
-    for path in earlier:
-        for method, seconds in _method_seconds(path):
-            costs.setdefault(method, []).append(seconds)
+    for path in earlier:  # a sweep (folder or manifest) or the former sweep script's .jsonl rows
+        for r in read_rows(str(path)):
+            if r.get("status") in DONE and r.get("process_s"):
+                costs.setdefault(r["method"], []).append(float(r["process_s"]))
     every = sorted(s for v in costs.values() for s in v)
     default = statistics.median(every) if every else 1.0
     cost = {m: statistics.median(costs[m]) if m in costs else default for m in methods}
@@ -109,15 +109,6 @@ def split(n: int, methods: list[str], earlier: list[Path]) -> list[list[str]]:
         i = min(range(n), key=lambda i: bins[i][0])
         bins[i] = (bins[i][0] + cost[m], bins[i][1] + [m])
     return [b for _, b in bins]
-
-
-def _method_seconds(path: Path) -> list[tuple[str, float]]:
-    """(method, seconds) of the finished cells of a sweep (folder or manifest), or of the rows of the former sweep
-    script's .jsonl files (`process_s`: the older study sweeps in benchmarks/results/)."""
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [(r["method"], float(r["process_s"])) for r in rows if r.get("status") == "complete" and r.get("process_s")]
-    return [(c["method"], float(c["seconds"])) for c in read_manifest(path)["cells"] if c["status"] in DONE and c.get("seconds")]
 
 
 def main(argv: list[str] | None = None) -> int:

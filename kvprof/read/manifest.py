@@ -143,6 +143,11 @@ def new_manifest(matrix: dict[str, Any], cells: list[dict[str, Any]], command: l
             "cells": [{**c, "status": "pending", "run_id": None, "torn": []} for c in cells]}
 
 
+def sweep_seconds(manifest: dict[str, Any]) -> float:
+    """Wall seconds of the sweep: its runs' `seconds` added (a resumed sweep has several; gaps between them not counted)."""
+    return float(sum(r.get("seconds") or 0.0 for r in manifest.get("runs", [])))
+
+
 def counts(manifest: dict[str, Any]) -> dict[str, int]:
     """Cells per status."""
     out: dict[str, int] = {}

@@ -90,10 +90,9 @@ def earlier_cells(folders: list[Path]) -> list[dict[str, Any]]:
 
 def prepare(args: argparse.Namespace, gpus: int) -> tuple[dict[str, Any], Matrix | None]:
     """The manifest to run (a new one from the matrix flags, or SWEEP's own with --resume), and the
-    matrix when the cells wait for a remote cluster to say GPU or CPU. All usage errors are raised
+    matrix when the cells wait for a remote cluster to say GPU or CPU. Usage errors of the matrix and --out are raised
     here, before any cluster starts."""
     _check_flags(args)
-    earlier_cells(args.costs_from)  # a bad folder fails here, before any cluster starts
     out: Path = args.out
     if args.resume:
         if not mf.is_sweep(out):
@@ -121,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     gpus = cl.visible_gpus() if args.scheduler is None else 0
     manifest, matrix = prepare(args, gpus)
+    earlier = earlier_cells(args.costs_from)  # read once; a bad folder fails here, before anything is written
     out: Path = args.out
     try:
         mf.sweep_trace_root(out).mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"kvprof sweep: {len(manifest['cells'])} cells, {info.workers} workers"
                   f"{f' on {info.gpus // max(1, info.workers_per_gpu)} GPUs' if info.gpus else ' (CPU)'}; "
                   f"dashboard: {info.dashboard or 'none'}{_bokeh_note()}", file=sys.stderr)
-        code = _run_cells(client, info, manifest, out, token, args.retries, quiet, earlier_cells(args.costs_from))
+        code = _run_cells(client, info, manifest, out, token, args.retries, quiet, earlier)
     except KeyboardInterrupt:
         print(f"kvprof sweep: interrupted; finished cells are in {out / mf.MANIFEST_FILE} ('--resume' runs the rest)",
               file=sys.stderr)
