@@ -15,7 +15,7 @@
 # costs, a one-GPU sweep of each list on its GPU at once, then one sweep over every GPU longest first; then
 # sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call), pairs:METHOD:FRAMES:N (issue
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
-# PIN_CPUS=A/B keeps each GPU's runs on its own cores), sweep-study (issue 19: the study column, every GPU, longest
+# PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), sweep-study (issue 19: the study column, every GPU, longest
 # first; resumes like sweep-all), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).

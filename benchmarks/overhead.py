@@ -223,25 +223,59 @@ def _run_one(mode: str, shared: list[str], gpu: str | None = None, cpus: set[int
                             stderr=subprocess.PIPE, text=True, env=env, preexec_fn=pin)
 
 
+def cpu_list(text: str, what: str) -> set[int]:
+    """One CPU list as taskset writes it ("0-7,16-23"); ValueError naming `what` (the flag or the file) otherwise."""
+    cpus: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"{what}: {part!r} is not a CPU number or range")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    if not cpus:
+        raise ValueError(f"{what}: an empty CPU list")
+    return cpus
+
+
 def parse_cpus(text: str) -> list[set[int]]:
     """`--pin-cpus A/B`: two CPU lists as taskset writes them ("0-7,16-23/8-15,24-31"), for GPU A's and GPU B's runs."""
     sides = text.split("/")
     if len(sides) != 2:
-        raise ValueError(f"--pin-cpus {text!r}: two CPU lists split by '/', e.g. 0-7/8-15")
-    out = []
-    for side in sides:
-        cpus: set[int] = set()
-        for part in filter(None, side.split(",")):
-            lo, _, hi = part.partition("-")
-            if not lo.isdigit() or (hi and not hi.isdigit()):
-                raise ValueError(f"--pin-cpus {text!r}: {part!r} is not a CPU number or range")
-            cpus.update(range(int(lo), int(hi or lo) + 1))
-        if not cpus:
-            raise ValueError(f"--pin-cpus {text!r}: an empty CPU list")
-        out.append(cpus)
+        raise ValueError(f"--pin-cpus {text!r}: two CPU lists split by '/', e.g. 0-7/8-15, or auto")
+    out = [cpu_list(side, f"--pin-cpus {text!r}") for side in sides]
     if out[0] & out[1]:
         raise ValueError(f"--pin-cpus {text!r}: the two lists share CPUs {sorted(out[0] & out[1])}")
     return out
+
+
+def _topology() -> str:
+    """`nvidia-smi topo -m`'s text, or "" where it cannot run."""
+    try:
+        return subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def topology_pins(topo: str, gpus: list[str], usable: set[int]) -> list[set[int]]:
+    """`--pin-cpus auto`: each of the two GPUs' usable NUMA-local cores (the "CPU Affinity" column of `nvidia-smi
+    topo -m`, columns split by tabs) where the two sets are disjoint; else (one NUMA node, as on session 10's 2-GPU
+    host, or a topology that does not say) the usable cores split in two halves."""
+    lines = [ln for ln in topo.splitlines() if ln.strip()]
+    header = next((ln.split("\t") for ln in lines if "CPU Affinity" in ln), None)
+    found: dict[str, set[int]] = {}
+    if header is not None:
+        col = [h.strip() for h in header].index("CPU Affinity")
+        for ln in lines:
+            cells = [c.strip() for c in ln.split("\t")]
+            if cells[0].startswith("GPU") and len(cells) > col:
+                try:
+                    found[cells[0][3:]] = cpu_list(cells[col], "nvidia-smi topo -m") & usable
+                except ValueError:
+                    continue
+    a, b = (found.get(g, set()) for g in gpus)
+    if a and b and not (a & b):
+        return [a, b]
+    cores = sorted(usable)
+    return [set(cores[: len(cores) // 2]), set(cores[len(cores) // 2:])]
 
 
 def _row(proc: subprocess.Popen, mode: str, timeout: float, **extra: Any) -> dict[str, Any]:
@@ -277,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", help="run one mode in this process")
     p.add_argument("--mode-timeout", type=float, default=600.0)
     p.add_argument("--pair-gpus", default=None, metavar="A,B", help="each traced mode on GPU A beside untraced on B, then swapped")
-    p.add_argument("--pin-cpus", default=None, metavar="A/B",
+    p.add_argument("--pin-cpus", default=None, metavar="A/B|auto",
                    help="with --pair-gpus: run GPU A's processes on CPU list A and GPU B's on B (taskset's notation, "
-                        "e.g. 0-7/8-15: each GPU's NUMA-local cores, `nvidia-smi topo -m`), so the two never share a core")
+                        "e.g. 0-7/8-15), so the two never share a core; auto: each GPU's NUMA-local cores from "
+                        "`nvidia-smi topo -m`, or this process's cores in halves where both GPUs share a node")
     p.add_argument("--rows-log", type=Path, default=None, metavar="FILE",
                    help="also append each row to FILE as a JSON line when it is in (a call cut off keeps them)")
     p.add_argument("--pairs", type=int, default=None, metavar="N",
@@ -303,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         if gpus is None:
             p.error("--pin-cpus: only with --pair-gpus")
         try:
-            pins = dict(zip(gpus, parse_cpus(args.pin_cpus)))
+            sides = topology_pins(_topology(), gpus, set(os.sched_getaffinity(0))) if args.pin_cpus == "auto" \
+                else parse_cpus(args.pin_cpus)
+            pins = dict(zip(gpus, sides))
         except ValueError as exc:
             p.error(str(exc))
     shared = ["--method", args.method, "--integration", args.integration, "--out", args.out] + \

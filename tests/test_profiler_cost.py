@@ -253,6 +253,13 @@ def test_overhead_pins_each_gpus_processes_to_its_own_cpus(tmp_path: Path) -> No
             oh.parse_cpus(bad)
     with pytest.raises(SystemExit):
         oh.main(["--pin-cpus", "0/1"])  # only with --pair-gpus
+    # --pin-cpus auto: NUMA-local cores where the GPUs' nodes differ, else halves (session 10's 2-GPU host: one node)
+    two_nodes = "\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\nGPU0\t X \tNV18\t0-3,8-11\t0\nGPU1\tNV18\t X \t4-7,12-15\t1\n"
+    assert oh.topology_pins(two_nodes, ["0", "1"], set(range(16))) == [{0, 1, 2, 3, 8, 9, 10, 11}, {4, 5, 6, 7, 12, 13, 14, 15}]
+    assert oh.topology_pins(two_nodes, ["1", "0"], set(range(6))) == [{4, 5}, {0, 1, 2, 3}]  # only the usable cores
+    one_node = two_nodes.replace("4-7,12-15", "0-3,8-11")
+    assert oh.topology_pins(one_node, ["0", "1"], set(range(6))) == [{0, 1, 2}, {3, 4, 5}]
+    assert oh.topology_pins("", ["0", "1"], {0, 1}) == [{0}, {1}]  # no nvidia-smi
     one = {min(os.sched_getaffinity(0))}
     shared = ["--method", "bf16", "--config", "tiny", "--frames", "3", "--no-decode", "--out", str(tmp_path)]
     row = oh._row(oh._run_one("untraced", shared, None, one), "untraced", 300)
