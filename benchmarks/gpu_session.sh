@@ -13,7 +13,7 @@
 # stopped, so repeat the step until it says 'complete'; SWEEP_METHODS=M1,M2 for fewer), sweep-table (their tables and
 # throughput), sweep-speedup (issue 17 in one call on one machine: the methods split in one list a GPU by earlier
 # costs, a one-GPU sweep of each list on its GPU at once, then one sweep over every GPU longest first; then
-# sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call), pairs:METHOD:FRAMES:N (issue
+# sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call; SPEEDUP_ORDER=many-first), pairs:METHOD:FRAMES:N (issue
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
 # PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), sweep-study (issue 19: the study column, every GPU, longest
 # first; resumes like sweep-all), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
@@ -113,22 +113,29 @@ for step in "$@"; do
       sweep /tmp/kv/sweep-all --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
       ;;
     sweep-speedup)
+      # SPEEDUP_ORDER=many-first runs the many-GPU sweep before the one-GPU ones (session 10's many-GPU cells ran 9 % slower
+      # than the same cells of the one-GPU sweeps run just before them on the same GPUs: order, or the sweep itself?)
       n=$(nvidia-smi -L | wc -l)
-      costs=${SPLIT_COSTS_FROM:-$(ls benchmarks/results/session9/call2/q*.manifest.json)}
+      costs=${SPLIT_COSTS_FROM:-$(ls benchmarks/results/session10/call3/one*.manifest.json)}
       mapfile -t parts < <(python3 benchmarks/sweep_speedup.py split "$n" --costs-from $costs --methods "${SWEEP_METHODS:-all}")
-      log "issue 17: $n one-GPU sweeps at once (${SWEEP_FLAGS:-with the decode})"
-      for g in $(seq 0 $((n - 1))); do
-        CUDA_VISIBLE_DEVICES=$g timeout -s INT -k 30 "${ONE_S:-300}" $KV sweep --out /tmp/kv/one$g --integrations staged \
-          --methods "${parts[$g]}" --frames 42 ${SWEEP_FLAGS:-} --quiet >> "$OUT/steps.log" 2>&1 &
-      done
-      wait
-      log "issue 17: one sweep over $n GPUs"
-      timeout -s INT -k 30 "${MANY_S:-300}" $KV sweep --out /tmp/kv/many --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42 \
-        ${SWEEP_FLAGS:-} --costs-from /tmp/kv/one* --quiet >> "$OUT/steps.log" 2>&1
+      ones() {
+        log "issue 17: $n one-GPU sweeps at once (${SWEEP_FLAGS:-with the decode})"
+        for g in $(seq 0 $((n - 1))); do
+          CUDA_VISIBLE_DEVICES=$g timeout -s INT -k 30 "${ONE_S:-300}" $KV sweep --out /tmp/kv/one$g --integrations staged \
+            --methods "${parts[$g]}" --frames 42 ${SWEEP_FLAGS:-} --quiet >> "$OUT/steps.log" 2>&1 &
+        done
+        wait
+      }
+      many() {
+        log "issue 17: one sweep over $n GPUs"
+        timeout -s INT -k 30 "${MANY_S:-300}" $KV sweep --out /tmp/kv/many --integrations staged --methods "${SWEEP_METHODS:-all}" \
+          --frames 42 ${SWEEP_FLAGS:-} --costs-from "$@" --quiet >> "$OUT/steps.log" 2>&1
+      }
+      if [ "${SPEEDUP_ORDER:-ones-first}" = many-first ]; then many $costs; ones; else ones; many /tmp/kv/one*; fi
       log "sweeps done"
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many > "$OUT/sweep_speedup.md" 2>>"$OUT/steps.log"
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many --json > "$OUT/sweep_speedup.json" 2>>"$OUT/steps.log"
-      tar -czf "$OUT/sweep_speedup_manifests.tgz" /tmp/kv/one*/manifest.json /tmp/kv/many/manifest.json 2>>"$OUT/steps.log"
+      for s in /tmp/kv/one* /tmp/kv/many; do cp "$s/manifest.json" "$OUT/$(basename "$s").manifest.json"; done
       ;;
     sweep-study)  # issue 19: the study runtime column; the long cells first (by the older study sweeps' times)
       order=$(python3 benchmarks/sweep_speedup.py split 1 --costs-from benchmarks/results/sweep_study_h100*.jsonl)
