@@ -16,7 +16,8 @@
 # sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call; SPEEDUP_ORDER=many-first), pairs:METHOD:FRAMES:N (issue
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
 # PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), sweep-study (issue 19: the study column, every GPU, longest
-# first; resumes like sweep-all), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
+# first; resumes like sweep-all), startup (a cell's start-up: imports, the VAE module, a trace process split in
+# phases; ~70 s), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
 # upstream and plugin (issue 18: upstream Self-Forcing instrumented, the example plugin method).
@@ -136,6 +137,10 @@ for step in "$@"; do
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many > "$OUT/sweep_speedup.md" 2>>"$OUT/steps.log"
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many --json > "$OUT/sweep_speedup.json" 2>>"$OUT/steps.log"
       for s in /tmp/kv/one* /tmp/kv/many; do cp "$s/manifest.json" "$OUT/$(basename "$s").manifest.json"; done
+      ;;
+    startup)  # where a sweep cell's seconds outside its trace go (session 10: ~5 s start-up, ~18 s when decoding)
+      log "start-up: torch, the VAE module, a bf16 staged 42 f trace process without and with the decode"
+      CUDA_VISIBLE_DEVICES=${STARTUP_GPU:-0} timeout 200 python3 benchmarks/startup_probe.py > "$OUT/startup.json" 2>>"$OUT/steps.log"
       ;;
     sweep-study)  # issue 19: the study runtime column; the long cells first (by the older study sweeps' times)
       order=$(python3 benchmarks/sweep_speedup.py split 1 --costs-from benchmarks/results/sweep_study_h100*.jsonl)

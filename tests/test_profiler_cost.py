@@ -291,3 +291,21 @@ print(out.status, 'diffusers' in sys.modules)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["complete", "False"]
+
+
+def test_startup_probe_reads_importtime_and_splits_a_trace_process(tmp_path: Path) -> None:
+    # benchmarks/startup_probe.py: where a sweep cell's seconds outside its trace go (session 10: 5 s, 18 s decoding)
+    import argparse
+
+    from benchmark_scripts import load
+
+    probe = load("startup_probe")
+    report = ("import time: self [us] | cumulative | imported package\n"
+              "import time:       910 |    1080986 |     diffusers.models.unets\n"
+              "import time:      3288 |    5340168 | kvprof.workload.vae\n"
+              "import time:        17 |         25 |   tiny\n")
+    assert probe.slowest_imports(report, 2) == [("kvprof.workload.vae", 5.340168), ("diffusers.models.unets", 1.080986)]
+    row = probe.trace_process(argparse.Namespace(frames=3, config="tiny", out=str(tmp_path)), "nodecode", decode=False)
+    assert row["exit"] == 0 and (tmp_path / "nodecode" / "meta.json").is_file()
+    ph = row["phases"]
+    assert ph["startup_s"] > 0.3 and ph["trace_s"] > 0 and ph["startup_s"] + ph["trace_s"] < row["process_s"] + 0.1
