@@ -132,7 +132,12 @@ for step in "$@"; do
         timeout -s INT -k 30 "${MANY_S:-300}" $KV sweep --out /tmp/kv/many --integrations staged --methods "${SWEEP_METHODS:-all}" \
           --frames 42 ${SWEEP_FLAGS:-} --costs-from "$@" --quiet >> "$OUT/steps.log" 2>&1
       }
+      # clocks, temperature and throttle reasons every 5 s: are the second sweep's cells slower because the GPUs are hot?
+      nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu,clocks_throttle_reasons.active \
+        --format=csv -l 5 > "$OUT/sweep_speedup_smi.csv" 2>/dev/null &
+      smi=$!
       if [ "${SPEEDUP_ORDER:-ones-first}" = many-first ]; then many $costs; ones; else ones; many /tmp/kv/one*; fi
+      kill $smi 2>/dev/null
       log "sweeps done"
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many > "$OUT/sweep_speedup.md" 2>>"$OUT/steps.log"
       python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many --json > "$OUT/sweep_speedup.json" 2>>"$OUT/steps.log"
