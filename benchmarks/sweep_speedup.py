@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from kvprof.read.manifest import DONE, read_manifest, sweep_seconds  # noqa: E402
+from kvprof.read.manifest import DONE, phase_seconds, read_manifest, sweep_seconds  # noqa: E402
 from results_table import read_rows  # noqa: E402
 
 
@@ -45,8 +45,7 @@ def side(folders: list[Path]) -> dict[str, Any]:
                 cells[c["id"]] = c
     inexact = sorted(cid for cid, c in cells.items() if _gaps(c) != (0, 0))
     cell_s = sum(c.get("seconds") or 0.0 for c in cells.values())
-    timed = [c["phases"] for c in cells.values() if c.get("phases")]  # cells of sweeps before session 9 have none
-    phases = {k: round(sum(ph[k] for ph in timed), 1) for k in ("startup_s", "trace_s", "after_s")} if timed else None
+    phases = phase_seconds(list(cells.values()))  # cells of sweeps before session 9 have none
     return {"sweeps": [str(f) for f in folders], "cells": len(cells), "wall_s": round(wall, 1), "cell_s": round(cell_s, 1),
             "phases": phases,
             "cells_per_h": round(3600 * len(cells) / wall, 1) if wall else None, "workers": workers, "inexact": inexact,

@@ -1,4 +1,5 @@
-"""`kvprof sweep --costs-from`: the longest cells really start first (not only carry the highest Dask priority)."""
+"""`kvprof sweep`: with `--costs-from` the longest cells really start first (not only carry the highest Dask
+priority); at the end the sweep says how much of its cells' time passed outside their traces."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,3 +57,19 @@ def test_one_worker_starts_the_longest_cell_first(tmp_path):
     assert all(c["status"] == "complete" for c in cells)
     started = [c["method"] for c in sorted(cells, key=lambda c: c["started"])]
     assert started == ["kivi_int4", "rtn_int4", "bf16"]
+
+
+def test_the_sweep_says_where_its_cells_time_went():
+    from kvprof.sweep.command import where_time_went
+
+    cells = [cell("bf16", status="complete", phases={"startup_s": 5.0, "trace_s": 15.0, "after_s": 2.0}),
+             cell("prq_int4", status="oom", phases={"startup_s": 6.0, "trace_s": 40.0, "after_s": 12.0}),
+             cell("rtn_int4", status="failed", phases={"startup_s": 100.0, "trace_s": 1.0, "after_s": 0.0}),
+             cell("kivi_int4", status="complete")]  # a cell of a sweep before phases were recorded
+    assert mf.phase_seconds(cells[:2]) == {"startup_s": 11.0, "trace_s": 55.0, "after_s": 14.0}
+    manifest = {"cells": cells}
+    # finished cells only (complete or oom): the failed one's seconds are not a result
+    assert where_time_went(manifest) == ("kvprof sweep: cells ran 80 s: 55 s in their traces, 25 s (31 %) in their "
+                                         "processes' start-up (11 s: interpreter, imports, CUDA) and exit (14 s: "
+                                         "tables, summary)")
+    assert where_time_went({"cells": cells[3:]}) is None and mf.phase_seconds([]) is None

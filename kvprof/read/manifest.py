@@ -154,3 +154,15 @@ def counts(manifest: dict[str, Any]) -> dict[str, int]:
     for c in manifest["cells"]:
         out[c["status"]] = out.get(c["status"], 0) + 1
     return out
+
+
+PHASES: tuple[str, ...] = ("startup_s", "trace_s", "after_s")
+
+
+def phase_seconds(cells: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Seconds the cells spent before their traces opened (`startup_s`: interpreter, imports, CUDA), in them
+    (`trace_s`) and after them (`after_s`: tables, summary, exit), added over the cells that recorded `phases`
+    (kvprof.sweep.run.phases_of); None when none did (sweeps before phases were recorded)."""
+    timed = [c["phases"] for c in cells if c.get("phases")]
+    return {k: round(sum(ph[k] for ph in timed), 1) for k in PHASES} if timed else None
+

@@ -162,7 +162,22 @@ def run(args: argparse.Namespace) -> int:
         _print_json(out, manifest)
     elif not quiet or code:
         print(f"kvprof sweep: {', '.join(f'{n} {s}' for s, n in mf.counts(manifest).items())}; {out}", file=sys.stderr)
+        if not quiet and (where := where_time_went(manifest)):
+            print(where, file=sys.stderr)
     return code
+
+
+def where_time_went(manifest: dict[str, Any]) -> str | None:
+    """One line: the finished cells' seconds in their traces and outside them (a fresh process per trace costs its
+    start-up and exit), or None when no cell recorded its phases."""
+    ph = mf.phase_seconds([c for c in manifest["cells"] if c["status"] in mf.DONE])
+    total = sum(ph.values()) if ph else 0.0
+    if not ph or total <= 0:
+        return None
+    outside = ph["startup_s"] + ph["after_s"]
+    return (f"kvprof sweep: cells ran {total:,.0f} s: {ph['trace_s']:,.0f} s in their traces, {outside:,.0f} s "
+            f"({100 * outside / total:.0f} %) in their processes' start-up ({ph['startup_s']:,.0f} s: interpreter, "
+            f"imports, CUDA) and exit ({ph['after_s']:,.0f} s: tables, summary)")
 
 
 def _print_json(out: Path, manifest: dict[str, Any]) -> None:
