@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     torch_s, _ = timed([sys.executable, "-c", "import torch"])
     vae_s, _ = timed([sys.executable, "-c", "import torch; from kvprof.workload import vae"])
     _, imp = timed([sys.executable, "-X", "importtime", "-c", "import torch; from kvprof.workload import vae"])
+    # a fork server (torch and the VAE module imported once per worker, a fork per cell) is safe only if these imports
+    # leave the CUDA driver unloaded: a fork after cuInit breaks CUDA in the child
+    _, maps = timed([sys.executable, "-c", "import torch, kvprof.cli, kvprof.runner, kvprof.workload.build, "
+                     "kvprof.workload.vae; print(any('libcuda.so' in ln for ln in open('/proc/self/maps')))"])
     report = {"import_torch_s": round(torch_s, 2), "import_torch_and_vae_s": round(vae_s, 2),
+              "cuda_driver_loaded_by_imports": maps.stdout.strip() or maps.stderr[-300:],
               "slowest_imports_s": slowest_imports(imp.stderr),
               "traces": [trace_process(args, f"{stamp}-{'decode' if d else 'nodecode'}", d) for d in (False, True)]}
     print(json.dumps(report, indent=1))
