@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from kvprof.read.live import FollowState, TraceFollower
+from kvprof.read.manifest import DONE
 from tracers.trace_io import META_FILE, TraceError, read_meta
 from tui.model import TraceView, build_view
 
@@ -57,7 +58,7 @@ class TraceSource:
     def finished(self) -> bool:
         """Nothing will change any more (closed with summary, or unreadable; a sweep cell: its
         attempt ended complete or oom)."""
-        if self.newest is not None and self.follower.finished and self.state.status not in ("complete", "oom"):
+        if self.newest is not None and self.follower.finished and self.state.status not in DONE:
             return False  # a retry may still come
         return self.error is not None or self.follower.finished
 

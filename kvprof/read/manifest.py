@@ -165,4 +165,3 @@ def phase_seconds(cells: list[dict[str, Any]]) -> dict[str, float] | None:
     (kvprof.sweep.run.phases_of); None when none did (sweeps before phases were recorded)."""
     timed = [c["phases"] for c in cells if c.get("phases")]
     return {k: round(sum(ph[k] for ph in timed), 1) for k in PHASES} if timed else None
-

@@ -12,6 +12,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from kvprof.read.manifest import DONE
+
 
 CostKey = tuple[str, str, Any, Any]
 
@@ -31,7 +33,7 @@ def cell_costs(cells: list[dict[str, Any]]) -> dict[CostKey, list[float]]:
     """Seconds of each finished cell (complete or oom), per `cost_key`."""
     out: dict[CostKey, list[float]] = {}
     for c in cells:
-        if c.get("status") in ("complete", "oom") and c.get("seconds"):
+        if c.get("status") in DONE and c.get("seconds"):
             out.setdefault(cost_key(c), []).append(float(c["seconds"]))
     return out
 
@@ -98,7 +100,7 @@ def render(cells: list[dict[str, Any]], running: dict[str, list[str]], workers: 
     for c in cells:
         by[c["status"]] = by.get(c["status"], 0) + 1
     n_running = sum(len(v) for v in running.values())
-    pending = [c for c in cells if c["status"] not in ("complete", "oom", "failed")]
+    pending = [c for c in cells if c["status"] not in (*DONE, "failed")]
     done = by.get("complete", 0) + by.get("oom", 0)
     header = Text(f"sweep: {done}/{len(cells)} done ({by.get('oom', 0)} oom) · {n_running} running · "
                   f"{by.get('failed', 0)} failed · elapsed {_fmt_s(elapsed_s)} · "
