@@ -25,13 +25,15 @@
 # image lacks are carried in .whl/ (see NEXT_GPU_SESSION.md); installed into a fresh /tmp/site.
 set -u
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/kv
-if [ ! -f /tmp/site/.done ]; then
-  rm -rf /tmp/site
-  pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 && touch /tmp/site/.done
+KVTMP=${KVTMP:-/tmp/kv}  # where traces and sweeps go on the device (a test points it elsewhere)
+mkdir -p "$OUT" "$KVTMP"
+SITE=${SITE:-/tmp/site}  # the carried wheels, installed once a machine
+if [ ! -f $SITE/.done ]; then
+  rm -rf $SITE
+  pip install -q --no-index --no-deps --target $SITE .whl/*.whl > "$OUT/pip.log" 2>&1 && touch $SITE/.done
 fi
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
-KV="python3 -m kvprof.cli"
+export PYTHONPATH=$SITE:$PWD PATH=$SITE/bin:$PATH
+KV=${KV:-python3 -m kvprof.cli}  # a test may stand a fake in (tests/test_gpu_session.py)
 # `kvprof sweep` into folder $1 (the matrix flags after it), resumed when the folder holds a sweep; a
 # call stops (SIGINT: finished cells stay in the manifest) before the device call's 10 minutes.
 # A machine can be given back between two calls (session 7): with SWEEP_STATE_DIR (a carried folder
@@ -59,7 +61,7 @@ for step in "$@"; do
       { nvidia-smi -L; python3 -c "import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda)"; } > "$OUT/env.txt" 2>&1
       python3 benchmarks/probe_allocator.py --counters > "$OUT/counters_cost.json" 2>>"$OUT/steps.log"
       log "issue 2: bf16 traced vs untraced"
-      timeout 560 python3 benchmarks/overhead.py --method bf16 --repeat 3 --out /tmp/kv/tvu > "$OUT/bf16_overhead.json" 2>>"$OUT/steps.log"
+      timeout 560 python3 benchmarks/overhead.py --method bf16 --repeat 3 --out $KVTMP/tvu > "$OUT/bf16_overhead.json" 2>>"$OUT/steps.log"
       log "issue 5: lpips vs official"
       timeout 120 python3 benchmarks/lpips_vs_official.py --device cuda --out "$OUT/lpips_vs_official_cuda.json" >> "$OUT/steps.log" 2>&1
       ;;
@@ -75,43 +77,43 @@ for step in "$@"; do
       IFS=: read -r _ m integ frames <<< "$step"
       log "issue 15: $m $integ $frames frames --rolling 21, traced, then opened"
       timeout "${LONG_S:-540}" $KV trace --method "$m" --integration "$integ" --frames "$frames" --rolling 21 --no-decode \
-        --out /tmp/kv/long --run-id "$m-$integ-$frames" --json > "$OUT/long_$m-$integ-$frames.json" 2>>"$OUT/steps.log"
-      [ -f "/tmp/kv/long/$m-$integ-$frames/summary.json" ] && timeout 120 python3 benchmarks/open_speed.py \
-        --trace "/tmp/kv/long/$m-$integ-$frames" --repeat 1 > "$OUT/open_$m-$integ-$frames.txt" 2>>"$OUT/steps.log"
+        --out $KVTMP/long --run-id "$m-$integ-$frames" --json > "$OUT/long_$m-$integ-$frames.json" 2>>"$OUT/steps.log"
+      [ -f "$KVTMP/long/$m-$integ-$frames/summary.json" ] && timeout 120 python3 benchmarks/open_speed.py \
+        --trace "$KVTMP/long/$m-$integ-$frames" --repeat 1 > "$OUT/open_$m-$integ-$frames.txt" 2>>"$OUT/steps.log"
       ;;
     pairs:*)  # pairs:METHOD:FRAMES:N, e.g. pairs:prq_int4:42:3 (issue 15: N traced runs, each beside an untraced one)
       IFS=: read -r _ m frames n <<< "$step"
       log "issue 15: $m $frames frames, $n simultaneous pairs on GPUs 0,1"
       timeout -k 10 "${PAIRS_S:-540}" python3 benchmarks/overhead.py --method "$m" --frames "$frames" --no-decode \
-        --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus 0,1 --modes untraced,kvprof --out /tmp/kv/pairs \
+        --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus 0,1 --modes untraced,kvprof --out $KVTMP/pairs \
         --rows-log "$OUT/pairs_$m-$frames.jsonl" ${PIN_CPUS:+--pin-cpus "$PIN_CPUS"} > "$OUT/pairs_$m-$frames.json" 2>>"$OUT/steps.log"
       nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
       ;;
     budget)
       log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"
-      timeout 120 $KV trace --method bf16 --budget 20GiB --out /tmp/kv/budget --run-id bf16-budget --json > "$OUT/budget_bf16.json" 2>>"$OUT/steps.log"
-      timeout 420 $KV trace --method prq_int4 --budget 20GiB --out /tmp/kv/budget --run-id prq_int4-budget --json > "$OUT/budget_prq_int4.json" 2>>"$OUT/steps.log"
-      $KV diagnose /tmp/kv/budget/prq_int4-budget --baseline /tmp/kv/budget/bf16-budget > "$OUT/budget_diagnose.txt" 2>&1
+      timeout 120 $KV trace --method bf16 --budget 20GiB --out $KVTMP/budget --run-id bf16-budget --json > "$OUT/budget_bf16.json" 2>>"$OUT/steps.log"
+      timeout 420 $KV trace --method prq_int4 --budget 20GiB --out $KVTMP/budget --run-id prq_int4-budget --json > "$OUT/budget_prq_int4.json" 2>>"$OUT/steps.log"
+      $KV diagnose $KVTMP/budget/prq_int4-budget --baseline $KVTMP/budget/bf16-budget > "$OUT/budget_diagnose.txt" 2>&1
       ;;
     host)
       for m in quarot_kv_int4 flowcache_soft_prune_int4; do
         log "issue 8: host profile $m"
-        timeout 240 $KV trace --method "$m" --host-profile --out /tmp/kv/host --run-id "$m-host" --json > "$OUT/host_$m.json" 2>>"$OUT/steps.log"
+        timeout 240 $KV trace --method "$m" --host-profile --out $KVTMP/host --run-id "$m-host" --json > "$OUT/host_$m.json" 2>>"$OUT/steps.log"
       done
       ;;
     study:*|staged:*)
       integ=${step%%:*}; methods=${step#*:}
       log "issue 3: $integ sweep $methods"
-      sweep "/tmp/kv/sweep-$integ-${methods//,/_}" --integrations "$integ" --methods "$methods"
-      python3 benchmarks/results_table.py "/tmp/kv/sweep-$integ-${methods//,/_}" >> "$OUT/sweep_$integ.md" 2>>"$OUT/steps.log"
+      sweep "$KVTMP/sweep-$integ-${methods//,/_}" --integrations "$integ" --methods "$methods"
+      python3 benchmarks/results_table.py "$KVTMP/sweep-$integ-${methods//,/_}" >> "$OUT/sweep_$integ.md" 2>>"$OUT/steps.log"
       ;;
     sweep-1gpu)
       log "issue 17: all methods, staged, 42 frames, GPU 0 alone"
-      CUDA_VISIBLE_DEVICES=0 sweep /tmp/kv/sweep-1gpu --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
+      CUDA_VISIBLE_DEVICES=0 sweep $KVTMP/sweep-1gpu --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
       ;;
     sweep-all)
       log "issue 17: all methods, staged, 42 frames, every GPU ($(nvidia-smi -L | wc -l))"
-      sweep /tmp/kv/sweep-all --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
+      sweep $KVTMP/sweep-all --integrations staged --methods "${SWEEP_METHODS:-all}" --frames 42
       ;;
     sweep-speedup)
       # SPEEDUP_ORDER=many-first runs the many-GPU sweep before the one-GPU ones (session 10's many-GPU cells ran 9 % slower
@@ -121,27 +123,29 @@ for step in "$@"; do
       mapfile -t parts < <(python3 benchmarks/sweep_speedup.py split "$n" --costs-from $costs --methods "${SWEEP_METHODS:-all}")
       ones() {
         log "issue 17: $n one-GPU sweeps at once (${SWEEP_FLAGS:-with the decode})"
+        local pids=()
         for g in $(seq 0 $((n - 1))); do
-          CUDA_VISIBLE_DEVICES=$g timeout -s INT -k 30 "${ONE_S:-300}" $KV sweep --out /tmp/kv/one$g --integrations staged \
+          CUDA_VISIBLE_DEVICES=$g timeout -s INT -k 30 "${ONE_S:-300}" $KV sweep --out $KVTMP/one$g --integrations staged \
             --methods "${parts[$g]}" --frames 42 ${SWEEP_FLAGS:-} --quiet >> "$OUT/steps.log" 2>&1 &
+          pids+=($!)
         done
-        wait
+        wait "${pids[@]}"  # the sweeps only: a bare `wait` also waits for the clock sampler, which never ends (session 11)
       }
       many() {
         log "issue 17: one sweep over $n GPUs"
-        timeout -s INT -k 30 "${MANY_S:-300}" $KV sweep --out /tmp/kv/many --integrations staged --methods "${SWEEP_METHODS:-all}" \
+        timeout -s INT -k 30 "${MANY_S:-300}" $KV sweep --out $KVTMP/many --integrations staged --methods "${SWEEP_METHODS:-all}" \
           --frames 42 ${SWEEP_FLAGS:-} --costs-from "$@" --quiet >> "$OUT/steps.log" 2>&1
       }
       # clocks, temperature and throttle reasons every 5 s: are the second sweep's cells slower because the GPUs are hot?
       nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu,clocks_throttle_reasons.active \
         --format=csv -l 5 > "$OUT/sweep_speedup_smi.csv" 2>/dev/null &
       smi=$!
-      if [ "${SPEEDUP_ORDER:-ones-first}" = many-first ]; then many $costs; ones; else ones; many /tmp/kv/one*; fi
+      if [ "${SPEEDUP_ORDER:-ones-first}" = many-first ]; then many $costs; ones; else ones; many $KVTMP/one*; fi
       kill $smi 2>/dev/null
       log "sweeps done"
-      python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many > "$OUT/sweep_speedup.md" 2>>"$OUT/steps.log"
-      python3 benchmarks/sweep_speedup.py compare --one /tmp/kv/one* --many /tmp/kv/many --json > "$OUT/sweep_speedup.json" 2>>"$OUT/steps.log"
-      for s in /tmp/kv/one* /tmp/kv/many; do cp "$s/manifest.json" "$OUT/$(basename "$s").manifest.json"; done
+      python3 benchmarks/sweep_speedup.py compare --one $KVTMP/one* --many $KVTMP/many > "$OUT/sweep_speedup.md" 2>>"$OUT/steps.log"
+      python3 benchmarks/sweep_speedup.py compare --one $KVTMP/one* --many $KVTMP/many --json > "$OUT/sweep_speedup.json" 2>>"$OUT/steps.log"
+      for s in $KVTMP/one* $KVTMP/many; do cp "$s/manifest.json" "$OUT/$(basename "$s").manifest.json"; done
       ;;
     startup)  # where a sweep cell's seconds outside its trace go (session 10: ~5 s start-up, ~18 s when decoding)
       log "start-up: torch, the VAE module, a bf16 staged 42 f trace process without and with the decode"
@@ -150,72 +154,72 @@ for step in "$@"; do
     sweep-study)  # issue 19: the study runtime column; the long cells first (by the older study sweeps' times)
       order=$(python3 benchmarks/sweep_speedup.py split 1 --costs-from benchmarks/results/sweep_study_h100*.jsonl)
       log "issue 19: all methods, study, 42 frames, every GPU ($(nvidia-smi -L | wc -l)), longest first"
-      sweep /tmp/kv/sweep-study --integrations study --methods "$order" --frames 42
-      python3 benchmarks/results_table.py /tmp/kv/sweep-study > "$OUT/sweep-study.md" 2>>"$OUT/steps.log"
-      cp /tmp/kv/sweep-study/manifest.json "$OUT/sweep-study.manifest.json"
+      sweep $KVTMP/sweep-study --integrations study --methods "$order" --frames 42
+      python3 benchmarks/results_table.py $KVTMP/sweep-study > "$OUT/sweep-study.md" 2>>"$OUT/steps.log"
+      cp $KVTMP/sweep-study/manifest.json "$OUT/sweep-study.manifest.json"
       ;;
     sweep-table)
       done_dirs=()
       for s in sweep-1gpu sweep-all; do
-        [ -f /tmp/kv/$s/manifest.json ] || continue
-        done_dirs+=(/tmp/kv/$s)
-        python3 benchmarks/results_table.py /tmp/kv/$s > "$OUT/$s.md" 2>>"$OUT/steps.log"
-        cp /tmp/kv/$s/manifest.json "$OUT/$s.manifest.json"
+        [ -f $KVTMP/$s/manifest.json ] || continue
+        done_dirs+=($KVTMP/$s)
+        python3 benchmarks/results_table.py $KVTMP/$s > "$OUT/$s.md" 2>>"$OUT/steps.log"
+        cp $KVTMP/$s/manifest.json "$OUT/$s.manifest.json"
       done
       [ ${#done_dirs[@]} -gt 0 ] && python3 benchmarks/results_table.py --throughput "${done_dirs[@]}" > "$OUT/sweep_throughput.txt" 2>>"$OUT/steps.log"
       ;;
     render)
       log "issue 7: render"
-      timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py /tmp/kv/sweep /tmp/kv/budget /tmp/kv/tvu /tmp/kv/host \
-        --out /tmp/kv/report --skip-existing ${RENDER_ARGS:-} >> "$OUT/steps.log" 2>&1
+      timeout "${RENDER_S:-200}" python3 benchmarks/render_sweep_report.py $KVTMP/sweep $KVTMP/budget $KVTMP/tvu $KVTMP/host \
+        --out $KVTMP/report --skip-existing ${RENDER_ARGS:-} >> "$OUT/steps.log" 2>&1
       ;;
     upstream)
       # Issue 18: upstream Self-Forcing's own pipeline (carried, never committed: UPSTREAM=its folder;
       # needs the einops wheel in .whl) traced with `instrument` alone, directly and through `kvprof run`.
       R=${UPSTREAM:-.upstream/Self-Forcing}
       log "issue 18: upstream pipeline, instrument(pipeline) in the script"
-      timeout 400 python3 benchmarks/self_forcing_upstream.py "$R" /tmp/kv/upstream/direct > "$OUT/upstream.txt" 2>>"$OUT/steps.log"
+      timeout 400 python3 benchmarks/self_forcing_upstream.py "$R" $KVTMP/upstream/direct > "$OUT/upstream.txt" 2>>"$OUT/steps.log"
       log "issue 18: the same through kvprof run --instrument self-forcing"
-      PYTHONPATH=$PYTHONPATH:$PWD/benchmarks timeout 400 $KV run --instrument self-forcing --out /tmp/kv/upstream --run-id via-run \
+      PYTHONPATH=$PYTHONPATH:$PWD/benchmarks timeout 400 $KV run --instrument self-forcing --out $KVTMP/upstream --run-id via-run \
         -- python3 benchmarks/self_forcing_upstream.py "$R" >> "$OUT/upstream.txt" 2>>"$OUT/steps.log"
       python3 -c "
 from kvprof.read.trace import load_trace
 for name in ('direct', 'via-run'):
-    t = load_trace('/tmp/kv/upstream/' + name); s = t.summary.to_dict(); p = s['peak']; a = t.allocations
+    t = load_trace('$KVTMP/upstream/' + name); s = t.summary.to_dict(); p = s['peak']; a = t.allocations
     kv = a[a['name'].astype(str).str.match(r'layer \d+ / [kv]$')]; cross = a[a['name'].astype(str).str.startswith('cross_')]
     print(name, 'peak', p['bytes'], 'max_memory_allocated', t.meta.get('max_memory_allocated_bytes'), 'stage', p['stage'])
     print('  at peak', p['by_category'])
     print('  kv_fp blocks', int(kv['bytes'].sum()), 'cross_kv blocks live at end', int(cross.loc[cross['q_free'] == -1, 'bytes'].sum()))
     print('  stages', {r['stage']: r['count'] for r in s['stage_times']}, 'reconciliation', s.get('reconciliation'))
 " >> "$OUT/upstream.txt" 2>>"$OUT/steps.log"
-      $KV diagnose /tmp/kv/upstream/direct >> "$OUT/upstream.txt" 2>&1
+      $KV diagnose $KVTMP/upstream/direct >> "$OUT/upstream.txt" 2>&1
       ;;
     plugin)
       # Issue 18: the example plugin method (examples/my_method.py) at full size, study and staged, against bf16.
       P=examples.my_method:TokenInt4Sink
       for integ in study staged; do
         log "issue 18: plugin $P under $integ"
-        timeout 280 $KV trace --method "$P" --integration $integ --out /tmp/kv/plugin --run-id "plugin-$integ" --json \
+        timeout 280 $KV trace --method "$P" --integration $integ --out $KVTMP/plugin --run-id "plugin-$integ" --json \
           > "$OUT/plugin_$integ.json" 2>>"$OUT/steps.log"
       done
-      [ -d /tmp/kv/plugin/bf16 ] || timeout 120 $KV trace --method bf16 --out /tmp/kv/plugin --run-id bf16 --quiet > /dev/null 2>>"$OUT/steps.log"
+      [ -d $KVTMP/plugin/bf16 ] || timeout 120 $KV trace --method bf16 --out $KVTMP/plugin --run-id bf16 --quiet > /dev/null 2>>"$OUT/steps.log"
       for integ in study staged; do
-        $KV diagnose /tmp/kv/plugin/plugin-$integ --baseline /tmp/kv/plugin/bf16 >> "$OUT/plugin_diagnose.txt" 2>&1
+        $KV diagnose $KVTMP/plugin/plugin-$integ --baseline $KVTMP/plugin/bf16 >> "$OUT/plugin_diagnose.txt" 2>&1
       done
       ;;
     notes)
       # Each trace's meta notes and the other GPU processes NVML saw (confirms the "GPU shared" note).
       python3 -c "
 import json, pathlib
-for m in sorted(pathlib.Path('/tmp/kv').glob('*/*/meta.json')):
+for m in sorted(pathlib.Path('$KVTMP').glob('*/*/meta.json')):
     d = json.loads(m.read_text())
     print(m.parent.name, d.get('other_gpu_processes_max'), d.get('notes'))
 " > "$OUT/notes.txt" 2>>"$OUT/steps.log"
       ;;
     pack)
       # The HTML apart: the tool brings back files of at most 16 MiB each.
-      tar -czf "$OUT/report.tgz" --exclude=sweep.html -C /tmp/kv report 2>>"$OUT/steps.log"
-      [ -f /tmp/kv/report/sweep.html ] && gzip -c /tmp/kv/report/sweep.html > "$OUT/sweep.html.gz"
+      tar -czf "$OUT/report.tgz" --exclude=sweep.html -C $KVTMP report 2>>"$OUT/steps.log"
+      [ -f $KVTMP/report/sweep.html ] && gzip -c $KVTMP/report/sweep.html > "$OUT/sweep.html.gz"
       ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

@@ -1,0 +1,56 @@
+"""Dry runs of benchmarks/gpu_session.sh steps on a machine without a GPU: a fake `nvidia-smi` and a fake
+`kvprof sweep` (KV=...) stand in, so the step's own shell logic is what runs."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSION10 = ROOT / "benchmarks" / "results" / "session10" / "call3"
+
+FAKE_SMI = """#!/bin/bash
+case " $* " in
+  *" -L "*) echo "GPU 0: fake"; echo "GPU 1: fake" ;;
+  *" -l "*) while true; do echo "2026/11/28 00:00:00.000, 0, 1980 MHz, 2619 MHz, 40, 100 W, 50 %, 0x0"; sleep 1; done ;;
+  *) echo "fake" ;;
+esac
+"""
+# `kvprof sweep --out DIR ...`: session 10's finished sweep of the same name (DIR one0, one1 or many)
+FAKE_KV = """#!/bin/bash
+out=""; while [ $# -gt 0 ]; do [ "$1" = "--out" ] && out=$2; shift; done
+mkdir -p "$out" && cp "{results}/$(basename "$out").manifest.json" "$out/manifest.json"
+"""
+
+
+def _script(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.mark.parametrize("order", ["ones-first", "many-first"])
+def test_sweep_speedup_ends_while_the_clock_sampler_still_runs(tmp_path: Path, order: str) -> None:
+    # Session 11: the one-GPU sweeps were awaited with a bare `wait`, which also waited for the nvidia-smi
+    # sampler started before them (it never ends): the step hung until the device call's limit.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _script(bin_dir / "nvidia-smi", FAKE_SMI)
+    _script(bin_dir / "fake_kv", FAKE_KV.format(results=SESSION10))
+    site = tmp_path / "site"  # the carried wheels count as installed
+    site.mkdir()
+    (site / ".done").touch()
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "KV": str(bin_dir / "fake_kv"),
+           "KVTMP": str(tmp_path / "kv"), "SITE": str(site), "SPEEDUP_ORDER": order}
+    subprocess.run(["bash", "benchmarks/gpu_session.sh", "sweep-speedup"], cwd=ROOT, env=env, timeout=90, check=True,
+                   capture_output=True)
+    report = json.loads((out / "sweep_speedup.json").read_text())
+    one_cells = sum(len(json.loads((SESSION10 / f"one{g}.manifest.json").read_text())["cells"]) for g in (0, 1))
+    assert report["one"]["cells"] == one_cells  # both fake GPUs' one-GPU sweeps were awaited and read
+    assert report["many"]["cells"] == 33 and (out / "many.manifest.json").is_file()
+    assert "speed-up" in (out / "sweep_speedup.md").read_text()
+    assert (out / "sweep_speedup_smi.csv").read_text().count("1980 MHz") >= 1
