@@ -31,7 +31,7 @@ def _open_contexts(s: TraceSession, n: int) -> list[int]:
 
 
 def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path, monkeypatch):
-    tables = {}
+    tables, spans, counters = {}, {}, {}
     for rec in ("allocator", "native"):
         f = FakeCachingAllocator()
         (install_native if rec == "native" else install)(monkeypatch, f)
@@ -52,11 +52,37 @@ def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path,
         else:
             f.trace = [e for cols in batches for e in as_history_entries(cols, s.t0_unix_ns, s.t0_perf_ns)]
         s.close("complete")
-        tables[rec] = load_trace(tmp_path / rec).allocations.sort_values("id").reset_index(drop=True)
+        trace = load_trace(tmp_path / rec)
+        tables[rec] = trace.allocations.sort_values("id").reset_index(drop=True)
+        # the streamed trace folds its stage and counter records when the drain thread flushes, not as they come
+        spans[rec] = trace.spans[["id", "parent", "name", "index", "q_start", "q_end"]]
+        counters[rec] = trace.counters[["q", "span_id", "allocated_bytes", "reserved_bytes"]]
     assert events >= 1_000_000
     native, one_shot = tables["native"], tables["allocator"]
     assert len(native) == 8 * 42_000 and (native["q_free"] == -1).sum() == 8 * (42_000 // 97)
     pd.testing.assert_frame_equal(native, one_shot)
+    assert len(spans["native"]) == 9 and len(counters["native"]) == 18  # rollout + 8 chunks; counters at each boundary
+    pd.testing.assert_frame_equal(spans["native"], spans["allocator"])
+    pd.testing.assert_frame_equal(counters["native"], counters["allocator"])
+
+
+def test_a_streamed_trace_leaves_folding_its_stage_records_to_the_drain_thread(tmp_path, monkeypatch):
+    import tracers.alloc_native as native_tracker
+
+    install_native(monkeypatch, FakeCachingAllocator())
+    monkeypatch.setattr(native_tracker.NativeCudaTracker, "_run", lambda self: None)  # no background drains here
+    s = TraceSession(tmp_path / "t", {"run_id": "t"}, "cpu", tracker="native", drain_at_checkpoints=False)
+    s.start()
+    _open_contexts(s, 8)
+    log = s._log
+    assert len(log.folder.spans) == 0 and not log.folder.counters  # the model thread only queued tuples
+    assert [r[0] for r in log._queued][:4] == ["b", "m", "b", "m"] and len(log._queued) == 36
+    s.flush_log()  # what the drain thread does after each drain
+    assert len(log.folder.spans) == 9 and len(log.folder.counters) == 18 and not log._queued
+    lines = [json.loads(line) for line in (tmp_path / "t" / "events.jsonl").read_text().splitlines()]
+    assert [r["k"] for r in lines if r["k"] in "bem"].count("m") == 18
+    s.close("complete")
+    assert len(load_trace(tmp_path / "t").spans) == 9
 
 
 # The start of each subprocess below: the fake allocator's events go to the native recorder's core,

@@ -338,7 +338,8 @@ class TraceSession:
         else:  # the nested form: memory_stats() flattens and sorts every key, several times the cost
             stats = torch.cuda.memory_stats_as_nested_dict(self.device)
             alloc, reserved = stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
-        self._write({"k": "m", "t": self._now(), "q": self._q(), "s": span_id, "alloc": alloc, "reserved": reserved})
+        if self._log is not None:
+            self._log.counter(self._now(), self._q(), span_id, alloc, reserved)
 
     def tag(self, category: str) -> TagScope:
         """A scope in which allocations get `category`."""
