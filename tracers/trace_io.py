@@ -189,7 +189,8 @@ class EventLog:
             self._flush_file()
 
     def close(self) -> None:
-        """Flush and close the file; later writes are kept in memory only."""
+        """Flush and close the file; later writes are kept in memory only (folded as they come: no flush follows)."""
+        self.deferred = False
         self.flush()
         with self._lock:
             if self._file is not None:
