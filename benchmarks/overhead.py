@@ -23,6 +23,10 @@ kvprof's time goes in fresh processes (in one process, a rollout after a traced 
 untraced runs on GPU B at the same moment, then the two swap; each mode's ratio is the median over those
 simultaneous pairs (`paired_ratio`). `--pin-cpus A/B` keeps each GPU's processes on their own cores (prq_int4's
 host-bound untraced rollouts beside a traced one were bimodal, 10.5 or 12-13.6 s: session 9).
+
+Each run also says what the host's CPUs did during its rollout (`HostTimes`): `rollout_cpu_s` (the process, every
+thread), `rollout_thread_cpu_s` (the rollout's own thread) and `steal_s` (CPU seconds the hypervisor gave other
+guests, the whole machine); `cpu_over_untraced` is the CPU-seconds counterpart of `rollout_over_untraced`.
 """
 from __future__ import annotations
 
@@ -95,6 +99,53 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _steal_s() -> float | None:
+    """CPU seconds the hypervisor gave to other guests so far, all of this machine's CPUs together (`steal` of
+    /proc/stat's `cpu` line); None where the kernel does not say."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class HostTimes:
+    """What the host's CPUs did during one rollout: the process's CPU seconds (every thread: the drain and the
+    sampler too), the rollout thread's own, and the machine's steal time. Wall time alone cannot tell kvprof's
+    work from a noisy neighbour: a traced run whose process used no more CPU but ran longer was slowed by the
+    machine, not by kvprof (session 11)."""
+
+    def __init__(self) -> None:
+        self.row: dict[str, float | None] = {}
+
+    def __enter__(self) -> "HostTimes":
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._start = (time.perf_counter(), usage.ru_utime + usage.ru_stime, time.thread_time(), _steal_s())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        wall0, cpu0, thread0, steal0 = self._start
+        steal = _steal_s()
+        self.row = {"rollout_cpu_s": usage.ru_utime + usage.ru_stime - cpu0, "rollout_thread_cpu_s": time.thread_time() - thread0,
+                    "steal_s": steal - steal0 if steal is not None and steal0 is not None else None,
+                    "host_wall_s": time.perf_counter() - wall0}
+
+
+def _timed_rollouts(clock: HostTimes) -> None:
+    """Measure `clock` around the rollout that `kvprof.runner.run_trace` runs (this process only)."""
+    import kvprof.runner as runner
+
+    inner = runner.run_rollout
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        with clock:
+            return inner(*args, **kwargs)
+
+    runner.run_rollout = timed
+
+
 def _workload(args: argparse.Namespace) -> tuple[Any, Any]:
     from kvprof.runner import TraceRequest, resolve, text_embeddings
     from kvprof.workload.build import build_workload
@@ -120,6 +171,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
         if piece and piece != "fine":
             _switch_off(piece)
+        clock = HostTimes()
+        _timed_rollouts(clock)
         t0 = time.perf_counter()
         outcome = run_trace(TraceRequest(method=args.method, integration=args.integration, config=args.config,
                                          frames=args.frames, decode=not args.no_decode, out=Path(args.out),
@@ -146,7 +199,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                    recorder=layout.get("recorder", "python"), drains=layout.get("drains"), path=str(outcome.path),
                    # the close's steps up to its tables (meta), and from there to the summary (tables, write, views)
                    close_steps_s=meta.get("tracer_close_s"), after_end_s=done - meta["ended_unix_ns"] / 1e9,
-                   scopes=meta.get("scopes"))
+                   scopes=meta.get("scopes"), **clock.row)
         if s.allocation_events:
             out["disk_bytes_per_event"] = out["disk_bytes"] / s.allocation_events
         return {**out, "max_rss_bytes": _max_rss_bytes()}
@@ -167,10 +220,11 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         prof = torch.profiler.profile(activities=acts, profile_memory=True, record_shapes=True, with_stack=True)
         prof.__enter__()
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), HostTimes() as clock:
         run_rollout(work.model, work.embeddings, r.spec, work.caches, work.vae)
     _sync(r.device)
     out["rollout_wall_s"] = time.perf_counter() - t0
+    out.update(clock.row)
     if mode == "history":
         snap = torch.cuda.memory._snapshot()
         torch.cuda.memory._record_memory_history(enabled=None)
@@ -197,13 +251,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         mine = [r for r in rows if r["mode"] == mode and not r.get("skipped") and not r.get("timed_out")]
         out[mode] = {k: _spread([r.get(k) for r in mine])
-                     for k in ("rollout_wall_s", "usable_s", "close_s", "disk_bytes", "max_rss_bytes")}
+                     for k in ("rollout_wall_s", "usable_s", "close_s", "disk_bytes", "max_rss_bytes", "rollout_cpu_s",
+                               "rollout_thread_cpu_s", "steal_s")}
         out[mode]["runs"] = len(mine)
         out[mode]["timed_out"] = sum(bool(r.get("timed_out")) for r in rows if r["mode"] == mode)
-    base = (out.get("untraced") or {}).get("rollout_wall_s", {}).get("median")
-    for mode, s in out.items():
-        med = s["rollout_wall_s"]["median"]
-        s["rollout_over_untraced"] = med / base if base and med else None
+    untraced = out.get("untraced") or {}
+    for key, ratio in (("rollout_wall_s", "rollout_over_untraced"), ("rollout_cpu_s", "cpu_over_untraced")):
+        base = untraced.get(key, {}).get("median")
+        for mode, s in out.items():  # cpu: the CPU seconds kvprof's threads add, whatever the machine's noise
+            med = s[key]["median"]
+            s[ratio] = med / base if base and med else None
     pairs: dict[int, dict[str, float]] = {}
     for r in rows:  # --pair-gpus: a traced run and the untraced run that ran beside it
         if r.get("pair") is not None and r.get("rollout_wall_s"):

@@ -107,13 +107,18 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     assert kv_row["peak_bytes"] > 0 and kv_row["events"] > 0 and kv_row["max_rss_bytes"] > 0
     plain = oh.run_mode("untraced", args)
     assert plain["rollout_wall_s"] > 0 and plain["disk_bytes"] == 0
+    for row in (kv_row, plain):  # the host's CPU seconds of the rollout: the process's, its thread's, the machine's steal
+        assert 0 < row["rollout_thread_cpu_s"] <= row["rollout_cpu_s"] + 0.01 and row["host_wall_s"] > 0
+        assert row["steal_s"] is None or row["steal_s"] >= 0
+    assert kv_row["host_wall_s"] == pytest.approx(kv_row["rollout_wall_s"], rel=0.5, abs=0.5)  # the same rollout
     assert oh.run_mode("history", args) == {"mode": "history", "skipped": "the allocator history is CUDA's"}
-    rows = [{"mode": "untraced", "rollout_wall_s": 2.0}, {"mode": "untraced", "rollout_wall_s": 4.0},
-            {"mode": "kvprof", "rollout_wall_s": 3.3}, {"mode": "kvprof", "timed_out": True},
+    rows = [{"mode": "untraced", "rollout_wall_s": 2.0, "rollout_cpu_s": 2.0}, {"mode": "untraced", "rollout_wall_s": 4.0},
+            {"mode": "kvprof", "rollout_wall_s": 3.3, "rollout_cpu_s": 4.0}, {"mode": "kvprof", "timed_out": True},
             {"mode": "history", "skipped": "no GPU"}]
     s = oh.summarize(rows)
     assert s["untraced"]["rollout_wall_s"] == {"median": 3.0, "min": 2.0, "max": 4.0}
     assert s["kvprof"]["rollout_over_untraced"] == pytest.approx(1.1) and s["kvprof"]["timed_out"] == 1
+    assert s["kvprof"]["cpu_over_untraced"] == pytest.approx(2.0)  # medians of the runs that report CPU seconds
     assert s["history"]["runs"] == 0 and s["history"]["rollout_over_untraced"] is None
     with pytest.raises(SystemExit):
         oh.main(["--modes", "untraced,nope"])
