@@ -82,11 +82,22 @@ for step in "$@"; do
         --trace "$KVTMP/long/$m-$integ-$frames" --repeat 1 > "$OUT/open_$m-$integ-$frames.txt" 2>>"$OUT/steps.log"
       ;;
     pairs:*)  # pairs:METHOD:FRAMES:N, e.g. pairs:prq_int4:42:3 (issue 15: N traced runs, each beside an untraced one)
+      # PAIR_GPUS=0,1 (default); PAIR_GPUS=0,1+2,3 runs two such series at once on a 4-GPU machine (twice the pairs a call)
       IFS=: read -r _ m frames n <<< "$step"
-      log "issue 15: $m $frames frames, $n simultaneous pairs on GPUs 0,1"
-      timeout -k 10 "${PAIRS_S:-540}" python3 benchmarks/overhead.py --method "$m" --frames "$frames" --no-decode \
-        --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus 0,1 --modes untraced,kvprof --out $KVTMP/pairs \
-        --rows-log "$OUT/pairs_$m-$frames.jsonl" ${PIN_CPUS:+--pin-cpus "$PIN_CPUS"} > "$OUT/pairs_$m-$frames.json" 2>>"$OUT/steps.log"
+      ppids=()
+      # PIN_CPUS applies to every series; PAIR_PINS=0-15/16-31+32-47/48-63 gives each series its own (auto would
+      # halve one NUMA node for every series alike, putting two series' processes on the same cores)
+      IFS=+ read -ra series <<< "${PAIR_GPUS:-0,1}"
+      IFS=+ read -ra pins <<< "${PAIR_PINS:-}"
+      for i in "${!series[@]}"; do
+        gpus=${series[$i]} tagg=${series[$i]//,/} pin=${pins[$i]:-${PIN_CPUS:-}}
+        log "issue 15: $m $frames frames, $n simultaneous pairs on GPUs $gpus"
+        timeout -k 10 "${PAIRS_S:-540}" ${OVERHEAD:-python3 benchmarks/overhead.py} --method "$m" --frames "$frames" --no-decode \
+          --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus "$gpus" --modes untraced,kvprof --out $KVTMP/pairs$tagg \
+          --rows-log "$OUT/pairs_$m-$frames-g$tagg.jsonl" ${pin:+--pin-cpus "$pin"} > "$OUT/pairs_$m-$frames-g$tagg.json" 2>>"$OUT/steps.log" &
+        ppids+=($!)
+      done
+      wait "${ppids[@]}"
       nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
       ;;
     budget)

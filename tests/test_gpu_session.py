@@ -54,3 +54,31 @@ def test_sweep_speedup_ends_while_the_clock_sampler_still_runs(tmp_path: Path, o
     assert report["many"]["cells"] == 33 and (out / "many.manifest.json").is_file()
     assert "speed-up" in (out / "sweep_speedup.md").read_text()
     assert (out / "sweep_speedup_smi.csv").read_text().count("1980 MHz") >= 1
+
+
+def test_pairs_run_one_series_per_gpu_pair_at_once_each_on_its_own_cores(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _script(bin_dir / "nvidia-smi", FAKE_SMI)
+    calls = tmp_path / "calls"
+    # stands in for overhead.py: says when it started and with what, then waits so that two series overlap
+    _script(bin_dir / "fake_overhead", f"""#!/bin/bash
+echo "$(date +%s.%N) $*" >> {calls}
+sleep 1
+echo '{{}}'
+""")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / ".done").touch()
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "KVTMP": str(tmp_path / "kv"),
+           "SITE": str(site), "OVERHEAD": str(bin_dir / "fake_overhead"), "PAIR_GPUS": "0,1+2,3",
+           "PAIR_PINS": "0-15/16-31+32-47/48-63"}
+    subprocess.run(["bash", "benchmarks/gpu_session.sh", "pairs:prq_int4:42:2"], cwd=ROOT, env=env, timeout=60, check=True,
+                   capture_output=True)
+    started = [line.split(" ", 1) for line in calls.read_text().splitlines()]
+    assert len(started) == 2 and abs(float(started[0][0]) - float(started[1][0])) < 0.9  # at once, not one after the other
+    args = sorted(a for _, a in started)
+    assert "--pair-gpus 0,1" in args[0] and "--pin-cpus 0-15/16-31" in args[0] and "--pairs 2" in args[0]
+    assert "--pair-gpus 2,3" in args[1] and "--pin-cpus 32-47/48-63" in args[1]
+    assert (out / "pairs_prq_int4-42-g01.json").is_file() and (out / "pairs_prq_int4-42-g23.json").is_file()
