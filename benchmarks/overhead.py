@@ -151,6 +151,7 @@ def _workload(args: argparse.Namespace) -> tuple[Any, Any]:
     from kvprof.workload.build import build_workload
 
     r = resolve(TraceRequest(method=args.method, integration=args.integration, config=args.config, frames=args.frames,
+                             rolling=getattr(args, "rolling", None),
                              decode=not args.no_decode))
     work = build_workload(r.cfg, r.spec, r.method_cls, r.storage, r.params, r.device,
                           lambda: text_embeddings(r.cfg, 0, None, r.device))
@@ -175,6 +176,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         _timed_rollouts(clock)
         t0 = time.perf_counter()
         outcome = run_trace(TraceRequest(method=args.method, integration=args.integration, config=args.config,
+                                         rolling=getattr(args, "rolling", None),
                                          frames=args.frames, decode=not args.no_decode, out=Path(args.out),
                                          fine_stages=piece == "fine"))
         s = outcome.summary
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--integration", default="study")
     p.add_argument("--config", default=None)
     p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--rolling", type=int, default=None, metavar="FRAMES",
+                   help="a rolling KV window of FRAMES frames (long horizons: 126 or 252 frames with --rolling 21)")
     p.add_argument("--no-decode", action="store_true")
     p.add_argument("--out", default="/tmp/kv/overhead")
     p.add_argument("--repeat", type=int, default=3)
@@ -402,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(exc))
     shared = ["--method", args.method, "--integration", args.integration, "--out", args.out] + \
         (["--config", args.config] if args.config else []) + (["--frames", str(args.frames)] if args.frames else []) + \
-        (["--no-decode"] if args.no_decode else [])
+        (["--rolling", str(args.rolling)] if args.rolling else []) + (["--no-decode"] if args.no_decode else [])
     rows: list[dict[str, Any]] = []
     pairs = itertools.count()
     done: collections.Counter[str] = collections.Counter()  # pairs run per mode (--pairs)
