@@ -285,6 +285,9 @@ def test_drain_cost_reports_each_part_of_a_drain(capsys) -> None:
     assert out["allocs_a_drain"] == 3000 and out["events_a_drain"] > 8000
     assert set(out["ms"]) == {"replay", "part", "total", "rows"} and all(len(v) == 2 for v in out["ms"].values())
     assert all(t >= r for t, r in zip(out["ms"]["total"], out["ms"]["replay"])) and len(out["gil_lost"]) == 2
+    for model in ("stages", "torch"):  # the other stand-ins for the model thread run and report the same fields
+        assert load("drain_cost").main(["--allocs", "2000", "--drains", "2", "--model", model]) == 0
+        assert len(json.loads(capsys.readouterr().out)["gil_lost"]) == 2
 
 
 def test_a_run_that_decodes_nothing_never_imports_diffusers(tmp_path: Path) -> None:
