@@ -113,15 +113,20 @@ def test_span_columns_equal_the_dict_per_span_fold() -> None:
     pd.testing.assert_frame_equal(folder.tables()["spans"], _spans_by_dicts(records), check_dtype=True)
 
 
-def test_span_columns_written_directly_equal_the_fold_of_the_records(tmp_path) -> None:
+@pytest.mark.parametrize("deferred", [False, True])
+def test_span_columns_written_directly_equal_the_fold_of_the_records(tmp_path, deferred: bool) -> None:
     """EventLog.span_begin/span_end (the session's scopes: no dict per record) give the span table and the
-    lines that `write` of the same b/e records gives."""
+    lines that `write` of the same b/e records gives; `deferred` (a streamed trace) folds them at each flush."""
     from tracers.trace_io import EventLog
 
     rng = random.Random(5)
     direct, via = EventLog(tmp_path / "direct.jsonl"), EventLog(tmp_path / "via.jsonl")
+    direct.deferred = deferred
     open_ids: list[int] = []
+    opened = 0
     for n in range(1, 3001):
+        if deferred and n % 250 == 0:
+            direct.flush()  # as the drain thread does after each drain
         if open_ids and rng.random() < 0.45:
             sid = open_ids.pop(rng.randrange(len(open_ids)))
             ends = {x: rng.randint(1, 10**6) for x in ("hs", "ons", "tns") if rng.random() < 0.2}
@@ -129,10 +134,12 @@ def test_span_columns_written_directly_equal_the_fold_of_the_records(tmp_path) -
             direct.span_end(sid, n * 10, n, ms, ends or None)
             via.write({"k": "e", "id": sid, "t": n * 10, "q": n, "ms": ms, **ends})
         else:
-            sid = len(direct.folder.spans) + 1
+            opened += 1
+            sid = opened
             index = rng.choice([None, rng.randint(0, 40)])
-            direct.span_begin(sid, sid - 1, rng.choice(["layer", "residual"]), index, n * 10, n)
-            via.write({"k": "b", "id": sid, "p": sid - 1, "n": direct.folder.spans.names[-1], "i": index, "t": n * 10, "q": n})
+            name = rng.choice(["layer", "residual"])
+            direct.span_begin(sid, sid - 1, name, index, n * 10, n)
+            via.write({"k": "b", "id": sid, "p": sid - 1, "n": name, "i": index, "t": n * 10, "q": n})
             open_ids.append(sid)
     direct.close(), via.close()
     pd.testing.assert_frame_equal(direct.folder.tables()["spans"], via.folder.tables()["spans"])
@@ -316,3 +323,22 @@ def test_fine_stages_are_left_to_their_parent_unless_asked_for(tmp_path) -> None
     assert meta_r["fine_stages"] == {"recorded": True, "skipped": 0}
     assert any("3 fine stages" in n and "--fine-stages" in n for n in meta_s["notes"])
     assert not any("fine stages" in n for n in meta_r["notes"])
+
+
+def test_span_paths_chunks_and_passes_follow_the_parents() -> None:
+    """Trace.spans derives path, kind path, depth, chunk and pass from the parent chain; a span whose parent is
+    not in the table starts its own path."""
+    from kvprof.read.trace import Trace
+    from tracers.trace_io import RawTrace
+
+    recs = [{"k": "b", "id": i, "p": p, "n": n, "i": x, "t": i, "q": i} for i, p, n, x in (
+        (1, 0, "rollout", None), (2, 1, "chunk", 3), (3, 2, "refresh", None), (4, 3, "layer", 7), (5, 4, "kv_read", None),
+        (6, 1, "chunk", 4), (7, 6, "denoise", 2), (8, 99, "orphan", None))]
+    raw = RawTrace(path=Path("."), meta={}, tables=tables_from_records(recs), summary=None, live=True, torn_tail=False)
+    got = Trace(raw).spans.set_index("id")
+    assert got.loc[5, "path"] == "rollout/chunk[3]/refresh/layer[7]/kv_read"
+    assert got.loc[5, "kind_path"] == "rollout/chunk/refresh/layer/kv_read" and got.loc[5, "depth"] == 4
+    assert got.loc[5, "chunk"] == 3 and got.loc[5, "pass_name"] == "refresh"
+    assert got.loc[7, "path"] == "rollout/chunk[4]/denoise[2]" and got.loc[7, "pass_name"] == "denoise[2]"
+    assert got.loc[7, "chunk"] == 4 and pd.isna(got.loc[1, "chunk"]) and pd.isna(got.loc[1, "pass_name"])
+    assert got.loc[8, "path"] == "orphan" and got.loc[8, "depth"] == 0
