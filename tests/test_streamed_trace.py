@@ -77,6 +77,8 @@ def test_a_streamed_trace_leaves_folding_its_stage_records_to_the_drain_thread(t
     log = s._log
     assert len(log.folder.spans) == 0 and not log.folder.counters  # the model thread only queued tuples
     assert [r[0] for r in log._queued][:4] == ["b", "m", "b", "m"] and len(log._queued) == 36
+    s.checkpoint()  # a chunk's end, nobody following: the model thread leaves the lines to the drain thread too
+    assert len(log._queued) == 36
     s.flush_log()  # what the drain thread does after each drain
     assert len(log.folder.spans) == 9 and len(log.folder.counters) == 18 and not log._queued
     lines = [json.loads(line) for line in (tmp_path / "t" / "events.jsonl").read_text().splitlines()]
