@@ -21,6 +21,8 @@
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
 # pack (tar what render wrote).
 # upstream and plugin (issue 18: upstream Self-Forcing instrumented, the example plugin method).
+# bg:STEP runs STEP detached (it outlives the device call while the machine stays warm); collect, in a later call,
+# waits for the detached steps and copies their outputs to $OUT/bg/.
 # Results go to $OUT (the device tool brings back at most 8 files). Wheels for what the device
 # image lacks are carried in .whl/ (see NEXT_GPU_SESSION.md); installed into a fresh /tmp/site.
 set -u
@@ -231,6 +233,24 @@ for m in sorted(pathlib.Path('$KVTMP').glob('*/*/meta.json')):
       # The HTML apart: the tool brings back files of at most 16 MiB each.
       tar -czf "$OUT/report.tgz" --exclude=sweep.html -C $KVTMP report 2>>"$OUT/steps.log"
       [ -f $KVTMP/report/sweep.html ] && gzip -c $KVTMP/report/sweep.html > "$OUT/sweep.html.gz"
+      ;;
+    bg:*)  # bg:STEP starts STEP detached (setsid nohup) into $KVTMP/bg/<STEP>/: a job longer than one device call keeps
+      # running after the call ends while the machine stays warm (session 11); a later call's `collect` brings it back
+      inner=${step#bg:} dir=$KVTMP/bg/${step#bg:}
+      dir=${dir//:/_}
+      mkdir -p "$dir"
+      log "detached: $inner (output in $dir)"
+      OUT=$dir setsid nohup bash "$0" "$inner" > "$dir/nohup.log" 2>&1 < /dev/null &
+      echo $! > "$dir/pid"
+      ;;
+    collect)  # wait (up to COLLECT_S, default 540 s) for every bg: step, then copy their outputs to $OUT/bg/
+      for dir in "$KVTMP"/bg/*/; do
+        [ -f "$dir/pid" ] || continue
+        name=$(basename "$dir") pid=$(cat "$dir/pid") waited=0
+        while kill -0 "$pid" 2>/dev/null && [ $waited -lt "${COLLECT_S:-540}" ]; do sleep 5; waited=$((waited + 5)); done
+        kill -0 "$pid" 2>/dev/null && log "collect: $name still running after ${COLLECT_S:-540} s" || log "collect: $name finished"
+        mkdir -p "$OUT/bg/$name" && cp -r "$dir"/. "$OUT/bg/$name/" && rm -f "$OUT/bg/$name/pip.log"
+      done
       ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

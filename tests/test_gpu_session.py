@@ -82,3 +82,19 @@ echo '{{}}'
     assert "--pair-gpus 0,1" in args[0] and "--pin-cpus 0-15/16-31" in args[0] and "--pairs 2" in args[0]
     assert "--pair-gpus 2,3" in args[1] and "--pin-cpus 32-47/48-63" in args[1]
     assert (out / "pairs_prq_int4-42-g01.json").is_file() and (out / "pairs_prq_int4-42-g23.json").is_file()
+
+
+def test_a_detached_step_outlives_its_call_and_collect_brings_it_back(tmp_path: Path) -> None:
+    # bg:STEP / collect: how session 11 ran a 10-minute trace across two device calls of a warm machine
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / ".done").touch()
+    env = {**os.environ, "KVTMP": str(tmp_path / "kv"), "SITE": str(site)}
+    subprocess.run(["bash", "benchmarks/gpu_session.sh", "bg:notes"], cwd=ROOT, env={**env, "OUT": str(tmp_path / "call1")},
+                   timeout=60, check=True, capture_output=True)
+    assert (tmp_path / "kv" / "bg" / "notes" / "pid").is_file()
+    out = tmp_path / "call2"
+    subprocess.run(["bash", "benchmarks/gpu_session.sh", "collect"], cwd=ROOT, env={**env, "OUT": str(out)},
+                   timeout=120, check=True, capture_output=True)
+    assert (out / "bg" / "notes" / "notes.txt").is_file()  # written by the detached step, copied by the later call
+    assert "collect: notes finished" in (out / "steps.log").read_text()
