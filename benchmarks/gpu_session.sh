@@ -236,8 +236,8 @@ for m in sorted(pathlib.Path('$KVTMP').glob('*/*/meta.json')):
       ;;
     bg:*)  # bg:STEP starts STEP detached (setsid nohup) into $KVTMP/bg/<STEP>/: a job longer than one device call keeps
       # running after the call ends while the machine stays warm (session 11); a later call's `collect` brings it back
-      inner=${step#bg:} dir=$KVTMP/bg/${step#bg:}
-      dir=${dir//:/_}
+      inner=${step#bg:}
+      dir=$KVTMP/bg/${inner//:/_}
       mkdir -p "$dir"
       log "detached: $inner (output in $dir)"
       OUT=$dir setsid nohup bash "$0" "$inner" > "$dir/nohup.log" 2>&1 < /dev/null &

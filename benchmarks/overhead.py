@@ -151,7 +151,7 @@ def _workload(args: argparse.Namespace) -> tuple[Any, Any]:
     from kvprof.workload.build import build_workload
 
     r = resolve(TraceRequest(method=args.method, integration=args.integration, config=args.config, frames=args.frames,
-                             rolling=getattr(args, "rolling", None),
+                             rolling=args.rolling,
                              decode=not args.no_decode))
     work = build_workload(r.cfg, r.spec, r.method_cls, r.storage, r.params, r.device,
                           lambda: text_embeddings(r.cfg, 0, None, r.device))
@@ -176,7 +176,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         _timed_rollouts(clock)
         t0 = time.perf_counter()
         outcome = run_trace(TraceRequest(method=args.method, integration=args.integration, config=args.config,
-                                         rolling=getattr(args, "rolling", None),
+                                         rolling=args.rolling,
                                          frames=args.frames, decode=not args.no_decode, out=Path(args.out),
                                          fine_stages=piece == "fine"))
         s = outcome.summary

@@ -32,20 +32,24 @@ def _script(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The step's environment: fake tools first on PATH, the carried wheels counted as installed, folders in tmp_path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    _script(bin_dir / "nvidia-smi", FAKE_SMI)
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / ".done").touch()
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "KVTMP": str(tmp_path / "kv"), "SITE": str(site), **extra}
+
+
 @pytest.mark.parametrize("order", ["ones-first", "many-first"])
 def test_sweep_speedup_ends_while_the_clock_sampler_still_runs(tmp_path: Path, order: str) -> None:
     # Session 11: the one-GPU sweeps were awaited with a bare `wait`, which also waited for the nvidia-smi
     # sampler started before them (it never ends): the step hung until the device call's limit.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    _script(bin_dir / "nvidia-smi", FAKE_SMI)
-    _script(bin_dir / "fake_kv", FAKE_KV.format(results=SESSION10))
-    site = tmp_path / "site"  # the carried wheels count as installed
-    site.mkdir()
-    (site / ".done").touch()
     out = tmp_path / "out"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "KV": str(bin_dir / "fake_kv"),
-           "KVTMP": str(tmp_path / "kv"), "SITE": str(site), "SPEEDUP_ORDER": order}
+    env = _env(tmp_path, OUT=str(out), KV=str(tmp_path / "bin" / "fake_kv"), SPEEDUP_ORDER=order)
+    _script(tmp_path / "bin" / "fake_kv", FAKE_KV.format(results=SESSION10))
     subprocess.run(["bash", "benchmarks/gpu_session.sh", "sweep-speedup"], cwd=ROOT, env=env, timeout=90, check=True,
                    capture_output=True)
     report = json.loads((out / "sweep_speedup.json").read_text())
@@ -57,9 +61,10 @@ def test_sweep_speedup_ends_while_the_clock_sampler_still_runs(tmp_path: Path, o
 
 
 def test_pairs_run_one_series_per_gpu_pair_at_once_each_on_its_own_cores(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = _env(tmp_path, OUT=str(out), OVERHEAD=str(tmp_path / "bin" / "fake_overhead"), PAIR_GPUS="0,1+2,3",
+               PAIR_PINS="0-15/16-31+32-47/48-63")
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    _script(bin_dir / "nvidia-smi", FAKE_SMI)
     calls = tmp_path / "calls"
     # stands in for overhead.py: says when it started and with what, then waits so that two series overlap
     _script(bin_dir / "fake_overhead", f"""#!/bin/bash
@@ -67,13 +72,6 @@ echo "$(date +%s.%N) $*" >> {calls}
 sleep 3
 echo '{{}}'
 """)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / ".done").touch()
-    out = tmp_path / "out"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "KVTMP": str(tmp_path / "kv"),
-           "SITE": str(site), "OVERHEAD": str(bin_dir / "fake_overhead"), "PAIR_GPUS": "0,1+2,3",
-           "PAIR_PINS": "0-15/16-31+32-47/48-63"}
     subprocess.run(["bash", "benchmarks/gpu_session.sh", "pairs:prq_int4:42:2"], cwd=ROOT, env=env, timeout=60, check=True,
                    capture_output=True)
     started = [line.split(" ", 1) for line in calls.read_text().splitlines()]
@@ -86,10 +84,7 @@ echo '{{}}'
 
 def test_a_detached_step_outlives_its_call_and_collect_brings_it_back(tmp_path: Path) -> None:
     # bg:STEP / collect: how session 11 ran a 10-minute trace across two device calls of a warm machine
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / ".done").touch()
-    env = {**os.environ, "KVTMP": str(tmp_path / "kv"), "SITE": str(site)}
+    env = _env(tmp_path)
     subprocess.run(["bash", "benchmarks/gpu_session.sh", "bg:notes"], cwd=ROOT, env={**env, "OUT": str(tmp_path / "call1")},
                    timeout=60, check=True, capture_output=True)
     assert (tmp_path / "kv" / "bg" / "notes" / "pid").is_file()

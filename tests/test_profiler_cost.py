@@ -101,7 +101,8 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     from benchmark_scripts import load
 
     oh = load("overhead")
-    args = argparse.Namespace(method="bf16", integration="study", config="tiny", frames=3, no_decode=True, out=str(tmp_path))
+    args = argparse.Namespace(method="bf16", integration="study", config="tiny", frames=3, rolling=None, no_decode=True,
+                              out=str(tmp_path))
     kv_row = oh.run_mode("kvprof", args)
     assert kv_row["rollout_wall_s"] > 0 and kv_row["usable_s"] >= kv_row["rollout_wall_s"] and kv_row["disk_bytes"] > 0
     assert kv_row["peak_bytes"] > 0 and kv_row["events"] > 0 and kv_row["max_rss_bytes"] > 0
@@ -113,8 +114,8 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     assert kv_row["host_wall_s"] == pytest.approx(kv_row["rollout_wall_s"], rel=0.5, abs=0.5)  # the same rollout
     assert oh.run_mode("history", args) == {"mode": "history", "skipped": "the allocator history is CUDA's"}
     long = dict(vars(args), frames=12)  # --rolling reaches the trace: a rolling window holds fewer frames' KV
-    assert oh.run_mode("kvprof", argparse.Namespace(**long, rolling=3))["peak_bytes"] < \
-        oh.run_mode("kvprof", argparse.Namespace(**long, rolling=None))["peak_bytes"]
+    assert oh.run_mode("kvprof", argparse.Namespace(**{**long, "rolling": 3}))["peak_bytes"] < \
+        oh.run_mode("kvprof", argparse.Namespace(**{**long, "rolling": None}))["peak_bytes"]
     rows = [{"mode": "untraced", "rollout_wall_s": 2.0, "rollout_cpu_s": 2.0}, {"mode": "untraced", "rollout_wall_s": 4.0},
             {"mode": "kvprof", "rollout_wall_s": 3.3, "rollout_cpu_s": 4.0}, {"mode": "kvprof", "timed_out": True},
             {"mode": "history", "skipped": "no GPU"}]

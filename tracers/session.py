@@ -459,7 +459,7 @@ class TraceSession:
                     self._log.memory_only = False
             self.tracer_seconds += time.perf_counter() - t
         if self._log is not None:
-            if not (self._log.deferred and not self.drain_at_checkpoints and not force):
+            if force or self.drain_at_checkpoints or not self._log.deferred:
                 self._log.flush()  # else the drain thread's next flush writes it (nobody follows at chunk ends)
             if self._log.error is not None:  # a full disk: stop the run, the trace closes as failed
                 raise TraceWriteError(self.folder, self._log.unwritten_bytes, self._log.error)

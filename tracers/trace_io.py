@@ -97,8 +97,9 @@ class EventLog:
         if self.error is None:
             self.error = exc
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (a whole line; while `deferred`, kept and written at the next `flush`)."""
+    def write(self, record: dict[str, Any] | tuple) -> None:
+        """Append one record (a whole line; while `deferred`, folded and written by the next `flush`, the drain
+        thread's). A tuple is one of the session's own frequent records (`span_begin`, `span_end`, `counter`)."""
         if self.deferred and not self.memory_only:
             self._queued.append(record)
             return
@@ -109,23 +110,15 @@ class EventLog:
     def span_begin(self, span_id: int, parent: int, name: str, index: int | None, t: int, q: int) -> None:
         """A `b` record from the session's own stage scope, as a tuple (the same record as `write` would
         take, without a dict on the model's thread)."""
-        self._fast(("b", span_id, parent, name, index, t, q))
+        self.write(("b", span_id, parent, name, index, t, q))
 
     def span_end(self, span_id: int, t: int, q: int, ms: float, ends: dict[str, int] | None) -> None:
         """The `e` record of `span_begin`'s span (`ends`: the host counters, when any)."""
-        self._fast(("e", span_id, t, q, ms, ends))
+        self.write(("e", span_id, t, q, ms, ends))
 
     def counter(self, t: int, q: int, span_id: int, allocated: int, reserved: int) -> None:
         """An `m` record: the allocator's allocated and reserved bytes at a stage boundary."""
-        self._fast(("m", t, q, span_id, allocated, reserved))
-
-    def _fast(self, record: tuple) -> None:
-        if self.deferred:
-            self._queued.append(record)  # folded and written by the next flush (the drain thread's)
-            return
-        with self._lock:
-            self._keep(record)
-            self._line(record)
+        self.write(("m", t, q, span_id, allocated, reserved))
 
     def _keep(self, record: dict[str, Any] | tuple) -> None:
         """Fold one record into what the tables are built from (span and counter columns, other records)."""
