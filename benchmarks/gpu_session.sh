@@ -91,11 +91,13 @@ for step in "$@"; do
       # halve one NUMA node for every series alike, putting two series' processes on the same cores)
       IFS=+ read -ra series <<< "${PAIR_GPUS:-0,1}"
       IFS=+ read -ra pins <<< "${PAIR_PINS:-}"
+      # PAIR_MODES=untraced,kvprof+untraced,kvprof:nosampler gives each series its modes (default untraced,kvprof)
+      IFS=+ read -ra pmodes <<< "${PAIR_MODES:-}"
       for i in "${!series[@]}"; do
-        gpus=${series[$i]} tagg=${series[$i]//,/} pin=${pins[$i]:-${PIN_CPUS:-}}
+        gpus=${series[$i]} tagg=${series[$i]//,/} pin=${pins[$i]:-${PIN_CPUS:-}} modes=${pmodes[$i]:-untraced,kvprof}
         log "issue 15: $m $frames frames, $n simultaneous pairs on GPUs $gpus"
         timeout -k 10 "${PAIRS_S:-540}" ${OVERHEAD:-python3 benchmarks/overhead.py} --method "$m" --frames "$frames" --no-decode \
-          --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus "$gpus" --modes untraced,kvprof --out $KVTMP/pairs$tagg \
+          --repeat $(( (n + 1) / 2 )) --pairs "$n" --pair-gpus "$gpus" --modes "$modes" --out $KVTMP/pairs$tagg \
           --rows-log "$OUT/pairs_$m-$frames-g$tagg.jsonl" ${pin:+--pin-cpus "$pin"} > "$OUT/pairs_$m-$frames-g$tagg.json" 2>>"$OUT/steps.log" &
         ppids+=($!)
       done

@@ -16,7 +16,8 @@ GPU. Prints JSON; `--mode NAME` runs one mode in this process (what the alternat
 tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `notimer` (no device-time marks or NVTX ranges),
 `nocounters` (no allocator counters at stage boundaries), `drain30` (the recorder drained every 30 s, not 2),
 `rawparts` (streamed parts written without zstd, and so are the tables at close: compare its rollout time, not its
-bytes; both CUDA only); `kvprof:fine` records fine stages too. They find where
+bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-debug mode stays off), `nosampler`
+(no NVML sampler thread); `kvprof:fine` records fine stages too. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
 
 `--pair-gpus A,B` (a shared host's noise moves whole stretches of time): each traced mode runs on GPU A while
@@ -50,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("untraced", "kvprof", "history", "profiler")
-PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine")
+PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler")
 
 
 def _mode_ok(mode: str) -> bool:
@@ -82,6 +83,14 @@ def _switch_off(piece: str) -> None:
         _with_options(TraceSession, timer_depth=-1)
     if piece == "nocounters":
         _with_options(TraceSession, counter_depth=0)
+    if piece == "nosync":  # no host-sync counting (on CUDA: torch's sync-debug warnings and the synchronize wrapper)
+        from tracers.host_sync import HostActivity
+
+        HostActivity.install = lambda self, device_type: None  # type: ignore[method-assign]
+    if piece == "nosampler":  # no NVML sampler thread (its reads take the GIL ten times a second)
+        from tracers.sampler import DeviceSampler
+
+        DeviceSampler.start = lambda self, t0_perf_ns: None  # type: ignore[method-assign]
     if piece == "drain30":
         _with_options(NativeCudaTracker, interval_s=30.0)
     if piece == "rawparts":

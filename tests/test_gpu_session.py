@@ -63,7 +63,7 @@ def test_sweep_speedup_ends_while_the_clock_sampler_still_runs(tmp_path: Path, o
 def test_pairs_run_one_series_per_gpu_pair_at_once_each_on_its_own_cores(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = _env(tmp_path, OUT=str(out), OVERHEAD=str(tmp_path / "bin" / "fake_overhead"), PAIR_GPUS="0,1+2,3",
-               PAIR_PINS="0-15/16-31+32-47/48-63")
+               PAIR_PINS="0-15/16-31+32-47/48-63", PAIR_MODES="+untraced,kvprof:nosampler")
     bin_dir = tmp_path / "bin"
     calls = tmp_path / "calls"
     # stands in for overhead.py: says when it started and with what, then waits so that two series overlap
@@ -79,6 +79,7 @@ echo '{{}}'
     args = sorted(a for _, a in started)
     assert "--pair-gpus 0,1" in args[0] and "--pin-cpus 0-15/16-31" in args[0] and "--pairs 2" in args[0]
     assert "--pair-gpus 2,3" in args[1] and "--pin-cpus 32-47/48-63" in args[1]
+    assert "--modes untraced,kvprof " in args[0] and "--modes untraced,kvprof:nosampler " in args[1]  # an empty entry: the default
     assert (out / "pairs_prq_int4-42-g01.json").is_file() and (out / "pairs_prq_int4-42-g23.json").is_file()
 
 

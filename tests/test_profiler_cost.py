@@ -153,7 +153,7 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
     oh = load("overhead")
     shared = ["--method", "rtn_int4", "--config", "tiny", "--frames", "3", "--no-decode", "--out", str(tmp_path)]
     cats, spans = {}, {}
-    for mode in ("kvprof", "kvprof:notags", "kvprof:nostages"):
+    for mode in ("kvprof", "kvprof:notags", "kvprof:nostages", "kvprof:nosync"):
         done = subprocess.run([sys.executable, str(BENCHMARKS / "overhead.py"), "--mode", mode, *shared],
                               capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -162,7 +162,9 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
         cats[mode] = set(pd.read_parquet(Path(row["path"]) / "allocations.parquet", columns=["category"])["category"])
         spans[mode] = set(pd.read_parquet(Path(row["path"]) / "spans.parquet", columns=["name"])["name"])
         assert row["rollout_wall_s"] > 0 and set(row["close_steps_s"]) >= {"recorder", "tables"}
-        assert row["scopes"]["stages"] >= 1 and (row["scopes"]["tags"] == 0) == (mode != "kvprof")
+        assert row["scopes"]["stages"] >= 1 and (row["scopes"]["tags"] == 0) == (mode not in ("kvprof", "kvprof:nosync"))
+        sync_counting = json.loads((Path(row["path"]) / "meta.json").read_text())["host_activity"]["host_syncs"]
+        assert (sync_counting == "not counted") == (mode == "kvprof:nosync"), sync_counting
     assert spans["kvprof:nostages"] == {"rollout"} and {"rollout", "chunk", "layer"} <= spans["kvprof"]
     assert {"kv_codes", "kv_scratch"} <= cats["kvprof"]  # the method's tags took effect
     # with tags off no allocation is scratch (only tags say so); stored codes still are codes (tensors are retagged)
@@ -171,7 +173,8 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
             {"mode": "kvprof:notags", "pair": 1, "rollout_wall_s": 4.0}, {"mode": "untraced", "pair": 1, "rollout_wall_s": 4.0}]
     paired = oh.summarize(rows)["kvprof:notags"]["paired_ratio"]
     assert paired["pairs"] == 2 and paired["median"] == pytest.approx(1.05) and paired["max"] == pytest.approx(1.1)
-    assert all(oh._mode_ok(m) for m in ("untraced", "kvprof", "kvprof:drain30", "kvprof:rawparts", "kvprof:fine"))
+    assert all(oh._mode_ok(m) for m in ("untraced", "kvprof", "kvprof:drain30", "kvprof:rawparts", "kvprof:fine",
+                                        "kvprof:nosampler"))
     for bad in (["--modes", "kvprof:bogus"], ["--modes", "untraced:notags"], ["--pair-gpus", "0"], ["--pair-gpus", "1,1"]):
         with pytest.raises(SystemExit):
             oh.main(bad)

@@ -41,6 +41,7 @@ SIGNATURES: dict[str, tuple[tuple, object]] = {
     "kvp_live_size": ((), _I64),
     "kvp_live_export": ((_PU64, _P64), None),
     "kvp_stats": ((_P64,), None),
+    "kvp_buffer_capacity": ((_P64,), None),
     "kvp_drain": ((_P64,), None),
     "kvp_take": ((_P64,) * 13, None),
 }

@@ -152,6 +152,11 @@ struct Layout {
 struct Recorder {
   std::mutex mu;
   std::vector<Entry> buffer;
+  // The buffer the last drain replayed, emptied but with its capacity: the next drain swaps it in, so
+  // the thread that records (inside the allocator's lock) neither regrows a buffer from nothing after
+  // every drain (copies of up to tens of MB) nor touches fresh pages (a fault each 4 KB) once the two
+  // buffers have grown to a drain's worth of events.
+  std::vector<Entry> spare;
   ClockPair last_pair{0, 0};  // taken when the buffer was last swapped out (or reset)
   std::atomic<int32_t> on{0};
   std::atomic<int32_t> device{0};
@@ -173,6 +178,7 @@ struct Replay {
 
 Recorder g_rec;
 Replay g_replay;
+std::mutex g_drain_mu;
 
 }  // namespace
 
@@ -334,11 +340,12 @@ void kvp_retag(uint64_t addr, int64_t tag) {
 
 // Forget every earlier trace; the replay starts with ids from `next_id`.
 void kvp_reset(int32_t device, int32_t expandable, int32_t model_on, int64_t next_id) {
+  std::lock_guard<std::mutex> drain_guard(g_drain_mu);
   std::lock_guard<std::mutex> replay_guard(g_replay.mu);
+  std::vector<Entry>().swap(g_rec.spare);  // a new trace starts without the last one's buffers
   {
     std::lock_guard<std::mutex> guard(g_rec.mu);
-    g_rec.buffer.clear();
-    g_rec.buffer.shrink_to_fit();
+    std::vector<Entry>().swap(g_rec.buffer);
     g_rec.last_pair = clock_pair();
   }
   g_rec.device.store(device);
@@ -407,6 +414,14 @@ void kvp_live_export(uint64_t* addr, int64_t* id) {
   }
 }
 
+// The capacity, in events, of the buffer being recorded into and of the drains' spare.
+void kvp_buffer_capacity(int64_t* out) {
+  std::lock_guard<std::mutex> drain_guard(g_drain_mu);
+  std::lock_guard<std::mutex> guard(g_rec.mu);
+  out[0] = int64_t(g_rec.buffer.capacity());
+  out[1] = int64_t(g_rec.spare.capacity());
+}
+
 // stats: exact blocks, rounded blocks, layout misses, model on (1/0), next id
 void kvp_stats(int64_t* out) {
   std::lock_guard<std::mutex> guard(g_replay.mu);
@@ -420,7 +435,9 @@ void kvp_stats(int64_t* out) {
 // Replay everything recorded since the last drain. counts: allocations, frees, retags, OOMs, entries,
 // first allocation id. The columns stay until the next drain; kvp_take copies them out.
 void kvp_drain(int64_t* counts) {
+  std::lock_guard<std::mutex> drain_guard(g_drain_mu);  // one drain at a time: the spare is the drain's
   std::vector<Entry> entries;
+  entries.swap(g_rec.spare);  // g_rec.spare is only touched by drains, under g_drain_mu
   ClockPair from, to;
   {
     std::lock_guard<std::mutex> guard(g_rec.mu);
@@ -443,6 +460,8 @@ void kvp_drain(int64_t* counts) {
   counts[3] = int64_t(p.o_ctx.size());
   counts[4] = int64_t(entries.size());
   counts[5] = p.first_id;
+  entries.clear();  // keeps the capacity
+  g_rec.spare.swap(entries);
 }
 
 void kvp_take(int64_t* a_q, int64_t* a_t, int64_t* a_size, int64_t* a_ctx, int64_t* f_id, int64_t* f_q,

@@ -1,0 +1,72 @@
+"""The native recorder's event buffers: drains hand their buffer back, so recording stops regrowing one."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from tracers import native
+from tracers.alloc_native import drain_columns
+
+N = 50_000
+
+
+@pytest.fixture()
+def lib():
+    lib = native.load(cuda=False)
+    lib.kvp_reset(0, 0, 0, 1)
+    lib.kvp_set_recording(1)
+    yield lib
+    lib.kvp_set_recording(0)
+    lib.kvp_reset(0, 0, 0, 1)
+
+
+def _capacity(lib) -> tuple[int, int]:
+    out = (ctypes.c_int64 * 2)()
+    lib.kvp_buffer_capacity(out)
+    return out[0], out[1]
+
+
+def _record(lib, base: int, t0: int) -> None:
+    """N allocations of distinct 512-byte blocks at `base` (no layout model: sizes are rounded requests)."""
+    action = np.zeros(N, dtype=np.int32)
+    addr = (base + 4096 * np.arange(N)).astype(np.uint64)
+    size = np.full(N, 500, dtype=np.uint64)
+    t_ns = t0 + np.arange(N, dtype=np.int64)
+    ctx = np.full(N, 7, dtype=np.int64)
+    as_ptr = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
+    lib.kvp_record_many(N, as_ptr(action, ctypes.c_int32), as_ptr(addr, ctypes.c_uint64),
+                        as_ptr(size, ctypes.c_uint64), as_ptr(t_ns, ctypes.c_int64), as_ptr(ctx, ctypes.c_int64))
+
+
+def test_after_two_drains_recording_reuses_a_buffer_it_does_not_regrow(lib):
+    _record(lib, 1 << 30, 1_000)
+    first, spare = _capacity(lib)
+    assert first >= N and spare == 0
+
+    batch = drain_columns(lib)[0]
+    assert batch.entries == N and batch.first_id == 1
+    assert _capacity(lib) == (0, first)  # the drained buffer is kept, emptied, for the next drain
+
+    _record(lib, 2 << 30, 2_000_000)
+    second = _capacity(lib)[0]
+    batch = drain_columns(lib)[0]
+    assert batch.first_id == N + 1 and batch.a_t.tolist() == list(range(2_000_000, 2_000_000 + N))
+    assert _capacity(lib) == (first, second)  # the first buffer is back, empty, before any event
+
+    _record(lib, 3 << 30, 4_000_000)
+    assert _capacity(lib) == (first, second)  # N events went in without growing a buffer
+    batch = drain_columns(lib)[0]
+    assert batch.entries == N and batch.first_id == 2 * N + 1
+    assert batch.a_size.tolist() == [512] * N and batch.a_ctx.tolist() == [7] * N
+    assert batch.a_t.tolist() == list(range(4_000_000, 4_000_000 + N))
+
+
+def test_a_reset_releases_both_buffers(lib):
+    _record(lib, 1 << 30, 0)
+    drain_columns(lib)
+    _record(lib, 2 << 30, N)
+    assert min(_capacity(lib)) >= N
+    lib.kvp_reset(0, 0, 0, 1)
+    assert _capacity(lib) == (0, 0)
