@@ -17,7 +17,9 @@ tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `noti
 `nocounters` (no allocator counters at stage boundaries), `drain30` (the recorder drained every 30 s, not 2),
 `rawparts` (streamed parts written without zstd, and so are the tables at close: compare its rollout time, not its
 bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-debug mode stays off), `nosampler`
-(no NVML sampler thread); `kvprof:fine` records fine stages too. They find where
+(no NVML sampler thread), `nodrain` (the recorder drained once, at the end: nothing runs beside the model's thread but
+the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown by the recording thread);
+`kvprof:fine` records fine stages too. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
 
 `--pair-gpus A,B` (a shared host's noise moves whole stretches of time): each traced mode runs on GPU A while
@@ -51,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("untraced", "kvprof", "history", "profiler")
-PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler")
+PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain")
 
 
 def _mode_ok(mode: str) -> bool:
@@ -91,6 +93,8 @@ def _switch_off(piece: str) -> None:
         from tracers.sampler import DeviceSampler
 
         DeviceSampler.start = lambda self, t0_perf_ns: None  # type: ignore[method-assign]
+    if piece == "nodrain":  # the recorder drained once, when recording stops: no drain thread work beside the model
+        _with_options(NativeCudaTracker, interval_s=1e6)
     if piece == "drain30":
         _with_options(NativeCudaTracker, interval_s=30.0)
     if piece == "rawparts":
