@@ -437,7 +437,7 @@ void kvp_stats(int64_t* out) {
 void kvp_drain(int64_t* counts) {
   std::lock_guard<std::mutex> drain_guard(g_drain_mu);  // one drain at a time: the spare is the drain's
   std::vector<Entry> entries;
-  entries.swap(g_rec.spare);  // g_rec.spare is only touched by drains, under g_drain_mu
+  entries.swap(g_rec.spare);  // g_rec.spare is only touched under g_drain_mu
   ClockPair from, to;
   {
     std::lock_guard<std::mutex> guard(g_rec.mu);
