@@ -15,7 +15,8 @@
 # costs, a one-GPU sweep of each list on its GPU at once, then one sweep over every GPU longest first; then
 # sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call; SPEEDUP_ORDER=many-first), pairs:METHOD:FRAMES:N (issue
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
-# PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), sweep-study (issue 19: the study column, every GPU, longest
+# PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), perfpair:METHOD:FRAMES (issue 15: perf stat of each
+# thread of an untraced and a traced process at once, mid-rollout; perf_threads.py reads them), sweep-study (issue 19: the study column, every GPU, longest
 # first; resumes like sweep-all), startup (a cell's start-up: imports, the VAE module, a trace process split in
 # phases; ~70 s), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
@@ -103,6 +104,34 @@ for step in "$@"; do
       done
       wait "${ppids[@]}"
       nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
+      ;;
+    perfpair:*)  # perfpair:METHOD:FRAMES (issue 15): hardware counters of every thread of an untraced (GPU 0) and a
+      # traced (GPU 1) process at once, over a PERF_FOR_S window (30 s) from PERF_AFTER_S (60 s) after both started
+      # (mid-rollout), then perf_threads.py: does the traced model thread run more instructions, or at a lower IPC?
+      # PIN_CPUS=A/B (default 0-15/16-31) keeps each process on its own cores
+      IFS=: read -r _ m frames <<< "$step"
+      if ! perf stat -e cycles true > /dev/null 2>&1; then
+        log "perfpair: perf cannot count here: $(perf stat -e cycles true 2>&1 | tail -1)"
+        continue
+      fi
+      IFS=/ read -r cpu_a cpu_b <<< "${PIN_CPUS:-0-15/16-31}"
+      log "issue 15: perf stat of $m $frames frames, untraced (GPU 0, cores $cpu_a) and kvprof (GPU 1, cores $cpu_b) at once"
+      CUDA_VISIBLE_DEVICES=0 taskset -c "$cpu_a" ${OVERHEAD:-python3 benchmarks/overhead.py} --mode untraced --method "$m" \
+        --frames "$frames" --no-decode --out $KVTMP/perfpair > "$OUT/perfpair_untraced.json" 2>>"$OUT/steps.log" &
+      pu=$!
+      CUDA_VISIBLE_DEVICES=1 taskset -c "$cpu_b" ${OVERHEAD:-python3 benchmarks/overhead.py} --mode kvprof --method "$m" \
+        --frames "$frames" --no-decode --out $KVTMP/perfpair > "$OUT/perfpair_kvprof.json" 2>>"$OUT/steps.log" &
+      pk=$!
+      sleep "${PERF_AFTER_S:-60}"
+      spids=()
+      for pm in "$pu:untraced" "$pk:kvprof"; do
+        perf stat -x, --per-thread -e cycles,instructions,cache-misses,dTLB-load-misses -p "${pm%%:*}" \
+          -o "$OUT/perf_${pm#*:}.csv" -- sleep "${PERF_FOR_S:-30}" 2>>"$OUT/steps.log" &
+        spids+=($!)
+      done
+      wait "${spids[@]}" "$pu" "$pk"  # by pid: a bare wait would also wait for another step's clock sampler
+      python3 benchmarks/perf_threads.py "$OUT/perf_untraced.csv" "$OUT/perf_kvprof.csv" > "$OUT/perfpair.json" 2>>"$OUT/steps.log"
+      log "perfpair: traced / untraced $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['traced_over_untraced'])" "$OUT/perfpair.json" 2>&1)"
       ;;
     budget)
       log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"
