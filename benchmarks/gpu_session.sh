@@ -114,7 +114,8 @@ for step in "$@"; do
         log "perfpair: perf cannot count here: $(perf stat -e cycles true 2>&1 | tail -1)"
         continue
       fi
-      IFS=/ read -r cpu_a cpu_b <<< "${PIN_CPUS:-0-15/16-31}"
+      pins=${PIN_CPUS:-0-15/16-31}; [ "$pins" = auto ] && pins=0-15/16-31  # overhead.py's auto needs its own pairs
+      IFS=/ read -r cpu_a cpu_b <<< "$pins"
       log "issue 15: perf stat of $m $frames frames, untraced (GPU 0, cores $cpu_a) and kvprof (GPU 1, cores $cpu_b) at once"
       CUDA_VISIBLE_DEVICES=0 taskset -c "$cpu_a" ${OVERHEAD:-python3 benchmarks/overhead.py} --mode untraced --method "$m" \
         --frames "$frames" --no-decode --out $KVTMP/perfpair > "$OUT/perfpair_untraced.json" 2>>"$OUT/steps.log" &
