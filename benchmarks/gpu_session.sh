@@ -114,23 +114,24 @@ for step in "$@"; do
         log "perfpair: perf cannot count here: $(perf stat -e cycles true 2>&1 | tail -1)"
         continue
       fi
-      pins=${PIN_CPUS:-0-15/16-31}; [ "$pins" = auto ] && pins=0-15/16-31  # overhead.py's auto needs its own pairs
-      IFS=/ read -r cpu_a cpu_b <<< "$pins"
+      cpus=${PIN_CPUS:-0-15/16-31}; [ "$cpus" = auto ] && cpus=0-15/16-31  # overhead.py's auto needs its own pairs
+      IFS=/ read -r cpu_a cpu_b <<< "$cpus"
       log "issue 15: perf stat of $m $frames frames, untraced (GPU 0, cores $cpu_a) and kvprof (GPU 1, cores $cpu_b) at once"
-      CUDA_VISIBLE_DEVICES=0 taskset -c "$cpu_a" ${OVERHEAD:-python3 benchmarks/overhead.py} --mode untraced --method "$m" \
-        --frames "$frames" --no-decode --out $KVTMP/perfpair > "$OUT/perfpair_untraced.json" 2>>"$OUT/steps.log" &
-      pu=$!
-      CUDA_VISIBLE_DEVICES=1 taskset -c "$cpu_b" ${OVERHEAD:-python3 benchmarks/overhead.py} --mode kvprof --method "$m" \
-        --frames "$frames" --no-decode --out $KVTMP/perfpair > "$OUT/perfpair_kvprof.json" 2>>"$OUT/steps.log" &
-      pk=$!
+      procs=()
+      for gmc in "0:$cpu_a:untraced" "1:$cpu_b:kvprof"; do
+        IFS=: read -r gpu cores mode <<< "$gmc"
+        CUDA_VISIBLE_DEVICES=$gpu taskset -c "$cores" ${OVERHEAD:-python3 benchmarks/overhead.py} --mode $mode --method "$m" \
+          --frames "$frames" --no-decode --out $KVTMP/perfpair > "$OUT/perfpair_$mode.json" 2>>"$OUT/steps.log" &
+        procs+=("$!:$mode")
+      done
       sleep "${PERF_AFTER_S:-60}"
-      spids=()
-      for pm in "$pu:untraced" "$pk:kvprof"; do
+      waits=()
+      for pm in "${procs[@]}"; do
         perf stat -x, --per-thread -e cycles,instructions,cache-misses,dTLB-load-misses -p "${pm%%:*}" \
           -o "$OUT/perf_${pm#*:}.csv" -- sleep "${PERF_FOR_S:-30}" 2>>"$OUT/steps.log" &
-        spids+=($!)
+        waits+=($! "${pm%%:*}")
       done
-      wait "${spids[@]}" "$pu" "$pk"  # by pid: a bare wait would also wait for another step's clock sampler
+      wait "${waits[@]}"  # by pid: a bare wait would also wait for another step's clock sampler
       python3 benchmarks/perf_threads.py "$OUT/perf_untraced.csv" "$OUT/perf_kvprof.csv" > "$OUT/perfpair.json" 2>>"$OUT/steps.log"
       log "perfpair: traced / untraced $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['traced_over_untraced'])" "$OUT/perfpair.json" 2>&1)"
       ;;

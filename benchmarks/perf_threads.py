@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-EVENTS = ("cycles", "instructions", "cache-misses", "dTLB-load-misses")
+MISSES = ("cache-misses", "dTLB-load-misses")  # read as a rate: misses per thousand instructions
+EVENTS = ("cycles", "instructions", *MISSES)
 
 
 def read_counts(path: Path) -> dict[str, dict[str, int]]:
@@ -49,7 +50,7 @@ def thread_summary(threads: dict[str, dict[str, int]]) -> dict[str, Any]:
     cycles, instr = c.get("cycles", 0), c.get("instructions", 0)
     out: dict[str, Any] = {"thread": main, "cycles": cycles, "instructions": instr,
                            "ipc": instr / cycles if cycles and instr else None}
-    for event in EVENTS[2:]:
+    for event in MISSES:
         out[f"{event}_per_kinstr"] = 1000 * c[event] / instr if instr and event in c else None
     out["other_threads_cycles"] = {t: v.get("cycles", 0) for t, v in threads.items() if t != main}
     return out
@@ -59,7 +60,7 @@ def compare(untraced: Path, traced: Path) -> dict[str, Any]:
     """Both files' model threads and traced / untraced for each rate."""
     a, b = thread_summary(read_counts(untraced)), thread_summary(read_counts(traced))
     ratio = {k: (b[k] / a[k] if isinstance(a[k], (int, float)) and a[k] and isinstance(b[k], (int, float)) else None)
-             for k in ("cycles", "instructions", "ipc", "cache-misses_per_kinstr", "dTLB-load-misses_per_kinstr")}
+             for k in ("cycles", "instructions", "ipc", *(f"{e}_per_kinstr" for e in MISSES))}
     return {"untraced": a, "traced": b, "traced_over_untraced": ratio}
 
 

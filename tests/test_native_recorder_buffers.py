@@ -6,6 +6,7 @@ import ctypes
 import numpy as np
 import pytest
 
+from stream_history import feed
 from tracers import native
 from tracers.alloc_native import drain_columns
 
@@ -30,14 +31,9 @@ def _capacity(lib) -> tuple[int, int]:
 
 def _record(lib, base: int, t0: int) -> None:
     """N allocations of distinct 512-byte blocks at `base` (no layout model: sizes are rounded requests)."""
-    action = np.zeros(N, dtype=np.int32)
-    addr = (base + 4096 * np.arange(N)).astype(np.uint64)
-    size = np.full(N, 500, dtype=np.uint64)
-    t_ns = t0 + np.arange(N, dtype=np.int64)
-    ctx = np.full(N, 7, dtype=np.int64)
-    as_ptr = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
-    lib.kvp_record_many(N, as_ptr(action, ctypes.c_int32), as_ptr(addr, ctypes.c_uint64),
-                        as_ptr(size, ctypes.c_uint64), as_ptr(t_ns, ctypes.c_int64), as_ptr(ctx, ctypes.c_int64))
+    feed(lib, {"action": np.zeros(N, dtype=np.int32), "addr": (base + 4096 * np.arange(N)).astype(np.uint64),
+               "size": np.full(N, 500, dtype=np.uint64), "t_ns": t0 + np.arange(N, dtype=np.int64),
+               "ctx": np.full(N, 7, dtype=np.int64)})
 
 
 def test_after_two_drains_recording_reuses_a_buffer_it_does_not_regrow(lib):
