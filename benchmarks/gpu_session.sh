@@ -108,7 +108,8 @@ for step in "$@"; do
     perfpair:*)  # perfpair:METHOD:FRAMES (issue 15): hardware counters of every thread of an untraced (GPU 0) and a
       # traced (GPU 1) process at once, over a PERF_FOR_S window (30 s) from PERF_AFTER_S (60 s) after both started
       # (mid-rollout), then perf_threads.py: does the traced model thread run more instructions, or at a lower IPC?
-      # PIN_CPUS=A/B (default 0-15/16-31) keeps each process on its own cores
+      # PIN_CPUS=A/B (default 0-15/16-31) keeps each process on its own cores. The GPU machines of RESULTS.md have neither
+      # perf nor hardware counters in their VMs: there the step says so in one line and goes on
       IFS=: read -r _ m frames <<< "$step"
       if ! perf stat -e cycles true > /dev/null 2>&1; then
         log "perfpair: perf cannot count here: $(perf stat -e cycles true 2>&1 | tail -1)"
@@ -132,6 +133,7 @@ for step in "$@"; do
         waits+=($! "${pm%%:*}")
       done
       wait "${waits[@]}"  # by pid: a bare wait would also wait for another step's clock sampler
+      for pm in "${procs[@]}"; do wait "${pm%%:*}"; done  # the next step must not share the GPUs with these rollouts
       python3 benchmarks/perf_threads.py "$OUT/perf_untraced.csv" "$OUT/perf_kvprof.csv" > "$OUT/perfpair.json" 2>>"$OUT/steps.log"
       log "perfpair: traced / untraced $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['traced_over_untraced'])" "$OUT/perfpair.json" 2>&1)"
       ;;
