@@ -19,7 +19,8 @@ tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `noti
 bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-debug mode stays off), `nosampler`
 (no NVML sampler thread), `nodrain` (the recorder drained once, at the end: nothing runs beside the model's thread but
 the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown by the recording thread);
-`kvprof:fine` records fine stages too. They find where
+`kvprof:fine` records fine stages too. `tracker` (CUDA) is the untraced rollout with c10's trace tracker attached
+and kvprof's recording off: the allocator builds each event and calls the tracker, which returns at once. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
 
 `--pair-gpus A,B` (a shared host's noise moves whole stretches of time): each traced mode runs on GPU A while
@@ -52,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODES = ("untraced", "kvprof", "history", "profiler")
+MODES = ("untraced", "kvprof", "history", "profiler", "tracker")
 PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain")
 
 
@@ -221,8 +222,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from kvprof.workload.rollout import run_rollout
 
     r, work = _workload(args)
-    if mode == "history" and r.device.type != "cuda":
-        return {**out, "skipped": "the allocator history is CUDA's"}
+    if mode in ("history", "tracker") and r.device.type != "cuda":
+        return {**out, "skipped": f"the allocator {mode} is CUDA's"}
     folder = Path(args.out) / f"{mode}-{time.strftime('%H%M%S')}-{id(out)}"
     folder.mkdir(parents=True, exist_ok=True)
     _sync(r.device)
@@ -230,6 +231,13 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     if mode == "history":  # the events alone, as kvprof's Python fallback records them: the defaults would also
         # capture a Python and C++ stack per event (session 6 measured that as the "floor": 1.28 on prq_int4)
         torch.cuda.memory._record_memory_history("all", context=None, stacks="python", max_entries=50_000_000)
+    elif mode == "tracker":  # c10 builds a TraceEntry per event and calls kvprof's tracker, which returns at once:
+        # the part of the event path any tool on the allocator's events pays, without kvprof's recording
+        from tracers import native
+
+        lib = native.load(cuda=True)
+        lib.kvp_set_recording(0)
+        lib.kvp_attach()
     elif mode == "profiler":
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if r.device.type == "cuda" else [])
         prof = torch.profiler.profile(activities=acts, profile_memory=True, record_shapes=True, with_stack=True)
@@ -250,7 +258,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     out["usable_s"] = time.perf_counter() - t0
     if r.device.type == "cuda":
         out["peak_bytes"] = torch.cuda.max_memory_allocated(r.device)
-    return {**out, "disk_bytes": _bytes_under(folder) if mode != "untraced" else 0, "max_rss_bytes": _max_rss_bytes()}
+    disk = _bytes_under(folder) if mode not in ("untraced", "tracker") else 0
+    return {**out, "disk_bytes": disk, "max_rss_bytes": _max_rss_bytes()}
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:

@@ -113,6 +113,7 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
         assert row["steal_s"] is None or row["steal_s"] >= 0
     assert kv_row["host_wall_s"] == pytest.approx(kv_row["rollout_wall_s"], rel=0.5, abs=0.5)  # the same rollout
     assert oh.run_mode("history", args) == {"mode": "history", "skipped": "the allocator history is CUDA's"}
+    assert oh.run_mode("tracker", args) == {"mode": "tracker", "skipped": "the allocator tracker is CUDA's"}
     long = dict(vars(args), frames=12)  # --rolling reaches the trace: a rolling window holds fewer frames' KV
     assert oh.run_mode("kvprof", argparse.Namespace(**{**long, "rolling": 3}))["peak_bytes"] < \
         oh.run_mode("kvprof", argparse.Namespace(**{**long, "rolling": None}))["peak_bytes"]
