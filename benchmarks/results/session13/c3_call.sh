@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device call: run(command="bash .carry_c3.sh", carry=[".whl"], kind="nvidia-h100-x2", timeout_s=600).
+# Device call: run(command="bash .carry_c3.sh", carry=[".whl"], kind="nvidia-h100-x2", timeout_s=560).
 # Session 13, call 3 (issue 15): prq_int4 study 42 frames, untraced vs kvprof:nostages (stages but rollout, and tags, no-ops: the allocator-event path alone), 56562de,
 # simultaneous pairs on GPUs 0,1 swapped each pair, each GPU's process on its own NUMA-local cores (--pin-cpus auto),
 # rows kept as they come.
