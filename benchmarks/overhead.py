@@ -258,8 +258,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     out["usable_s"] = time.perf_counter() - t0
     if r.device.type == "cuda":
         out["peak_bytes"] = torch.cuda.max_memory_allocated(r.device)
-    disk = _bytes_under(folder) if mode not in ("untraced", "tracker") else 0
-    return {**out, "disk_bytes": disk, "max_rss_bytes": _max_rss_bytes()}
+    return {**out, "disk_bytes": _bytes_under(folder) if mode != "untraced" else 0, "max_rss_bytes": _max_rss_bytes()}
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:

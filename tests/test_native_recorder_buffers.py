@@ -31,11 +31,12 @@ def _capacity(lib) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _record(lib, base: int, t0: int) -> None:
-    """N allocations of distinct 512-byte blocks at `base` (no layout model: sizes are rounded requests)."""
-    feed(lib, {"action": np.zeros(N, dtype=np.int32), "addr": (base + 4096 * np.arange(N)).astype(np.uint64),
-               "size": np.full(N, 500, dtype=np.uint64), "t_ns": t0 + np.arange(N, dtype=np.int64),
-               "ctx": np.full(N, 7, dtype=np.int64)})
+def _record(lib, base: int, t0: int, n: int = N) -> None:
+    """`n` allocations of distinct 512-byte blocks at `base` (no layout model: sizes are rounded requests), at
+    times t0, t0 + 1, ..."""
+    feed(lib, {"action": np.zeros(n, dtype=np.int32), "addr": (base + 4096 * np.arange(n)).astype(np.uint64),
+               "size": np.full(n, 500, dtype=np.uint64), "t_ns": t0 + np.arange(n, dtype=np.int64),
+               "ctx": np.full(n, 7, dtype=np.int64)})
 
 
 def test_after_two_drains_recording_reuses_a_buffer_it_does_not_regrow(lib):
@@ -82,11 +83,7 @@ def test_events_recorded_while_another_thread_drains_each_come_out_once_in_order
             if c and c % 50 == 0:  # a drain lands mid-recording at least 3 times, however threads are scheduled
                 drained.clear()
                 drained.wait(30)
-            base = (1 << 32) + c * per_chunk * 4096
-            feed(lib, {"action": np.zeros(per_chunk, dtype=np.int32),
-                       "addr": (base + 4096 * np.arange(per_chunk)).astype(np.uint64),
-                       "size": np.full(per_chunk, 512, dtype=np.uint64),
-                       "t_ns": c * per_chunk + np.arange(per_chunk, dtype=np.int64), "ctx": np.full(per_chunk, 3, np.int64)})
+            _record(lib, (1 << 32) + c * per_chunk * 4096, c * per_chunk, per_chunk)
         done.set()
 
     recorder = threading.Thread(target=record)
