@@ -18,7 +18,8 @@ tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `noti
 `rawparts` (streamed parts written without zstd, and so are the tables at close: compare its rollout time, not its
 bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-debug mode stays off), `nosampler`
 (no NVML sampler thread), `nodrain` (the recorder drained once, at the end: nothing runs beside the model's thread but
-the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown by the recording thread);
+the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown by the recording thread), `bare`
+(`nostages`, `notimer`, `nocounters`, `nosync` and `nosampler` at once: the recorder and its drain alone);
 `kvprof:fine` records fine stages too. `tracker` (CUDA) is the untraced rollout with c10's trace tracker attached
 and kvprof's recording off: the allocator builds each event and calls the tracker, which returns at once. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import itertools
 import json
 import os
@@ -54,7 +56,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("untraced", "kvprof", "history", "profiler", "tracker")
-PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain")
+PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare")
+# `kvprof:bare`: every piece of bookkeeping on the model's side off at once, so the recorder and its drain are what is left
+BARE = ("nostages", "notimer", "nocounters", "nosync", "nosampler")
 
 
 def _mode_ok(mode: str) -> bool:
@@ -76,6 +80,10 @@ def _switch_off(piece: str) -> None:
     from tracers.scopes import NO_SCOPE
     from tracers.session import TraceSession
 
+    if piece == "bare":
+        for each in BARE:
+            _switch_off(each)
+        return
     if piece in ("notags", "nostages"):  # no option turns tags or stages off: the scopes become no-ops
         TraceSession.tag = lambda self, category: NO_SCOPE  # type: ignore[method-assign]
     if piece == "nostages":  # all but the `rollout` stage itself, which times the rollout
@@ -132,19 +140,35 @@ class HostTimes:
 
     def __init__(self) -> None:
         self.row: dict[str, float | None] = {}
+        self._gc_ns = [0, 0, 0]
+        self._gc_n = [0, 0, 0]
+        self._gc_t0 = 0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        # Python's cyclic collector, timed per generation: a full collection walks every tracked object the
+        # process holds, so what a tracer keeps alive slows the model's thread where no profile frame says so
+        if phase == "start":
+            self._gc_t0 = time.perf_counter_ns()
+        else:
+            self._gc_ns[info["generation"]] += time.perf_counter_ns() - self._gc_t0
+            self._gc_n[info["generation"]] += 1
 
     def __enter__(self) -> "HostTimes":
+        gc.callbacks.append(self._on_gc)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._start = (time.perf_counter(), usage.ru_utime + usage.ru_stime, time.thread_time(), _steal_s())
         return self
 
     def __exit__(self, *exc: Any) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        gc.callbacks.remove(self._on_gc)
         wall0, cpu0, thread0, steal0 = self._start
         steal = _steal_s()
         self.row = {"rollout_cpu_s": usage.ru_utime + usage.ru_stime - cpu0, "rollout_thread_cpu_s": time.thread_time() - thread0,
                     "steal_s": steal - steal0 if steal is not None and steal0 is not None else None,
-                    "host_wall_s": time.perf_counter() - wall0}
+                    "host_wall_s": time.perf_counter() - wall0,
+                    "gc_s": [round(ns / 1e9, 4) for ns in self._gc_ns], "gc_collections": list(self._gc_n),
+                    "gc_tracked_objects": len(gc.get_objects())}
 
 
 def _timed_rollouts(clock: HostTimes) -> None:

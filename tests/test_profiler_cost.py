@@ -154,7 +154,7 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
     oh = load("overhead")
     shared = ["--method", "rtn_int4", "--config", "tiny", "--frames", "3", "--no-decode", "--out", str(tmp_path)]
     cats, spans = {}, {}
-    for mode in ("kvprof", "kvprof:notags", "kvprof:nostages", "kvprof:nosync"):
+    for mode in ("kvprof", "kvprof:notags", "kvprof:nostages", "kvprof:nosync", "kvprof:bare"):
         done = subprocess.run([sys.executable, str(BENCHMARKS / "overhead.py"), "--mode", mode, *shared],
                               capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -165,8 +165,10 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
         assert row["rollout_wall_s"] > 0 and set(row["close_steps_s"]) >= {"recorder", "tables"}
         assert row["scopes"]["stages"] >= 1 and (row["scopes"]["tags"] == 0) == (mode not in ("kvprof", "kvprof:nosync"))
         sync_counting = json.loads((Path(row["path"]) / "meta.json").read_text())["host_activity"]["host_syncs"]
-        assert (sync_counting == "not counted") == (mode == "kvprof:nosync"), sync_counting
-    assert spans["kvprof:nostages"] == {"rollout"} and {"rollout", "chunk", "layer"} <= spans["kvprof"]
+        assert (sync_counting == "not counted") == (mode in ("kvprof:nosync", "kvprof:bare")), sync_counting
+        # the collector's work during the rollout, per generation (what a tracer's live objects cost the model's thread)
+        assert len(row["gc_s"]) == len(row["gc_collections"]) == 3 and row["gc_tracked_objects"] > 0
+    assert spans["kvprof:nostages"] == spans["kvprof:bare"] == {"rollout"} and {"rollout", "chunk", "layer"} <= spans["kvprof"]
     assert {"kv_codes", "kv_scratch"} <= cats["kvprof"]  # the method's tags took effect
     # with tags off no allocation is scratch (only tags say so); stored codes still are codes (tensors are retagged)
     assert "kv_scratch" not in cats["kvprof:notags"] and "kv_codes" in cats["kvprof:notags"]
@@ -175,7 +177,7 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
     paired = oh.summarize(rows)["kvprof:notags"]["paired_ratio"]
     assert paired["pairs"] == 2 and paired["median"] == pytest.approx(1.05) and paired["max"] == pytest.approx(1.1)
     assert all(oh._mode_ok(m) for m in ("untraced", "kvprof", "kvprof:drain30", "kvprof:rawparts", "kvprof:fine",
-                                        "kvprof:nosampler", "kvprof:nodrain"))
+                                        "kvprof:nosampler", "kvprof:nodrain", "kvprof:bare"))
     for bad in (["--modes", "kvprof:bogus"], ["--modes", "untraced:notags"], ["--pair-gpus", "0"], ["--pair-gpus", "1,1"]):
         with pytest.raises(SystemExit):
             oh.main(bad)
