@@ -19,7 +19,9 @@ tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `noti
 bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-debug mode stays off), `nosampler`
 (no NVML sampler thread), `nodrain` (the recorder drained once, at the end: nothing runs beside the model's thread but
 the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown by the recording thread), `bare`
-(`nostages`, `notimer`, `nocounters`, `nosync` and `nosampler` at once: the recorder and its drain alone);
+(`nostages`, `notimer`, `nocounters`, `nosync` and `nosampler` at once: the recorder and its drain alone), `nowrite`
+(`bare`, and each drain replays in C++ and drops its rows, no Python accounting or parts: timing only, the trace has
+no allocations; the ladder `tracker`, `kvprof:nowrite`, `kvprof:bare`, `kvprof` adds one part at a time);
 `kvprof:fine` records fine stages too. `tracker` (CUDA) is the untraced rollout with c10's trace tracker attached
 and kvprof's recording off: the allocator builds each event and calls the tracker, which returns at once. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
@@ -56,7 +58,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("untraced", "kvprof", "history", "profiler", "tracker")
-PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare")
+PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
+          "nowrite")
 # `kvprof:bare`: every piece of bookkeeping on the model's side off at once, so the recorder and its drain are what is left
 BARE = ("nostages", "notimer", "nocounters", "nosync", "nosampler")
 
@@ -80,9 +83,10 @@ def _switch_off(piece: str) -> None:
     from tracers.scopes import NO_SCOPE
     from tracers.session import TraceSession
 
-    if piece == "bare":
+    if piece in ("bare", "nowrite"):
         for each in BARE:
             _switch_off(each)
+    if piece == "bare":
         return
     if piece in ("notags", "nostages"):  # no option turns tags or stages off: the scopes become no-ops
         TraceSession.tag = lambda self, category: NO_SCOPE  # type: ignore[method-assign]
@@ -104,6 +108,9 @@ def _switch_off(piece: str) -> None:
         DeviceSampler.start = lambda self, t0_perf_ns: None  # type: ignore[method-assign]
     if piece == "nodrain":  # the recorder drained once, when recording stops: no drain thread work beside the model
         _with_options(NativeCudaTracker, interval_s=1e6)
+    if piece == "nowrite":  # each drain replays in C++ and drops its rows (the ids stay in step): timing only, the trace
+        # has no allocations; what is left of the drain is its C++ replay and its hand-offs of the GIL
+        TraceSession.record_stream_batch = lambda self, batch, retags: self.reserve_alloc_ids(len(batch.a_q)) and None  # type: ignore[method-assign]
     if piece == "drain30":
         _with_options(NativeCudaTracker, interval_s=30.0)
     if piece == "rawparts":
