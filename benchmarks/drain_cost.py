@@ -7,7 +7,10 @@ Feeds the native recorder (its CPU build, through the tests' fake caching alloca
 tests' `stream_history`), drains after each, and prints milliseconds per drain as JSON: `replay` (kvp_drain:
 the C++ replay and the copy into numpy, GIL released), `part` (the streamed part written: Parquet + zstd, mostly
 GIL released), `rows` (the rest: the rows built with numpy and Python under the GIL, what the model thread
-can wait for). The first drain includes one-off imports; the JSON gives the median of the others.
+can wait for). The first drain includes one-off imports; the JSON gives the median of the others, and
+`part_bytes_a_row` the parts' bytes over their rows. `--part-options JSON` writes the parts with other
+`pyarrow.parquet.write_table` options than the recorder's (`tracers.alloc_parts.part_options`), e.g.
+`'{"compression": "zstd"}'`, how parts were written before session 14.
 
 `gil_lost` measures what a model thread would lose: a second Python thread counts in a loop the whole time, and
 1 - (its count rate during a drain / its rate between drains) is the share of that thread's progress the drain
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=("count", "stages", "torch"), default="count",
                    help="what the model thread does: count in a loop, or open PRQ-like stage + tag scopes on the session "
                         "(which take the session's locks the drain takes too)")
+    p.add_argument("--part-options", default=None, metavar="JSON",
+                   help="write each part with these pyarrow.parquet.write_table options instead of the recorder's "
+                        "(tracers.alloc_parts.part_options), e.g. '{\"compression\": \"zstd\"}' for Parquet's defaults + zstd")
     args = p.parse_args(argv)
 
     import pytest
@@ -49,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import tracers.alloc_native as native_tracker
     from tracers import TraceSession, stage
+    from tracers.alloc_parts import part_files
 
     patch = pytest.MonkeyPatch()
     fake = FakeCachingAllocator()
     install_native(patch, fake)
     patch.setattr(native_tracker.NativeCudaTracker, "_run", lambda self: None)  # only the drains timed here
+    if args.part_options is not None:
+        import tracers.alloc_parts as alloc_parts
+
+        options = json.loads(args.part_options)
+        patch.setattr(alloc_parts, "part_options", lambda schema: options)
     s = TraceSession(Path(tempfile.mkdtemp()) / "t", {"run_id": "drain-cost"}, "cpu", tracker="native",
                      drain_at_checkpoints=False)
     s.start()
@@ -112,12 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         lost.append(1 - (counter[0] - c0) / parts["total"][-1] / idle_rate)
     stop.set()
     ticker.join()
+    part_bytes = sum(p.stat().st_size for p in part_files(s.folder))
     s.close("complete")
     patch.undo()
     rows = [t - r - w for t, r, w in zip(parts["total"], parts["replay"], parts["part"])]
     ms = {k: [round(1000 * x, 1) for x in v[: args.drains]] for k, v in {**parts, "rows": rows}.items()}
     print(json.dumps({"allocs_a_drain": args.allocs, "events_a_drain": len(cols["action"]), "ms": ms,
                       "median_ms": {k: statistics.median(v[1:] or v) for k, v in ms.items()},
+                      "part_bytes_a_row": round(part_bytes / (args.allocs * args.drains), 2),
                       "gil_lost": [round(x, 3) for x in lost], "median_gil_lost": round(statistics.median(lost[1:] or lost), 3)}))
     return 0
 

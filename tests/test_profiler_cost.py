@@ -292,6 +292,9 @@ def test_drain_cost_reports_each_part_of_a_drain(capsys) -> None:
     assert out["allocs_a_drain"] == 3000 and out["events_a_drain"] > 8000
     assert set(out["ms"]) == {"replay", "part", "total", "rows"} and all(len(v) == 2 for v in out["ms"].values())
     assert all(t >= r for t, r in zip(out["ms"]["total"], out["ms"]["replay"])) and len(out["gil_lost"]) == 2
+    # --part-options: the parts written as before session 14 (Parquet's defaults + zstd) take ~3x the bytes here
+    assert load("drain_cost").main(["--allocs", "3000", "--drains", "2", "--part-options", '{"compression": "zstd"}']) == 0
+    assert json.loads(capsys.readouterr().out)["part_bytes_a_row"] > 2 * out["part_bytes_a_row"] > 0
     for model in ("stages", "torch"):  # the other stand-ins for the model thread run and report the same fields
         assert load("drain_cost").main(["--allocs", "2000", "--drains", "2", "--model", model]) == 0
         assert len(json.loads(capsys.readouterr().out)["gil_lost"]) == 2

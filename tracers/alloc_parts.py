@@ -37,6 +37,15 @@ def _frame(columns: dict[str, Any]) -> pd.DataFrame:
     return df[list(ALLOC_COLUMNS)]
 
 
+def part_options(schema: Any) -> dict[str, Any]:
+    """How a streamed part is written: the trace's own encodings (delta-coded ids, orders and times; few-valued
+    columns in dictionaries) with LZ4 and no column statistics. Of those measured, the cheapest for the drain
+    thread, which writes a part every 2 s beside the model's: ~2.6 B a row, where Parquet's defaults (a
+    dictionary tried on every int64 column) with zstd cost ~4x the CPU for ~8x the bytes (benchmarks/RESULTS.md,
+    session 14; `benchmarks/drain_cost.py --part-options`). The close re-encodes the rows with zstd anyway."""
+    return {**parquet_options(schema), "compression": "lz4", "write_statistics": False}
+
+
 class AllocationParts:
     """Writer of one trace's streamed allocation parts."""
 
@@ -64,8 +73,8 @@ class AllocationParts:
         arrays["name"] = pa.nulls(n, pa.string()) if name is None else pa.array(name, pa.string())
         table = pa.table({c: arrays[c] for c in ALLOC_COLUMNS})
         self.dir.mkdir(exist_ok=True)
-        write_atomic(self.dir / f"part-{self.count:06d}.parquet",
-                     lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        options = part_options(table.schema)
+        write_atomic(self.dir / f"part-{self.count:06d}.parquet", lambda tmp: pq.write_table(table, tmp, **options))
         self.count += 1
         self.rows += n
 
@@ -207,4 +216,5 @@ def remove_parts(folder: Path) -> None:
     shutil.rmtree(Path(folder) / PARTS_DIR, ignore_errors=True)
 
 
-__all__ = ["PARTS_DIR", "AllocationParts", "merge_parts", "part_files", "read_part", "read_parts", "remove_parts"]
+__all__ = ["PARTS_DIR", "AllocationParts", "merge_parts", "part_files", "part_options", "read_part", "read_parts",
+           "remove_parts"]

@@ -145,7 +145,8 @@ def parquet_options(schema: Any) -> dict[str, Any]:
 
     dictionary, delta = [], {}
     for f in schema:
-        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or f.name in _FEW_VALUES:
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_dictionary(f.type) \
+                or f.name in _FEW_VALUES:
             dictionary.append(f.name)
         elif pa.types.is_integer(f.type):
             delta[f.name] = "DELTA_BINARY_PACKED"
