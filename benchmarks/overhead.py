@@ -15,7 +15,7 @@ GPU. Prints JSON; `--mode NAME` runs one mode in this process (what the alternat
 `kvprof:PIECE` is kvprof with one piece of its bookkeeping switched off (this process only): `notags` (category
 tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `notimer` (no device-time marks or NVTX ranges),
 `nocounters` (no allocator counters at stage boundaries), `drain30` (the recorder drained every 30 s, not 2),
-`rawparts` (streamed parts written without zstd, and so are the tables at close: compare its rollout time, not its
+`rawparts` (streamed parts written uncompressed, and so are the tables at close: compare its rollout time, not its
 bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-debug mode stays off), `nosampler`
 (no NVML sampler thread), `nodrain` (the recorder drained once, at the end: nothing runs beside the model's thread but
 the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown by the recording thread), `bare`
@@ -33,7 +33,8 @@ host-bound untraced rollouts beside a traced one were bimodal, 10.5 or 12-13.6 s
 
 Each run also says what the host's CPUs did during its rollout (`HostTimes`): `rollout_cpu_s` (the process, every
 thread), `rollout_thread_cpu_s` (the rollout's own thread) and `steal_s` (CPU seconds the hypervisor gave other
-guests, the whole machine); `cpu_over_untraced` is the CPU-seconds counterpart of `rollout_over_untraced`.
+guests, the whole machine), and what Python's cyclic collector did in it (`gc_s`, `gc_collections`: per generation);
+`cpu_over_untraced` is the CPU-seconds counterpart of `rollout_over_untraced`.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def _steal_s() -> float | None:
 
 class HostTimes:
     """What the host's CPUs did during one rollout: the process's CPU seconds (every thread: the drain and the
-    sampler too), the rollout thread's own, and the machine's steal time. Wall time alone cannot tell kvprof's
+    sampler too), the rollout thread's own, the machine's steal time, and the cyclic collector's seconds. Wall time alone cannot tell kvprof's
     work from a noisy neighbour: a traced run whose process used no more CPU but ran longer was slowed by the
     machine, not by kvprof (session 11)."""
 
@@ -174,8 +175,7 @@ class HostTimes:
         self.row = {"rollout_cpu_s": usage.ru_utime + usage.ru_stime - cpu0, "rollout_thread_cpu_s": time.thread_time() - thread0,
                     "steal_s": steal - steal0 if steal is not None and steal0 is not None else None,
                     "host_wall_s": time.perf_counter() - wall0,
-                    "gc_s": [round(ns / 1e9, 4) for ns in self._gc_ns], "gc_collections": list(self._gc_n),
-                    "gc_tracked_objects": len(gc.get_objects())}
+                    "gc_s": [round(ns / 1e9, 4) for ns in self._gc_ns], "gc_collections": list(self._gc_n)}
 
 
 def _timed_rollouts(clock: HostTimes) -> None:
