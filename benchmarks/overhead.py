@@ -142,9 +142,11 @@ def _steal_s() -> float | None:
 
 class HostTimes:
     """What the host's CPUs did during one rollout: the process's CPU seconds (every thread: the drain and the
-    sampler too), the rollout thread's own, the machine's steal time, and the cyclic collector's seconds. Wall time alone cannot tell kvprof's
-    work from a noisy neighbour: a traced run whose process used no more CPU but ran longer was slowed by the
-    machine, not by kvprof (session 11)."""
+    sampler too), the rollout thread's own, the machine's steal time, and the cyclic collector's seconds. Wall
+    time alone cannot tell kvprof's work from a noisy neighbour: a traced run whose process used no more CPU but
+    ran longer was slowed by the machine, not by kvprof (session 11). The rollout thread's kernel seconds, context
+    switches and page faults (`thread_*`) say whether its extra CPU is in the kernel: each hand-over of the GIL
+    to a waiting drain or sampler thread is a futex call, each wait for it a voluntary switch."""
 
     def __init__(self) -> None:
         self.row: dict[str, float | None] = {}
@@ -165,17 +167,22 @@ class HostTimes:
         gc.callbacks.append(self._on_gc)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._start = (time.perf_counter(), usage.ru_utime + usage.ru_stime, time.thread_time(), _steal_s())
+        self._thread0 = resource.getrusage(resource.RUSAGE_THREAD)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
+        usage, mine = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
         gc.callbacks.remove(self._on_gc)
         wall0, cpu0, thread0, steal0 = self._start
         steal = _steal_s()
         self.row = {"rollout_cpu_s": usage.ru_utime + usage.ru_stime - cpu0, "rollout_thread_cpu_s": time.thread_time() - thread0,
                     "steal_s": steal - steal0 if steal is not None and steal0 is not None else None,
                     "host_wall_s": time.perf_counter() - wall0,
-                    "gc_s": [round(ns / 1e9, 4) for ns in self._gc_ns], "gc_collections": list(self._gc_n)}
+                    "gc_s": [round(ns / 1e9, 4) for ns in self._gc_ns], "gc_collections": list(self._gc_n),
+                    "thread_sys_s": mine.ru_stime - self._thread0.ru_stime,
+                    "thread_voluntary_switches": mine.ru_nvcsw - self._thread0.ru_nvcsw,
+                    "thread_involuntary_switches": mine.ru_nivcsw - self._thread0.ru_nivcsw,
+                    "thread_minor_faults": mine.ru_minflt - self._thread0.ru_minflt}
 
 
 def _timed_rollouts(clock: HostTimes) -> None:

@@ -168,6 +168,9 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
         assert (sync_counting == "not counted") == (mode in ("kvprof:nosync", "kvprof:bare")), sync_counting
         # the collector's work during the rollout, per generation (what a tracer's live objects cost the model's thread)
         assert len(row["gc_s"]) == len(row["gc_collections"]) == 3 and all(n >= 0 for n in row["gc_collections"])
+        # the rollout thread's own kernel time and switches (GIL hand-overs are futex calls): measured, not made up
+        assert 0 <= row["thread_sys_s"] <= row["rollout_thread_cpu_s"] + 0.01 and row["thread_minor_faults"] >= 0
+        assert row["thread_voluntary_switches"] >= 0 and row["thread_involuntary_switches"] >= 0
     assert spans["kvprof:nostages"] == spans["kvprof:bare"] == {"rollout"} and {"rollout", "chunk", "layer"} <= spans["kvprof"]
     assert {"kv_codes", "kv_scratch"} <= cats["kvprof"]  # the method's tags took effect
     # with tags off no allocation is scratch (only tags say so); stored codes still are codes (tensors are retagged)
