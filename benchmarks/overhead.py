@@ -250,7 +250,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                    peak_bytes=s.peak.bytes if s.peak else None, max_memory_allocated=meta.get("max_memory_allocated_bytes"),
                    peak_gap_bytes=s.reconciliation.peak_gap_bytes if s.reconciliation else None,
                    max_abs_gap_bytes=s.reconciliation.max_abs_gap_bytes if s.reconciliation else None,
-                   recorder=layout.get("recorder", "python"), drains=layout.get("drains"), path=str(outcome.path),
+                   recorder=layout.get("recorder", "python"), drains=layout.get("drains"), parts_bytes=layout.get("parts_bytes"),
+                   path=str(outcome.path),
                    # the close's steps up to its tables (meta), and from there to the summary (tables, write, views)
                    close_steps_s=meta.get("tracer_close_s"), after_end_s=done - meta["ended_unix_ns"] / 1e9,
                    scopes=meta.get("scopes"), **clock.row)

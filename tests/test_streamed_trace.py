@@ -86,8 +86,11 @@ def test_streamed_parts_are_written_in_the_trace_s_encodings_with_lz4(tmp_path, 
     assert "DELTA_BINARY_PACKED" in columns["q_alloc"].encodings and "DELTA_BINARY_PACKED" in columns["t_alloc_ns"].encodings
     assert "RLE_DICTIONARY" in columns["category"].encodings and not columns["q_alloc"].is_stats_set
     assert part.stat().st_size < 6 * 130_000  # ~2.6 B a row here; the old parts took ~20
+    size = part.stat().st_size
     s.close("complete")
     assert len(load_trace(tmp_path / "t").allocations) == 130_000
+    # the disk the run needed for its parts, kept in meta after the close removed them
+    assert json.loads((tmp_path / "t" / "meta.json").read_text())["allocator_layout"]["parts_bytes"] == size
 
 
 def test_a_streamed_trace_leaves_folding_its_stage_records_to_the_drain_thread(tmp_path, monkeypatch):

@@ -54,6 +54,7 @@ class AllocationParts:
         self.dir = Path(folder) / PARTS_DIR
         self.count = 0
         self.rows = 0
+        self.bytes = 0  # on disk, every part written (the disk a run needs beside its trace until it closes)
 
     def append(self, columns: dict[str, Any]) -> None:
         """Write one batch of allocation rows (ids consecutive and increasing) as the next part.
@@ -74,10 +75,11 @@ class AllocationParts:
         arrays["name"] = pa.nulls(n, pa.string()) if name is None else pa.array(name, pa.string())
         table = pa.table({c: arrays[c] for c in ALLOC_COLUMNS})
         self.dir.mkdir(exist_ok=True)
-        options = part_options(table.schema)
-        write_atomic(self.dir / f"part-{self.count:06d}.parquet", lambda tmp: pq.write_table(table, tmp, **options))
+        options, path = part_options(table.schema), self.dir / f"part-{self.count:06d}.parquet"
+        write_atomic(path, lambda tmp: pq.write_table(table, tmp, **options))
         self.count += 1
         self.rows += n
+        self.bytes += path.stat().st_size
 
 
 def part_files(folder: Path) -> list[Path]:
