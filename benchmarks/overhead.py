@@ -21,7 +21,8 @@ bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-de
 the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown by the recording thread), `bare`
 (`nostages`, `notimer`, `nocounters`, `nosync` and `nosampler` at once: the recorder and its drain alone), `nowrite`
 (`bare`, and each drain replays in C++ and drops its rows, no Python accounting or parts: timing only, the trace has
-no allocations; the ladder `tracker`, `kvprof:nowrite`, `kvprof:bare`, `kvprof` adds one part at a time);
+no allocations), `noparts` (`bare`, each drain building and accounting its rows but writing no part: timing
+only); the ladder `tracker`, `kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
 `kvprof:fine` records fine stages too. `tracker` (CUDA) is the untraced rollout with c10's trace tracker attached
 and kvprof's recording off: the allocator builds each event and calls the tracker, which returns at once. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
@@ -60,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("untraced", "kvprof", "history", "profiler", "tracker")
 PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
-          "nowrite")
+          "nowrite", "noparts")
 # `kvprof:bare`: every piece of bookkeeping on the model's side off at once, so the recorder and its drain are what is left
 BARE = ("nostages", "notimer", "nocounters", "nosync", "nosampler")
 
@@ -84,7 +85,7 @@ def _switch_off(piece: str) -> None:
     from tracers.scopes import NO_SCOPE
     from tracers.session import TraceSession
 
-    if piece in ("bare", "nowrite"):
+    if piece in ("bare", "nowrite", "noparts"):
         for each in BARE:
             _switch_off(each)
     if piece == "bare":
@@ -112,6 +113,10 @@ def _switch_off(piece: str) -> None:
     if piece == "nowrite":  # each drain replays in C++ and drops its rows (the ids stay in step): timing only, the trace
         # has no allocations; what is left of the drain is its C++ replay and its hand-offs of the GIL
         TraceSession.record_stream_batch = lambda self, batch, retags: self.reserve_alloc_ids(len(batch.a_q)) and None  # type: ignore[method-assign]
+    if piece == "noparts":  # each drain builds and accounts its rows but writes no part: timing only (no allocations)
+        from tracers.alloc_parts import AllocationParts
+
+        AllocationParts.append = lambda self, columns: None  # type: ignore[method-assign]
     if piece == "drain30":
         _with_options(NativeCudaTracker, interval_s=30.0)
     if piece == "rawparts":

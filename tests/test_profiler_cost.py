@@ -180,7 +180,8 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
     paired = oh.summarize(rows)["kvprof:notags"]["paired_ratio"]
     assert paired["pairs"] == 2 and paired["median"] == pytest.approx(1.05) and paired["max"] == pytest.approx(1.1)
     assert all(oh._mode_ok(m) for m in ("untraced", "kvprof", "kvprof:drain30", "kvprof:rawparts", "kvprof:fine",
-                                        "kvprof:nosampler", "kvprof:nodrain", "kvprof:bare", "kvprof:nowrite"))
+                                        "kvprof:nosampler", "kvprof:nodrain", "kvprof:bare", "kvprof:nowrite",
+                                        "kvprof:noparts"))
     for bad in (["--modes", "kvprof:bogus"], ["--modes", "untraced:notags"], ["--pair-gpus", "0"], ["--pair-gpus", "1,1"]):
         with pytest.raises(SystemExit):
             oh.main(bad)
