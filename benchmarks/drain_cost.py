@@ -6,8 +6,8 @@ Feeds the native recorder (its CPU build, through the tests' fake caching alloca
 `--allocs` synthetic allocations each (3 allocator events an allocation, a long-lived one every 97: the
 tests' `stream_history`), drains after each, and prints milliseconds per drain as JSON: `replay` (kvp_drain:
 the C++ replay and the copy into numpy, GIL released), `part` (the streamed part written: Parquet in the
-recorder's `part_options`, mostly GIL released), `rows` (the rest: the rows built with numpy and Python under the GIL, what the model thread
-can wait for). The first drain includes one-off imports; the JSON gives the median of the others, and
+recorder's `part_options`, mostly GIL released), `rows` (the rest: the rows built with numpy and Python under
+the GIL, what the model thread can wait for). The first drain includes one-off imports; the JSON gives the median of the others, and
 `part_bytes_a_row` the parts' bytes over their rows. `--part-options JSON` writes the parts with other
 `pyarrow.parquet.write_table` options than the recorder's (`tracers.alloc_parts.part_options`), e.g.
 `'{"compression": "zstd"}'`, how parts were written before session 14.

@@ -209,10 +209,8 @@ class NativeCudaTracker:
 
     def meta(self) -> dict[str, Any]:
         """What the trace's meta records about block sizes and the recorder."""
-        parts = self.session._parts
         return self.stats.as_meta(self.layout.misses) | {
-            "expandable_segments": self.expandable, "recorder": "native", "events": self.entries, "drains": self.drains,
-            "parts_bytes": parts.bytes if parts is not None else 0}
+            "expandable_segments": self.expandable, "recorder": "native", "events": self.entries, "drains": self.drains}
 
 
 def cuda_tracker(session: "TraceSession", recorder: str, require_native: bool) -> "CudaHistoryTracker | NativeCudaTracker":

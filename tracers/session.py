@@ -227,6 +227,8 @@ class TraceSession:
             self.meta["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             self.meta["memory_allocated_end_bytes"] = torch.cuda.memory_allocated(self.device)
             self.meta["allocator_layout"] = self._cuda.meta()
+            if self._parts is not None:  # the streamed parts' bytes on disk, removed once merged
+                self.meta["allocator_layout"]["parts_bytes"] = self._parts.bytes
             self.meta["held_before_bytes"] = self.held_before_bytes
             if self._cuda.oom_events:
                 self.meta["allocator_oom_events"] = self._cuda.oom_events
