@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gc
 import itertools
 import json
 import os
@@ -58,6 +57,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_times import HostTimes  # noqa: E402  (beside this script)
 
 MODES = ("untraced", "kvprof", "history", "profiler", "tracker")
 PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
@@ -112,7 +113,7 @@ def _switch_off(piece: str) -> None:
         _with_options(NativeCudaTracker, interval_s=1e6)
     if piece == "nowrite":  # each drain replays in C++ and drops its rows (the ids stay in step): timing only, the trace
         # has no allocations; what is left of the drain is its C++ replay and its hand-offs of the GIL
-        TraceSession.record_stream_batch = lambda self, batch, retags: self.reserve_alloc_ids(len(batch.a_q)) and None  # type: ignore[method-assign]
+        TraceSession.record_stream_batch = lambda self, batch, retags, rows_done=None: self.reserve_alloc_ids(len(batch.a_q)) and None  # type: ignore[method-assign]
     if piece == "noparts":  # each drain builds and accounts its rows but writes no part: timing only (no allocations)
         from tracers.alloc_parts import AllocationParts
 
@@ -132,62 +133,6 @@ def _bytes_under(path: Path) -> int:
 
 def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _steal_s() -> float | None:
-    """CPU seconds the hypervisor gave to other guests so far, all of this machine's CPUs together (`steal` of
-    /proc/stat's `cpu` line); None where the kernel does not say."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class HostTimes:
-    """What the host's CPUs did during one rollout: the process's CPU seconds (every thread: the drain and the
-    sampler too), the rollout thread's own, the machine's steal time, and the cyclic collector's seconds. Wall
-    time alone cannot tell kvprof's work from a noisy neighbour: a traced run whose process used no more CPU but
-    ran longer was slowed by the machine, not by kvprof (session 11). The rollout thread's kernel seconds, context
-    switches and page faults (`thread_*`) say whether its extra CPU is in the kernel: each hand-over of the GIL
-    to a waiting drain or sampler thread is a futex call, each wait for it a voluntary switch."""
-
-    def __init__(self) -> None:
-        self.row: dict[str, float | None] = {}
-        self._gc_ns = [0, 0, 0]
-        self._gc_n = [0, 0, 0]
-        self._gc_t0 = 0
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        # Python's cyclic collector, timed per generation: a full collection walks every tracked object the
-        # process holds, so what a tracer keeps alive slows the model's thread where no profile frame says so
-        if phase == "start":
-            self._gc_t0 = time.perf_counter_ns()
-        else:
-            self._gc_ns[info["generation"]] += time.perf_counter_ns() - self._gc_t0
-            self._gc_n[info["generation"]] += 1
-
-    def __enter__(self) -> "HostTimes":
-        gc.callbacks.append(self._on_gc)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        self._start = (time.perf_counter(), usage.ru_utime + usage.ru_stime, time.thread_time(), _steal_s())
-        self._thread0 = resource.getrusage(resource.RUSAGE_THREAD)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        usage, mine = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
-        gc.callbacks.remove(self._on_gc)
-        wall0, cpu0, thread0, steal0 = self._start
-        steal = _steal_s()
-        self.row = {"rollout_cpu_s": usage.ru_utime + usage.ru_stime - cpu0, "rollout_thread_cpu_s": time.thread_time() - thread0,
-                    "steal_s": steal - steal0 if steal is not None and steal0 is not None else None,
-                    "host_wall_s": time.perf_counter() - wall0,
-                    "gc_s": [round(ns / 1e9, 4) for ns in self._gc_ns], "gc_collections": list(self._gc_n),
-                    "thread_sys_s": mine.ru_stime - self._thread0.ru_stime,
-                    "thread_voluntary_switches": mine.ru_nvcsw - self._thread0.ru_nvcsw,
-                    "thread_involuntary_switches": mine.ru_nivcsw - self._thread0.ru_nivcsw,
-                    "thread_minor_faults": mine.ru_minflt - self._thread0.ru_minflt}
 
 
 def _timed_rollouts(clock: HostTimes) -> None:
@@ -256,6 +201,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                    peak_gap_bytes=s.reconciliation.peak_gap_bytes if s.reconciliation else None,
                    max_abs_gap_bytes=s.reconciliation.max_abs_gap_bytes if s.reconciliation else None,
                    recorder=layout.get("recorder", "python"), drains=layout.get("drains"), parts_bytes=layout.get("parts_bytes"),
+                   drain_phases=layout.get("drain_phases"),
                    path=str(outcome.path),
                    # the close's steps up to its tables (meta), and from there to the summary (tables, write, views)
                    close_steps_s=meta.get("tracer_close_s"), after_end_s=done - meta["ended_unix_ns"] / 1e9,

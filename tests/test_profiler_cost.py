@@ -111,6 +111,8 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     for row in (kv_row, plain):  # the host's CPU seconds of the rollout: the process's, its thread's, the machine's steal
         assert 0 < row["rollout_thread_cpu_s"] <= row["rollout_cpu_s"] + 0.01 and row["host_wall_s"] > 0
         assert row["steal_s"] is None or row["steal_s"] >= 0
+        # the rollout thread's moves between CPUs and the shootdowns its CPUs got (None where the kernel hides them)
+        assert all(row[k] is None or row[k] >= 0 for k in ("thread_migrations", "tlb_shootdowns"))
     assert kv_row["host_wall_s"] == pytest.approx(kv_row["rollout_wall_s"], rel=0.5, abs=0.5)  # the same rollout
     assert oh.run_mode("history", args) == {"mode": "history", "skipped": "the allocator history is CUDA's"}
     assert oh.run_mode("tracker", args) == {"mode": "tracker", "skipped": "the allocator tracker is CUDA's"}

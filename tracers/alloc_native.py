@@ -22,6 +22,7 @@ import torch
 
 from tracers.alloc_cuda import CudaHistoryTracker, LayoutStats
 from tracers.alloc_layout import ALLOCATED, FREE, BlockLayout, expandable_segments_requested, unsupported_reason
+from tracers.drain_phases import BETWEEN, DrainPhases
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
@@ -84,6 +85,8 @@ class NativeCudaTracker:
         self.drains = 0
         self.error: BaseException | None = None  # a failed background drain, raised at the next checkpoint
         self._context = ctypes.c_int64.in_dll(lib, "kvp_context")
+        recorded = ctypes.c_int64.in_dll(lib, "kvp_recorded")
+        self.phases = DrainPhases(lambda: recorded.value)
         self._counters = (ctypes.c_int64 * 2)()
         self._start_blocks: dict[int, int] = {}
         self._retags: list[tuple[str, str | None]] = []
@@ -122,9 +125,10 @@ class NativeCudaTracker:
         self._thread.start()
 
     def _run(self) -> None:
+        self.phases.start()
         while not self._stop.wait(self.interval_s):
             try:
-                self.drain()
+                self.drain(timed=True)
             except BaseException as exc:  # kept and raised on the main thread (checkpoint, close)
                 self.error = exc
                 return
@@ -149,17 +153,23 @@ class NativeCudaTracker:
         self.lib.kvp_retag(address, len(self._retags) - 1)
 
     # ----------------------------------------------------------------- drains
-    def drain(self) -> None:
-        """Replay what was recorded since the last drain (C++, GIL released) and record its rows."""
+    def drain(self, timed: bool = False) -> None:
+        """Replay what was recorded since the last drain (C++, GIL released) and record its rows. `timed`: the
+        drain thread's periodic drains, whose phases `self.phases` times against the model's progress."""
+        mark = self.phases.mark if timed else (lambda phase: None)
         with self._lock:
+            mark(BETWEEN)
             batch, ooms = drain_columns(self.lib)
+            mark("replay")
             self.entries += batch.entries
             self.drains += 1
             for ctx, free, size, t in zip(*(a.tolist() for a in ooms)):
                 self.oom_events.append({"action": "oom", "addr": free, "size": size, "ctx": ctx,
                                         "t_ns": t - self.session.t0_perf_ns})
-            self.session.record_stream_batch(batch, self._retags)  # a live follower reads the parts too
+            self.session.record_stream_batch(batch, self._retags, lambda: mark("rows"))  # a live follower reads the parts too
+            mark("part")
             self.session.flush_log()  # the stage records the main thread only queued
+            mark("log")
 
     def raise_error(self) -> None:
         """Raise a background drain's failure on the calling (main) thread."""
@@ -210,7 +220,8 @@ class NativeCudaTracker:
     def meta(self) -> dict[str, Any]:
         """What the trace's meta records about block sizes and the recorder."""
         return self.stats.as_meta(self.layout.misses) | {
-            "expandable_segments": self.expandable, "recorder": "native", "events": self.entries, "drains": self.drains}
+            "expandable_segments": self.expandable, "recorder": "native", "events": self.entries, "drains": self.drains,
+            "drain_phases": self.phases.meta()}
 
 
 def cuda_tracker(session: "TraceSession", recorder: str, require_native: bool) -> "CudaHistoryTracker | NativeCudaTracker":

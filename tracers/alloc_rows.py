@@ -10,7 +10,7 @@ still alive, which later frees and size corrections need):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -109,10 +109,12 @@ def record_history_batch(session: "TraceSession", batch: "HistoryBatch") -> None
             session._write({"k": "f", "id": alloc_id, "q": q, "t": now if t is None else t * scale - offset})
 
 
-def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[tuple[str, str | None]]) -> None:
+def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[tuple[str, str | None]],
+                        rows_done: Callable[[], None] | None = None) -> None:
     """Record one drain of the native recorder: its rows become the next streamed part (which a live
     follower reads too, `kvprof.read.live`). Vectorized: the only per-row Python work is for
-    allocations that outlive the drain and for retags."""
+    allocations that outlive the drain and for retags. `rows_done` is called between the rows and the part
+    (tracers.drain_phases times the two apart)."""
     n, first = len(b.a_q), b.first_id
     with session._lock:
         reserved = session.reserve_alloc_ids(n)
@@ -147,6 +149,8 @@ def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[
         session._alloc_bytes.update(zip(ids[alive].tolist(), b.a_size[alive].tolist()))
         for alloc_id, q, t in earlier:
             session._write({"k": "f", "id": alloc_id, "q": q, "t": t - t0})
+    if rows_done is not None:
+        rows_done()
     assert session._parts is not None
     session._parts.append(columns)
 

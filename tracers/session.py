@@ -385,9 +385,11 @@ class TraceSession:
         """Record one drain of the CUDA allocator's history (allocations in allocator order)."""
         alloc_rows.record_history_batch(self, batch)
 
-    def record_stream_batch(self, batch: Any, retags: list[tuple[str, str | None]]) -> None:
-        """Record one drain of the native recorder: rows to the streamed parts (tracers.alloc_parts)."""
-        alloc_rows.record_stream_batch(self, batch, retags)
+    def record_stream_batch(self, batch: Any, retags: list[tuple[str, str | None]],
+                            rows_done: Callable[[], None] | None = None) -> None:
+        """Record one drain of the native recorder: rows to the streamed parts (tracers.alloc_parts);
+        `rows_done` is called between the rows and the part."""
+        alloc_rows.record_stream_batch(self, batch, retags, rows_done)
 
     def record_size(self, alloc_id: int, nbytes: int) -> bool:
         """Correct the byte size of allocation `alloc_id` for its whole life (allocator block size);

@@ -206,6 +206,10 @@ std::mutex g_drain_mu;
 // and arm64; the events it stamps are made by the thread that writes it.
 extern "C" {
 int64_t kvp_context = 0;
+// Events recorded since the last reset. Written under the record lock by whoever records; Python reads it in
+// place (`in_dll`) without a foreign call or the GIL released, to measure the model's progress while a drain
+// runs beside it (tracers.drain_phases).
+int64_t kvp_recorded = 0;
 }
 
 namespace {
@@ -246,6 +250,7 @@ int64_t to_ns(int64_t ticks, const ClockPair& from, const ClockPair& to) {
 void push(int32_t action, uint64_t addr, uint64_t size, int64_t t_ns, int64_t ctx) {
   std::lock_guard<RecordLock> guard(g_rec.mu);
   g_rec.buffer.push_back(Entry{addr, size, t_ns, ctx, action, 0});
+  __atomic_store_n(&kvp_recorded, kvp_recorded + 1, __ATOMIC_RELAXED);
 }
 
 void replay(const std::vector<Entry>& entries, Replay& p) {
@@ -350,6 +355,7 @@ void kvp_record_many(int64_t n, const int32_t* action, const uint64_t* addr, con
                      const int64_t* t_ns, const int64_t* ctx) {
   std::lock_guard<RecordLock> guard(g_rec.mu);
   for (int64_t i = 0; i < n; i++) g_rec.buffer.push_back(Entry{addr[i], size[i], t_ns[i], ctx[i], action[i], 0});
+  __atomic_store_n(&kvp_recorded, kvp_recorded + n, __ATOMIC_RELAXED);
 }
 
 // The block at `addr` gets retag number `tag`, in order among the allocator's events.
@@ -366,6 +372,7 @@ void kvp_reset(int32_t device, int32_t expandable, int32_t model_on, int64_t nex
     std::lock_guard<RecordLock> guard(g_rec.mu);
     std::vector<Entry>().swap(g_rec.buffer);
     g_rec.last_pair = clock_pair();
+    __atomic_store_n(&kvp_recorded, 0, __ATOMIC_RELAXED);
   }
   g_rec.device.store(device);
   __atomic_store_n(&kvp_context, 0, __ATOMIC_RELAXED);
