@@ -23,8 +23,10 @@ the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown 
 (`bare`, and each drain replays in C++ and drops its rows, no Python accounting or parts: timing only, the trace has
 no allocations), `noparts` (`bare`, each drain building and accounting its rows but writing no part: timing
 only); the ladder `tracker`, `kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
-`kvprof:fine` records fine stages too. `tracker` (CUDA) is the untraced rollout with c10's trace tracker attached
-and kvprof's recording off: the allocator builds each event and calls the tracker, which returns at once. They find where
+`kvprof:fine` records fine stages too. `twin` is the untraced rollout under another name: paired with untraced, its
+`paired_ratio` is what the pairs read when nothing differs (an A/A test of the method). `tracker` (CUDA) is the
+untraced rollout with c10's trace tracker attached and kvprof's recording off: the allocator builds each event and
+calls the tracker, which returns at once. They find where
 kvprof's time goes in fresh processes (in one process, a rollout after a traced one ran 10-20 % slower: session 8).
 
 `--pair-gpus A,B` (a shared host's noise moves whole stretches of time): each traced mode runs on GPU A while
@@ -60,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_times import HostTimes  # noqa: E402  (beside this script)
 
-MODES = ("untraced", "kvprof", "history", "profiler", "tracker")
+MODES = ("untraced", "kvprof", "history", "profiler", "tracker", "twin")
 PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
           "nowrite", "noparts")
 # `kvprof:bare`: every piece of bookkeeping on the model's side off at once, so the recorder and its drain are what is left
@@ -113,7 +115,8 @@ def _switch_off(piece: str) -> None:
         _with_options(NativeCudaTracker, interval_s=1e6)
     if piece == "nowrite":  # each drain replays in C++ and drops its rows (the ids stay in step): timing only, the trace
         # has no allocations; what is left of the drain is its C++ replay and its hand-offs of the GIL
-        TraceSession.record_stream_batch = lambda self, batch, retags, rows_done=None: self.reserve_alloc_ids(len(batch.a_q)) and None  # type: ignore[method-assign]
+        TraceSession.record_stream_batch = (  # type: ignore[method-assign]
+            lambda self, batch, retags, rows_done=None: self.reserve_alloc_ids(len(batch.a_q)) and None)
     if piece == "noparts":  # each drain builds and accounts its rows but writes no part: timing only (no allocations)
         from tracers.alloc_parts import AllocationParts
 
@@ -167,6 +170,8 @@ def _sync(device: torch.device) -> None:
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """One mode in this process; the row the alternation collects."""
+    if mode == "twin":  # untraced under another name: paired with untraced, its ratio is the pairs' own noise
+        return {**run_mode("untraced", args), "mode": "twin"}
     out: dict[str, Any] = {"mode": mode}
     base, _, piece = mode.partition(":")
     if base == "kvprof":

@@ -114,6 +114,8 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
         # the rollout thread's moves between CPUs and the shootdowns its CPUs got (None where the kernel hides them)
         assert all(row[k] is None or row[k] >= 0 for k in ("thread_migrations", "tlb_shootdowns"))
     assert kv_row["host_wall_s"] == pytest.approx(kv_row["rollout_wall_s"], rel=0.5, abs=0.5)  # the same rollout
+    twin = oh.run_mode("twin", args)  # the A/A test's other half: untraced, under its own name
+    assert twin["mode"] == "twin" and twin["rollout_wall_s"] > 0 and twin["disk_bytes"] == 0 and "events" not in twin
     assert oh.run_mode("history", args) == {"mode": "history", "skipped": "the allocator history is CUDA's"}
     assert oh.run_mode("tracker", args) == {"mode": "tracker", "skipped": "the allocator tracker is CUDA's"}
     long = dict(vars(args), frames=12)  # --rolling reaches the trace: a rolling window holds fewer frames' KV

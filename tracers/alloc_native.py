@@ -166,7 +166,8 @@ class NativeCudaTracker:
             for ctx, free, size, t in zip(*(a.tolist() for a in ooms)):
                 self.oom_events.append({"action": "oom", "addr": free, "size": size, "ctx": ctx,
                                         "t_ns": t - self.session.t0_perf_ns})
-            self.session.record_stream_batch(batch, self._retags, lambda: mark("rows"))  # a live follower reads the parts too
+            # a live follower reads the parts too
+            self.session.record_stream_batch(batch, self._retags, lambda: mark("rows"))
             mark("part")
             self.session.flush_log()  # the stage records the main thread only queued
             mark("log")
