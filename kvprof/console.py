@@ -111,6 +111,9 @@ def print_summary(path: Path, summary: Summary) -> None:
                    f"{bs.get('exact_blocks', 0):,} from the allocator layout mirror")
             con.print(f"  block sizes: {how}, {bs.get('rounded_blocks', 0):,} rounded requests, "
                       f"{bs.get('snapshot_mismatches', 0):,} snapshot mismatches")
+            line = drain_cost_line(bs.get("drain_phases"))
+            if line:
+                con.print(line, markup=False)
     else:
         unattr = peak.by_category.get("unattributed", 0)
         con.print(f"[bold]reconciliation[/bold] {esc(str(rec.note or ''))}; unattributed at peak {fmt_bytes(unattr)}")
@@ -128,6 +131,18 @@ def print_summary(path: Path, summary: Summary) -> None:
         con.print("[bold]quality vs bf16[/bold] " + esc(text))
     for note in summary.notes or ():
         con.print(f"[dim]{esc(str(note))}[/dim]")
+
+
+def drain_cost_line(phases: Any) -> str | None:
+    """What the recorder's drains took from the model, as the trace measured it (meta allocator_layout.drain_phases:
+    the model's allocator-event rate during each drain phase over its rate just before); None when not measured."""
+    if not isinstance(phases, dict) or not phases.get("drains_compared") or phases.get("model_time_share") is None:
+        return None
+    rates = ", ".join(f"{name} {row['rate_over_between']['pooled']:.2f}" for name, row in phases.get("phases", {}).items()
+                      if isinstance(row, dict) and (row.get("rate_over_between") or {}).get("pooled") is not None)
+    return (f"  recorder drains: {phases['drains_compared']} measured beside the model, "
+            f"{100 * phases['model_time_share']:.2f} % of its time (its event rate during each phase over the rate "
+            f"before: {rates})")
 
 
 def _ratio(value: Any) -> str:

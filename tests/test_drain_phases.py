@@ -107,3 +107,9 @@ def test_a_streamed_trace_says_in_its_meta_what_its_drains_took_from_the_model(t
     assert phases["phases"][BETWEEN]["events"] == sum(fed)  # every recorded event falls in an interval before a drain
     assert set(phases["phases"]) == {BETWEEN, *PHASES}
     assert all(phases["phases"][p]["s"] > 0 for p in PHASES)  # the final, untimed drain at close is not counted
+    from kvprof.console import drain_cost_line
+
+    line = drain_cost_line(phases)  # what `kvprof summary` prints under the reconciliation
+    assert line is not None and line.startswith("  recorder drains: 3 measured beside the model, ")
+    assert "% of its time" in line and "rows 0.00" in line  # nothing was recorded while these drains ran
+    assert drain_cost_line(None) is None and drain_cost_line(DrainPhases(lambda: 0).meta()) is None
