@@ -111,9 +111,6 @@ def print_summary(path: Path, summary: Summary) -> None:
                    f"{bs.get('exact_blocks', 0):,} from the allocator layout mirror")
             con.print(f"  block sizes: {how}, {bs.get('rounded_blocks', 0):,} rounded requests, "
                       f"{bs.get('snapshot_mismatches', 0):,} snapshot mismatches")
-            line = drain_cost_line(bs.get("drain_phases"))
-            if line:
-                con.print(line, markup=False)
     else:
         unattr = peak.by_category.get("unattributed", 0)
         con.print(f"[bold]reconciliation[/bold] {esc(str(rec.note or ''))}; unattributed at peak {fmt_bytes(unattr)}")
@@ -122,6 +119,9 @@ def print_summary(path: Path, summary: Summary) -> None:
 
         for line in host_summary_lines(summary.host_profile):
             con.print(line, markup=False)
+    cost = tracer_cost_line(summary.tracer_cost, summary.wall_s)
+    if cost:
+        con.print(cost, markup=False)
     quality = summary.quality
     if isinstance(quality, dict):
         shown = {k: quality[k] for k in ("latent_drift", "attention_drift", "psnr_db", "ssim", "lpips", "flicker") if k in quality}
@@ -133,16 +133,24 @@ def print_summary(path: Path, summary: Summary) -> None:
         con.print(f"[dim]{esc(str(note))}[/dim]")
 
 
-def drain_cost_line(phases: Any) -> str | None:
-    """What the recorder's drains took from the model, as the trace measured it (meta allocator_layout.drain_phases:
-    the model's allocator-event rate during each drain phase over its rate just before); None when not measured."""
-    if not isinstance(phases, dict) or not phases.get("drains_compared") or phases.get("model_time_share") is None:
+def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
+    """kvprof's own time in the traced run as it measured it (summary `tracer_cost`): seconds in the stage and tag
+    scopes on the traced thread, and the share of the model's time the recorder's drains took; None when unmeasured."""
+    if not isinstance(cost, dict):
         return None
-    rates = ", ".join(f"{name} {row['rate_over_between']['pooled']:.2f}" for name, row in phases.get("phases", {}).items()
-                      if isinstance(row, dict) and (row.get("rate_over_between") or {}).get("pooled") is not None)
-    return (f"  recorder drains: {phases['drains_compared']} measured beside the model, "
-            f"{100 * phases['model_time_share']:.2f} % of its time (its event rate during each phase over the rate "
-            f"before: {rates})")
+    parts = []
+    scopes = cost.get("scopes")
+    if isinstance(scopes, dict):
+        spent = (scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)
+        share = f" ({100 * spent / wall_s:.2f} % of the trace's {wall_s:.1f} s)" if isinstance(wall_s, (int, float)) and wall_s > 0 else ""
+        parts.append(f"{spent:.2f} s in {scopes.get('stages') or 0:,} stage and {scopes.get('tags') or 0:,} tag scopes on the "
+                     f"traced thread{share}")
+    drains = cost.get("drains")
+    if isinstance(drains, dict):
+        rates = ", ".join(f"{k} {v:.2f}" for k, v in (drains.get("rate_over_between") or {}).items() if v is not None)
+        parts.append(f"recorder drains {100 * drains['model_time_share']:.2f} % of the model's time ({drains.get('compared')} "
+                     f"measured; its event rate during each phase over the rate before: {rates})")
+    return "kvprof's own cost: " + "; ".join(parts) if parts else None
 
 
 def _ratio(value: Any) -> str:

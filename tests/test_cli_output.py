@@ -68,6 +68,11 @@ def test_summary_rows_are_whole_on_a_pipe(bf16_trace: Path, capsys: pytest.Captu
     kv = [ln for ln in lines if ln.startswith("KV ")]
     assert len(kv) == 1 and "logical/resident" in kv[0], lines
     assert all(ln.strip() for ln in lines), lines  # no blank first line or wrapped remainders
+    # kvprof's own time on the traced thread, as the run measured it (a CPU trace has no recorder drains)
+    cost = [ln for ln in lines if ln.startswith("kvprof's own cost: ")]
+    assert len(cost) == 1 and " stage and " in cost[0] and "% of the trace's" in cost[0] and "drains" not in cost[0]
+    scopes = summary.tracer_cost["scopes"]
+    assert scopes["stages"] > 0 and scopes["stages_s"] > 0 and scopes["tags_s"] >= 0
 
 
 def test_methods_table_has_headers_and_aligned_columns(capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,9 +107,13 @@ def test_a_streamed_trace_says_in_its_meta_what_its_drains_took_from_the_model(t
     assert phases["phases"][BETWEEN]["events"] == sum(fed)  # every recorded event falls in an interval before a drain
     assert set(phases["phases"]) == {BETWEEN, *PHASES}
     assert all(phases["phases"][p]["s"] > 0 for p in PHASES)  # the final, untimed drain at close is not counted
-    from kvprof.console import drain_cost_line
+    from kvprof.console import tracer_cost_line
+    from kvprof.read.analysis import tracer_cost
 
-    line = drain_cost_line(phases)  # what `kvprof summary` prints under the reconciliation
-    assert line is not None and line.startswith("  recorder drains: 3 measured beside the model, ")
-    assert "% of its time" in line and "rows 0.00" in line  # nothing was recorded while these drains ran
-    assert drain_cost_line(None) is None and drain_cost_line(DrainPhases(lambda: 0).meta()) is None
+    cost = tracer_cost(load_trace(tmp_path / "t").meta)  # what summary.json and `kvprof summary` carry
+    assert cost["drains"]["compared"] == 3 and cost["drains"]["rate_over_between"]["rows"] == 0.0
+    assert cost["scopes"]["stages"] == 4 and cost["scopes"]["stages_s"] > 0  # rollout + 3 chunks, timed on this thread
+    line = tracer_cost_line(cost, 2.0)
+    assert line.startswith("kvprof's own cost: ") and "in 4 stage and 0 tag scopes on the traced thread" in line
+    assert "recorder drains " in line and "(3 measured; " in line and "rows 0.00" in line
+    assert tracer_cost({}) is None and tracer_cost_line(None, 1.0) is None

@@ -8,6 +8,7 @@ The records they write are the session's (`b`/`e` span records, `m` counters at 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The one shared no-op scope (nullcontext is reentrant): untraced code and fine stages left out get it.
 NO_SCOPE = contextlib.nullcontext()
+_ns = time.perf_counter_ns  # each scope times its own enter and exit (meta `scopes`: kvprof's cost on the traced thread)
 
 
 class StageScope:
@@ -27,6 +29,7 @@ class StageScope:
         self._s, self._name, self._index = session, name, index
 
     def __enter__(self) -> None:
+        t_in = _ns()
         s, name, index = self._s, self._name, self._index
         elem = name if index is None else f"{name}[{index}]"
         stack = s._span_stack
@@ -45,8 +48,10 @@ class StageScope:
         if timed:
             s._timer.begin(span_id, elem)  # NVTX ranges nest: the element names the range
         self._span, self._parent, self._t, self._timed = span_id, parent, t, timed
+        s.scope_ns[0] += _ns() - t_in
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        t_in = _ns()
         s, span_id = self._s, self._span
         if exc_type is not None and s.failure_stage is None:
             s.failure_stage = s.stage_path()  # the innermost stage the error left
@@ -64,6 +69,7 @@ class StageScope:
                     s._log.span_end(span_id, t_end, q, (t_end - self._t) / 1e6, s.host_activity.end_span(span_id, self._parent))
                 s._new_context()
                 s._counter(span_id)
+        s.scope_ns[0] += _ns() - t_in
 
 
 class TagScope:
@@ -78,6 +84,7 @@ class TagScope:
         self._s, self._category = session, category
 
     def __enter__(self) -> None:
+        t_in = _ns()
         s = self._s
         with s._lock:
             s.tags_opened += 1
@@ -86,10 +93,13 @@ class TagScope:
             stack.append(self._category)
             if not self._same:
                 s._new_context()
+        s.scope_ns[1] += _ns() - t_in
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        t_in = _ns()
         s = self._s
         with s._lock:
             s._tag_stack.pop()
             if not self._same:
                 s._new_context()
+        s.scope_ns[1] += _ns() - t_in

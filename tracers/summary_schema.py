@@ -78,7 +78,8 @@ def check_summary(summary: Any, path: Path) -> None:
         _check_stage_times(summary["stage_times"], path)
     for key, kind, name in (("reconciliation", dict, "an object"), ("quality", dict, "an object"),
                             ("failure", dict, "an object"), ("oom", dict, "an object"), ("notes", list, "a list"),
-                            ("host_profile", dict, "an object"), ("live_at_end_by_category", dict, "an object")):
+                            ("host_profile", dict, "an object"), ("live_at_end_by_category", dict, "an object"),
+                            ("tracer_cost", dict, "an object")):
         if summary.get(key) is not None and not isinstance(summary[key], kind):
             _fail(path, key, f"is not {name}")
     if not all(isinstance(n, str) for n in summary.get("notes") or []):

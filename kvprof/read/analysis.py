@@ -199,4 +199,23 @@ def summarize(trace: Trace) -> Summary:
         reconciliation=reconcile(trace, peak),
         wall_s=trace.meta.get("wall_s"),
         allocation_events=trace.views.n_allocations,
+        tracer_cost=tracer_cost(trace.meta),
     )
+
+
+def tracer_cost(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """kvprof's own time in the traced run, as the run measured it: the traced thread's seconds inside the stage and
+    tag scopes (meta `scopes`), and the share of the model's time the recorder's background drains took (meta
+    `allocator_layout.drain_phases`, CUDA); None for a trace that recorded neither (older traces)."""
+    out: dict[str, Any] = {}
+    scopes = meta.get("scopes")
+    if isinstance(scopes, dict) and isinstance(scopes.get("stages_s"), (int, float)):
+        out["scopes"] = {k: scopes.get(k) for k in ("stages", "tags", "stages_s", "tags_s")}
+    layout = meta.get("allocator_layout")
+    drains = layout.get("drain_phases") if isinstance(layout, dict) else None
+    if isinstance(drains, dict) and drains.get("model_time_share") is not None:
+        rates = {name: (row.get("rate_over_between") or {}).get("pooled") for name, row in drains.get("phases", {}).items()
+                 if isinstance(row, dict) and "rate_over_between" in row}
+        out["drains"] = {"compared": drains.get("drains_compared"), "model_time_share": drains["model_time_share"],
+                         "rate_over_between": rates}
+    return out or None

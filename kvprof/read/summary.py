@@ -161,6 +161,7 @@ class Summary:
     oom: dict[str, Any] | None = None
     host_profile: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
+    tracer_cost: dict[str, Any] | None = None  # kvprof's own time in the run, as it measured it (analysis.tracer_cost)
 
     # ------------------------------------------------------------------ typed updates (writers)
     def with_notes(self, *notes: str) -> "Summary":
@@ -189,6 +190,8 @@ class Summary:
             "wall_s": self.wall_s,
             "allocation_events": self.allocation_events,
         }
+        if self.tracer_cost is not None:
+            out["tracer_cost"] = self.tracer_cost
         if self.notes is not None:
             out["notes"] = list(self.notes)
         if self.failure is not None:
@@ -225,6 +228,7 @@ class Summary:
             oom=d.get("oom"),
             host_profile=d.get("host_profile"),
             quality=d.get("quality"),
+            tracer_cost=d.get("tracer_cost"),
         )
 
 
