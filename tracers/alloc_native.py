@@ -171,6 +171,8 @@ class NativeCudaTracker:
             mark("part")
             self.session.flush_log()  # the stage records the main thread only queued
             mark("log")
+            if not timed:
+                self.phases.restart()
 
     def raise_error(self) -> None:
         """Raise a background drain's failure on the calling (main) thread."""

@@ -22,6 +22,12 @@ PHASES = ("replay", "rows", "part", "log")
 BETWEEN = "between"
 
 
+def _thread_switches() -> int:
+    """The calling thread's voluntary context switches (Linux); 0 where the platform does not count them per thread."""
+    who = getattr(resource, "RUSAGE_THREAD", None)
+    return resource.getrusage(who).ru_nvcsw if who is not None else 0
+
+
 class DrainPhases:
     """Per drain, the wall ns, model events and drain-thread voluntary context switches (each one a wait, mostly for
     the GIL) of the interval before it and of each of its phases. `mark` is called on the drain thread only."""
@@ -34,11 +40,17 @@ class DrainPhases:
         self.drains: list[dict[str, tuple[int, int, int]]] = []
 
     def _now(self) -> tuple[int, int, int]:
-        return self._clock(), self._recorded(), resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+        return self._clock(), self._recorded(), _thread_switches()
 
     def start(self) -> None:
         """The reference point of the first interval (recording has started; called on the drain thread)."""
         self._at = self._now()
+
+    def restart(self) -> None:
+        """Begin the next interval now: after a drain this does not time (one at a checkpoint, on the model's own
+        thread, while the model makes no events), so the next drain is compared with the model at work."""
+        if self._at is not None:
+            self._at = (self._clock(), self._recorded(), self._at[2])  # switches stay the drain thread's count
 
     def mark(self, phase: str) -> None:
         """Close `phase` (BETWEEN or one of PHASES) now; the last phase, `log`, closes the drain."""

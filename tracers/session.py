@@ -247,7 +247,7 @@ class TraceSession:
         self.meta["wall_s"] = (time.perf_counter_ns() - self._t0_perf) / 1e9
         self.meta["fine_stages"] = {"recorded": self.fine_stages, "skipped": self.fine_stages_skipped}
         self.meta["scopes"] = {"stages": self._next_span - 1, "tags": self.tags_opened, "contexts": self._ctx,
-                               "stages_s": round(self.scope_ns[0] / 1e9, 4), "tags_s": round(self.scope_ns[1] / 1e9, 4)}
+                               "stages_s": round(self.scope_ns[0] / 1e9, 6), "tags_s": round(self.scope_ns[1] / 1e9, 6)}
         if self.fine_stages_skipped:
             self.notes.append(f"{self.fine_stages_skipped:,} fine stages (steps repeated inside a step, e.g. per slice) "
                               "not recorded: their allocations belong to the enclosing stage (--fine-stages records them)")
