@@ -134,17 +134,23 @@ def print_summary(path: Path, summary: Summary) -> None:
 
 
 def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
-    """kvprof's own time in the traced run as it measured it (summary `tracer_cost`): seconds in the stage and tag
-    scopes on the traced thread, and the share of the model's time the recorder's drains took; None when unmeasured."""
+    """kvprof's own time in the traced run as it measured it (summary `tracer_cost`): the dispatch tracker's seconds
+    (CPU), seconds in the stage and tag scopes on the traced thread, and the share of the model's time the recorder's
+    drains took (CUDA); None when unmeasured."""
     if not isinstance(cost, dict):
         return None
-    parts = []
+    parts, pieces, spent = [], [], 0.0
+    if isinstance(cost.get("dispatch_tracker_s"), (int, float)):
+        spent += cost["dispatch_tracker_s"]
+        pieces.append(f"the dispatch tracker's bookkeeping after each op {cost['dispatch_tracker_s']:.2f} s")
     scopes = cost.get("scopes")
     if isinstance(scopes, dict):
-        spent = (scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)
-        share = f" ({100 * spent / wall_s:.2f} % of the trace's {wall_s:.1f} s)" if isinstance(wall_s, (int, float)) and wall_s > 0 else ""
-        parts.append(f"{spent:.2f} s in {scopes.get('stages') or 0:,} stage and {scopes.get('tags') or 0:,} tag scopes on the "
-                     f"traced thread{share}")
+        in_scopes = (scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)
+        spent += in_scopes
+        pieces.append(f"{scopes.get('stages') or 0:,} stage and {scopes.get('tags') or 0:,} tag scopes {in_scopes:.2f} s")
+    if pieces:
+        share = f"{100 * spent / wall_s:.2f} % of the trace's {wall_s:.1f} s: " if isinstance(wall_s, (int, float)) and wall_s > 0 else ""
+        parts.append(f"{spent:.2f} s on the traced thread ({share}{', '.join(pieces)})")
     drains = cost.get("drains")
     if isinstance(drains, dict):
         rates = ", ".join(f"{k} {v:.2f}" for k, v in (drains.get("rate_over_between") or {}).items() if v is not None)

@@ -71,6 +71,7 @@ def test_summary_rows_are_whole_on_a_pipe(bf16_trace: Path, capsys: pytest.Captu
     # kvprof's own time on the traced thread, as the run measured it (a CPU trace has no recorder drains)
     cost = [ln for ln in lines if ln.startswith("kvprof's own cost: ")]
     assert len(cost) == 1 and " stage and " in cost[0] and "% of the trace's" in cost[0] and "drains" not in cost[0]
+    assert "the dispatch tracker's bookkeeping after each op " in cost[0]  # the CPU trace's allocator of record
     scopes = summary.tracer_cost["scopes"]
     assert scopes["stages"] > 0 and scopes["stages_s"] > 0 and scopes["tags_s"] >= 0
 

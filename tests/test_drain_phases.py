@@ -115,7 +115,7 @@ def test_a_streamed_trace_says_in_its_meta_what_its_drains_took_from_the_model(t
     assert cost["drains"]["compared"] == 3 and cost["drains"]["rate_over_between"]["rows"] == 0.0
     assert cost["scopes"]["stages"] == 4 and cost["scopes"]["stages_s"] > 0  # rollout + 3 chunks, timed on this thread
     line = tracer_cost_line(cost, 2.0)
-    assert line.startswith("kvprof's own cost: ") and "in 4 stage and 0 tag scopes on the traced thread" in line
+    assert line.startswith("kvprof's own cost: ") and " s on the traced thread (" in line and "4 stage and 0 tag scopes " in line
     assert "recorder drains " in line and "(3 measured; " in line and "rows 0.00" in line
     assert tracer_cost({}) is None and tracer_cost_line(None, 1.0) is None
 

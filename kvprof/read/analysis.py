@@ -199,15 +199,18 @@ def summarize(trace: Trace) -> Summary:
         reconciliation=reconcile(trace, peak),
         wall_s=trace.meta.get("wall_s"),
         allocation_events=trace.views.n_allocations,
-        tracer_cost=tracer_cost(trace.meta),
+        tracer_cost=tracer_cost(trace.meta, trace.spans),
     )
 
 
-def tracer_cost(meta: dict[str, Any]) -> dict[str, Any] | None:
+def tracer_cost(meta: dict[str, Any], spans: pd.DataFrame | None = None) -> dict[str, Any] | None:
     """kvprof's own time in the traced run, as the run measured it: the traced thread's seconds inside the stage and
-    tag scopes (meta `scopes`), and the share of the model's time the recorder's background drains took (meta
-    `allocator_layout.drain_phases`, CUDA); None for a trace that recorded neither (older traces)."""
+    tag scopes (meta `scopes`), the dispatch tracker's bookkeeping after each op (CPU: the spans' `tracer_ms`), and
+    the share of the model's time the recorder's background drains took (meta `allocator_layout.drain_phases`, CUDA);
+    None for a trace that recorded none of them (older traces)."""
     out: dict[str, Any] = {}
+    if spans is not None and "tracer_ms" in spans.columns and spans["tracer_ms"].notna().any():
+        out["dispatch_tracker_s"] = round(float(spans["tracer_ms"].sum()) / 1e3, 6)
     scopes = meta.get("scopes")
     if isinstance(scopes, dict) and isinstance(scopes.get("stages_s"), (int, float)):
         out["scopes"] = {k: scopes.get(k) for k in ("stages", "tags", "stages_s", "tags_s")}
