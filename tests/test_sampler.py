@@ -88,3 +88,18 @@ def test_host_pids_are_noted_and_still_count_the_others(monkeypatch, tmp_path):
     t = load_trace(tmp_path / "t")
     assert t.samples["process_used_bytes"].tolist() == [-1] and t.meta["other_gpu_processes_max"] == 1
     assert any(n.startswith("NVML lists host PIDs") for n in t.meta["notes"])
+
+
+@pytest.mark.parametrize("fail, reads", [(False, 3), (True, 1)])
+def test_the_process_list_is_read_once_a_second_and_never_again_once_refused(monkeypatch, fail, reads):
+    # each NVML call of the sampler hands the GIL back and forth with the model's thread; the process list is two
+    # of a sample's four calls, so it is read every 10th sample (once a second) and carried in between
+    nv = _fake_pynvml([(os.getpid(), 3_000), (1, 9)], fail)
+    running, calls = nv.nvmlDeviceGetComputeRunningProcesses, []
+    nv.nvmlDeviceGetComputeRunningProcesses = lambda h: calls.append(h) or running(h)
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    s = DeviceSampler(0, lambda sample: None)
+    samples = [s._sample(0) for _ in range(25)]
+    assert len(calls) == reads  # samples 0, 10 and 20; or only the first, refused
+    assert {(x["proc"], x["others"]) for x in samples} == ({(-1, -1)} if fail else {(3_000, 1)})
+    assert [x["used"] for x in samples] == [7_000] * 25  # the device's memory is read at every sample

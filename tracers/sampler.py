@@ -13,10 +13,18 @@ class DeviceSampler:
     Absent NVML or a GPU, `available` is False and `reason` says why (one line for the user).
     """
 
-    def __init__(self, index: int, emit: Callable[[dict], None], interval_s: float = 0.1):
+    def __init__(self, index: int, emit: Callable[[dict], None], interval_s: float = 0.1, procs_every: int = 10):
         self.index = index
         self.emit = emit
         self.interval_s = interval_s
+        # The GPU's process list is read every `procs_every`-th sample (once a second) and carried in between: it is
+        # two of the four NVML calls a sample makes (pynvml asks for the count, then the list), and each call hands the
+        # GIL back and forth with the model's thread, which waits for it (~100 us a hand-over on a VM: issue 15).
+        # Where NVML refuses it, never again.
+        self.procs_every = max(1, procs_every)
+        self._samples = 0
+        self._procs: tuple[int, int] = (-1, -1)  # (this process's bytes, other processes) as last read
+        self._procs_refused = False
         self.available = False
         self.reason = ""
         self.host_pids = False  # NVML's PIDs are not this PID namespace's: our own bytes are unknown
@@ -36,11 +44,22 @@ class DeviceSampler:
         nv = self._nvml
         mem = nv.nvmlDeviceGetMemoryInfo(self._handle)
         util = nv.nvmlDeviceGetUtilizationRates(self._handle).gpu
+        if self._samples % self.procs_every == 0 and not self._procs_refused:
+            self._procs = self._read_procs()
+        self._samples += 1
+        proc, others = self._procs
+        return {"t": time.perf_counter_ns() - t0, "used": int(mem.used), "proc": proc, "util": int(util),
+                "others": others}
+
+    def _read_procs(self) -> tuple[int, int]:
+        """(this process's bytes on the GPU, how many other processes use it); -1 where unknown."""
+        nv = self._nvml
         try:
             procs = list(nv.nvmlDeviceGetComputeRunningProcesses(self._handle))
         except nv.NVMLError:
             procs = None  # per-process accounting is not permitted in some containers
         if procs is None:
+            self._procs_refused = True
             proc, others = -1, -1
         else:
             mine = [p for p in procs if p.pid == os.getpid()]
@@ -51,8 +70,7 @@ class DeviceSampler:
                 # CUDA context exists before sampling starts) but cannot be told apart from the rest.
                 self.host_pids = bool(procs)
                 proc, others = -1, max(len(procs) - 1, 0)
-        return {"t": time.perf_counter_ns() - t0, "used": int(mem.used), "proc": proc, "util": int(util),
-                "others": others}
+        return proc, others
 
     def start(self, t0_perf_ns: int) -> None:
         if not self.available:

@@ -57,9 +57,9 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
     "samples": {
         "t_ns": "ns since the trace started",
         "device_used_bytes": "device memory used, all processes (NVML)",
-        "process_used_bytes": "device memory used by this process (NVML); -1 when NVML cannot say",
+        "process_used_bytes": "device memory used by this process (NVML, read once a second); -1 when NVML cannot say",
         "util_percent": "GPU utilization in percent (NVML)",
-        "other_processes": "other processes on the GPU; -1 when unknown",
+        "other_processes": "other processes on the GPU (read once a second); -1 when unknown",
     },
     "counters": {
         "t_ns": "ns since the trace started",
