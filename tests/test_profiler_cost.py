@@ -338,3 +338,22 @@ def test_startup_probe_reads_importtime_and_splits_a_trace_process(tmp_path: Pat
     assert row["exit"] == 0 and (tmp_path / "nodecode" / "meta.json").is_file()
     ph = row["phases"]
     assert ph["startup_s"] > 0.3 and ph["trace_s"] > 0 and ph["startup_s"] + ph["trace_s"] < row["process_s"] + 0.1
+
+
+def test_tracker_floor_arithmetic_and_its_cpu_refusal(capsys: pytest.CaptureFixture[str]) -> None:
+    # benchmarks/tracker_floor.py (GPU): what c10's tracker and kvprof's recording add to each allocator event, and
+    # the share of a rollout that comes to; here its arithmetic, and its refusal where there is no CUDA
+    import torch
+    from benchmark_scripts import load
+
+    tf = load("tracker_floor")
+    got = tf.floor_report({"untraced": [900.0, 1000.0, 1100.0], "tracker": [1300.0, 1240.0, 1250.0],
+                           "recording": [1290.0, 1300.0, 1330.0]}, events=21_600_000, rollout_s=120.0)
+    assert got["ns_an_iteration"] == {"untraced": 1000.0, "tracker": 1250.0, "recording": 1300.0}
+    # 250 ns and 50 ns an iteration of three events: 83.3 and 16.7 ns an event
+    assert got["ns_an_event"] == {"c10_tracker": 83.3, "kvprof_recording": 16.7}
+    assert got["rollout"]["share_c10_tracker"] == pytest.approx(250 / 3 * 21.6e6 / 1e9 / 120, abs=1e-5)  # 1.5 %
+    assert got["rollout"]["share_floor"] == pytest.approx(0.018, abs=1e-5)
+    if not torch.cuda.is_available():
+        assert tf.main(["--iters", "10"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
