@@ -31,7 +31,7 @@ def _open_contexts(s: TraceSession, n: int) -> list[int]:
 
 
 def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path, monkeypatch):
-    tables, spans, counters = {}, {}, {}
+    tables, spans, counters, running = {}, {}, {}, {}
     for rec in ("allocator", "native"):
         f = FakeCachingAllocator()
         (install_native if rec == "native" else install)(monkeypatch, f)
@@ -52,6 +52,7 @@ def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path,
         else:
             f.trace = [e for cols in batches for e in as_history_entries(cols, s.t0_unix_ns, s.t0_perf_ns)]
         s.close("complete")
+        running[rec] = (s.live_bytes, s.peak_bytes)  # the session's running totals (budgets, progress)
         trace = load_trace(tmp_path / rec)
         tables[rec] = trace.allocations.sort_values("id").reset_index(drop=True)
         # the streamed trace folds its stage and counter records when the drain thread flushes, not as they come
@@ -61,6 +62,13 @@ def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path,
     native, one_shot = tables["native"], tables["allocator"]
     assert len(native) == 8 * 42_000 and (native["q_free"] == -1).sum() == 8 * (42_000 // 97)
     pd.testing.assert_frame_equal(native, one_shot)
+    # the native drains sum their bytes outside the session's lock, then advance the running totals under it: the same
+    # live bytes and peak as the one-shot replay, and as the rows themselves say
+    ends = native[["q_alloc", "bytes"]].rename(columns={"q_alloc": "q"})
+    frees = native.loc[native["q_free"] != -1, ["q_free", "bytes"]].rename(columns={"q_free": "q"})
+    frees["bytes"] = -frees["bytes"]
+    walk = pd.concat([ends, frees]).sort_values("q", kind="stable")["bytes"].cumsum()
+    assert running["native"] == running["allocator"] == (int(walk.iloc[-1]), int(walk.max()))
     assert len(spans["native"]) == 9 and len(counters["native"]) == 18  # rollout + 8 chunks; counters at each boundary
     pd.testing.assert_frame_equal(spans["native"], spans["allocator"])
     pd.testing.assert_frame_equal(counters["native"], counters["allocator"])

@@ -30,13 +30,25 @@ def _clock(session: "TraceSession", clock: str) -> tuple[int, int]:
     return 1000, session.t0_unix_ns
 
 
+def _running(q: np.ndarray, delta: np.ndarray) -> tuple[int, int]:
+    """(highest running sum, total) of `delta` bytes taken in the order of keys `q` (any order given): the sort and
+    sums, done outside the session's lock, which the model's scopes take."""
+    if not len(q):
+        return 0, 0
+    cum = np.cumsum(delta[np.argsort(q, kind="stable")])
+    return max(int(cum.max()), 0), int(cum[-1])
+
+
+def _advance(session: "TraceSession", running: tuple[int, int]) -> None:
+    """Advance the session's running live bytes and peak by a batch's `_running` (under the session's lock)."""
+    highest, total = running
+    session.peak_bytes = max(session.peak_bytes, session.live_bytes + highest)
+    session.live_bytes += total
+
+
 def _account(session: "TraceSession", q: np.ndarray, delta: np.ndarray) -> None:
     """Advance the running live bytes and peak by `delta` bytes at order keys `q` (any order)."""
-    if not len(q):
-        return
-    cum = np.cumsum(delta[np.argsort(q, kind="stable")]) + session.live_bytes
-    session.peak_bytes = max(session.peak_bytes, int(cum.max()))
-    session.live_bytes = int(cum[-1])
+    _advance(session, _running(q, delta))
 
 
 _CATEGORY_CODE = {c: i for i, c in enumerate(CATEGORIES)}
@@ -140,15 +152,17 @@ def record_stream_batch(session: "TraceSession", b: "StreamBatch", retags: list[
             session.record_retag(alloc_id, category, name)
     columns = {"id": ids, "q_alloc": b.a_q, "q_free": q_free, "t_alloc_ns": b.a_t - t0, "t_free_ns": t_free,
                "bytes": b.a_size, "category": (codes, list(CATEGORIES)), "span_id": span_of[b.a_ctx], "name": names}
+    alive = q_free == NO_FREE
     with session._lock:
         earlier = [(int(i), int(q), int(t)) for i, q, t in zip(b.f_id[~in_batch], b.f_q[~in_batch], b.f_t[~in_batch])]
         gone = np.array([session._alloc_bytes.pop(i, 0) for i, _, _ in earlier], dtype=np.int64)
-        _account(session, np.concatenate([b.a_q, b.f_q[in_batch], b.f_q[~in_batch]]),
-                 np.concatenate([b.a_size, -b.a_size[rows], -gone]))
-        alive = q_free == NO_FREE
         session._alloc_bytes.update(zip(ids[alive].tolist(), b.a_size[alive].tolist()))
         for alloc_id, q, t in earlier:
             session._write({"k": "f", "id": alloc_id, "q": q, "t": t - t0})
+    running = _running(np.concatenate([b.a_q, b.f_q[in_batch], b.f_q[~in_batch]]),
+                       np.concatenate([b.a_size, -b.a_size[rows], -gone]))
+    with session._lock:
+        _advance(session, running)
     if rows_done is not None:
         rows_done()
     assert session._parts is not None
