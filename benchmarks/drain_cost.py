@@ -12,7 +12,8 @@ the GIL, what the model thread can wait for). The first drain includes one-off i
 `pyarrow.parquet.write_table` options than the recorder's (`tracers.alloc_parts.part_options`), e.g.
 `'{"compression": "zstd"}'`, how parts were written before session 14.
 
-`gil_lost` measures what a model thread would lose: a second Python thread counts in a loop the whole time, and
+`session_lock` is how long the drain held the session's lock (the model's stages and tags take it: a scope opened
+meanwhile waits). `gil_lost` measures what a model thread would lose: a second Python thread counts in a loop the whole time, and
 1 - (its count rate during a drain / its rate between drains) is the share of that thread's progress the drain
 took (the GIL it held; on this 2-core dev machine also any core it shared). 0 means the drain ran beside it.
 `--model stages` makes that thread a closer stand-in: ~1 ms of Python, then a stage and a tag on the session, whose
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     s.start()
     with stage("rollout"):
         ctx = s._ctx
-    parts: dict[str, list[float]] = {"replay": [], "part": [], "total": []}
+    parts: dict[str, list[float]] = {"replay": [], "part": [], "total": [], "session_lock": []}
     drain_columns, append = native_tracker.drain_columns, s._parts.append
 
     def timed(key, fn):
@@ -107,6 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.is_set():
             counter[0] += 1
 
+    class HeldLock:  # the session's lock, timed while the drain (this thread) holds it: the model's scopes wait on it
+        def __init__(self, lock: Any) -> None:
+            self.lock, self.held, self._since, self._drain = lock, 0.0, 0.0, threading.get_ident()
+
+        def __enter__(self) -> None:
+            self.lock.__enter__()
+            if threading.get_ident() == self._drain:
+                self._since = time.perf_counter()
+
+        def __exit__(self, *exc: Any) -> Any:
+            if threading.get_ident() == self._drain:
+                self.held += time.perf_counter() - self._since
+            return self.lock.__exit__(*exc)
+
     ticker = threading.Thread(target=count, daemon=True)
     ticker.start()
     lost: list[float] = []
@@ -119,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.2)  # the counting thread alone: its rate between drains
         idle_rate = (counter[0] - c0) / (time.perf_counter() - t0)
         c0, t = counter[0], time.perf_counter()
+        s._lock = held = HeldLock(s._lock)
         s._cuda.drain()
         parts["total"].append(time.perf_counter() - t)
+        s._lock = held.lock
+        parts["session_lock"].append(held.held)
         lost.append(1 - (counter[0] - c0) / parts["total"][-1] / idle_rate)
     stop.set()
     ticker.join()

@@ -298,7 +298,9 @@ def test_drain_cost_reports_each_part_of_a_drain(capsys) -> None:
     assert load("drain_cost").main(["--allocs", "3000", "--drains", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["allocs_a_drain"] == 3000 and out["events_a_drain"] > 8000
-    assert set(out["ms"]) == {"replay", "part", "total", "rows"} and all(len(v) == 2 for v in out["ms"].values())
+    assert set(out["ms"]) == {"replay", "part", "total", "rows", "session_lock"}
+    assert all(len(v) == 2 for v in out["ms"].values())
+    assert all(0 <= held <= t for held, t in zip(out["ms"]["session_lock"], out["ms"]["total"]))  # held inside the drain
     assert all(t >= r for t, r in zip(out["ms"]["total"], out["ms"]["replay"])) and len(out["gil_lost"]) == 2
     # --part-options: the parts written as before session 14 (Parquet's defaults + zstd) take ~3x the bytes here
     assert load("drain_cost").main(["--allocs", "3000", "--drains", "2", "--part-options", '{"compression": "zstd"}']) == 0
