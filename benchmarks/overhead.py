@@ -37,7 +37,9 @@ host-bound untraced rollouts beside a traced one were bimodal, 10.5 or 12-13.6 s
 Each run also says what the host's CPUs did during its rollout (`HostTimes`): `rollout_cpu_s` (the process, every
 thread), `rollout_thread_cpu_s` (the rollout's own thread) and `steal_s` (CPU seconds the hypervisor gave other
 guests, the whole machine), and what Python's cyclic collector did in it (`gc_s`, `gc_collections`: per generation);
-`cpu_over_untraced` is the CPU-seconds counterpart of `rollout_over_untraced`.
+`cpu_over_untraced` is the CPU-seconds counterpart of `rollout_over_untraced`. A kvprof row's `measured_share` is
+kvprof's cost as the traced run measured it (its scopes' seconds and its drains' share of the model's time, over the
+rollout): the in-process figure that the pairs' noise (an A/A test with `twin`) cannot resolve.
 """
 from __future__ import annotations
 
@@ -213,6 +215,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                    scopes=meta.get("scopes"), **clock.row)
         if s.allocation_events:
             out["disk_bytes_per_event"] = out["disk_bytes"] / s.allocation_events
+        out["measured_share"] = measured_share(meta.get("scopes"), layout.get("drain_phases"), rollout_s)
         return {**out, "max_rss_bytes": _max_rss_bytes()}
     from kvprof.workload.rollout import run_rollout
 
@@ -256,6 +259,18 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     return {**out, "disk_bytes": _bytes_under(folder) if mode != "untraced" else 0, "max_rss_bytes": _max_rss_bytes()}
 
 
+def measured_share(scopes: Any, drains: Any, rollout_s: float | None) -> dict[str, float | None]:
+    """kvprof's cost as the traced run measured it, in shares of the rollout: the traced thread's seconds in the stage
+    and tag scopes (meta `scopes`), the model's time the recorder's drains took (meta `drain_phases`), and their sum.
+    Free of the pairs' noise; c10's own per-event cost is not in it (`tracker_floor.py`)."""
+    in_scopes = None
+    if isinstance(scopes, dict) and rollout_s and isinstance(scopes.get("stages_s"), (int, float)):
+        in_scopes = ((scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)) / rollout_s
+    in_drains = drains.get("model_time_share") if isinstance(drains, dict) else None
+    parts = [v for v in (in_scopes, in_drains) if v is not None]
+    return {"scopes": in_scopes, "drains": in_drains, "sum": sum(parts) if parts else None}
+
+
 def _spread(values: list[float]) -> dict[str, float | None]:
     vals = [v for v in values if v is not None]
     if not vals:
@@ -271,6 +286,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[mode] = {k: _spread([r.get(k) for r in mine])
                      for k in ("rollout_wall_s", "usable_s", "close_s", "disk_bytes", "max_rss_bytes", "rollout_cpu_s",
                                "rollout_thread_cpu_s", "steal_s")}
+        out[mode]["measured_share"] = _spread([(r.get("measured_share") or {}).get("sum") for r in mine])
         out[mode]["runs"] = len(mine)
         out[mode]["timed_out"] = sum(bool(r.get("timed_out")) for r in rows if r["mode"] == mode)
     untraced = out.get("untraced") or {}

@@ -106,6 +106,10 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     kv_row = oh.run_mode("kvprof", args)
     assert kv_row["rollout_wall_s"] > 0 and kv_row["usable_s"] >= kv_row["rollout_wall_s"] and kv_row["disk_bytes"] > 0
     assert kv_row["peak_bytes"] > 0 and kv_row["events"] > 0 and kv_row["max_rss_bytes"] > 0
+    share = kv_row["measured_share"]  # kvprof's own cost as the run measured it: its scopes (no drains on CPU)
+    assert share["drains"] is None and 0 < share["scopes"] == share["sum"] < 1
+    assert oh.measured_share({"stages_s": 1.5, "tags_s": 0.5}, {"model_time_share": 0.004}, 100.0) == \
+        {"scopes": 0.02, "drains": 0.004, "sum": 0.024}
     plain = oh.run_mode("untraced", args)
     assert plain["rollout_wall_s"] > 0 and plain["disk_bytes"] == 0
     for row in (kv_row, plain):  # the host's CPU seconds of the rollout: the process's, its thread's, the machine's steal
