@@ -88,9 +88,8 @@ class HostTimes:
         usage, mine = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_THREAD)
         gc.callbacks.remove(self._on_gc)
         wall0, cpu0, thread0, steal0 = self._start
-        steal = _steal_s()
         self.row = {"rollout_cpu_s": usage.ru_utime + usage.ru_stime - cpu0, "rollout_thread_cpu_s": time.thread_time() - thread0,
-                    "steal_s": steal - steal0 if steal is not None and steal0 is not None else None,
+                    "steal_s": _delta(steal0, _steal_s()),
                     "host_wall_s": time.perf_counter() - wall0,
                     "gc_s": [round(ns / 1e9, 4) for ns in self._gc_ns], "gc_collections": list(self._gc_n),
                     "thread_sys_s": mine.ru_stime - self._thread0.ru_stime,
@@ -101,5 +100,6 @@ class HostTimes:
                     "tlb_shootdowns": _delta(self._tlb0, _tlb_shootdowns(self._cpus))}
 
 
-def _delta(before: int | None, after: int | None) -> int | None:
+def _delta(before: float | None, after: float | None) -> float | None:
+    """after - before, or None where either reading is missing (the kernel did not say)."""
     return after - before if before is not None and after is not None else None

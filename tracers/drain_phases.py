@@ -72,13 +72,13 @@ class DrainPhases:
         if not active:
             return out
         total_s = sum(d[p][0] for d in active for p in (BETWEEN, *PHASES)) / 1e9
+        between = sum(d[BETWEEN][1] for d in active) / sum(d[BETWEEN][0] for d in active)  # pooled events a ns
         share = 0.0
         for p in (BETWEEN, *PHASES):
             ns, events, switches = (sum(d[p][i] for d in active) for i in range(3))
             row: dict[str, Any] = {"s": round(ns / 1e9, 4), "events": events, "drain_switches": switches}
             if p != BETWEEN:
                 ratios = [(d[p][1] / d[p][0]) / (d[BETWEEN][1] / d[BETWEEN][0]) for d in active if d[p][0] > 0]
-                between = sum(d[BETWEEN][1] for d in active) / sum(d[BETWEEN][0] for d in active)
                 pooled = (events / ns) / between if ns else None
                 row["rate_over_between"] = {"median": round(statistics.median(ratios), 4) if ratios else None,
                                             "pooled": round(pooled, 4) if pooled is not None else None}
