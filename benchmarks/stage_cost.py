@@ -12,6 +12,11 @@ pays for the allocations inside it (recorded in C++ on CUDA, not here).
 own `kv_scratch` tag, as PRQ's study encode runs), below the depths that read counters or record device time, with the log's lines deferred as on CUDA: the model
 thread's microseconds for one (stage + tag), the lines' (written by the drain thread on CUDA), and
 the host RSS the N stages added while recording.
+
+`--contend` times the stages again with a thread beside them that runs Python in bursts (2 ms of every 10, as
+a drain's rows or the NVML sampler want the GIL), twice on CUDA: the boundary calls with the GIL held (as
+traced runs make them) and with it released (ctypes' default, before session 16). Each released call hands
+the GIL to the waiting thread.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -44,6 +50,14 @@ def _loop(n: int, traced: bool) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
+def _busy_bursts(stop: threading.Event) -> None:
+    while not stop.is_set():
+        t = time.perf_counter() + 0.002
+        while time.perf_counter() < t:
+            pass
+        time.sleep(0.008)
+
+
 def _session_cost(n: int, device: str, **switch: bool) -> float:
     folder = Path(tempfile.mkdtemp()) / "t"
     s = TraceSession(folder, {"run_id": "stage-cost"}, device, drain_at_checkpoints=False,
@@ -54,9 +68,19 @@ def _session_cost(n: int, device: str, **switch: bool) -> float:
     s.start()
     if switch.get("no_sync_count"):
         s.host_activity.uninstall()
+    if switch.get("gil_released") and s._native:
+        s._cuda.quick_lib = s._cuda.lib  # type: ignore[union-attr]
+        s._timer._lib = s._cuda.lib  # type: ignore[union-attr]
+    stop = threading.Event()
+    busy = threading.Thread(target=_busy_bursts, args=(stop,), daemon=True)
+    if switch.get("contend"):
+        busy.start()
     try:
         return _loop(n, traced=True)
     finally:
+        stop.set()
+        if busy.is_alive():
+            busy.join()
         s.close("complete")
         shutil.rmtree(folder.parent, ignore_errors=True)
 
@@ -92,12 +116,17 @@ def main() -> int:
     p.add_argument("--stages", type=int, default=20_000)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--deep", type=int, default=0, help="also time N PRQ-like deep stages (see the docstring)")
+    p.add_argument("--contend", action="store_true", help="also time them beside a thread that wants the GIL")
     args = p.parse_args()
     _session_cost(2000, args.device)  # warm-up: imports, the native build, CUDA context
     out = {"device": args.device, "stages": args.stages, "untraced_us": _loop(args.stages, traced=False),
            "traced_us": _session_cost(args.stages, args.device)}
     for switch in ("no_counters", "no_timer", "no_sync_count"):
         out[f"{switch}_us"] = _session_cost(args.stages, args.device, **{switch: True})
+    if args.contend:
+        out["contend_gil_held_us"] = _session_cost(args.stages, args.device, contend=True)
+        if args.device.startswith("cuda"):
+            out["contend_gil_released_us"] = _session_cost(args.stages, args.device, contend=True, gil_released=True)
     if args.deep:
         out.update(_deep_cost(args.deep, args.device))
     print(json.dumps(out))

@@ -98,3 +98,38 @@ def test_events_recorded_while_another_thread_drains_each_come_out_once_in_order
     assert len(batches) >= 4
     times = np.concatenate([b.a_t for b in batches])
     assert times.tolist() == list(range(chunks * per_chunk))
+
+
+def test_the_traced_threads_binding_keeps_the_gil_and_shares_the_recorder():
+    """The calls a stage boundary makes (counters, marks, retags) go through `hold_gil`'s binding, whose functions
+    ctypes calls without releasing the GIL (so a waiting drain or sampler thread cannot take it mid-stage); it is
+    the same loaded library as the drain's binding, whose calls release the GIL: one context, one buffer."""
+    quick, slow = native.load(cuda=False, hold_gil=True), native.load(cuda=False)
+    assert quick is not slow and quick is native.load(cuda=False, hold_gil=True)
+    for fn in ("kvp_retag", "kvp_record"):
+        assert getattr(quick, fn)._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+    assert not slow.kvp_drain._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+    ctx_quick, ctx_slow = (ctypes.c_int64.in_dll(lib, "kvp_context") for lib in (quick, slow))
+    before = ctx_slow.value
+    try:
+        ctx_quick.value = 424242
+        assert ctx_slow.value == 424242
+    finally:
+        ctx_slow.value = before
+
+
+def test_a_native_session_makes_its_boundary_calls_with_the_gil_held(tmp_path, monkeypatch):
+    """On the native tracker the session's device-time marks and the tracker's retags and counters use the
+    GIL-holding binding; drains use the releasing one."""
+    from fake_cuda_allocator import FakeCachingAllocator, install_native
+    from tracers import TraceSession
+
+    install_native(monkeypatch, FakeCachingAllocator())
+    s = TraceSession(tmp_path / "t", {"run_id": "gil"}, "cpu", tracker="native", drain_at_checkpoints=False)
+    s.start()
+    try:
+        tracker = s._cuda
+        assert tracker.quick_lib.kvp_retag._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+        assert not tracker.lib.kvp_drain._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+    finally:
+        s.close("complete")

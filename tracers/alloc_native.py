@@ -71,11 +71,14 @@ class NativeCudaTracker:
     """Same duties as `CudaHistoryTracker` (start, set_context, retag, adopt, drain, stop, meta)."""
 
     def __init__(self, session: "TraceSession", device: torch.device, lib: Any, expandable: bool = False,
-                 interval_s: float = 2.0):
+                 interval_s: float = 2.0, quick_lib: Any = None):
         self.session = session
         self.device = device
         self.index = device.index or 0
         self.lib = lib
+        # The traced thread's calls at stage boundaries (counters, marks, retags) keep the GIL: `native.load`'s
+        # `hold_gil` says why. The drain's calls (which wait on the recorder's locks) release it.
+        self.quick_lib = lib if quick_lib is None else quick_lib
         self.expandable = expandable or expandable_segments_requested()
         self.layout = BlockLayout(expandable=self.expandable)  # for the snapshot checks only
         self.stats = LayoutStats(off_reason=unsupported_reason())
@@ -135,7 +138,7 @@ class NativeCudaTracker:
 
     def counters(self) -> tuple[int, int]:
         """(allocated, reserved) bytes of the allocator now: a ~1 us C call where the library has it."""
-        fn = getattr(self.lib, "kvp_counters", None)
+        fn = getattr(self.quick_lib, "kvp_counters", None)
         if fn is None:  # the core library (CPU tests): torch's own reading
             stats = torch.cuda.memory_stats_as_nested_dict(self.device)
             return stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
@@ -150,7 +153,7 @@ class NativeCudaTracker:
     def retag(self, ctx: int, address: int, category: str, name: str | None) -> None:
         """Retag the block live at `address` now (in order among the allocator's events)."""
         self._retags.append((category, name))
-        self.lib.kvp_retag(address, len(self._retags) - 1)
+        self.quick_lib.kvp_retag(address, len(self._retags) - 1)
 
     # ----------------------------------------------------------------- drains
     def drain(self, timed: bool = False) -> None:
@@ -235,8 +238,9 @@ def cuda_tracker(session: "TraceSession", recorder: str, require_native: bool) -
         from tracers import native
 
         try:
-            lib = native.load(cuda=session.device.type == "cuda")
-            return NativeCudaTracker(session, session.device, lib, expandable=session.expandable_segments)
+            cuda = session.device.type == "cuda"
+            return NativeCudaTracker(session, session.device, native.load(cuda), expandable=session.expandable_segments,
+                                     quick_lib=native.load(cuda, hold_gil=True))
         except native.NativeUnavailable as exc:
             if require_native:
                 raise

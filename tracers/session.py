@@ -156,7 +156,7 @@ class TraceSession:
             if isinstance(self._cuda, NativeCudaTracker):  # streamed parts, followed live or not: bounded memory
                 self._parts = AllocationParts(self.folder)
                 self._cuda.stream(self._next_alloc)
-                self._timer.use_native(self._cuda.lib)
+                self._timer.use_native(self._cuda.quick_lib)
                 self._log.deferred = True  # the drain thread (and checkpoints) write the lines
         else:
             importlib.import_module("torch._dynamo")  # torch loads it at a mode's first op: 1-2 s, not the first stage's

@@ -109,9 +109,21 @@ def _bind(lib: ctypes.CDLL, cuda: bool) -> ctypes.CDLL:
     return lib
 
 
+def load(cuda: bool, hold_gil: bool = False) -> ctypes.CDLL:
+    """The recorder library (with the CUDA allocator hook when `cuda`); NativeUnavailable otherwise.
+
+    `hold_gil`: the same library, its calls made with the GIL held (`ctypes.PyDLL`), for the traced thread's
+    microsecond calls at stage boundaries (counters, device-time marks, retags). A `CDLL` call releases the GIL,
+    and a thread waiting for it (the drain's Python, the NVML sampler) takes it at once: the traced thread then
+    waits for that thread's next release, up to the interpreter's switch interval (5 ms). With one busy Python
+    thread beside it a `CDLL` call took ~145 us on the dev CPU, a `PyDLL` call 0.2 us. Never for a call that waits
+    on the recorder's locks (drain, take, adopt): those keep the `CDLL` binding. One object per binding and
+    process, however it is asked for."""
+    return _load(bool(cuda), bool(hold_gil))
+
+
 @lru_cache(maxsize=None)
-def load(cuda: bool) -> ctypes.CDLL:
-    """The recorder library (with the CUDA allocator hook when `cuda`); NativeUnavailable otherwise."""
+def _load(cuda: bool, hold_gil: bool) -> ctypes.CDLL:
     if cuda:
         import torch
 
@@ -120,6 +132,7 @@ def load(cuda: bool) -> ctypes.CDLL:
         path = _build("kvprof_alloc_core", CORE_SOURCES, list, "core")
     try:
         # RTLD_GLOBAL is not needed: the library's only outside symbols are c10's, already loaded by torch.
-        return _bind(ctypes.CDLL(str(path)), cuda)
+        # dlopen hands both bindings the one copy of the library (its globals, its buffer).
+        return _bind((ctypes.PyDLL if hold_gil else ctypes.CDLL)(str(path)), cuda)
     except OSError as exc:
         raise NativeUnavailable(f"loading {path} failed: {exc}") from None
