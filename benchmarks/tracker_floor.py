@@ -4,8 +4,8 @@ recorder behind it, add to each allocator event (issue 15).
     python3 benchmarks/tracker_floor.py [--iters 200000] [--rounds 9] [--events 21600000 --rollout-s 120]
 
 One process, one GPU, a loop of `torch.empty(4096, device="cuda")` and its release (three allocator events: alloc,
-free requested, free completed, all from the cache), timed in rounds three ways in this order, because the tracker
-cannot be detached: `untraced`; `tracker` (kvprof's recorder attached to c10's trace tracker with recording off: c10
+free requested, free completed, all from the cache), timed in rounds three ways, `untraced` first because the tracker
+cannot be detached, then the other two alternated round by round: `tracker` (kvprof's recorder attached to c10's trace tracker with recording off: c10
 builds a `TraceEntry` for every event and calls the tracker, which returns at once); `recording` (kvprof records
 every event; the buffer is drained between rounds, outside the timing). Prints JSON: the median ns an iteration of
 each, the ns an event each layer adds, and, for a rollout of `--events` allocator events in `--rollout-s` seconds
@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     lib = native.load(cuda=True)
     lib.kvp_attach()
     lib.kvp_reset(0, 0, 0, 1)
-    lib.kvp_set_recording(0)
-    timed["tracker"] = _rounds(step, args.iters, args.rounds)
-    lib.kvp_set_recording(1)
     counts = (ctypes.c_int64 * 6)()
-    timed["recording"] = _rounds(step, args.iters, args.rounds, between=lambda: lib.kvp_drain(counts))
+    timed["tracker"], timed["recording"] = [], []
+    for _ in range(args.rounds):  # alternated: the machine's drift over the rounds falls on both alike
+        lib.kvp_set_recording(0)
+        timed["tracker"] += _rounds(step, args.iters, 1)
+        lib.kvp_set_recording(1)
+        timed["recording"] += _rounds(step, args.iters, 1, between=lambda: lib.kvp_drain(counts))
     lib.kvp_set_recording(0)
     report = floor_report(timed, args.events, args.rollout_s)
     report["rounds"] = {m: [round(v, 1) for v in r] for m, r in timed.items()}
