@@ -16,7 +16,8 @@
 # sweep_speedup.py compare; SWEEP_FLAGS="--no-decode" to fit 4 H100s in one call; SPEEDUP_ORDER=many-first), pairs:METHOD:FRAMES:N (issue
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
 # PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), perfpair:METHOD:FRAMES (issue 15: perf stat of each
-# thread of an untraced and a traced process at once, mid-rollout; perf_threads.py reads them), sweep-study (issue 19: the study column, every GPU, longest
+# thread of an untraced and a traced process at once, mid-rollout; perf_threads.py reads them), spypair:METHOD:FRAMES
+# (issue 15: py-spy on a traced and an untraced rollout at once; self_profile.py compare), sweep-study (issue 19: the study column, every GPU, longest
 # first; resumes like sweep-all), startup (a cell's start-up: imports, the VAE module, a trace process split in
 # phases; ~70 s), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
@@ -136,6 +137,27 @@ for step in "$@"; do
       for pm in "${procs[@]}"; do wait "${pm%%:*}"; done  # the next step must not share the GPUs with these rollouts
       python3 benchmarks/perf_threads.py "$OUT/perf_untraced.csv" "$OUT/perf_kvprof.csv" > "$OUT/perfpair.json" 2>>"$OUT/steps.log"
       log "perfpair: traced / untraced $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['traced_over_untraced'])" "$OUT/perfpair.json" 2>&1)"
+      ;;
+    spypair:*)  # spypair:METHOD:FRAMES (issue 15): py-spy (native frames, SPY_RATE=25 a second) on a traced (GPU 0) and an
+      # untraced (GPU 1) rollout at once, each on its own cores (PIN_CPUS=A/B, default 0-15/16-31), then
+      # `self_profile.py compare`: where the traced model thread spent more seconds, by leaf frame and by binary/file.
+      # SPY_S (400) only guards the call: py-spy stops when its rollout ends, and writes its output then
+      IFS=: read -r _ m frames <<< "$step"
+      cpus=${PIN_CPUS:-0-15/16-31}; [ "$cpus" = auto ] && cpus=0-15/16-31
+      IFS=/ read -r cpu_a cpu_b <<< "$cpus"
+      log "issue 15: py-spy on $m $frames frames, kvprof (GPU 0, cores $cpu_a) and untraced (GPU 1, cores $cpu_b) at once"
+      procs=()
+      for gmc in "0:$cpu_a:kvprof" "1:$cpu_b:untraced"; do
+        IFS=: read -r gpu cores mode <<< "$gmc"
+        CUDA_VISIBLE_DEVICES=$gpu timeout -s INT "${SPY_S:-400}" taskset -c "$cores" \
+          ${SELF_PROFILE:-python3 benchmarks/self_profile.py} record "$OUT/spy_$mode.txt" --mode "$mode" --rate "${SPY_RATE:-25}" \
+          -- --method "$m" --frames "$frames" --no-decode --out $KVTMP/spypair > "$OUT/spy_$mode.json" 2>>"$OUT/steps.log" &
+        procs+=($!)
+      done
+      wait "${procs[@]}"  # by pid (a bare wait would also wait for another step's clock sampler)
+      python3 benchmarks/self_profile.py compare "$OUT/spy_kvprof.txt" "$OUT/spy_untraced.txt" --rate "${SPY_RATE:-25}" \
+        > "$OUT/spypair.json" 2>>"$OUT/steps.log"
+      log "spypair: rollout seconds sampled kvprof, untraced $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rollout_s'])" "$OUT/spypair.json" 2>&1)"
       ;;
     budget)
       log "issue 6: budget 20GiB, bf16 then prq_int4 (study)"

@@ -5,12 +5,19 @@ the device hosts were too noisy to say why; a sample's stack says it directly).
 
     timeout -s INT 300 python3 benchmarks/self_profile.py record OUT.txt --mode kvprof [--rate 25] -- --method prq_int4 --frames 12 --no-decode
     python3 benchmarks/self_profile.py analyze OUT.txt [--top 25]
+    python3 benchmarks/self_profile.py compare TRACED.txt UNTRACED.txt [--rate 25] [--top 25]
 
 `record` passes everything after `--` to `overhead.py --mode MODE` (so the workload is the benchmark's) and
 writes py-spy's raw (folded) stacks. `analyze` keeps the samples of the thread that ran `run_rollout`
 inside it, and prints JSON: their count, each piece's share (a sample counts for a piece when any frame
 of its stack matches), the other threads' samples (the drain thread's own CPU time), and the leaf frames
 that held most samples. Sampling is time-based, so shares are of wall time on the model thread.
+
+`compare` takes two `record` outputs of the same rollout, traced and untraced (e.g. a pair sampled at once on two
+GPUs: `gpu_session.sh spypair:...`), and prints, in seconds of the model thread's rollout (samples over the rate),
+where the traced one spent more: per leaf frame and per binary or source file the leaf sits in (native frames name
+their library, Python frames their file). A leaf that is not kvprof's and still costs more traced is what the
+in-process accounting (scopes, drains) cannot see.
 
 Not `kvprof trace --host-profile`: that profile is about the code under study and leaves kvprof's own frames out of
 its top frames; this one counts exactly those, native ones included, in the benchmark's own workload.
@@ -85,6 +92,42 @@ def analyze(raw: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+def _rollout_leaves(raw: Path) -> collections.Counter[str]:
+    """Samples of each leaf frame of the rollout's thread, inside `run_rollout`."""
+    stacks = list(samples(raw))
+    threads = {t for t, frames, _ in stacks if any(ROLLOUT_FRAME in f for f in frames)}
+    leaves: collections.Counter[str] = collections.Counter()
+    for thread, frames, n in stacks:
+        if thread in threads and any(ROLLOUT_FRAME in f for f in frames):
+            leaves[frames[-1] if frames else "?"] += n
+    return leaves
+
+
+def _where(frame: str) -> str:
+    """The binary or source file of a py-spy frame ('f (libx.so)' -> 'libx.so', 'f (a/b.py:12)' -> 'a/b.py')."""
+    _, _, inside = frame.rpartition(" (")
+    return inside.rstrip(")").rsplit(":", 1)[0] if inside else frame
+
+
+def compare(traced: Path, untraced: Path, rate: float, top: int = 25) -> dict[str, Any]:
+    """Seconds of the rollout thread per leaf frame and per place (binary or file), traced against untraced, the
+    largest differences first."""
+    a, b = _rollout_leaves(traced), _rollout_leaves(untraced)
+
+    def table(x: collections.Counter[str], y: collections.Counter[str]) -> list[list[Any]]:
+        rows = [[k, round(x[k] / rate, 3), round(y[k] / rate, 3), round((x[k] - y[k]) / rate, 3)] for k in set(x) | set(y)]
+        return sorted(rows, key=lambda r: -r[3])[:top]
+
+    where_a: collections.Counter[str] = collections.Counter()
+    where_b: collections.Counter[str] = collections.Counter()
+    for leaves, where in ((a, where_a), (b, where_b)):
+        for frame, n in leaves.items():
+            where[_where(frame)] += n
+    return {"rate": rate, "columns": ["frame", "traced_s", "untraced_s", "more_traced_s"],
+            "rollout_s": [round(sum(a.values()) / rate, 3), round(sum(b.values()) / rate, 3)],
+            "by_place": table(where_a, where_b), "by_leaf": table(a, b)}
+
+
 def record_command(out: Path, mode: str, rate: int, rest: list[str], py_spy: str = "py-spy") -> list[str]:
     """The py-spy command line that samples one `overhead.py --mode MODE` process."""
     return [py_spy, "record", "--native", "--threads", "--rate", str(rate), "--format", "raw", "--output", str(out),
@@ -106,7 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     ana = sub.add_parser("analyze", help="shares of the model thread's rollout samples")
     ana.add_argument("raw", type=Path)
     ana.add_argument("--top", type=int, default=25)
+    cmp = sub.add_parser("compare", help="where a traced rollout spent more seconds than an untraced one")
+    cmp.add_argument("traced", type=Path)
+    cmp.add_argument("untraced", type=Path)
+    cmp.add_argument("--rate", type=float, default=25.0, help="the rate both were recorded at")
+    cmp.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
+    if args.cmd == "compare":
+        for raw in (args.traced, args.untraced):
+            if not raw.is_file():
+                p.error(f"{raw}: no such file (py-spy's raw output, from `record`)")
+        print(json.dumps(compare(args.traced, args.untraced, args.rate, args.top), indent=1))
+        return 0
     if args.cmd == "analyze":
         if not args.raw.is_file():
             p.error(f"{args.raw}: no such file (py-spy's raw output, from `record`)")

@@ -83,6 +83,28 @@ echo '{{}}'
     assert (out / "pairs_prq_int4-42-g01.json").is_file() and (out / "pairs_prq_int4-42-g23.json").is_file()
 
 
+def test_spypair_samples_both_rollouts_at_once_and_compares_them(tmp_path: Path) -> None:
+    # spypair: self_profile.py record for kvprof (GPU 0) and untraced (GPU 1) at the same moment, then compare
+    out = tmp_path / "out"
+    calls = tmp_path / "calls"
+    env = _env(tmp_path, OUT=str(out), SELF_PROFILE=str(tmp_path / "bin" / "fake_spy"), PIN_CPUS="0/1", SPY_RATE="10")
+    # stands in for `self_profile.py record OUT --mode MODE ...`: writes py-spy's raw lines for its mode
+    _script(tmp_path / "bin" / "fake_spy", f"""#!/bin/bash
+echo "$(date +%s.%N) $CUDA_VISIBLE_DEVICES $*" >> {calls}
+n=50; [ "$4" = kvprof ] && n=80
+echo "thread (1): MainThread;run_rollout (kvprof/workload/rollout.py:1);launch (libcuda.so.1) $n" > "$2"
+sleep 2
+""")
+    subprocess.run(["bash", "benchmarks/gpu_session.sh", "spypair:prq_int4:42"], cwd=ROOT, env=env, timeout=60, check=True,
+                   capture_output=True)
+    started = [line.split(" ", 2) for line in calls.read_text().splitlines()]
+    assert len(started) == 2 and abs(float(started[0][0]) - float(started[1][0])) < 1.5  # at once
+    by_gpu = {gpu: args for _, gpu, args in started}
+    assert "--mode kvprof" in by_gpu["0"] and "--mode untraced" in by_gpu["1"] and "--frames 42" in by_gpu["0"]
+    report = json.loads((out / "spypair.json").read_text())
+    assert report["rollout_s"] == [8.0, 5.0] and report["by_place"][0] == ["libcuda.so.1", 8.0, 5.0, 3.0]
+
+
 def test_a_detached_step_outlives_its_call_and_collect_brings_it_back(tmp_path: Path) -> None:
     # bg:STEP / collect: how session 11 ran a 10-minute trace across two device calls of a warm machine
     env = _env(tmp_path)

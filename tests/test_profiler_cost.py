@@ -222,6 +222,32 @@ def test_self_profile_shares_of_the_model_threads_rollout(tmp_path: Path) -> Non
     assert cmd[:2] == ["py-spy", "record"] and "--native" in cmd and cmd[-4:] == ["--mode", "kvprof:notags", "--method", "prq_int4"]
 
 
+def test_self_profile_compares_a_traced_rollout_with_an_untraced_one(tmp_path: Path) -> None:
+    # `compare`: seconds of the rollout thread per leaf and per binary/file, traced minus untraced, largest first
+    from benchmark_scripts import load
+
+    sp = load("self_profile")
+    rollout = "thread (1): MainThread;main (x.py:1);run_rollout (kvprof/workload/rollout.py:120);"
+    traced, untraced = tmp_path / "t.txt", tmp_path / "u.txt"
+    traced.write_text("\n".join([
+        rollout + "launch (libcuda.so.1) 100",
+        rollout + "empty (libtorch.so);kvp_record (kvprof_alloc_cuda-1.so) 30",
+        rollout + "__enter__ (tracers/scopes.py:40) 20",
+        rollout + "__enter__ (tracers/scopes.py:55) 5",
+        "thread (1): MainThread;main (x.py:1);build (kvprof/workload/build.py:9) 400",  # not the rollout
+        "thread (2): kvprof-drain;_run (tracers/alloc_native.py:120) 70",
+    ]) + "\n")
+    untraced.write_text(rollout + "launch (libcuda.so.1) 90\n")
+    out = sp.compare(traced, untraced, rate=10.0, top=3)
+    assert out["rollout_s"] == [15.5, 9.0]
+    assert out["by_place"] == [["kvprof_alloc_cuda-1.so", 3.0, 0.0, 3.0], ["tracers/scopes.py", 2.5, 0.0, 2.5],
+                               ["libcuda.so.1", 10.0, 9.0, 1.0]]
+    assert out["by_leaf"][0] == ["kvp_record (kvprof_alloc_cuda-1.so)", 3.0, 0.0, 3.0]
+    assert sp.main(["compare", str(traced), str(untraced), "--rate", "10"]) == 0
+    with pytest.raises(SystemExit):
+        sp.main(["compare", str(tmp_path / "missing.txt"), str(untraced)])
+
+
 def test_overhead_pairs_cap_and_rows_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     # --pairs N: at most N simultaneous pairs a traced mode (3 pairs of a 42-frame prq rollout fit one device call);
     # --rows-log: each row on disk as soon as it is in, so a call cut off at its time limit keeps what ran
