@@ -115,8 +115,9 @@ def compare(traced: Path, untraced: Path, rate: float, top: int = 25) -> dict[st
     a, b = _rollout_leaves(traced), _rollout_leaves(untraced)
 
     def table(x: collections.Counter[str], y: collections.Counter[str]) -> list[list[Any]]:
-        rows = [[k, round(x[k] / rate, 3), round(y[k] / rate, 3), round((x[k] - y[k]) / rate, 3)] for k in set(x) | set(y)]
-        return sorted(rows, key=lambda r: -r[3])[:top]
+        rows = [[k, round(x[k] / rate, 3), round(y[k] / rate, 3), round((x[k] - y[k]) / rate, 3)]
+                for k in set(x) | set(y)]
+        return sorted(rows, key=lambda r: (-r[3], r[0]))[:top]  # ties by name: the same output on every run
 
     where_a: collections.Counter[str] = collections.Counter()
     where_b: collections.Counter[str] = collections.Counter()

@@ -116,7 +116,8 @@ def load(cuda: bool, hold_gil: bool = False) -> ctypes.CDLL:
     microsecond calls at stage boundaries (counters, device-time marks, retags). A `CDLL` call releases the GIL,
     and a thread waiting for it (the drain's Python, the NVML sampler) takes it at once: the traced thread then
     waits for that thread's next release, up to the interpreter's switch interval (5 ms). With one busy Python
-    thread beside it a `CDLL` call took ~145 us on the dev CPU, a `PyDLL` call 0.2 us. Never for a call that waits
+    thread beside it a `CDLL` call took ~145 us on the dev CPU, a `PyDLL` call 0.2 us (a traced 21-frame prq_int4
+    rollout's stage scopes: 30 -> 24 us on an H200, `benchmarks/RESULTS.md` session 16). Never for a call that waits
     on the recorder's locks (drain, take, adopt): those keep the `CDLL` binding. One object per binding and
     process, however it is asked for."""
     return _load(bool(cuda), bool(hold_gil))
