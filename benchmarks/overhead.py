@@ -39,7 +39,7 @@ thread), `rollout_thread_cpu_s` (the rollout's own thread) and `steal_s` (CPU se
 guests, the whole machine), and what Python's cyclic collector did in it (`gc_s`, `gc_collections`: per generation);
 `cpu_over_untraced` is the CPU-seconds counterpart of `rollout_over_untraced`. A kvprof row's `measured_share` is
 kvprof's cost as the traced run measured it (its scopes' seconds and its drains' share of the model's time, over the
-rollout): the in-process figure that the pairs' noise (an A/A test with `twin`) cannot resolve.
+rollout, and its record path's share, timed in place): the in-process figure that the pairs' noise (an A/A test with `twin`) cannot resolve.
 """
 from __future__ import annotations
 
@@ -215,7 +215,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                    scopes=meta.get("scopes"), **clock.row)
         if s.allocation_events:
             out["disk_bytes_per_event"] = out["disk_bytes"] / s.allocation_events
-        out["measured_share"] = measured_share(meta.get("scopes"), layout.get("drain_phases"), rollout_s)
+        out["measured_share"] = measured_share(meta.get("scopes"), layout.get("drain_phases"), rollout_s,
+                                               layout.get("record_cost"))
         return {**out, "max_rss_bytes": _max_rss_bytes()}
     from kvprof.workload.rollout import run_rollout
 
@@ -259,16 +260,18 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     return {**out, "disk_bytes": _bytes_under(folder) if mode != "untraced" else 0, "max_rss_bytes": _max_rss_bytes()}
 
 
-def measured_share(scopes: Any, drains: Any, rollout_s: float | None) -> dict[str, float | None]:
+def measured_share(scopes: Any, drains: Any, rollout_s: float | None, recording: Any = None) -> dict[str, float | None]:
     """kvprof's cost as the traced run measured it, in shares of the rollout: the traced thread's seconds in the stage
-    and tag scopes (meta `scopes`), the model's time the recorder's drains took (meta `drain_phases`), and their sum.
-    Free of the pairs' noise; c10's own per-event cost is not in it (`tracker_floor.py`)."""
+    and tag scopes (meta `scopes`), the model's time the recorder's drains took (meta `drain_phases`), its record path
+    timed in place (meta `record_cost`), and their sum. Free of the pairs' noise; c10's own per-event cost is not in it
+    (`tracker_floor.py`)."""
     in_scopes = None
     if isinstance(scopes, dict) and rollout_s and isinstance(scopes.get("stages_s"), (int, float)):
         in_scopes = ((scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)) / rollout_s
     in_drains = drains.get("model_time_share") if isinstance(drains, dict) else None
-    parts = [v for v in (in_scopes, in_drains) if v is not None]
-    return {"scopes": in_scopes, "drains": in_drains, "sum": sum(parts) if parts else None}
+    in_recording = recording.get("model_time_share") if isinstance(recording, dict) else None
+    parts = [v for v in (in_scopes, in_drains, in_recording) if v is not None]
+    return {"scopes": in_scopes, "drains": in_drains, "recording": in_recording, "sum": sum(parts) if parts else None}
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:

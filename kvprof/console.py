@@ -135,8 +135,8 @@ def print_summary(path: Path, summary: Summary) -> None:
 
 def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
     """kvprof's own time in the traced run as it measured it (summary `tracer_cost`): the dispatch tracker's seconds
-    (CPU), seconds in the stage and tag scopes on the traced thread, and the share of the model's time the recorder's
-    drains took (CUDA); None when unmeasured."""
+    (CPU), seconds in the stage and tag scopes on the traced thread, the share of the model's time the recorder's
+    drains took and the share its record path took (CUDA); None when unmeasured."""
     if not isinstance(cost, dict):
         return None
     parts, pieces, spent = [], [], 0.0
@@ -156,6 +156,10 @@ def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
         rates = ", ".join(f"{k} {v:.2f}" for k, v in (drains.get("rate_over_between") or {}).items() if v is not None)
         parts.append(f"recorder drains {100 * drains['model_time_share']:.2f} % of the model's time ({drains.get('compared')} "
                      f"measured; its event rate during each phase over the rate before: {rates})")
+    recording = cost.get("recording")
+    if isinstance(recording, dict) and isinstance(recording.get("model_time_share"), (int, float)):
+        parts.append(f"recording each allocator event {recording.get('mean_ns')} ns (median {recording.get('median_ns')}, "
+                     f"{recording.get('sampled'):,} timed in place), {100 * recording['model_time_share']:.2f} % of the traced time")
     return "kvprof's own cost: " + "; ".join(parts) if parts else None
 
 

@@ -109,7 +109,9 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     share = kv_row["measured_share"]  # kvprof's own cost as the run measured it: its scopes (no drains on CPU)
     assert share["drains"] is None and 0 < share["scopes"] == share["sum"] < 1
     assert oh.measured_share({"stages_s": 1.5, "tags_s": 0.5}, {"model_time_share": 0.004}, 100.0) == \
-        {"scopes": 0.02, "drains": 0.004, "sum": 0.024}
+        {"scopes": 0.02, "drains": 0.004, "recording": None, "sum": 0.024}
+    assert oh.measured_share(None, {"model_time_share": 0.004}, 100.0, {"model_time_share": 0.01}) == \
+        {"scopes": None, "drains": 0.004, "recording": 0.01, "sum": 0.014}
     plain = oh.run_mode("untraced", args)
     assert plain["rollout_wall_s"] > 0 and plain["disk_bytes"] == 0
     for row in (kv_row, plain):  # the host's CPU seconds of the rollout: the process's, its thread's, the machine's steal

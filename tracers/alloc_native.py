@@ -23,6 +23,7 @@ import torch
 from tracers.alloc_cuda import CudaHistoryTracker, LayoutStats
 from tracers.alloc_layout import ALLOCATED, FREE, BlockLayout, expandable_segments_requested, unsupported_reason
 from tracers.drain_phases import BETWEEN, DrainPhases
+from tracers.record_cost import read_samples, record_cost_meta
 
 if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
@@ -93,6 +94,7 @@ class NativeCudaTracker:
         self._counters = (ctypes.c_int64 * 2)()
         self._start_blocks: dict[int, int] = {}
         self._retags: list[tuple[str, str | None]] = []
+        self._record_cost: tuple[list[int], np.ndarray] | None = None  # the sampled record path, read at stop
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -189,6 +191,7 @@ class NativeCudaTracker:
         if self._thread is not None:
             self._thread.join()
         self.lib.kvp_set_recording(0)
+        self._record_cost = read_samples(self.lib)  # before the drain: the recorder's time, not the close's
         self.drain()
         self.raise_error()
         self._resync(self._segments(torch.cuda.memory._snapshot(self.device)))
@@ -227,7 +230,8 @@ class NativeCudaTracker:
         """What the trace's meta records about block sizes and the recorder."""
         return self.stats.as_meta(self.layout.misses) | {
             "expandable_segments": self.expandable, "recorder": "native", "events": self.entries, "drains": self.drains,
-            "drain_phases": self.phases.meta()}
+            "drain_phases": self.phases.meta(),
+            "record_cost": record_cost_meta(*self._record_cost, self.entries) if self._record_cost else None}
 
 
 def cuda_tracker(session: "TraceSession", recorder: str, require_native: bool) -> "CudaHistoryTracker | NativeCudaTracker":

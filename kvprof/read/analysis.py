@@ -205,9 +205,10 @@ def summarize(trace: Trace) -> Summary:
 
 def tracer_cost(meta: dict[str, Any], spans: pd.DataFrame | None = None) -> dict[str, Any] | None:
     """kvprof's own time in the traced run, as the run measured it: the traced thread's seconds inside the stage and
-    tag scopes (meta `scopes`), the dispatch tracker's bookkeeping after each op (CPU: the spans' `tracer_ms`), and
-    the share of the model's time the recorder's background drains took (meta `allocator_layout.drain_phases`, CUDA);
-    None for a trace that recorded none of them (older traces)."""
+    tag scopes (meta `scopes`), the dispatch tracker's bookkeeping after each op (CPU: the spans' `tracer_ms`), the
+    share of the model's time the recorder's background drains took (meta `allocator_layout.drain_phases`, CUDA) and
+    the share its record path took, timed in place on sampled events (`allocator_layout.record_cost`); None for a
+    trace that recorded none of them (older traces)."""
     out: dict[str, Any] = {}
     if spans is not None and "tracer_ms" in spans.columns and spans["tracer_ms"].notna().any():
         out["dispatch_tracker_s"] = round(float(spans["tracer_ms"].sum()) / 1e3, 6)
@@ -221,4 +222,7 @@ def tracer_cost(meta: dict[str, Any], spans: pd.DataFrame | None = None) -> dict
                  if isinstance(row, dict) and "rate_over_between" in row}
         out["drains"] = {"compared": drains.get("drains_compared"), "model_time_share": drains["model_time_share"],
                          "rate_over_between": rates}
+    recording = layout.get("record_cost") if isinstance(layout, dict) else None
+    if isinstance(recording, dict) and recording.get("model_time_share") is not None:
+        out["recording"] = {k: recording.get(k) for k in ("sampled", "median_ns", "mean_ns", "model_time_share")}
     return out or None

@@ -23,6 +23,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 CORE_SOURCES = (HERE / "alloc_events.cpp",)
 CUDA_SOURCES = CORE_SOURCES + (HERE / "attach_cuda.cpp",)
+HEADERS = (HERE / "block_layout.h", HERE / "record_cost.h")  # included by the sources: part of a build's key, not of its command line
 
 _I64, _I32, _U64 = ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64
 _P64, _P32, _PU64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_uint64)
@@ -41,6 +42,8 @@ SIGNATURES: dict[str, tuple[tuple, object]] = {
     "kvp_live_size": ((), _I64),
     "kvp_live_export": ((_PU64, _P64), None),
     "kvp_stats": ((_P64,), None),
+    "kvp_record_cost": ((_P64,), None),
+    "kvp_record_cost_kept": ((_P64, _I64), _I64),
     "kvp_buffer_capacity": ((_P64,), None),
     "kvp_drain": ((_P64,), None),
     "kvp_take": ((_P64,) * 13, None),
@@ -80,7 +83,7 @@ def _build(name: str, sources: tuple[Path, ...], flags: Callable[[], list[str]],
     """The cached library of `sources` (built with `flags()` only when not cached: torch's include paths cost a
     process that only loads the library a few tenths of a second, in every trace process of a sweep)."""
     cxx = _compiler()
-    digest = hashlib.sha256(key.encode() + cxx.encode() + b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    digest = hashlib.sha256(key.encode() + cxx.encode() + b"".join(p.read_bytes() for p in sources + HEADERS)).hexdigest()[:16]
     out = _cache_dir() / f"{name}-{digest}.so"
     if out.is_file():
         return out

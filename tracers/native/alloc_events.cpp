@@ -10,7 +10,9 @@
 // columns into trace rows with numpy, so no per-event Python code runs while the model runs.
 //
 // Plain C ABI (ctypes), no torch headers: attach_cuda.cpp is the only file that knows c10.
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -18,14 +20,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "block_layout.h"  // the allocator's blocks: State, Block, Layout
+#include "record_cost.h"   // RecordCostSampler
+
 namespace {
 
-constexpr int64_t kMinBlock = 512;        // c10 kMinBlockSize
-constexpr int64_t kSmallSize = 1 << 20;   // c10 kSmallSize
 constexpr int64_t kQStride = int64_t(1) << 32;  // tracers.trace_fold.Q_STRIDE
 constexpr int64_t kHalf = kQStride >> 1;  // allocator events sort after the session's own records of a context
 
-enum State : int32_t { kFree = 0, kAllocated = 1, kPendingFree = 2 };
 // c10's TraceEntry::Action numbering (attach_cuda.cpp maps by name); kRetag is kvprof's own marker.
 enum Action : int32_t {
   kAlloc = 0, kFreeRequested = 1, kFreeCompleted = 2, kSegmentAlloc = 3, kSegmentFree = 4,
@@ -45,109 +47,6 @@ struct Entry {
 struct ClockPair {
   int64_t ticks;
   int64_t ns;
-};
-
-struct Block {
-  int64_t size;
-  int32_t state;
-  uint64_t seg_start;
-  uint64_t seg_end;
-};
-
-int64_t round_size(int64_t size) {
-  return size < kMinBlock ? kMinBlock : kMinBlock * ((size + kMinBlock - 1) / kMinBlock);
-}
-
-bool should_split(int64_t block_size, int64_t rounded) {
-  const int64_t remaining = block_size - rounded;
-  return rounded <= kSmallSize ? remaining >= kMinBlock : remaining > kSmallSize;
-}
-
-// The allocator's blocks, mirrored from its events (see tracers/alloc_layout.py for the rules).
-struct Layout {
-  std::unordered_map<uint64_t, Block> blocks;
-  std::unordered_map<uint64_t, uint64_t> free_ends;  // end address -> start, free blocks only
-  int64_t misses = 0;
-  bool expandable = false;
-
-  void segment_alloc(uint64_t addr, int64_t size) {
-    blocks[addr] = Block{size, kFree, addr, addr + size};
-    free_ends[addr + size] = addr;
-  }
-
-  void segment_free(uint64_t addr, int64_t size) {
-    auto it = blocks.find(addr);
-    if (it == blocks.end() || it->second.state != kFree || it->second.size != size) misses++;
-    if (it != blocks.end()) {
-      free_ends.erase(addr + it->second.size);
-      blocks.erase(it);
-    }
-  }
-
-  // The block size handed out for `requested` bytes at `addr`, or -1 on a miss.
-  int64_t alloc(uint64_t addr, int64_t requested) {
-    auto it = blocks.find(addr);
-    const int64_t rounded = round_size(requested);
-    if (it == blocks.end() && expandable) return rounded;
-    if (it == blocks.end() || it->second.state != kFree || it->second.size < rounded) {
-      misses++;
-      return -1;
-    }
-    const int64_t size = it->second.size;
-    free_ends.erase(addr + size);
-    it->second.state = kAllocated;
-    if (!should_split(size, rounded)) return size;
-    it->second.size = rounded;
-    const Block rest{size - rounded, kFree, it->second.seg_start, it->second.seg_end};
-    blocks[addr + rounded] = rest;  // may rehash: `it` is not used after this
-    free_ends[addr + size] = addr + rounded;
-    return rounded;
-  }
-
-  void free_requested(uint64_t addr) {
-    auto it = blocks.find(addr);
-    if (it == blocks.end() && expandable) return;
-    if (it == blocks.end() || it->second.state != kAllocated) {
-      misses++;
-      return;
-    }
-    it->second.state = kPendingFree;
-  }
-
-  void free_completed(uint64_t addr) {
-    auto it = blocks.find(addr);
-    if (it == blocks.end() && expandable) return;
-    if (it == blocks.end() || it->second.state == kFree) {
-      misses++;
-      return;
-    }
-    it->second.state = kFree;
-    int64_t size = it->second.size;
-    const uint64_t seg_start = it->second.seg_start, seg_end = it->second.seg_end;
-    uint64_t end = addr + size;
-    if (end < seg_end) {
-      auto next = blocks.find(end);
-      if (next != blocks.end() && next->second.state == kFree) {
-        const int64_t next_size = next->second.size;
-        blocks.erase(next);
-        free_ends.erase(end + next_size);
-        size += next_size;
-        end += next_size;
-      }
-    }
-    uint64_t start = addr;
-    if (addr > seg_start) {
-      auto prev = free_ends.find(addr);
-      if (prev != free_ends.end()) {
-        start = prev->second;
-        free_ends.erase(prev);
-        blocks.erase(addr);
-        size += blocks[start].size;
-      }
-    }
-    blocks[start].size = size;
-    free_ends[end] = start;
-  }
 };
 
 // The lock of the record path: the recording thread (inside the allocator's own lock) against a drain swapping
@@ -262,6 +161,23 @@ void push(int32_t action, uint64_t addr, uint64_t size, int64_t t_ns, int64_t ct
   __atomic_store_n(&kvp_recorded, kvp_recorded + 1, __ATOMIC_RELAXED);
 }
 
+RecordCostSampler g_cost;  // written under the record lock (record_cost.h)
+
+// The least ticks of 64 back-to-back clock reads: what each timed sample's two reads add to it.
+int64_t least_read_ticks() {
+  int64_t least = INT64_MAX;
+  for (int i = 0; i < 64; i++) {
+    const int64_t a = ticks_now();
+    least = std::min(least, ticks_now() - a);
+  }
+  return least;
+}
+
+void reset_record_cost() {  // under the record lock, the tick source set
+  const ClockPair now = clock_pair();
+  g_cost.reset(kvp_recorded, least_read_ticks(), now.ticks, now.ns);
+}
+
 void replay(const std::vector<Entry>& entries, Replay& p) {
   Layout* layout = p.model_on ? &p.layout : nullptr;
   for (const Entry& e : entries) {
@@ -348,7 +264,29 @@ extern "C" {
 // stamp on the tick source (see g_ticks).
 void kvp_record(int32_t action, int32_t device, uint64_t addr, uint64_t size, int64_t ticks) {
   if (!g_rec.on.load(std::memory_order_relaxed) || device != g_rec.device.load(std::memory_order_relaxed)) return;
+  if (!g_cost.due(__atomic_load_n(&kvp_recorded, __ATOMIC_RELAXED))) {
+    push(action, addr, size, ticks, current_context());
+    return;
+  }
+  const int64_t t0 = ticks_now();
   push(action, addr, size, ticks, current_context());
+  const int64_t spent = ticks_now() - t0;
+  std::lock_guard<RecordLock> guard(g_rec.mu);
+  g_cost.keep(spent, kvp_recorded);
+}
+
+// The record path's sampled cost since the last reset: samples, their ticks, the most ticks of one, the ticks of a
+// clock read pair (to take off each sample), the ticks and steady ns elapsed since the reset (ticks per ns), and
+// how many samples are kept (kvp_record_cost_kept copies them out, raw ticks, up to `n`).
+void kvp_record_cost(int64_t* out) {
+  std::lock_guard<RecordLock> guard(g_rec.mu);
+  const ClockPair now = clock_pair();
+  g_cost.stats(out, now.ticks, now.ns);
+}
+
+int64_t kvp_record_cost_kept(int64_t* out, int64_t n) {
+  std::lock_guard<RecordLock> guard(g_rec.mu);
+  return g_cost.copy_kept(out, n);
 }
 
 // The tick source events are stamped with (attach_cuda.cpp: c10's approximate clock); null: steady ns.
@@ -356,6 +294,7 @@ void kvp_set_tick_source(int64_t (*ticks)()) {
   std::lock_guard<RecordLock> guard(g_rec.mu);
   g_ticks = ticks;
   g_rec.last_pair = clock_pair();
+  reset_record_cost();  // its clock-read latency and its start, on the new ticks
 }
 
 // Many events at once, as columns, times in steady ns (tests: millions of events without a ctypes
@@ -382,6 +321,7 @@ void kvp_reset(int32_t device, int32_t expandable, int32_t model_on, int64_t nex
     std::vector<Entry>().swap(g_rec.buffer);
     g_rec.last_pair = clock_pair();
     __atomic_store_n(&kvp_recorded, 0, __ATOMIC_RELAXED);
+    reset_record_cost();
   }
   g_rec.device.store(device);
   __atomic_store_n(&kvp_context, 0, __ATOMIC_RELAXED);
