@@ -482,3 +482,11 @@ def test_a_cached_native_build_is_loaded_without_computing_its_flags(tmp_path, m
     built = native._build("probe", native.CORE_SOURCES, lambda: calls.append(1) or [], "k")
     assert built.is_file() and calls == [1]
     assert native._build("probe", native.CORE_SOURCES, lambda: pytest.fail("flags computed for a cached build"), "k") == built
+    # a header the sources include is part of the key: an edited header is a new build, not the stale cached one
+    header = tmp_path / "extra.h"
+    header.write_text("// one\n")
+    monkeypatch.setattr(native, "HEADERS", native.HEADERS + (header,))
+    keyed = native._build("probe", native.CORE_SOURCES, lambda: calls.append(2) or [], "k")
+    header.write_text("// two\n")
+    rekeyed = native._build("probe", native.CORE_SOURCES, lambda: calls.append(3) or [], "k")
+    assert len({built, keyed, rekeyed}) == 3 and calls == [1, 2, 3]
