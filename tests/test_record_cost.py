@@ -1,8 +1,10 @@
-"""The record path's own cost, measured in the traced process: the native recorder times about one event in 1024 in
-place and keeps the samples (tracers/native/record_cost.h); tracers.record_cost turns them into the trace's meta."""
+"""kvprof's own cost, measured in the traced process: the record path (the native recorder times about one event in
+1024 in place and keeps the samples, tracers/native/record_cost.h; tracers.record_cost turns them into the trace's
+meta), and the stage scopes' device-time marks timed apart within the scopes' seconds."""
 from __future__ import annotations
 
 import ctypes
+import json
 
 import numpy as np
 import pytest
@@ -76,8 +78,6 @@ def test_a_native_trace_carries_its_record_cost(tmp_path, monkeypatch):
         for _ in range(12_000):  # 36k events: ~35 timed
             f.free(f.malloc(4096))
     s.close("complete")
-    import json
-
     cost = json.loads((tmp_path / "t" / "meta.json").read_text())["allocator_layout"]["record_cost"]
     assert 10 <= cost["sampled"] <= 90 and cost["kept"] == cost["sampled"]
     assert cost["events"] >= 36_000 and cost["median_ns"] >= 0 and cost["p99_ns"] >= cost["median_ns"]
@@ -91,3 +91,21 @@ def test_a_native_trace_carries_its_record_cost(tmp_path, monkeypatch):
     line = tracer_cost_line(summary_cost, 1.0)
     assert f"recording each allocator event {cost['mean_ns']} ns (median {cost['median_ns']}, " in line
     assert line.endswith("% of the traced time")
+
+
+def test_the_stages_device_time_marks_are_timed_apart_within_the_stage_scopes(tmp_path, monkeypatch):
+    # meta scopes.marks_s: the part of the stage scopes' seconds spent recording device-time marks (a CUDA event
+    # record waits when the launch queue is full: the GPU's backlog, not kvprof's work)
+    import time
+
+    install_native(monkeypatch, FakeCachingAllocator())
+    s = TraceSession(tmp_path / "t", {"run_id": "marks"}, "cpu", tracker="native", drain_at_checkpoints=False,
+                     timer_depth=1)
+    s._timer.begin = lambda span_id, label: time.sleep(0.01)  # type: ignore[method-assign]
+    s._timer.end = lambda span_id: time.sleep(0.01)  # type: ignore[method-assign]
+    s.start()
+    with stage("rollout"), stage("chunk", 0), stage("layer", 0):  # two timed stages, the layer below the depth
+        pass
+    s.close("complete")
+    scopes = json.loads((tmp_path / "t" / "meta.json").read_text())["scopes"]
+    assert 0.04 <= scopes["marks_s"] <= scopes["stages_s"] < 0.04 + 0.5  # 4 marks of 10 ms, inside the stages' time

@@ -80,6 +80,8 @@ class NativeCudaTracker:
         # The traced thread's calls at stage boundaries (counters, marks, retags) keep the GIL: `native.load`'s
         # `hold_gil` says why. The drain's calls (which wait on the recorder's locks) release it.
         self.quick_lib = lib if quick_lib is None else quick_lib
+        # looked up once: a missing symbol costs ctypes a failed dlsym and an exception on every lookup
+        self._counters_fn = getattr(self.quick_lib, "kvp_counters", None)
         self.expandable = expandable or expandable_segments_requested()
         self.layout = BlockLayout(expandable=self.expandable)  # for the snapshot checks only
         self.stats = LayoutStats(off_reason=unsupported_reason())
@@ -140,7 +142,7 @@ class NativeCudaTracker:
 
     def counters(self) -> tuple[int, int]:
         """(allocated, reserved) bytes of the allocator now: a ~1 us C call where the library has it."""
-        fn = getattr(self.quick_lib, "kvp_counters", None)
+        fn = self._counters_fn
         if fn is None:  # the core library (CPU tests): torch's own reading
             stats = torch.cuda.memory_stats_as_nested_dict(self.device)
             return stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]

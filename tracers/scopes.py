@@ -17,7 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # The one shared no-op scope (nullcontext is reentrant): untraced code and fine stages left out get it.
 NO_SCOPE = contextlib.nullcontext()
-_ns = time.perf_counter_ns  # each scope times its own enter and exit (meta `scopes`: kvprof's cost on the traced thread)
+# Each scope times its own enter and exit (meta `scopes`: kvprof's cost on the traced thread), and within a stage's the
+# device-time marks (`marks_s`: a CUDA event record can wait for room in a full launch queue, which is the GPU's
+# backlog, not kvprof's work: the split says which).
+_ns = time.perf_counter_ns
 
 
 class StageScope:
@@ -45,10 +48,14 @@ class StageScope:
             s._counter(span_id)
         depth = s.timer_depth
         timed = depth is None or len(stack) <= depth + 1
+        t_out = _ns()
         if timed:
             s._timer.begin(span_id, elem)  # NVTX ranges nest: the element names the range
+            t_marked = _ns()
+            s.scope_ns[2] += t_marked - t_out
+            t_out = t_marked
         self._span, self._parent, self._t, self._timed = span_id, parent, t, timed
-        s.scope_ns[0] += _ns() - t_in
+        s.scope_ns[0] += t_out - t_in
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         t_in = _ns()
@@ -57,6 +64,7 @@ class StageScope:
             s.failure_stage = s.stage_path()  # the innermost stage the error left
         if self._timed:
             s._timer.end(span_id)
+            s.scope_ns[2] += _ns() - t_in
         for hook in s.stage_end_hooks:
             hook()
         stack = s._span_stack

@@ -81,7 +81,7 @@ class TraceSession:
         self.fine_stages = fine_stages
         self.fine_stages_skipped = 0
         self.tags_opened = 0  # TagScope entries (meta `scopes`: what the traced code's instrumentation cost to run)
-        self.scope_ns = [0, 0]  # ns the traced thread spent inside the stage and the tag scopes (kvprof's own work)
+        self.scope_ns = [0, 0, 0]  # ns the traced thread spent in the stage and tag scopes (and the stages' marks)
         self.tracer_seconds = 0.0  # time spent draining the allocator history (tracer overhead)
         if tracker not in ("auto", "native", "allocator", "dispatch"):
             raise ValueError(f"unknown tracker {tracker!r}; one of auto, native, allocator, dispatch")
@@ -247,7 +247,8 @@ class TraceSession:
         self.meta["wall_s"] = (time.perf_counter_ns() - self._t0_perf) / 1e9
         self.meta["fine_stages"] = {"recorded": self.fine_stages, "skipped": self.fine_stages_skipped}
         self.meta["scopes"] = {"stages": self._next_span - 1, "tags": self.tags_opened, "contexts": self._ctx,
-                               "stages_s": round(self.scope_ns[0] / 1e9, 6), "tags_s": round(self.scope_ns[1] / 1e9, 6)}
+                               "stages_s": round(self.scope_ns[0] / 1e9, 6), "tags_s": round(self.scope_ns[1] / 1e9, 6),
+                               "marks_s": round(self.scope_ns[2] / 1e9, 6)}
         if self.fine_stages_skipped:
             self.notes.append(f"{self.fine_stages_skipped:,} fine stages (steps repeated inside a step, e.g. per slice) "
                               "not recorded: their allocations belong to the enclosing stage (--fine-stages records them)")

@@ -214,7 +214,7 @@ def tracer_cost(meta: dict[str, Any], spans: pd.DataFrame | None = None) -> dict
         out["dispatch_tracker_s"] = round(float(spans["tracer_ms"].sum()) / 1e3, 6)
     scopes = meta.get("scopes")
     if isinstance(scopes, dict) and isinstance(scopes.get("stages_s"), (int, float)):
-        out["scopes"] = {k: scopes.get(k) for k in ("stages", "tags", "stages_s", "tags_s")}
+        out["scopes"] = {k: scopes.get(k) for k in ("stages", "tags", "stages_s", "tags_s", "marks_s")}
     layout = meta.get("allocator_layout")
     drains = layout.get("drain_phases") if isinstance(layout, dict) else None
     if isinstance(drains, dict) and drains.get("model_time_share") is not None:
