@@ -148,7 +148,7 @@ def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
         in_scopes = (scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)
         spent += in_scopes
         marks = scopes.get("marks_s")
-        of_which = f" (device-time marks {marks:.2f} s)" if isinstance(marks, (int, float)) and marks > 0 else ""
+        of_which = f", of which device-time marks {marks:.2f} s" if isinstance(marks, (int, float)) and marks > 0 else ""
         pieces.append(f"{scopes.get('stages') or 0:,} stage and {scopes.get('tags') or 0:,} tag scopes {in_scopes:.2f} s{of_which}")
     if pieces:
         share = f"{100 * spent / wall_s:.2f} % of the trace's {wall_s:.1f} s: " if isinstance(wall_s, (int, float)) and wall_s > 0 else ""
