@@ -109,3 +109,9 @@ def test_the_stages_device_time_marks_are_timed_apart_within_the_stage_scopes(tm
     s.close("complete")
     scopes = json.loads((tmp_path / "t" / "meta.json").read_text())["scopes"]
     assert 0.04 <= scopes["marks_s"] <= scopes["stages_s"] < 0.04 + 0.5  # 4 marks of 10 ms, inside the stages' time
+    from kvprof.console import tracer_cost_line
+    from kvprof.read.analysis import tracer_cost
+
+    line = tracer_cost_line(tracer_cost({"scopes": scopes}), 1.0)
+    assert f"3 stage and 0 tag scopes {scopes['stages_s'] + scopes['tags_s']:.2f} s, of which device-time marks " \
+        f"{scopes['marks_s']:.2f} s)" in line
