@@ -12,7 +12,6 @@
 // Plain C ABI (ctypes), no torch headers: attach_cuda.cpp is the only file that knows c10.
 #include <algorithm>
 #include <atomic>
-#include <climits>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
