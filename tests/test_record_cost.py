@@ -90,7 +90,11 @@ def test_a_native_trace_carries_its_record_cost(tmp_path, monkeypatch):
     assert summary_cost["recording"] == {k: cost[k] for k in ("sampled", "median_ns", "mean_ns", "model_time_share")}
     line = tracer_cost_line(summary_cost, 1.0)
     assert f"recording each allocator event {cost['mean_ns']} ns (median {cost['median_ns']}, " in line
-    assert line.endswith("% of the traced time")
+    scopes_share = (summary_cost["scopes"]["stages_s"] + summary_cost["scopes"]["tags_s"]) / 1.0
+    drains_share = (summary_cost.get("drains") or {}).get("model_time_share") or 0.0
+    assert line.endswith(f"; about {100 * (scopes_share + drains_share + cost['model_time_share']):.2f} % in all")
+    alone = tracer_cost_line({"recording": summary_cost["recording"]}, 1.0)
+    assert alone.endswith("% of the traced time")  # one piece: no total
 
 
 def test_the_stages_device_time_marks_are_timed_apart_within_the_stage_scopes(tmp_path, monkeypatch):
