@@ -148,7 +148,8 @@ def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
         in_scopes = (scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)
         spent += in_scopes
         marks = scopes.get("marks_s")
-        of_which = f", of which device-time marks {marks:.2f} s" if isinstance(marks, (int, float)) and marks > 0 else ""
+        # below what two decimals show (a CPU trace: its timer records nothing), the part is left unsaid
+        of_which = f", of which device-time marks {marks:.2f} s" if isinstance(marks, (int, float)) and marks >= 0.005 else ""
         pieces.append(f"{scopes.get('stages') or 0:,} stage and {scopes.get('tags') or 0:,} tag scopes {in_scopes:.2f} s{of_which}")
     if pieces:
         share = ""
