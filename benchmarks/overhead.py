@@ -289,7 +289,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[mode] = {k: _spread([r.get(k) for r in mine])
                      for k in ("rollout_wall_s", "usable_s", "close_s", "disk_bytes", "max_rss_bytes", "rollout_cpu_s",
                                "rollout_thread_cpu_s", "steal_s")}
-        out[mode]["measured_share"] = _spread([(r.get("measured_share") or {}).get("sum") for r in mine])
+        # each piece's spread and their sum's (a piece a run did not measure is left out of its spread)
+        out[mode]["measured_share"] = {piece: _spread([(r.get("measured_share") or {}).get(piece) for r in mine])
+                                       for piece in ("scopes", "drains", "recording", "sum")}
         out[mode]["runs"] = len(mine)
         out[mode]["timed_out"] = sum(bool(r.get("timed_out")) for r in rows if r["mode"] == mode)
     untraced = out.get("untraced") or {}

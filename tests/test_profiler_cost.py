@@ -128,9 +128,12 @@ def test_overhead_benchmark_modes_and_summary(tmp_path: Path) -> None:
     assert oh.run_mode("kvprof", argparse.Namespace(**{**long, "rolling": 3}))["peak_bytes"] < \
         oh.run_mode("kvprof", argparse.Namespace(**{**long, "rolling": None}))["peak_bytes"]
     rows = [{"mode": "untraced", "rollout_wall_s": 2.0, "rollout_cpu_s": 2.0}, {"mode": "untraced", "rollout_wall_s": 4.0},
-            {"mode": "kvprof", "rollout_wall_s": 3.3, "rollout_cpu_s": 4.0}, {"mode": "kvprof", "timed_out": True},
-            {"mode": "history", "skipped": "no GPU"}]
+            {"mode": "kvprof", "rollout_wall_s": 3.3, "rollout_cpu_s": 4.0,
+             "measured_share": {"scopes": 0.008, "drains": 0.004, "recording": None, "sum": 0.012}},
+            {"mode": "kvprof", "timed_out": True}, {"mode": "history", "skipped": "no GPU"}]
     s = oh.summarize(rows)
+    assert s["kvprof"]["measured_share"]["drains"] == {"median": 0.004, "min": 0.004, "max": 0.004}
+    assert s["kvprof"]["measured_share"]["recording"]["median"] is None  # not measured: no spread
     assert s["untraced"]["rollout_wall_s"] == {"median": 3.0, "min": 2.0, "max": 4.0}
     assert s["kvprof"]["rollout_over_untraced"] == pytest.approx(1.1) and s["kvprof"]["timed_out"] == 1
     assert s["kvprof"]["cpu_over_untraced"] == pytest.approx(2.0)  # medians of the runs that report CPU seconds
