@@ -17,7 +17,8 @@
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
 # PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), perfpair:METHOD:FRAMES (issue 15: perf stat of each
 # thread of an untraced and a traced process at once, mid-rollout; perf_threads.py reads them), spypair:METHOD:FRAMES
-# (issue 15: py-spy on a traced and an untraced rollout at once; self_profile.py compare), sweep-study (issue 19: the study column, every GPU, longest
+# (issue 15: py-spy on a traced and an untraced rollout at once; self_profile.py compare), selfcost:METHOD:FRAMES
+# (issue 15: one trace and its summary's own-cost line, meta kept), sweep-study (issue 19: the study column, every GPU, longest
 # first; resumes like sweep-all), startup (a cell's start-up: imports, the VAE module, a trace process split in
 # phases; ~70 s), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
 # far, skipping PNGs already rendered; RENDER_ARGS=--pngs-only leaves out the comparison pages),
@@ -76,6 +77,16 @@ for step in "$@"; do
         --parts untraced,tracker,drain,nostages,kvprof > "$OUT/parts_prq12.json" 2>>"$OUT/steps.log"
       timeout 150 python3 benchmarks/overhead_parts.py --method bf16 --frames 42 --repeat 3 \
         --parts untraced,tracker,kvprof > "$OUT/parts_bf16_42.json" 2>>"$OUT/steps.log"
+      ;;
+    selfcost:*)  # selfcost:METHOD:FRAMES (issue 15): one traced rollout and its `kvprof summary`, for what the trace measured
+      # of kvprof's own cost in place (scopes and their device-time marks, drains, the record path); meta.json kept
+      IFS=: read -r _ m frames <<< "$step"
+      log "issue 15: $m $frames frames traced, kvprof's own cost as the trace measured it"
+      timeout "${SELFCOST_S:-300}" $KV trace --method "$m" --frames "$frames" --no-decode --out $KVTMP/selfcost \
+        --run-id "$m-$frames" > /dev/null 2>>"$OUT/steps.log"
+      $KV summary "$KVTMP/selfcost/$m-$frames" > "$OUT/selfcost_$m-$frames.txt" 2>>"$OUT/steps.log"
+      cp "$KVTMP/selfcost/$m-$frames/meta.json" "$OUT/selfcost_$m-$frames.meta.json" 2>>"$OUT/steps.log"
+      log "selfcost: $(grep -m1 "kvprof's own cost" "$OUT/selfcost_$m-$frames.txt" || echo 'no own-cost line')"
       ;;
     long:*)  # long:METHOD:INTEGRATION:FRAMES, e.g. long:prq_int4:study:126 (issue 15: a long horizon traced, then opened)
       IFS=: read -r _ m integ frames <<< "$step"

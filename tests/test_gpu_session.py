@@ -105,6 +105,25 @@ sleep 2
     assert report["rollout_s"] == [8.0, 5.0] and report["by_place"][0] == ["libcuda.so.1", 8.0, 5.0, 3.0]
 
 
+def test_selfcost_keeps_the_traces_own_cost_line_and_meta(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = _env(tmp_path, OUT=str(out), KV=str(tmp_path / "bin" / "fake_kv"))
+    # stands in for `kvprof trace ... --out DIR --run-id ID` (a trace folder with its meta) and `kvprof summary DIR`
+    _script(tmp_path / "bin" / "fake_kv", """#!/bin/bash
+if [ "$1" = trace ]; then
+  out=""; id=""; while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; [ "$1" = --run-id ] && id=$2; shift; done
+  mkdir -p "$out/$id" && echo '{"scopes": {"marks_s": 0.4}}' > "$out/$id/meta.json"
+else
+  echo "peak 1 B"; echo "kvprof's own cost: 1.00 s on the traced thread; about 2.00 % in all"
+fi
+""")
+    subprocess.run(["bash", "benchmarks/gpu_session.sh", "selfcost:prq_int4:21"], cwd=ROOT, env=env, timeout=60,
+                   check=True, capture_output=True)
+    assert "about 2.00 % in all" in (out / "selfcost_prq_int4-21.txt").read_text()
+    assert json.loads((out / "selfcost_prq_int4-21.meta.json").read_text())["scopes"]["marks_s"] == 0.4
+    assert "selfcost: kvprof's own cost: 1.00 s" in (out / "steps.log").read_text()
+
+
 def test_a_detached_step_outlives_its_call_and_collect_brings_it_back(tmp_path: Path) -> None:
     # bg:STEP / collect: how session 11 ran a 10-minute trace across two device calls of a warm machine
     env = _env(tmp_path)
