@@ -263,15 +263,14 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 def measured_share(scopes: Any, drains: Any, rollout_s: float | None, recording: Any = None) -> dict[str, float | None]:
     """kvprof's cost as the traced run measured it, in shares of the rollout: the traced thread's seconds in the stage
     and tag scopes (meta `scopes`), the model's time the recorder's drains took (meta `drain_phases`), its record path
-    timed in place (meta `record_cost`), and their sum. Free of the pairs' noise; c10's own per-event cost is not in it
-    (`tracker_floor.py`)."""
-    in_scopes = None
-    if isinstance(scopes, dict) and rollout_s and isinstance(scopes.get("stages_s"), (int, float)):
-        in_scopes = ((scopes.get("stages_s") or 0) + (scopes.get("tags_s") or 0)) / rollout_s
-    in_drains = drains.get("model_time_share") if isinstance(drains, dict) else None
-    in_recording = recording.get("model_time_share") if isinstance(recording, dict) else None
-    parts = [v for v in (in_scopes, in_drains, in_recording) if v is not None]
-    return {"scopes": in_scopes, "drains": in_drains, "recording": in_recording, "sum": sum(parts) if parts else None}
+    timed in place (meta `record_cost`), and their sum (`kvprof.read.analysis.tracer_cost_shares`, as `kvprof summary`
+    adds them). Free of the pairs' noise; c10's own per-event cost is not in it (`tracker_floor.py`)."""
+    from kvprof.read.analysis import tracer_cost_shares
+
+    timed_scopes = isinstance(scopes, dict) and isinstance(scopes.get("stages_s"), (int, float))
+    shares = tracer_cost_shares({"scopes": scopes if timed_scopes else None, "drains": drains, "recording": recording},
+                                rollout_s)
+    return {"scopes": shares["thread"], "drains": shares["drains"], "recording": shares["recording"], "sum": shares["sum"]}
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:

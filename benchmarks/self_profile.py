@@ -64,23 +64,29 @@ def samples(raw: Path) -> Iterator[tuple[str, list[str], int]]:
         yield frames[0], frames[1:], int(count)
 
 
+def _in_rollout(stacks: list[tuple[str, list[str], int]]) -> Iterator[tuple[list[str], int]]:
+    """(frames, count) of the samples taken inside `run_rollout` (on the thread that ran it, by construction)."""
+    for _, frames, n in stacks:
+        if any(ROLLOUT_FRAME in f for f in frames):
+            yield frames, n
+
+
+def _leaf(frames: list[str]) -> str:
+    return frames[-1] if frames else "?"
+
+
 def analyze(raw: Path, top: int = 25) -> dict[str, Any]:
     """The shares described in the module docstring."""
-    per_thread: collections.Counter[str] = collections.Counter()
-    rollout_threads: set[str] = set()
     stacks = list(samples(raw))
-    for thread, frames, n in stacks:
+    per_thread: collections.Counter[str] = collections.Counter()
+    for thread, _, n in stacks:
         per_thread[thread] += n
-        if any(ROLLOUT_FRAME in f for f in frames):
-            rollout_threads.add(thread)
     pieces: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
-    for thread, frames, n in stacks:
-        if thread not in rollout_threads or not any(ROLLOUT_FRAME in f for f in frames):
-            continue
+    for frames, n in _in_rollout(stacks):
         total += n
-        leaves[frames[-1] if frames else "?"] += n
+        leaves[_leaf(frames)] += n
         for piece, marks in PIECES.items():
             if any(m in f for f in frames for m in marks):
                 pieces[piece] += n
@@ -93,13 +99,10 @@ def analyze(raw: Path, top: int = 25) -> dict[str, Any]:
 
 
 def _rollout_leaves(raw: Path) -> collections.Counter[str]:
-    """Samples of each leaf frame of the rollout's thread, inside `run_rollout`."""
-    stacks = list(samples(raw))
-    threads = {t for t, frames, _ in stacks if any(ROLLOUT_FRAME in f for f in frames)}
+    """Samples of each leaf frame inside `run_rollout`."""
     leaves: collections.Counter[str] = collections.Counter()
-    for thread, frames, n in stacks:
-        if thread in threads and any(ROLLOUT_FRAME in f for f in frames):
-            leaves[frames[-1] if frames else "?"] += n
+    for frames, n in _in_rollout(list(samples(raw))):
+        leaves[_leaf(frames)] += n
     return leaves
 
 

@@ -70,7 +70,6 @@ def _session_cost(n: int, device: str, **switch: bool) -> float:
         s.host_activity.uninstall()
     if switch.get("gil_released") and s._native:
         s._cuda.quick_lib = s._cuda.lib  # type: ignore[union-attr]
-        s._cuda._counters_fn = s._cuda.lib.kvp_counters  # type: ignore[union-attr]
         s._timer._lib = s._cuda.lib  # type: ignore[union-attr]
     stop = threading.Event()
     busy = threading.Thread(target=_busy_bursts, args=(stop,), daemon=True)

@@ -139,7 +139,10 @@ def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
     drains took and the share its record path took (CUDA); None when unmeasured."""
     if not isinstance(cost, dict):
         return None
-    parts, pieces, spent, shares = [], [], 0.0, []
+    from kvprof.read.analysis import tracer_cost_shares
+
+    shares = tracer_cost_shares(cost, wall_s if isinstance(wall_s, (int, float)) and wall_s > 0 else None)
+    parts, pieces, spent = [], [], 0.0
     if isinstance(cost.get("dispatch_tracker_s"), (int, float)):
         spent += cost["dispatch_tracker_s"]
         pieces.append(f"the dispatch tracker's bookkeeping after each op {cost['dispatch_tracker_s']:.2f} s")
@@ -152,24 +155,19 @@ def tracer_cost_line(cost: Any, wall_s: Any) -> str | None:
         of_which = f", of which device-time marks {marks:.2f} s" if isinstance(marks, (int, float)) and marks >= 0.005 else ""
         pieces.append(f"{scopes.get('stages') or 0:,} stage and {scopes.get('tags') or 0:,} tag scopes {in_scopes:.2f} s{of_which}")
     if pieces:
-        share = ""
-        if isinstance(wall_s, (int, float)) and wall_s > 0:
-            share = f"{100 * spent / wall_s:.2f} % of the trace's {wall_s:.1f} s: "
-            shares.append(spent / wall_s)
+        share = f"{100 * shares['thread']:.2f} % of the trace's {wall_s:.1f} s: " if shares["thread"] is not None else ""
         parts.append(f"{spent:.2f} s on the traced thread ({share}{', '.join(pieces)})")
     drains = cost.get("drains")
     if isinstance(drains, dict):
         rates = ", ".join(f"{k} {v:.2f}" for k, v in (drains.get("rate_over_between") or {}).items() if v is not None)
         parts.append(f"recorder drains {100 * drains['model_time_share']:.2f} % of the model's time ({drains.get('compared')} "
                      f"measured; its event rate during each phase over the rate before: {rates})")
-        shares.append(drains["model_time_share"])
     recording = cost.get("recording")
     if isinstance(recording, dict) and isinstance(recording.get("model_time_share"), (int, float)):
         parts.append(f"recording each allocator event {recording.get('mean_ns')} ns (median {recording.get('median_ns')}, "
                      f"{recording.get('sampled'):,} timed in place), {100 * recording['model_time_share']:.2f} % of the traced time")
-        shares.append(recording["model_time_share"])
-    if len(shares) > 1:  # each piece is a share of the run's time (the trace's, the model's, the recorder's: one span)
-        parts.append(f"about {100 * sum(shares):.2f} % in all")
+    if sum(shares[k] is not None for k in ("thread", "drains", "recording")) > 1:
+        parts.append(f"about {100 * shares['sum']:.2f} % in all")
     return "kvprof's own cost: " + "; ".join(parts) if parts else None
 
 

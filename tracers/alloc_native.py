@@ -77,11 +77,7 @@ class NativeCudaTracker:
         self.device = device
         self.index = device.index or 0
         self.lib = lib
-        # The traced thread's calls at stage boundaries (counters, marks, retags) keep the GIL: `native.load`'s
-        # `hold_gil` says why. The drain's calls (which wait on the recorder's locks) release it.
         self.quick_lib = lib if quick_lib is None else quick_lib
-        # looked up once: a missing symbol costs ctypes a failed dlsym and an exception on every lookup
-        self._counters_fn = getattr(self.quick_lib, "kvp_counters", None)
         self.expandable = expandable or expandable_segments_requested()
         self.layout = BlockLayout(expandable=self.expandable)  # for the snapshot checks only
         self.stats = LayoutStats(off_reason=unsupported_reason())
@@ -100,6 +96,18 @@ class NativeCudaTracker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def quick_lib(self) -> Any:
+        """The binding of the traced thread's calls at stage boundaries (counters, marks, retags): they keep the GIL
+        (`native.load`'s `hold_gil` says why). The drain's calls (which wait on the recorder's locks) release it."""
+        return self._quick_lib
+
+    @quick_lib.setter
+    def quick_lib(self, lib: Any) -> None:
+        self._quick_lib = lib
+        # looked up once: a missing symbol costs ctypes a failed dlsym and an exception on every lookup
+        self._counters_fn = getattr(lib, "kvp_counters", None)
 
     # ----------------------------------------------------------------- lifecycle
     def _segments(self, snap: dict[str, Any]) -> list[dict[str, Any]]:

@@ -226,3 +226,17 @@ def tracer_cost(meta: dict[str, Any], spans: pd.DataFrame | None = None) -> dict
     if isinstance(recording, dict) and recording.get("model_time_share") is not None:
         out["recording"] = {k: recording.get(k) for k in ("sampled", "median_ns", "mean_ns", "model_time_share")}
     return out or None
+
+
+def tracer_cost_shares(cost: dict[str, Any], wall_s: float | None) -> dict[str, float | None]:
+    """Each measured piece of a `tracer_cost` as a share of the run: the traced thread's seconds in kvprof (the
+    dispatch tracker's and the scopes') over `wall_s`, the drains' and the record path's shares as measured, and the
+    sum of those measured (None for a piece not measured; each is a share of the same span of time)."""
+    thread = None
+    seconds = [cost.get("dispatch_tracker_s")] + [((cost.get("scopes") or {}).get(k)) for k in ("stages_s", "tags_s")]
+    if isinstance(cost.get("scopes"), dict) or isinstance(cost.get("dispatch_tracker_s"), (int, float)):
+        if wall_s:
+            thread = sum(v for v in seconds if isinstance(v, (int, float))) / wall_s
+    drains, recording = ((cost.get(k) or {}).get("model_time_share") for k in ("drains", "recording"))
+    measured = [v for v in (thread, drains, recording) if isinstance(v, (int, float))]
+    return {"thread": thread, "drains": drains, "recording": recording, "sum": sum(measured) if measured else None}
