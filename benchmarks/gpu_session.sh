@@ -17,7 +17,8 @@
 # 15: overhead.py, N traced runs each beside an untraced one on the other of GPUs 0 and 1; rows kept as they come;
 # PIN_CPUS=A/B or auto keeps each GPU's runs on its own cores), perfpair:METHOD:FRAMES (issue 15: perf stat of each
 # thread of an untraced and a traced process at once, mid-rollout; perf_threads.py reads them), spypair:METHOD:FRAMES
-# (issue 15: py-spy on a traced and an untraced rollout at once; self_profile.py compare), selfcost:METHOD:FRAMES
+# (issue 15: py-spy on a traced and an untraced rollout at once; self_profile.py compare), gang:METHOD:FRAMES:ROUNDS
+# (issue 15: several modes at once, one a GPU, rotated; GANG_GPUS, GANG_PINS, GANG_MODES, GANG_S), selfcost:METHOD:FRAMES
 # (issue 15: one trace and its summary's own-cost line, meta kept), sweep-study (issue 19: the study column, every GPU, longest
 # first; resumes like sweep-all), startup (a cell's start-up: imports, the VAE module, a trace process split in
 # phases; ~70 s), notes (each trace's meta notes), render (issue 7 PNGs of every trace written so
@@ -115,6 +116,17 @@ for step in "$@"; do
         ppids+=($!)
       done
       wait "${ppids[@]}"
+      nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
+      ;;
+    gang:*)  # gang:METHOD:FRAMES:ROUNDS (issue 15): GANG_MODES (one a GPU of GANG_GPUS, untraced among them) all at once,
+      # each on its GPU's GANG_PINS cores, rotated round by round (benchmarks/gang.py); GANG_S caps the rounds' time
+      IFS=: read -r _ m frames n <<< "$step"
+      log "issue 15: $m $frames frames, $n rounds of ${GANG_MODES:-untraced,kvprof} at once on GPUs ${GANG_GPUS:-0,1}"
+      timeout -k 10 "${GANG_S:-540}" ${GANG:-python3 benchmarks/gang.py} --method "$m" --frames "$frames" --no-decode \
+        --rounds "$n" --budget-s $(( ${GANG_S:-540} - 20 )) --gpus "${GANG_GPUS:-0,1}" --modes "${GANG_MODES:-untraced,kvprof}" \
+        ${GANG_PINS:+--pins "$GANG_PINS"} --out $KVTMP/gang --rows-log "$OUT/gang_$m-$frames.jsonl" \
+        > "$OUT/gang_$m-$frames.json" 2>>"$OUT/steps.log"
+      log "gang: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary'])" "$OUT/gang_$m-$frames.json" 2>&1 | tail -c 600)"
       nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
       ;;
     perfpair:*)  # perfpair:METHOD:FRAMES (issue 15): hardware counters of every thread of an untraced (GPU 0) and a

@@ -22,7 +22,9 @@ the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown 
 (`nostages`, `notimer`, `nocounters`, `nosync` and `nosampler` at once: the recorder and its drain alone), `nowrite`
 (`bare`, and each drain replays in C++ and drops its rows, no Python accounting or parts: timing only, the trace has
 no allocations), `noparts` (`bare`, each drain building and accounting its rows but writing no part: timing
-only); the ladder `tracker`, `kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
+only), `quiet` (`nodrain` and `nosampler`: no thread of kvprof's runs beside the model's during the rollout), `lean`
+(`nostages`, `notimer`, `nocounters` and `nosync`: nothing of kvprof's on the model's thread but the per-event record,
+its threads kept); the ladder `tracker`, `kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
 `kvprof:fine` records fine stages too. `twin` is the untraced rollout under another name: paired with untraced, its
 `paired_ratio` is what the pairs read when nothing differs (an A/A test of the method). `tracker` (CUDA) is the
 untraced rollout with c10's trace tracker attached and kvprof's recording off: the allocator builds each event and
@@ -66,9 +68,12 @@ from host_times import HostTimes  # noqa: E402  (beside this script)
 
 MODES = ("untraced", "kvprof", "history", "profiler", "tracker", "twin")
 PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
-          "nowrite", "noparts")
+          "nowrite", "noparts", "quiet", "lean")
 # `kvprof:bare`: every piece of bookkeeping on the model's side off at once, so the recorder and its drain are what is left
 BARE = ("nostages", "notimer", "nocounters", "nosync", "nosampler")
+# pieces made of others: `quiet` takes kvprof's threads away from the rollout, `lean` its work on the model's thread
+COMPOSED = {"bare": BARE, "nowrite": BARE, "noparts": BARE, "quiet": ("nodrain", "nosampler"),
+            "lean": ("nostages", "notimer", "nocounters", "nosync")}
 
 
 def _mode_ok(mode: str) -> bool:
@@ -90,10 +95,9 @@ def _switch_off(piece: str) -> None:
     from tracers.scopes import NO_SCOPE
     from tracers.session import TraceSession
 
-    if piece in ("bare", "nowrite", "noparts"):
-        for each in BARE:
-            _switch_off(each)
-    if piece == "bare":
+    for each in COMPOSED.get(piece, ()):
+        _switch_off(each)
+    if piece in ("bare", "quiet", "lean"):
         return
     if piece in ("notags", "nostages"):  # no option turns tags or stages off: the scopes become no-ops
         TraceSession.tag = lambda self, category: NO_SCOPE  # type: ignore[method-assign]
@@ -393,8 +397,8 @@ def _log_rows(path: Path | None, rows: list[dict[str, Any]]) -> None:
             f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_workload_options(p: argparse.ArgumentParser) -> None:
+    """The rollout every mode runs (method, integration, config, frames, rolling window, decode) and where traces go."""
     p.add_argument("--method", default="bf16")
     p.add_argument("--integration", default="study")
     p.add_argument("--config", default=None)
@@ -403,6 +407,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="a rolling KV window of FRAMES frames (long horizons: 126 or 252 frames with --rolling 21)")
     p.add_argument("--no-decode", action="store_true")
     p.add_argument("--out", default="/tmp/kv/overhead")
+
+
+def child_args(args: argparse.Namespace) -> list[str]:
+    """`add_workload_options`' values as a `--mode` process is given them."""
+    return ["--method", args.method, "--integration", args.integration, "--out", args.out] + \
+        (["--config", args.config] if args.config else []) + (["--frames", str(args.frames)] if args.frames else []) + \
+        (["--rolling", str(args.rolling)] if args.rolling else []) + (["--no-decode"] if args.no_decode else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_workload_options(p)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--mode", help="run one mode in this process")
@@ -440,9 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             pins = dict(zip(gpus, sides))
         except ValueError as exc:
             p.error(str(exc))
-    shared = ["--method", args.method, "--integration", args.integration, "--out", args.out] + \
-        (["--config", args.config] if args.config else []) + (["--frames", str(args.frames)] if args.frames else []) + \
-        (["--rolling", str(args.rolling)] if args.rolling else []) + (["--no-decode"] if args.no_decode else [])
+    shared = child_args(args)
     rows: list[dict[str, Any]] = []
     pairs = itertools.count()
     done: collections.Counter[str] = collections.Counter()  # pairs run per mode (--pairs)

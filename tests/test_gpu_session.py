@@ -135,3 +135,22 @@ def test_a_detached_step_outlives_its_call_and_collect_brings_it_back(tmp_path: 
                    timeout=120, check=True, capture_output=True)
     assert (out / "bg" / "notes" / "notes.txt").is_file()  # written by the detached step, copied by the later call
     assert "collect: notes finished" in (out / "steps.log").read_text()
+
+
+def test_gang_runs_every_mode_at_once_with_its_gpus_and_cores(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    calls = tmp_path / "calls"
+    env = _env(tmp_path, OUT=str(out), GANG=str(tmp_path / "bin" / "fake_gang"), GANG_GPUS="0,1,2,3",
+               GANG_PINS="0-15/16-31/32-47/48-63", GANG_MODES="untraced,kvprof,kvprof:quiet,kvprof:lean", GANG_S="100")
+    _script(tmp_path / "bin" / "fake_gang", f"""#!/bin/bash
+echo "$*" >> {calls}
+echo '{{"rows": [], "summary": {{"over_untraced": {{}}, "rounds": 0}}}}'
+""")
+    subprocess.run(["bash", "benchmarks/gpu_session.sh", "gang:prq_int4:21:8"], cwd=ROOT, env=env, timeout=60, check=True,
+                   capture_output=True)
+    args = calls.read_text()
+    for part in ("--method prq_int4", "--frames 21", "--rounds 8", "--budget-s 80", "--gpus 0,1,2,3",
+                 "--modes untraced,kvprof,kvprof:quiet,kvprof:lean", "--pins 0-15/16-31/32-47/48-63", "--no-decode"):
+        assert part in args, part
+    assert json.loads((out / "gang_prq_int4-21.json").read_text())["summary"]["rounds"] == 0
+    assert "gang: {'over_untraced'" in (out / "steps.log").read_text()

@@ -1,0 +1,115 @@
+"""Several of overhead.py's modes at the same moment, one a GPU, rotated round by round (issue 15).
+
+    python3 benchmarks/gang.py --gpus 0,1,2,3 --pins 0-15/16-31/32-47/48-63 \\
+        --modes untraced,kvprof,kvprof:quiet,kvprof:lean --rounds 8 [--budget-s 480] [--rows-log rows.jsonl] \\
+        --method prq_int4 --frames 21 --no-decode
+
+overhead.py's pairs set one traced mode beside untraced at a time. Sessions 12-16 found that a shared
+host moves whole stretches of time and that machines differ by more than the few percent at stake, so
+two modes measured in different pairs, or different calls, cannot be told apart. Here every mode runs
+in every round, all at once, each on its own GPU and its own cores: round r puts mode i on slot
+(i + r) mod N, so over N rounds each mode has used every slot (GPU and cores). Each mode's rollout is
+read against untraced's in the same round; per mode the median and spread of those ratios, and per slot
+its mean rollout time over the round's mean (how much the slots themselves differ).
+
+`--budget-s`: no round starts unless the longest round so far still fits (a device call has a limit);
+`--rows-log` keeps each round's rows on disk as they come. Prints JSON: rows, ratios, slots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead  # noqa: E402  (beside this script)
+
+BASE = "untraced"
+
+
+def slot_of(mode_index: int, round_index: int, slots: int) -> int:
+    """The slot (GPU and cores) of the `mode_index`-th mode in round `round_index`."""
+    return (mode_index + round_index) % slots
+
+
+def summarize(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    """Per mode, its rollout over untraced's of the same round (median, spread, rounds); per slot, its mean rollout
+    over the mean of its round (1.0: a slot no faster or slower than the others)."""
+    by_round: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("rollout_wall_s"):
+            by_round.setdefault(r["round"], {})[r["mode"]] = r
+    ratios: dict[str, Any] = {}
+    for mode in modes:
+        if mode == BASE:
+            continue
+        vals = [rnd[mode]["rollout_wall_s"] / rnd[BASE]["rollout_wall_s"] for rnd in by_round.values()
+                if mode in rnd and BASE in rnd]
+        ratios[mode] = {"median": statistics.median(vals) if vals else None, "min": min(vals, default=None),
+                        "max": max(vals, default=None), "rounds": len(vals), "each": [round(v, 4) for v in vals]}
+    rel: dict[int, list[float]] = {}
+    for rnd in by_round.values():
+        mean = statistics.fmean(r["rollout_wall_s"] for r in rnd.values())
+        for r in rnd.values():
+            rel.setdefault(r["slot"], []).append(r["rollout_wall_s"] / mean)
+    slots = {str(s): round(statistics.fmean(v), 4) for s, v in sorted(rel.items())}
+    return {"over_untraced": ratios, "slot_speed": slots, "rounds": len(by_round)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    overhead.add_workload_options(p)
+    p.add_argument("--gpus", required=True, metavar="A,B,...", help="one mode a GPU each round")
+    p.add_argument("--pins", default=None, metavar="A/B/...", help="each GPU's CPU list, in --gpus' order (taskset's notation)")
+    p.add_argument("--modes", required=True, help=f"as many as --gpus, {BASE} among them")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--budget-s", type=float, default=None, help="start no round the longest so far would not fit in")
+    p.add_argument("--mode-timeout", type=float, default=600.0)
+    p.add_argument("--rows-log", type=Path, default=None, metavar="FILE")
+    args = p.parse_args(argv)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if len(set(gpus)) != len(gpus) or len(gpus) < 2:
+        p.error(f"--gpus: two or more different GPU indices (got {args.gpus!r})")
+    if len(modes) != len(gpus) or BASE not in modes or len(set(modes)) != len(modes):
+        p.error(f"--modes: {len(gpus)} different modes, one a GPU, {BASE} among them (got {args.modes!r})")
+    bad = [m for m in modes if not overhead._mode_ok(m)]
+    if bad:
+        p.error(f"--modes: unknown {', '.join(bad)} (overhead.py's modes and kvprof:PIECE)")
+    pins: list[set[int] | None] = [None] * len(gpus)
+    if args.pins:
+        lists = args.pins.split("/")
+        if len(lists) != len(gpus):
+            p.error(f"--pins: {len(gpus)} CPU lists split by '/', one a GPU (got {args.pins!r})")
+        try:
+            pins = [overhead.cpu_list(text, "--pins") for text in lists]
+        except ValueError as exc:
+            p.error(str(exc))
+        if sum(len(c) for c in pins) != len(set().union(*pins)):
+            p.error(f"--pins: the lists share CPUs ({args.pins!r})")
+    shared = overhead.child_args(args)
+    rows: list[dict[str, Any]] = []
+    t_start, longest = time.monotonic(), 0.0
+    for rnd in range(args.rounds):
+        if args.budget_s is not None and rnd and time.monotonic() - t_start + longest > args.budget_s:
+            print(f"gang: round {rnd} would not fit in --budget-s {args.budget_s:g}; stopping", file=sys.stderr)
+            break
+        t0 = time.monotonic()
+        procs = []
+        for i, mode in enumerate(modes):
+            s = slot_of(i, rnd, len(gpus))
+            procs.append((mode, s, overhead._run_one(mode, shared, gpus[s], pins[s])))
+        got = [overhead._row(proc, mode, args.mode_timeout, gpu=gpus[s], slot=s, round=rnd) for mode, s, proc in procs]
+        rows += got
+        overhead._log_rows(args.rows_log, got)
+        longest = max(longest, time.monotonic() - t0)
+    print(json.dumps({"rows": rows, "summary": summarize(rows, modes)}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
