@@ -24,7 +24,7 @@ the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown 
 no allocations), `noparts` (`bare`, each drain building and accounting its rows but writing no part: timing
 only), `quiet` (`nodrain` and `nosampler`: no thread of kvprof's runs beside the model's during the rollout), `lean`
 (`nostages`, `notimer`, `nocounters` and `nosync`: nothing of kvprof's on the model's thread but the per-event record,
-its threads kept); the ladder `tracker`, `kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
+its threads kept), `pysampler` (the NVML sampler on a Python thread, not the native library's); the ladder `tracker`, `kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
 `kvprof:fine` records fine stages too. `twin` is the untraced rollout under another name: paired with untraced, its
 `paired_ratio` is what the pairs read when nothing differs (an A/A test of the method). `tracker` (CUDA) is the
 untraced rollout with c10's trace tracker attached and kvprof's recording off: the allocator builds each event and
@@ -68,7 +68,7 @@ from host_times import HostTimes  # noqa: E402  (beside this script)
 
 MODES = ("untraced", "kvprof", "history", "profiler", "tracker", "twin")
 PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
-          "nowrite", "noparts", "quiet", "lean")
+          "nowrite", "noparts", "quiet", "lean", "pysampler")
 # `kvprof:bare`: every piece of bookkeeping on the model's side off at once, so the recorder and its drain are what is left
 BARE = ("nostages", "notimer", "nocounters", "nosync", "nosampler")
 # pieces made of others: `quiet` takes kvprof's threads away from the rollout, `lean` its work on the model's thread
@@ -117,6 +117,10 @@ def _switch_off(piece: str) -> None:
         from tracers.sampler import DeviceSampler
 
         DeviceSampler.start = lambda self, t0_perf_ns: None  # type: ignore[method-assign]
+    if piece == "pysampler":  # the NVML sampler on a Python thread (as before session 17), not the native library's
+        from tracers.sampler import DeviceSampler
+
+        _with_options(DeviceSampler, native=None)
     if piece == "nodrain":  # the recorder drained once, when recording stops: no drain thread work beside the model
         _with_options(NativeCudaTracker, interval_s=1e6)
     if piece == "nowrite":  # each drain replays in C++ and drops its rows (the ids stay in step): timing only, the trace

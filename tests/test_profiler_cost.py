@@ -447,10 +447,10 @@ def test_gang_runs_every_mode_each_round_rotating_their_gpus(tmp_path: Path, mon
             gang.main(bad)
 
 
-def test_overhead_quiet_and_lean_pieces_switch_off_what_they_say(tmp_path: Path) -> None:
+def test_overhead_quiet_lean_and_pysampler_pieces_switch_off_what_they_say(tmp_path: Path) -> None:
     # kvprof:quiet leaves no kvprof thread beside the rollout (no sampler, no drain until recording stops);
     # kvprof:lean leaves nothing on the model's thread but the per-event record (no stages, tags, marks, counters,
-    # sync counting) and keeps the threads
+    # sync counting) and keeps the threads; kvprof:pysampler samples NVML on a Python thread
     import json
 
     from benchmark_scripts import BENCHMARKS
@@ -463,15 +463,21 @@ def test_overhead_quiet_and_lean_pieces_switch_off_what_they_say(tmp_path: Path)
         "keep = (DeviceSampler.start, TraceSession.stage, TraceSession.tag, HostActivity.install, TraceSession.__init__)\n"
         "oh._switch_off(sys.argv[1])\n"
         "t = NativeCudaTracker(None, __import__('torch').device('cpu'), native.load(False))\n"
+        "d = DeviceSampler(0, print, native='lib')\n"
         "print(json.dumps({'sampler': DeviceSampler.start is keep[0], 'stages': TraceSession.stage is keep[1],\n"
         "  'tags': TraceSession.tag is keep[2], 'sync': HostActivity.install is keep[3],\n"
-        "  'options': TraceSession.__init__ is keep[4], 'drain_s': t.interval_s}))\n")
+        "  'options': TraceSession.__init__ is keep[4], 'drain_s': t.interval_s, 'native_sampler': d._lib is not None}))\n")
     got = {}
-    for piece in ("quiet", "lean"):
+    for piece in ("quiet", "lean", "pysampler"):
         done = subprocess.run([sys.executable, "-c", probe, piece], capture_output=True, text=True, timeout=300,
                               cwd=BENCHMARKS.parent)
         assert done.returncode == 0, done.stderr[-2000:]
         got[piece] = json.loads(done.stdout.strip().splitlines()[-1])
     # `options`: the session built with its own options (lean's no timer, no counters are options of the session)
-    assert got["quiet"] == {"sampler": False, "stages": True, "tags": True, "sync": True, "options": True, "drain_s": 1e6}
-    assert got["lean"] == {"sampler": True, "stages": False, "tags": False, "sync": False, "options": False, "drain_s": 2.0}
+    assert got["quiet"] == {"sampler": False, "stages": True, "tags": True, "sync": True, "options": True, "drain_s": 1e6,
+                            "native_sampler": True}
+    assert got["lean"] == {"sampler": True, "stages": False, "tags": False, "sync": False, "options": False, "drain_s": 2.0,
+                           "native_sampler": True}
+    # kvprof:pysampler: the sampler never gets the native library (its Python thread, as before session 17)
+    assert got["pysampler"] == {"sampler": True, "stages": True, "tags": True, "sync": True, "options": True, "drain_s": 2.0,
+                                "native_sampler": False}

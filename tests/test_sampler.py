@@ -1,6 +1,7 @@
 """NVML device sampler: this process's bytes, other processes on the GPU, and the trace's note."""
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import types
@@ -24,6 +25,7 @@ def _fake_pynvml(procs, fail=False):
     nv.NVMLError = _NVMLError
     nv.nvmlInit = lambda: None
     nv.nvmlDeviceGetHandleByIndex = lambda i: ("gpu", i)
+    nv.nvmlDeviceGetHandleByUUID = lambda u: ("gpu", u)
     nv.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=7_000, total=80_000)
     nv.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=42)
 
@@ -103,3 +105,173 @@ def test_the_process_list_is_read_once_a_second_and_never_again_once_refused(mon
     assert len(calls) == reads  # samples 0, 10 and 20; or only the first, refused
     assert {(x["proc"], x["others"]) for x in samples} == ({(-1, -1)} if fail else {(3_000, 1)})
     assert [x["used"] for x in samples] == [7_000] * 25  # the device's memory is read at every sample
+
+
+# A stand-in NVML library for the native sampler's thread: handle 1 is the device "GPU-fake-1" (by UUID), handle 2
+# NVML's device 0 (by index); used bytes count the reads since nvmlInit; a read fails with NVML code 15 once
+# FAKE_NVML_FAIL_AT reads were made (0: never).
+FAKE_NVML = r"""
+#include <cstdlib>
+#include <cstring>
+struct Mem { unsigned long long total, free, used; };
+struct Util { unsigned int gpu, memory; };
+static unsigned long long reads = 0;
+extern "C" int nvmlInit_v2() { reads = 0; return 0; }
+extern "C" int nvmlDeviceGetHandleByUUID(const char* uuid, void** h) {
+  if (std::strcmp(uuid, "GPU-fake-1") != 0) return 6;
+  *h = reinterpret_cast<void*>(1); return 0;
+}
+extern "C" int nvmlDeviceGetHandleByIndex_v2(unsigned int i, void** h) {
+  if (i != 0) return 2;
+  *h = reinterpret_cast<void*>(2); return 0;
+}
+extern "C" int nvmlDeviceGetMemoryInfo(void* h, Mem* m) {
+  const char* at = std::getenv("FAKE_NVML_FAIL_AT");
+  if (at && std::atoll(at) > 0 && reads >= static_cast<unsigned long long>(std::atoll(at))) return 15;
+  reads++;
+  m->total = 80000; m->used = 1000 * reads; m->free = m->total - m->used; return 0;
+}
+extern "C" int nvmlDeviceGetUtilizationRates(void* h, Util* u) {
+  u->gpu = h == reinterpret_cast<void*>(1) ? 42 : 7; u->memory = 0; return 0;
+}
+"""
+
+
+def _wait_for_samples(n: int, timeout_s: float = 20.0) -> None:
+    """Until the native sampler holds `n` samples untaken (a loaded CI machine may starve its thread for a while)."""
+    import time
+
+    from tracers import native
+
+    state = (ctypes.c_int64 * 4)()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        native.load(False).kvp_sampler_state(state)
+        if state[0] >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the native sampler kept {state[0]} samples in {timeout_s} s, not {n}")
+
+
+@pytest.fixture(scope="module")
+def fake_nvml(tmp_path_factory) -> str:
+    import subprocess
+
+    from tracers import native
+
+    folder = tmp_path_factory.mktemp("nvml")
+    (folder / "fake_nvml.cpp").write_text(FAKE_NVML)
+    out = folder / "libfake-nvml.so"
+    subprocess.run([native._compiler(), "-shared", "-fPIC", "-O1", "-o", str(out), str(folder / "fake_nvml.cpp")], check=True)
+    return str(out)
+
+
+def test_the_native_sampler_thread_samples_the_device_by_uuid_and_collect_hands_the_samples_on(monkeypatch, fake_nvml):
+    import time
+
+    from tracers import native
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([(os.getpid(), 3_000), (1, 9)]))
+    got: list[dict] = []
+    s = DeviceSampler(3, got.append, interval_s=0.01, uuid="GPU-fake-1", native=native.load(False), nvml_library=fake_nvml)
+    t0 = time.perf_counter_ns()
+    s.start(t0)
+    try:
+        assert s.native and s._thread is None  # no Python thread: nothing of it takes the GIL
+        _wait_for_samples(5)
+        s.collect()
+        first = len(got)
+        assert first >= 5
+        # the device named by its UUID (not NVML's device 3, nor 0: CUDA_VISIBLE_DEVICES renumbers torch's devices)
+        assert {x["util"] for x in got} == {42}
+        assert [x["used"] for x in got] == [1000 * (i + 1) for i in range(first)]  # every read, in order
+        ts = [x["t"] for x in got]
+        assert ts == sorted(ts) and 0 <= ts[0] and ts[-1] <= time.perf_counter_ns() - t0  # ns on the session's clock
+        assert {(x["proc"], x["others"]) for x in got} == {(3_000, 1)}  # the process list, read by collect
+        _wait_for_samples(1)
+    finally:
+        s.stop()
+    assert len(got) > first and not s.native  # stop handed on the last samples
+    state = (ctypes.c_int64 * 4)()
+    native.load(False).kvp_sampler_state(state)
+    assert list(state) == [0, 0, 0, 0]  # nothing left, none dropped, no error, the thread joined
+    n = len(got)
+    s.collect()
+    assert len(got) == n  # stopped: a collect is a no-op
+
+
+def test_a_failing_read_stops_the_native_sampler_and_says_why(monkeypatch, fake_nvml):
+    import time
+
+    from tracers import native
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([]))
+    monkeypatch.setenv("FAKE_NVML_FAIL_AT", "3")
+    got: list[dict] = []
+    s = DeviceSampler(0, got.append, interval_s=0.005, native=native.load(False), nvml_library=fake_nvml)
+    s.start(time.perf_counter_ns())
+    try:
+        state = (ctypes.c_int64 * 4)()
+        deadline = time.monotonic() + 20
+        while not state[2] and time.monotonic() < deadline:  # until the failing read stopped the thread
+            time.sleep(0.01)
+            native.load(False).kvp_sampler_state(state)
+        s.collect()
+    finally:
+        s.stop()
+    # the samples before the failing read are kept and handed on; none after
+    assert [x["used"] for x in got] == [1000, 2000, 3000] and {x["util"] for x in got} == {7}  # NVML's device 0: no UUID
+    assert s.reason == "device sampler stopped: NVML error 15"
+
+
+@pytest.mark.parametrize("uuid, library, why", [("GPU-other", None, "no such device"),
+                                                ("GPU-fake-1", "/nonexistent/libnvidia-ml.so.1", "NVML library not loadable")])
+def test_the_sampler_falls_back_to_a_python_thread_where_the_native_one_cannot_start(monkeypatch, fake_nvml, uuid, library, why):
+    import time
+
+    from tracers import native
+
+    nv = _fake_pynvml([])
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    got: list[dict] = []
+    s = DeviceSampler(0, got.append, interval_s=0.01, uuid=uuid, native=native.load(False), nvml_library=library or fake_nvml)
+    s.start(time.perf_counter_ns())
+    try:
+        assert not s.native and s._thread is not None and why in s.reason
+        time.sleep(0.1)
+    finally:
+        s.stop()
+    assert got and {x["used"] for x in got} == {7_000}  # pynvml's readings
+
+
+def test_a_session_writes_the_native_samples_at_each_flush(monkeypatch, tmp_path, fake_nvml):
+    # on a streamed CUDA trace the drain thread's flush_log hands the native sampler's samples to the event log
+    import time
+
+    from tracers import native
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([(os.getpid(), 3_000)]))
+    s = TraceSession(tmp_path / "t", {"run_id": "native-samples"}, "cpu", tracker="dispatch", drain_at_checkpoints=False)
+    s.start()
+    s._sampler = DeviceSampler(0, s._emit_sample, interval_s=0.01, uuid="GPU-fake-1", native=native.load(False),
+                               nvml_library=fake_nvml)
+    s._sampler.start(s._t0_perf)
+    _wait_for_samples(5)
+    s.flush_log()
+    s.close("complete")
+    t = load_trace(tmp_path / "t")
+    assert len(t.samples) >= 5 and t.samples["process_used_bytes"].eq(3_000).all()
+    assert t.samples["t_ns"].is_monotonic_increasing
+
+
+def test_nvml_uuid_names_the_device_torch_sees(monkeypatch):
+    import types as _types
+
+    import torch
+
+    from tracers.sampler import nvml_uuid
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: _types.SimpleNamespace(uuid=f"abcd-{i}"))
+    assert nvml_uuid(1) == "GPU-abcd-1"
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: (_ for _ in ()).throw(RuntimeError("no CUDA")))
+    assert nvml_uuid(0) is None

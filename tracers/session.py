@@ -25,7 +25,7 @@ from tracers.alloc_dispatch import DispatchAllocTracker
 from tracers.categories import CATEGORIES
 from tracers.host_sync import HostActivity
 from tracers.outcome import status_of
-from tracers.sampler import DeviceSampler
+from tracers.sampler import DeviceSampler, nvml_uuid
 from contextlib import AbstractContextManager
 
 from tracers.scopes import NO_SCOPE, StageScope, TagScope
@@ -163,7 +163,8 @@ class TraceSession:
             self._dispatch = DispatchAllocTracker(self)
             self._dispatch.__enter__()
         if self.device.type == "cuda":
-            self._sampler = DeviceSampler(self.device.index or 0, self._emit_sample, self.sample_interval_s)
+            self._sampler = DeviceSampler(self.device.index or 0, self._emit_sample, self.sample_interval_s,
+                                          uuid=nvml_uuid(self.device.index or 0), native=self._cuda.lib if self._native else None)
             self._sampler.start(self._t0_perf)
             if not self._sampler.available:
                 self.notes.append(self._sampler.reason)
@@ -472,7 +473,9 @@ class TraceSession:
                 raise TraceWriteError(self.folder, self._log.unwritten_bytes, self._log.error)
 
     def flush_log(self) -> None:
-        """Write the records queued so far (the drain thread's duty on a streamed trace)."""
+        """Write the records queued so far, the device samples first (the drain thread's duty on a streamed trace)."""
+        if self._sampler is not None:
+            self._sampler.collect()
         if self._log is not None:
             self._log.flush()
 

@@ -1,8 +1,9 @@
 """kvprof's native allocator-event recorder (C++ through ctypes): built once per machine and torch version.
 
-`load(cuda=True)` builds `alloc_events.cpp` with `attach_cuda.cpp` (the c10 trace tracker) against
-the running torch and returns the library; `load(cuda=False)` builds the core alone (no torch
-headers), which the CPU tests drive with recorded histories. Builds are cached under
+`load(cuda=True)` builds `alloc_events.cpp` and `nvml_sampler.cpp` (the device sampler's thread) with
+`attach_cuda.cpp` (the c10 trace tracker) against the running torch and returns the library;
+`load(cuda=False)` builds the core alone (no torch headers), which the CPU tests drive with recorded
+histories (and a stand-in NVML). Builds are cached under
 `$KVPROF_CACHE_DIR` (default `~/.cache/kvprof/native`), keyed by the sources, torch's version and
 the compiler, and written atomically, so processes of a sweep starting at once share one build.
 A machine without a C++ compiler gets `NativeUnavailable` with the reason; the tracer then falls
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 HERE = Path(__file__).resolve().parent
-CORE_SOURCES = (HERE / "alloc_events.cpp",)
+CORE_SOURCES = (HERE / "alloc_events.cpp", HERE / "nvml_sampler.cpp")
 CUDA_SOURCES = CORE_SOURCES + (HERE / "attach_cuda.cpp",)
 HEADERS = (HERE / "block_layout.h", HERE / "record_cost.h")  # included by the sources: part of a build's key, not of its command line
 
@@ -47,6 +48,11 @@ SIGNATURES: dict[str, tuple[tuple, object]] = {
     "kvp_buffer_capacity": ((_P64,), None),
     "kvp_drain": ((_P64,), None),
     "kvp_take": ((_P64,) * 13, None),
+    # nvml_sampler.cpp: the device sampler's thread (no GIL)
+    "kvp_sampler_start": ((ctypes.c_char_p, ctypes.c_char_p, _I32, _I64, _I64), _I32),
+    "kvp_sampler_take": ((_P64, _P64, _P64, _I64), _I64),
+    "kvp_sampler_state": ((_P64,), None),
+    "kvp_sampler_stop": ((), None),
 }
 
 
@@ -90,7 +96,8 @@ def _build(name: str, sources: tuple[Path, ...], flags: Callable[[], list[str]],
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         built = Path(tmp) / out.name
-        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", str(built), *map(str, sources), *flags()]
+        # -pthread, -ldl: the sampler's thread and its dlopen of NVML (part of libc on newer glibc)
+        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", str(built), *map(str, sources), *flags(), "-pthread", "-ldl"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
