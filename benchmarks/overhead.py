@@ -14,7 +14,7 @@ GPU. Prints JSON; `--mode NAME` runs one mode in this process (what the alternat
 
 `kvprof:PIECE` is kvprof with one piece of its bookkeeping switched off (this process only): `notags` (category
 tags are no-ops), `nostages` (stages but `rollout`, and tags, are no-ops), `notimer` (no device-time marks or NVTX ranges),
-`nocounters` (no allocator counters at stage boundaries), `drain30` (the recorder drained every 30 s, not 2),
+`nocounters` (no allocator counters at stage boundaries), `drainN` (the recorder drained every N s, e.g. `drain10`),
 `rawparts` (streamed parts written uncompressed, and so are the tables at close: compare its rollout time, not its
 bytes; both CUDA only), `nosync` (no host-sync counting: on CUDA torch's sync-debug mode stays off), `nosampler`
 (no NVML sampler thread), `nodrain` (the recorder drained once, at the end: nothing runs beside the model's thread but
@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_times import HostTimes  # noqa: E402  (beside this script)
 
 MODES = ("untraced", "kvprof", "history", "profiler", "tracker", "twin")
-PIECES = ("notags", "nostages", "notimer", "nocounters", "drain30", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
+PIECES = ("notags", "nostages", "notimer", "nocounters", "rawparts", "fine", "nosync", "nosampler", "nodrain", "bare",
           "nowrite", "noparts", "quiet", "lean", "pysampler")
 # `kvprof:bare`: every piece of bookkeeping on the model's side off at once, so the recorder and its drain are what is left
 BARE = ("nostages", "notimer", "nocounters", "nosync", "nosampler")
@@ -78,7 +78,13 @@ COMPOSED = {"bare": BARE, "nowrite": BARE, "noparts": BARE, "quiet": ("nodrain",
 
 def _mode_ok(mode: str) -> bool:
     base, _, piece = mode.partition(":")
-    return base in MODES and (not piece or (base == "kvprof" and piece in PIECES))
+    return base in MODES and (not piece or (base == "kvprof" and (piece in PIECES or _drain_every(piece) is not None)))
+
+
+def _drain_every(piece: str) -> int | None:
+    """N of the piece `drainN` (seconds between the recorder's drains); None for any other piece."""
+    n = piece[len("drain"):]
+    return int(n) if piece.startswith("drain") and n.isdigit() and int(n) > 0 else None
 
 
 def _with_options(cls: type, **options: Any) -> None:
@@ -131,8 +137,8 @@ def _switch_off(piece: str) -> None:
         from tracers.alloc_parts import AllocationParts
 
         AllocationParts.append = lambda self, columns: None  # type: ignore[method-assign]
-    if piece == "drain30":
-        _with_options(NativeCudaTracker, interval_s=30.0)
+    if _drain_every(piece) is not None:
+        _with_options(NativeCudaTracker, interval_s=float(_drain_every(piece)))
     if piece == "rawparts":
         import pyarrow.parquet as pq
 
@@ -437,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=None, metavar="N",
                    help="with --pair-gpus: at most N pairs a mode (--repeat R gives 2R; an odd count that fits a call)")
     args = p.parse_args(argv)
-    choices = f"{', '.join(MODES)}, or kvprof:PIECE with PIECE one of {', '.join(PIECES)}"
+    choices = f"{', '.join(MODES)}, or kvprof:PIECE with PIECE one of {', '.join(PIECES)} or drainN (N seconds)"
     if args.mode:
         if not _mode_ok(args.mode):
             p.error(f"--mode: unknown {args.mode}; choose from {choices}")

@@ -192,7 +192,8 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
             {"mode": "kvprof:notags", "pair": 1, "rollout_wall_s": 4.0}, {"mode": "untraced", "pair": 1, "rollout_wall_s": 4.0}]
     paired = oh.summarize(rows)["kvprof:notags"]["paired_ratio"]
     assert paired["pairs"] == 2 and paired["median"] == pytest.approx(1.05) and paired["max"] == pytest.approx(1.1)
-    assert all(oh._mode_ok(m) for m in ("untraced", "kvprof", "kvprof:drain30", "kvprof:rawparts", "kvprof:fine",
+    assert not any(oh._mode_ok(m) for m in ("kvprof:drainN", "kvprof:drain0", "kvprof:drainx", "untraced:drain10"))
+    assert all(oh._mode_ok(m) for m in ("untraced", "kvprof", "kvprof:drain30", "kvprof:drain10", "kvprof:rawparts", "kvprof:fine",
                                         "kvprof:nosampler", "kvprof:nodrain", "kvprof:bare", "kvprof:nowrite",
                                         "kvprof:noparts"))
     for bad in (["--modes", "kvprof:bogus"], ["--modes", "untraced:notags"], ["--pair-gpus", "0"], ["--pair-gpus", "1,1"]):
@@ -468,7 +469,7 @@ def test_overhead_quiet_lean_and_pysampler_pieces_switch_off_what_they_say(tmp_p
         "  'tags': TraceSession.tag is keep[2], 'sync': HostActivity.install is keep[3],\n"
         "  'options': TraceSession.__init__ is keep[4], 'drain_s': t.interval_s, 'native_sampler': d._lib is not None}))\n")
     got = {}
-    for piece in ("quiet", "lean", "pysampler"):
+    for piece in ("quiet", "lean", "pysampler", "drain10"):
         done = subprocess.run([sys.executable, "-c", probe, piece], capture_output=True, text=True, timeout=300,
                               cwd=BENCHMARKS.parent)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -478,6 +479,7 @@ def test_overhead_quiet_lean_and_pysampler_pieces_switch_off_what_they_say(tmp_p
                             "native_sampler": True}
     assert got["lean"] == {"sampler": True, "stages": False, "tags": False, "sync": False, "options": False, "drain_s": 2.0,
                            "native_sampler": True}
+    assert got["drain10"]["drain_s"] == 10.0 and got["drain10"]["native_sampler"]  # kvprof:drainN: drains every N s
     # kvprof:pysampler: the sampler never gets the native library (its Python thread, as before session 17)
     assert got["pysampler"] == {"sampler": True, "stages": True, "tags": True, "sync": True, "options": True, "drain_s": 2.0,
                                 "native_sampler": False}
