@@ -9,7 +9,7 @@ round starting one part later than the last:
 - `untraced`: no session;
 - `tracker`: the native recorder attached and recording (c10's trace tracker -> the C++ buffer),
   drained once after the rollout: the per-event cost alone;
-- `drain`: the same plus the background drain every 2 s (the C++ replay and the column copy, no
+- `drain`: the same plus the background drain as a trace drains (`DRAIN_INTERVAL_S`; the C++ replay and the column copy, no
   Python rows): what the replay thread takes from the model's thread;
 - `nostages`: a TraceSession (native recorder, streamed parts) whose stage and tag calls are no-ops:
   the rows, parts and JSON lines without the stage bookkeeping;
@@ -63,9 +63,11 @@ def _drain_once(lib: Any) -> int:
 class _Recorder:
     """The native recorder alone (no session), optionally drained on a thread every `interval_s`."""
 
-    def __init__(self, device: torch.device, background: bool, interval_s: float = 2.0):
+    def __init__(self, device: torch.device, background: bool, interval_s: float | None = None):
         from tracers import native
+        from tracers.alloc_native import DRAIN_INTERVAL_S
 
+        interval_s = DRAIN_INTERVAL_S if interval_s is None else interval_s
         self.lib = native.load(cuda=True)
         self.index = device.index or 0
         self.background, self.interval_s = background, interval_s

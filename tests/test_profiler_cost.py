@@ -455,6 +455,7 @@ def test_overhead_quiet_lean_and_pysampler_pieces_switch_off_what_they_say(tmp_p
     import json
 
     from benchmark_scripts import BENCHMARKS
+    from tracers.alloc_native import DRAIN_INTERVAL_S
 
     probe = (
         "import sys, json; sys.path.insert(0, 'benchmarks'); import overhead as oh\n"
@@ -477,9 +478,9 @@ def test_overhead_quiet_lean_and_pysampler_pieces_switch_off_what_they_say(tmp_p
     # `options`: the session built with its own options (lean's no timer, no counters are options of the session)
     assert got["quiet"] == {"sampler": False, "stages": True, "tags": True, "sync": True, "options": True, "drain_s": 1e6,
                             "native_sampler": True}
-    assert got["lean"] == {"sampler": True, "stages": False, "tags": False, "sync": False, "options": False, "drain_s": 2.0,
-                           "native_sampler": True}
+    assert got["lean"] == {"sampler": True, "stages": False, "tags": False, "sync": False, "options": False,
+                           "drain_s": DRAIN_INTERVAL_S, "native_sampler": True}
     assert got["drain10"]["drain_s"] == 10.0 and got["drain10"]["native_sampler"]  # kvprof:drainN: drains every N s
     # kvprof:pysampler: the sampler never gets the native library (its Python thread, as before session 17)
-    assert got["pysampler"] == {"sampler": True, "stages": True, "tags": True, "sync": True, "options": True, "drain_s": 2.0,
-                                "native_sampler": False}
+    assert got["pysampler"] == {"sampler": True, "stages": True, "tags": True, "sync": True, "options": True,
+                                "drain_s": DRAIN_INTERVAL_S, "native_sampler": False}

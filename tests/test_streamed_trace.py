@@ -75,7 +75,7 @@ def test_streamed_trace_equals_the_one_shot_replay_of_a_million_events(tmp_path,
 
 
 def test_streamed_parts_are_written_in_the_trace_s_encodings_with_lz4(tmp_path, monkeypatch):
-    # The drain thread writes a part every 2 s beside the model's thread. Parquet's defaults (a dictionary tried on
+    # The drain thread writes a part every drain beside the model's thread. Parquet's defaults (a dictionary tried on
     # every int64 column, then zstd) cost it ~4x the CPU for ~8x the bytes (session 14): the parts use the trace's
     # delta and dictionary encodings with LZ4, and the close re-encodes their rows with zstd.
     import pyarrow.parquet as pq

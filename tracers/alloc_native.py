@@ -1,8 +1,8 @@
 """The CUDA tracker on kvprof's native recorder (tracers/native): bounded memory, per-event work in C++.
 
 The caching allocator's trace tracker hands every event to C++ as it happens; a background thread
-drains the buffer every `interval_s` (2 s; the replay runs in C++ with the GIL released, the rows are
-built with numpy) and streams them to `allocations.parts/` (tracers.alloc_parts). So the host
+drains the buffer every `interval_s` (`DRAIN_INTERVAL_S`, 10 s; the replay runs in C++ with the GIL released, the
+rows are built with numpy) and streams them to `allocations.parts/` (tracers.alloc_parts). So the host
 memory of a trace is the mirror of the allocator's segments and the allocations alive, not the
 number of events, and closing the trace merges parts instead of replaying a whole history. A run
 that is followed live (`drain_at_checkpoints`) also drains at each checkpoint, so the follower,
@@ -29,6 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from tracers.session import TraceSession
 
 OFF_EXPANDABLE = "expandable segments the tracker was not told of"
+# Seconds between the drain thread's drains. Each drain hands the GIL back and forth with the model's thread dozens of
+# times (numpy and pyarrow release it op by op; the model waits for it back), whatever the drain's size: at 2 s a
+# 42-frame prq_int4 rollout's model thread waited ~3,700 times, at 10 s ~900 (benchmarks/RESULTS.md, session 17),
+# for ~60 MB more of recorder buffer (the events of one interval) and up to 10 s of events lost if the process is
+# killed outright (a failing run still drains at close). Followed live, a trace also drains at every checkpoint.
+DRAIN_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -72,7 +78,7 @@ class NativeCudaTracker:
     """Same duties as `CudaHistoryTracker` (start, set_context, retag, adopt, drain, stop, meta)."""
 
     def __init__(self, session: "TraceSession", device: torch.device, lib: Any, expandable: bool = False,
-                 interval_s: float = 2.0, quick_lib: Any = None):
+                 interval_s: float = DRAIN_INTERVAL_S, quick_lib: Any = None):
         self.session = session
         self.device = device
         self.index = device.index or 0

@@ -40,7 +40,7 @@ def _frame(columns: dict[str, Any]) -> pd.DataFrame:
 def part_options(schema: Any) -> dict[str, Any]:
     """How a streamed part is written: the trace's own encodings (delta-coded ids, orders and times; few-valued
     columns in dictionaries) with LZ4 and no column statistics. Of those measured, the cheapest for the drain
-    thread, which writes a part every 2 s beside the model's: ~2.6 B a row of the tests' synthetic history, where
+    thread, which writes a part every drain (10 s) beside the model's: ~2.6 B a row of the tests' synthetic history, where
     Parquet's defaults (a dictionary tried on every int64 column) with zstd cost ~4x the CPU for ~8x the bytes
     (benchmarks/RESULTS.md, session 14; `benchmarks/drain_cost.py --part-options`). The close re-encodes the rows
     with zstd anyway."""
