@@ -1,6 +1,7 @@
 """What the host's CPUs did during one rollout of `overhead.py` (`HostTimes`): CPU seconds of the process and of the
 rollout's own thread, the machine's steal time, Python's cyclic collector, and the rollout thread's kernel seconds,
-context switches, page faults and migrations between CPUs, and the TLB shootdowns the process's CPUs received."""
+context switches, page faults and migrations between CPUs, the TLB shootdowns the process's CPUs received, the CPU it
+ran on and a fixed loop's time on it before and after."""
 from __future__ import annotations
 
 import gc
@@ -40,6 +41,30 @@ def _tlb_shootdowns(cpus: set[int]) -> int | None:
     return None
 
 
+def _thread_cpu() -> int | None:
+    """The CPU the calling thread runs on now (field 39 of /proc/thread-self/stat); None where the kernel does not say.
+    The rollout's thread rarely moves: the CPU it ran on is the one its whole rollout's speed depends on."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_probe_ms(repeat: int = 3) -> float:
+    """The best of `repeat` timings of a fixed pure-Python loop on the calling thread, in ms (~10-20 ms on a server
+    core): how fast the CPU it runs on is now. Taken before and after a rollout, it tells a slow CPU (a busy host, a
+    shared core) from a rollout slowed by what ran in its process (session 17: single pairs 15-20 % slow)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        total = 0
+        for i in range(200_000):
+            total += i & 7
+        best = min(best, (time.perf_counter_ns() - t0) / 1e6)
+    return round(best, 3)
+
+
 def _steal_s() -> float | None:
     """CPU seconds the hypervisor gave to other guests so far, all of this machine's CPUs together (`steal` of
     /proc/stat's `cpu` line); None where the kernel does not say."""
@@ -76,6 +101,7 @@ class HostTimes:
             self._gc_n[info["generation"]] += 1
 
     def __enter__(self) -> "HostTimes":
+        self._probe0 = cpu_probe_ms()
         gc.callbacks.append(self._on_gc)
         self._cpus = os.sched_getaffinity(0)
         self._moves0, self._tlb0 = _migrations(), _tlb_shootdowns(self._cpus)
@@ -97,7 +123,8 @@ class HostTimes:
                     "thread_involuntary_switches": mine.ru_nivcsw - self._thread0.ru_nivcsw,
                     "thread_minor_faults": mine.ru_minflt - self._thread0.ru_minflt,
                     "thread_migrations": _delta(self._moves0, _migrations()),
-                    "tlb_shootdowns": _delta(self._tlb0, _tlb_shootdowns(self._cpus))}
+                    "tlb_shootdowns": _delta(self._tlb0, _tlb_shootdowns(self._cpus)),
+                    "thread_cpu": _thread_cpu(), "cpu_probe_ms": [self._probe0, cpu_probe_ms()]}
 
 
 def _delta(before: float | None, after: float | None) -> float | None:

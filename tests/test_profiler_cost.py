@@ -159,6 +159,7 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
     # benchmarks/overhead.py's `kvprof:PIECE` modes (a fresh process each, switching one piece off) and the
     # --pair-gpus summary: a traced run over the untraced run that ran beside it
     import json
+    import os
 
     import pandas as pd
 
@@ -184,6 +185,9 @@ def test_overhead_kvprof_pieces_and_gpu_pairs(tmp_path: Path) -> None:
         # the rollout thread's own kernel time and switches (GIL hand-overs are futex calls): measured, not made up
         assert 0 <= row["thread_sys_s"] <= row["rollout_thread_cpu_s"] + 0.01 and row["thread_minor_faults"] >= 0
         assert row["thread_voluntary_switches"] >= 0 and row["thread_involuntary_switches"] >= 0
+        # the CPU the rollout ran on, and a fixed loop's ms on it before and after (a slow CPU, not a slow process)
+        assert row["thread_cpu"] in os.sched_getaffinity(0) and len(row["cpu_probe_ms"]) == 2
+        assert all(0 < ms < 10_000 for ms in row["cpu_probe_ms"])
     assert spans["kvprof:nostages"] == spans["kvprof:bare"] == {"rollout"} and {"rollout", "chunk", "layer"} <= spans["kvprof"]
     assert {"kv_codes", "kv_scratch"} <= cats["kvprof"]  # the method's tags took effect
     # with tags off no allocation is scratch (only tags say so); stored codes still are codes (tensors are retagged)
