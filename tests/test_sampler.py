@@ -275,3 +275,19 @@ def test_nvml_uuid_names_the_device_torch_sees(monkeypatch):
     assert nvml_uuid(1) == "GPU-abcd-1"
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: (_ for _ in ()).throw(RuntimeError("no CUDA")))
     assert nvml_uuid(0) is None
+
+
+def test_a_trace_notes_a_sampler_that_fell_back_to_a_python_thread(monkeypatch, tmp_path, fake_nvml):
+    import time
+
+    from tracers import native
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([]))
+    s = TraceSession(tmp_path / "t", {"run_id": "fallback"}, "cpu", tracker="dispatch", drain_at_checkpoints=False)
+    s.start()
+    s._sampler = DeviceSampler(0, s._emit_sample, interval_s=0.01, uuid="GPU-other", native=native.load(False),
+                               nvml_library=fake_nvml)
+    s._sampler.start(time.perf_counter_ns())
+    s.close("complete")
+    notes = load_trace(tmp_path / "t").meta["notes"]
+    assert any(n.startswith("device sampler on a Python thread: the native one did not start (no such device)") for n in notes)

@@ -166,8 +166,6 @@ class TraceSession:
             self._sampler = DeviceSampler(self.device.index or 0, self._emit_sample, self.sample_interval_s,
                                           uuid=nvml_uuid(self.device.index or 0), native=self._cuda.lib if self._native else None)
             self._sampler.start(self._t0_perf)
-            if not self._sampler.available:
-                self.notes.append(self._sampler.reason)
         else:
             self.notes.append("device sampler off: no GPU (CPU run)")
         self.host_activity.install(self.device.type)
@@ -208,6 +206,8 @@ class TraceSession:
         self.host_activity.uninstall()
         if self._sampler is not None:
             self._sampler.stop()
+            if self._sampler.reason:  # off (no NVML), on a Python thread, or stopped by a failing read
+                self.notes.append(self._sampler.reason)
             if self._sampler.host_pids:
                 self.notes.append("NVML lists host PIDs (a container's PID namespace): this process's own GPU memory "
                                   "is not identified in the samples (process_used_bytes = -1)")
