@@ -291,3 +291,17 @@ def test_a_trace_notes_a_sampler_that_fell_back_to_a_python_thread(monkeypatch, 
     s.close("complete")
     notes = load_trace(tmp_path / "t").meta["notes"]
     assert any(n.startswith("device sampler on a Python thread: the native one did not start (no such device)") for n in notes)
+
+
+def test_a_process_that_exits_with_the_native_sampler_running_exits_cleanly(fake_nvml):
+    # a trace never closed leaves the sampler's thread running at exit: the process must not abort (a joinable
+    # std::thread destroyed at exit calls std::terminate)
+    import subprocess
+
+    code = ("import time; from tracers import native; lib = native.load(False)\n"
+            f"assert lib.kvp_sampler_start({fake_nvml.encode()!r}, b'GPU-fake-1', 0, 1_000_000, 0) == 0\n"
+            "time.sleep(0.1)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate" not in done.stderr

@@ -27,22 +27,33 @@ using UtilizationFn = int (*)(void*, NvmlUtilization*);
 
 constexpr size_t kMaxKept = 1 << 16;  // ~1.8 h at 10 a second untaken: then the oldest go (counted)
 
-std::mutex g_mu;
-std::condition_variable g_cv;
-std::thread g_thread;
-bool g_running = false;
-bool g_stop = false;
-std::vector<int64_t> g_kept;  // (t_ns, used bytes, utilization %) triples, oldest first
-int64_t g_dropped = 0;
-int32_t g_error = 0;  // NVML's code of the read that stopped the thread (0: none)
+// The sampler's state, on the heap and never destroyed: a process may exit with the sampler running (a trace never
+// closed), and destroying a joinable std::thread, or a mutex and vector the thread still uses, at exit would abort
+// the process or race with the thread.
+struct State {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread* thread = nullptr;
+  bool running = false;
+  bool stop = false;
+  std::vector<int64_t> kept;  // (t_ns, used bytes, utilization %) triples, oldest first
+  int64_t dropped = 0;
+  int32_t error = 0;  // NVML's code of the read that stopped the thread (0: none)
+};
+
+State& state() {
+  static State* s = new State();
+  return *s;
+}
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 void run(void* device, MemoryFn memory, UtilizationFn utilization, int64_t interval_ns, int64_t t0_ns) {
-  std::unique_lock<std::mutex> lock(g_mu);
-  while (!g_stop) {
+  State& S = state();
+  std::unique_lock<std::mutex> lock(S.mu);
+  while (!S.stop) {
     lock.unlock();  // NVML's calls (an ioctl each) outside the lock: a take never waits for the driver
     NvmlMemory mem{};
     NvmlUtilization util{};
@@ -51,15 +62,15 @@ void run(void* device, MemoryFn memory, UtilizationFn utilization, int64_t inter
     const int64_t t = now_ns() - t0_ns;
     lock.lock();
     if (rc_mem != 0 || rc_util != 0) {
-      g_error = rc_mem != 0 ? rc_mem : rc_util;
+      S.error = rc_mem != 0 ? rc_mem : rc_util;
       break;
     }
-    if (g_kept.size() >= 3 * kMaxKept) {
-      g_kept.erase(g_kept.begin(), g_kept.begin() + 3);
-      g_dropped++;
+    if (S.kept.size() >= 3 * kMaxKept) {
+      S.kept.erase(S.kept.begin(), S.kept.begin() + 3);
+      S.dropped++;
     }
-    g_kept.insert(g_kept.end(), {t, static_cast<int64_t>(mem.used), static_cast<int64_t>(util.gpu)});
-    g_cv.wait_for(lock, std::chrono::nanoseconds(interval_ns), [] { return g_stop; });
+    S.kept.insert(S.kept.end(), {t, static_cast<int64_t>(mem.used), static_cast<int64_t>(util.gpu)});
+    S.cv.wait_for(lock, std::chrono::nanoseconds(interval_ns), [&S] { return S.stop; });
   }
 }
 }  // namespace
@@ -69,8 +80,9 @@ void run(void* device, MemoryFn memory, UtilizationFn utilization, int64_t inter
 // -1: already running; -2: the library did not load; -3: a function is missing; -4: nvmlInit failed;
 // -5: no such device.
 extern "C" int32_t kvp_sampler_start(const char* path, const char* uuid, int32_t index, int64_t interval_ns, int64_t t0_ns) {
-  std::lock_guard<std::mutex> guard(g_mu);
-  if (g_running) return -1;
+  State& S = state();
+  std::lock_guard<std::mutex> guard(S.mu);
+  if (S.running) return -1;
   void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);  // never closed: NVML keeps state for the process's lifetime
   if (lib == nullptr) return -2;
   auto init = reinterpret_cast<InitFn>(dlsym(lib, "nvmlInit_v2"));
@@ -83,47 +95,52 @@ extern "C" int32_t kvp_sampler_start(const char* path, const char* uuid, int32_t
   void* device = nullptr;
   const int rc = (uuid != nullptr && uuid[0] != '\0') ? by_uuid(uuid, &device) : by_index(static_cast<unsigned>(index), &device);
   if (rc != 0) return -5;
-  g_kept.clear();
-  g_dropped = 0;
-  g_error = 0;
-  g_stop = false;
-  g_running = true;
-  g_thread = std::thread(run, device, memory, utilization, interval_ns, t0_ns);
+  S.kept.clear();
+  S.dropped = 0;
+  S.error = 0;
+  S.stop = false;
+  S.running = true;
+  S.thread = new std::thread(run, device, memory, utilization, interval_ns, t0_ns);
   return 0;
 }
 
 // Move up to `cap` samples, oldest first, into the three arrays; how many were moved.
 extern "C" int64_t kvp_sampler_take(int64_t* t_ns, int64_t* used, int64_t* util, int64_t cap) {
-  std::lock_guard<std::mutex> guard(g_mu);
-  const int64_t n = std::min<int64_t>(cap, static_cast<int64_t>(g_kept.size() / 3));
+  State& S = state();
+  std::lock_guard<std::mutex> guard(S.mu);
+  const int64_t n = std::min<int64_t>(cap, static_cast<int64_t>(S.kept.size() / 3));
   for (int64_t i = 0; i < n; i++) {
-    t_ns[i] = g_kept[3 * i];
-    used[i] = g_kept[3 * i + 1];
-    util[i] = g_kept[3 * i + 2];
+    t_ns[i] = S.kept[3 * i];
+    used[i] = S.kept[3 * i + 1];
+    util[i] = S.kept[3 * i + 2];
   }
-  g_kept.erase(g_kept.begin(), g_kept.begin() + 3 * n);
+  S.kept.erase(S.kept.begin(), S.kept.begin() + 3 * n);
   return n;
 }
 
 // out: [samples waiting, samples dropped (none taken for too long), NVML's code of the read that stopped the
 // thread (0: none), running]
 extern "C" void kvp_sampler_state(int64_t* out) {
-  std::lock_guard<std::mutex> guard(g_mu);
-  out[0] = static_cast<int64_t>(g_kept.size() / 3);
-  out[1] = g_dropped;
-  out[2] = g_error;
-  out[3] = g_running ? 1 : 0;
+  State& S = state();
+  std::lock_guard<std::mutex> guard(S.mu);
+  out[0] = static_cast<int64_t>(S.kept.size() / 3);
+  out[1] = S.dropped;
+  out[2] = S.error;
+  out[3] = S.running ? 1 : 0;
 }
 
 // Stop the thread and wait for it; the samples it kept stay for a last take.
 extern "C" void kvp_sampler_stop() {
+  State& S = state();
   {
-    std::lock_guard<std::mutex> guard(g_mu);
-    if (!g_running) return;
-    g_stop = true;
+    std::lock_guard<std::mutex> guard(S.mu);
+    if (!S.running) return;
+    S.stop = true;
   }
-  g_cv.notify_all();
-  g_thread.join();
-  std::lock_guard<std::mutex> guard(g_mu);
-  g_running = false;
+  S.cv.notify_all();
+  S.thread->join();
+  delete S.thread;
+  S.thread = nullptr;
+  std::lock_guard<std::mutex> guard(S.mu);
+  S.running = false;
 }
