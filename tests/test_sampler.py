@@ -107,36 +107,6 @@ def test_the_process_list_is_read_once_a_second_and_never_again_once_refused(mon
     assert [x["used"] for x in samples] == [7_000] * 25  # the device's memory is read at every sample
 
 
-# A stand-in NVML library for the native sampler's thread: handle 1 is the device "GPU-fake-1" (by UUID), handle 2
-# NVML's device 0 (by index); used bytes count the reads since nvmlInit; a read fails with NVML code 15 once
-# FAKE_NVML_FAIL_AT reads were made (0: never).
-FAKE_NVML = r"""
-#include <cstdlib>
-#include <cstring>
-struct Mem { unsigned long long total, free, used; };
-struct Util { unsigned int gpu, memory; };
-static unsigned long long reads = 0;
-extern "C" int nvmlInit_v2() { reads = 0; return 0; }
-extern "C" int nvmlDeviceGetHandleByUUID(const char* uuid, void** h) {
-  if (std::strcmp(uuid, "GPU-fake-1") != 0) return 6;
-  *h = reinterpret_cast<void*>(1); return 0;
-}
-extern "C" int nvmlDeviceGetHandleByIndex_v2(unsigned int i, void** h) {
-  if (i != 0) return 2;
-  *h = reinterpret_cast<void*>(2); return 0;
-}
-extern "C" int nvmlDeviceGetMemoryInfo(void* h, Mem* m) {
-  const char* at = std::getenv("FAKE_NVML_FAIL_AT");
-  if (at && std::atoll(at) > 0 && reads >= static_cast<unsigned long long>(std::atoll(at))) return 15;
-  reads++;
-  m->total = 80000; m->used = 1000 * reads; m->free = m->total - m->used; return 0;
-}
-extern "C" int nvmlDeviceGetUtilizationRates(void* h, Util* u) {
-  u->gpu = h == reinterpret_cast<void*>(1) ? 42 : 7; u->memory = 0; return 0;
-}
-"""
-
-
 def _wait_for_samples(n: int, timeout_s: float = 20.0) -> None:
     """Until the native sampler holds `n` samples untaken (a loaded CI machine may starve its thread for a while)."""
     import time
@@ -155,15 +125,9 @@ def _wait_for_samples(n: int, timeout_s: float = 20.0) -> None:
 
 @pytest.fixture(scope="module")
 def fake_nvml(tmp_path_factory) -> str:
-    import subprocess
+    from fake_nvml import build_fake_nvml  # a stand-in NVML library (tests/fake_nvml.py)
 
-    from tracers import native
-
-    folder = tmp_path_factory.mktemp("nvml")
-    (folder / "fake_nvml.cpp").write_text(FAKE_NVML)
-    out = folder / "libfake-nvml.so"
-    subprocess.run([native._compiler(), "-shared", "-fPIC", "-O1", "-o", str(out), str(folder / "fake_nvml.cpp")], check=True)
-    return str(out)
+    return build_fake_nvml(tmp_path_factory.mktemp("nvml"))
 
 
 def test_the_native_sampler_thread_samples_the_device_by_uuid_and_collect_hands_the_samples_on(monkeypatch, fake_nvml):
@@ -305,3 +269,19 @@ def test_a_process_that_exits_with_the_native_sampler_running_exits_cleanly(fake
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "terminate" not in done.stderr
+
+
+def test_only_the_python_sampler_makes_the_model_thread_wait_for_the_gil():
+    # benchmarks/gil_waits.py in a fresh interpreter (no other test's threads): a model thread of small torch ops
+    # beside the Python sampler waits for the GIL (voluntary switches); beside the native one, never
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gil_waits.py"), "--seconds", "1", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["none"]["switches_per_s"] == 0 and out["native"]["switches_per_s"] == 0
+    assert out["python"]["switches_per_s"] > 0
+    assert all(out[m]["ops_per_s"] > 0 for m in ("none", "python", "native"))
