@@ -12,6 +12,8 @@ the GIL, what the model thread can wait for). The first drain includes one-off i
 `pyarrow.parquet.write_table` options than the recorder's (`tracers.alloc_parts.part_options`), e.g.
 `'{"compression": "zstd"}'`, how parts were written before session 14.
 
+`model_waits`: the model thread's voluntary context switches during each drain (each a wait for the GIL or the
+session's lock; session 17: the traced rollout's model thread waited ~60 times a drain on an H200).
 `session_lock` is how long the drain held the session's lock (the model's stages and tags take it: a scope opened
 meanwhile waits). `gil_lost` measures what a model thread would lose: a second Python thread counts in a loop the whole time, and
 1 - (its count rate during a drain / its rate between drains) is the share of that thread's progress the drain
@@ -125,7 +127,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ticker = threading.Thread(target=count, daemon=True)
     ticker.start()
+    while ticker.native_id is None:
+        time.sleep(0.001)
+
+    def model_waits() -> int:  # the model thread's voluntary switches so far (each a wait, mostly for the GIL)
+        with open(f"/proc/self/task/{ticker.native_id}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
     lost: list[float] = []
+    waits: list[int] = []
     base = None
     for i in range(args.drains):
         cols, base = stack_history(args.allocs, base=base or 1 << 40, t0=s.t0_perf_ns + (i + 1) * 10**9, ctx=ctx, seed=i,
@@ -134,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         c0, t0 = counter[0], time.perf_counter()
         time.sleep(0.2)  # the counting thread alone: its rate between drains
         idle_rate = (counter[0] - c0) / (time.perf_counter() - t0)
-        c0, t = counter[0], time.perf_counter()
+        c0, t, w0 = counter[0], time.perf_counter(), model_waits()
         s._lock = held = HeldLock(s._lock)
         s._cuda.drain()
         parts["total"].append(time.perf_counter() - t)
+        waits.append(model_waits() - w0)
         s._lock = held.lock
         parts["session_lock"].append(held.held)
         lost.append(1 - (counter[0] - c0) / parts["total"][-1] / idle_rate)
@@ -151,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"allocs_a_drain": args.allocs, "events_a_drain": len(cols["action"]), "ms": ms,
                       "median_ms": {k: statistics.median(v[1:] or v) for k, v in ms.items()},
                       "part_bytes_a_row": round(part_bytes / (args.allocs * args.drains), 2),
-                      "gil_lost": [round(x, 3) for x in lost], "median_gil_lost": round(statistics.median(lost[1:] or lost), 3)}))
+                      "gil_lost": [round(x, 3) for x in lost], "median_gil_lost": round(statistics.median(lost[1:] or lost), 3),
+                      "model_waits": waits, "median_model_waits": statistics.median(waits[1:] or waits)}))
     return 0
 
 
