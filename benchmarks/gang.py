@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     overhead.add_workload_options(p)
     p.add_argument("--gpus", required=True, metavar="A,B,...", help="one mode a GPU each round")
-    p.add_argument("--pins", default=None, metavar="A/B/...", help="each GPU's CPU list, in --gpus' order (taskset's notation)")
+    p.add_argument("--pins", default=None, metavar="A/B/...",
+                   help="each GPU's CPU list, in --gpus' order (taskset's notation)")
     p.add_argument("--modes", required=True, help=f"as many as --gpus, {BASE} among them")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--budget-s", type=float, default=None, help="start no round the longest so far would not fit in")

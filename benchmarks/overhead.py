@@ -24,7 +24,8 @@ the sampler; its buffer grows to every event, ~1.3 GB at prq_int4 42 f, regrown 
 no allocations), `noparts` (`bare`, each drain building and accounting its rows but writing no part: timing
 only), `quiet` (`nodrain` and `nosampler`: no thread of kvprof's runs beside the model's during the rollout), `lean`
 (`nostages`, `notimer`, `nocounters` and `nosync`: nothing of kvprof's on the model's thread but the per-event record,
-its threads kept), `pysampler` (the NVML sampler on a Python thread, not the native library's); the ladder `tracker`, `kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
+its threads kept), `pysampler` (the NVML sampler on a Python thread, not the native library's); the ladder `tracker`,
+`kvprof:nowrite`, `kvprof:noparts`, `kvprof:bare`, `kvprof` adds one part at a time;
 `kvprof:fine` records fine stages too. `twin` is the untraced rollout under another name: paired with untraced, its
 `paired_ratio` is what the pairs read when nothing differs (an A/A test of the method). `tracker` (CUDA) is the
 untraced rollout with c10's trace tracker attached and kvprof's recording off: the allocator builds each event and
