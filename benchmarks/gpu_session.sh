@@ -122,10 +122,15 @@ for step in "$@"; do
       # each on its GPU's GANG_PINS cores, rotated round by round (benchmarks/gang.py); GANG_S caps the rounds' time
       IFS=: read -r _ m frames n <<< "$step"
       log "issue 15: $m $frames frames, $n rounds of ${GANG_MODES:-untraced,kvprof} at once on GPUs ${GANG_GPUS:-0,1}"
+      # the GPUs' clocks, temperature and throttle reasons every 5 s: is a slow round a slow GPU? (rows: the CPU's probe)
+      nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu,clocks_throttle_reasons.active \
+        --format=csv -l 5 > "$OUT/gang_smi.csv" 2>/dev/null &
+      smi=$!
       timeout -k 10 "${GANG_S:-540}" ${GANG:-python3 benchmarks/gang.py} --method "$m" --frames "$frames" --no-decode \
         --rounds "$n" --budget-s $(( ${GANG_S:-540} - 20 )) --gpus "${GANG_GPUS:-0,1}" --modes "${GANG_MODES:-untraced,kvprof}" \
         ${GANG_PINS:+--pins "$GANG_PINS"} --out $KVTMP/gang --rows-log "$OUT/gang_$m-$frames.jsonl" \
         > "$OUT/gang_$m-$frames.json" 2>>"$OUT/steps.log"
+      kill $smi 2>/dev/null
       log "gang: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary'])" "$OUT/gang_$m-$frames.json" 2>&1 | tail -c 600)"
       nvidia-smi topo -m > "$OUT/topo.txt" 2>&1
       ;;

@@ -154,3 +154,4 @@ echo '{{"rows": [], "summary": {{"over_untraced": {{}}, "rounds": 0}}}}'
         assert part in args, part
     assert json.loads((out / "gang_prq_int4-21.json").read_text())["summary"]["rounds"] == 0
     assert "gang: {'over_untraced'" in (out / "steps.log").read_text()
+    assert (out / "gang_smi.csv").is_file()  # the GPUs' clocks sampled beside the rounds (the step ended: not left running)
