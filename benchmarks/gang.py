@@ -9,8 +9,9 @@ host moves whole stretches of time and that machines differ by more than the few
 two modes measured in different pairs, or different calls, cannot be told apart. Here every mode runs
 in every round, all at once, each on its own GPU and its own cores: round r puts mode i on slot
 (i + r) mod N, so over N rounds each mode has used every slot (GPU and cores). Each mode's rollout is
-read against untraced's in the same round; per mode the median and spread of those ratios, and per slot
-its mean rollout time over the round's mean (how much the slots themselves differ).
+read against untraced's in the same round; per mode the median and spread of those ratios (and, round by round, its
+CPU probe over untraced's: host_times' fixed loop on each rollout thread's CPU), and per slot its mean rollout time
+over the round's mean (how much the slots themselves differ).
 
 `--budget-s`: no round starts unless the longest round so far still fits (a device call has a limit);
 `--rows-log` keeps each round's rows on disk as they come. Prints JSON: rows, ratios, slots.
@@ -36,6 +37,14 @@ def slot_of(mode_index: int, round_index: int, slots: int) -> int:
     return (mode_index + round_index) % slots
 
 
+def _probe_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """`row`'s mean CPU probe ms over `base`'s (host_times' `cpu_probe_ms`); None where either lacks it."""
+    a, b = row.get("cpu_probe_ms"), base.get("cpu_probe_ms")
+    if not a or not b or not all(a) or not all(b):
+        return None
+    return round(statistics.fmean(a) / statistics.fmean(b), 4)
+
+
 def summarize(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
     """Per mode, its rollout over untraced's of the same round (median, spread, rounds); per slot, its mean rollout
     over the mean of its round (1.0: a slot no faster or slower than the others)."""
@@ -47,10 +56,13 @@ def summarize(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
     for mode in modes:
         if mode == BASE:
             continue
-        vals = [rnd[mode]["rollout_wall_s"] / rnd[BASE]["rollout_wall_s"] for rnd in by_round.values()
-                if mode in rnd and BASE in rnd]
+        both = [rnd for rnd in by_round.values() if mode in rnd and BASE in rnd]
+        vals = [rnd[mode]["rollout_wall_s"] / rnd[BASE]["rollout_wall_s"] for rnd in both]
         ratios[mode] = {"median": statistics.median(vals) if vals else None, "min": min(vals, default=None),
-                        "max": max(vals, default=None), "rounds": len(vals), "each": [round(v, 4) for v in vals]}
+                        "max": max(vals, default=None), "rounds": len(vals), "each": [round(v, 4) for v in vals],
+                        # the same rounds' CPU probes (a fixed loop on the rollout thread's CPU, before and after):
+                        # near 1 where both ran on equally fast CPUs, so a slow ratio beside a probe of ~1 is the process
+                        "probe_each": [_probe_ratio(rnd[mode], rnd[BASE]) for rnd in both]}
     rel: dict[int, list[float]] = {}
     for rnd in by_round.values():
         mean = statistics.fmean(r["rollout_wall_s"] for r in rnd.values())

@@ -425,7 +425,8 @@ def test_gang_runs_every_mode_each_round_rotating_their_gpus(tmp_path: Path, mon
     def row(proc: tuple, mode: str, timeout: float, **extra) -> dict:
         if mode == "kvprof:quiet" and extra["round"] == 1:
             return {"mode": mode, "failed": ["boom"], **extra}  # a failed run leaves its round's other ratios
-        return {"mode": mode, "rollout_wall_s": speed[mode] * slow_gpu[proc[1]], **extra}
+        return {"mode": mode, "rollout_wall_s": speed[mode] * slow_gpu[proc[1]], **extra,
+                "cpu_probe_ms": [10.0 * slow_gpu[proc[1]]] * 2}  # the slow GPU's host cores are slow too, here
 
     monkeypatch.setattr(oh, "_run_one", run_one)
     monkeypatch.setattr(oh, "_row", row)
@@ -442,6 +443,8 @@ def test_gang_runs_every_mode_each_round_rotating_their_gpus(tmp_path: Path, mon
     # kvprof: 11/10, 12.1/10, 11/11 -> every round's ratio against the untraced run beside it, the slow GPU included
     assert ratios["kvprof"]["each"] == pytest.approx([1.1, 1.21, 1.0]) and ratios["kvprof"]["median"] == pytest.approx(1.1)
     assert ratios["kvprof:quiet"]["rounds"] == 2  # round 1 failed
+    # each round's CPU probe over untraced's: kvprof ran on the slow slot in round 1, untraced in round 2
+    assert ratios["kvprof"]["probe_each"] == pytest.approx([1.0, 1.1, 1 / 1.1], abs=1e-4)
     assert out["summary"]["slot_speed"]["2"] > out["summary"]["slot_speed"]["0"]  # the slow GPU shows as a slot
     assert len(log.read_text().splitlines()) == 9 and all("round" in json.loads(x) for x in log.read_text().splitlines())
     # --budget-s: after one round of (stand-in) time, a budget of 0 s starts no second round
