@@ -95,15 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--modes: unknown {', '.join(bad)} (overhead.py's modes and kvprof:PIECE)")
     pins: list[set[int] | None] = [None] * len(gpus)
     if args.pins:
-        lists = args.pins.split("/")
-        if len(lists) != len(gpus):
-            p.error(f"--pins: {len(gpus)} CPU lists split by '/', one a GPU (got {args.pins!r})")
         try:
-            pins = [overhead.cpu_list(text, "--pins") for text in lists]
+            pins = list(overhead.parse_cpus(args.pins, len(gpus), "--pins"))
         except ValueError as exc:
             p.error(str(exc))
-        if sum(len(c) for c in pins) != len(set().union(*pins)):
-            p.error(f"--pins: the lists share CPUs ({args.pins!r})")
     shared = overhead.child_args(args)
     rows: list[dict[str, Any]] = []
     t_start, longest = time.monotonic(), 0.0

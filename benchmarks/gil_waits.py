@@ -13,7 +13,6 @@ on an H200 at 42 frames of prq_int4: ~6,800 a rollout with the Python sampler, 3
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import resource
 import statistics
@@ -21,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 MODES = ("none", "python", "native")
-
-
-def stand_in_pynvml(call_us: int) -> types.ModuleType:
-    """A pynvml whose every call is one ctypes call of `call_us` microseconds (libc's usleep: the GIL released)."""
-    libc = ctypes.CDLL(None)
-
-    def call(result: Any) -> Any:
-        libc.usleep(call_us)
-        return result
-
-    nv = types.ModuleType("pynvml")
-    nv.NVMLError = RuntimeError
-    nv.nvmlInit = lambda: call(None)
-    nv.nvmlDeviceGetHandleByIndex = lambda i: call(("gpu", i))
-    nv.nvmlDeviceGetHandleByUUID = lambda u: call(("gpu", u))
-    nv.nvmlDeviceGetMemoryInfo = lambda h: call(types.SimpleNamespace(used=1, total=2))
-    nv.nvmlDeviceGetUtilizationRates = lambda h: call(types.SimpleNamespace(gpu=50))
-    nv.nvmlDeviceGetComputeRunningProcesses = lambda h: call(call([]))  # pynvml asks for the count, then the list
-    return nv
 
 
 def model_round(seconds: float) -> tuple[float, float]:
@@ -91,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--nvml-call-us", type=int, default=30, help="how long each stand-in NVML call takes (GIL released)")
     args = p.parse_args(argv)
-    from fake_nvml import build_fake_nvml
+    from fake_nvml import build_fake_nvml, fake_pynvml
 
-    sys.modules["pynvml"] = stand_in_pynvml(args.nvml_call_us)
+    sys.modules["pynvml"] = fake_pynvml(call_us=args.nvml_call_us)
     rounds: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         library = build_fake_nvml(Path(tmp))

@@ -346,14 +346,17 @@ def cpu_list(text: str, what: str) -> set[int]:
     return cpus
 
 
-def parse_cpus(text: str) -> list[set[int]]:
-    """`--pin-cpus A/B`: two CPU lists as taskset writes them ("0-7,16-23/8-15,24-31"), for GPU A's and GPU B's runs."""
+def parse_cpus(text: str, count: int = 2, flag: str = "--pin-cpus") -> list[set[int]]:
+    """`--pin-cpus A/B`: `count` CPU lists as taskset writes them ("0-7,16-23/8-15,24-31"), one a GPU's runs, never
+    sharing a CPU (gang.py's `--pins` gives one a GPU)."""
     sides = text.split("/")
-    if len(sides) != 2:
-        raise ValueError(f"--pin-cpus {text!r}: two CPU lists split by '/', e.g. 0-7/8-15, or auto")
-    out = [cpu_list(side, f"--pin-cpus {text!r}") for side in sides]
-    if out[0] & out[1]:
-        raise ValueError(f"--pin-cpus {text!r}: the two lists share CPUs {sorted(out[0] & out[1])}")
+    if len(sides) != count:
+        hint = ", e.g. 0-7/8-15, or auto" if flag == "--pin-cpus" else ", one a GPU"
+        raise ValueError(f"{flag} {text!r}: {'two' if count == 2 else count} CPU lists split by '/'{hint}")
+    out = [cpu_list(side, f"{flag} {text!r}") for side in sides]
+    shared = {c for i, a in enumerate(out) for b in out[i + 1:] for c in a & b}
+    if shared:
+        raise ValueError(f"{flag} {text!r}: the {'two ' if count == 2 else ''}lists share CPUs {sorted(shared)}")
     return out
 
 

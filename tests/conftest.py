@@ -45,3 +45,16 @@ def registry(monkeypatch):
     monkeypatch.setattr(plugins, "_LOADED", {})
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module specs import from the current folder, as the CLI does
     return plugins
+
+
+@pytest.fixture()
+def recording_lib():
+    """The native recorder's core library (CPU build), reset and recording; reset again after the test."""
+    from tracers import native
+
+    lib = native.load(cuda=False)
+    lib.kvp_reset(0, 0, 0, 1)
+    lib.kvp_set_recording(1)
+    yield lib
+    lib.kvp_set_recording(0)
+    lib.kvp_reset(0, 0, 0, 1)

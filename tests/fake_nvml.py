@@ -5,7 +5,9 @@ nvmlInit; a read fails with NVML code 15 once FAKE_NVML_FAIL_AT reads were made 
 """
 from __future__ import annotations
 
+import ctypes
 import subprocess
+import types
 from pathlib import Path
 
 FAKE_NVML = r"""
@@ -43,3 +45,37 @@ def build_fake_nvml(folder: Path) -> str:
     out = folder / "libfake-nvml.so"
     subprocess.run([native._compiler(), "-shared", "-fPIC", "-O1", "-o", str(out), str(folder / "fake_nvml.cpp")], check=True)
     return str(out)
+
+
+class FakeNVMLError(Exception):
+    """The stand-in pynvml's NVMLError."""
+
+
+def fake_pynvml(procs=(), fail: bool = False, call_us: int = 0) -> types.ModuleType:
+    """A pynvml stand-in: `procs` are (pid, used bytes) of the GPU's compute processes (the list is refused with
+    `fail`); device memory 7,000 of 80,000 B used, 42 % busy. With `call_us`, every NVML call is a ctypes call of that
+    many microseconds with the GIL released (libc's usleep), as NVML's ioctls are; the process list is two (pynvml asks
+    for the count, then the list)."""
+    usleep = ctypes.CDLL(None).usleep if call_us else None
+
+    def call(result):
+        if usleep is not None:
+            usleep(call_us)
+        return result
+
+    nv = types.ModuleType("pynvml")
+    nv.NVMLError = FakeNVMLError
+    nv.nvmlInit = lambda: call(None)
+    nv.nvmlDeviceGetHandleByIndex = lambda i: call(("gpu", i))
+    nv.nvmlDeviceGetHandleByUUID = lambda u: call(("gpu", u))
+    nv.nvmlDeviceGetMemoryInfo = lambda h: call(types.SimpleNamespace(used=7_000, total=80_000))
+    nv.nvmlDeviceGetUtilizationRates = lambda h: call(types.SimpleNamespace(gpu=42))
+
+    def running(h):
+        call(None)
+        if fail:
+            raise FakeNVMLError("Insufficient Permissions")
+        return call([types.SimpleNamespace(pid=p, usedGpuMemory=b) for p, b in procs])
+
+    nv.nvmlDeviceGetComputeRunningProcesses = running
+    return nv

@@ -16,13 +16,9 @@ N = 50_000
 
 
 @pytest.fixture()
-def lib():
-    lib = native.load(cuda=False)
-    lib.kvp_reset(0, 0, 0, 1)
-    lib.kvp_set_recording(1)
-    yield lib
-    lib.kvp_set_recording(0)
-    lib.kvp_reset(0, 0, 0, 1)
+def lib(recording_lib):
+    """The core recorder, recording (conftest's `recording_lib`)."""
+    return recording_lib
 
 
 def _capacity(lib) -> tuple[int, int]:

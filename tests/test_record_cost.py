@@ -3,7 +3,6 @@
 meta), and the stage scopes' device-time marks timed apart within the scopes' seconds."""
 from __future__ import annotations
 
-import ctypes
 import json
 
 import numpy as np
@@ -11,18 +10,14 @@ import pytest
 
 from fake_cuda_allocator import FakeCachingAllocator, install_native
 from stream_history import feed
-from tracers import TraceSession, native, stage
+from tracers import TraceSession, stage
 from tracers.record_cost import OUTLIER_NS, read_samples, record_cost_meta
 
 
 @pytest.fixture()
-def lib():
-    lib = native.load(cuda=False)
-    lib.kvp_reset(0, 0, 0, 1)
-    lib.kvp_set_recording(1)
-    yield lib
-    lib.kvp_set_recording(0)
-    lib.kvp_reset(0, 0, 0, 1)
+def lib(recording_lib):
+    """The core recorder, recording (conftest's `recording_lib`)."""
+    return recording_lib
 
 
 def _record(lib, n: int, base: int = 1 << 30) -> None:

@@ -4,38 +4,15 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import types
 
 import pytest
 
+from fake_nvml import fake_pynvml as _fake_pynvml  # a pynvml stand-in (tests/fake_nvml.py)
 from kvprof.read.compare import compare_table
 from kvprof.read.report import markdown_report
 from kvprof.read.trace import load_trace
 from tracers.sampler import DeviceSampler
 from tracers.session import TraceSession
-
-
-class _NVMLError(Exception):
-    pass
-
-
-def _fake_pynvml(procs, fail=False):
-    """A pynvml stand-in: `procs` are (pid, used bytes) of the GPU's compute processes."""
-    nv = types.ModuleType("pynvml")
-    nv.NVMLError = _NVMLError
-    nv.nvmlInit = lambda: None
-    nv.nvmlDeviceGetHandleByIndex = lambda i: ("gpu", i)
-    nv.nvmlDeviceGetHandleByUUID = lambda u: ("gpu", u)
-    nv.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=7_000, total=80_000)
-    nv.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=42)
-
-    def running(h):
-        if fail:
-            raise _NVMLError("Insufficient Permissions")
-        return [types.SimpleNamespace(pid=p, usedGpuMemory=b) for p, b in procs]
-
-    nv.nvmlDeviceGetComputeRunningProcesses = running
-    return nv
 
 
 @pytest.mark.parametrize("procs, fail, proc, others", [
@@ -210,8 +187,6 @@ def test_the_sampler_falls_back_to_a_python_thread_where_the_native_one_cannot_s
 
 def test_a_session_writes_the_native_samples_at_each_flush(monkeypatch, tmp_path, fake_nvml):
     # on a streamed CUDA trace the drain thread's flush_log hands the native sampler's samples to the event log
-    import time
-
     from tracers import native
 
     monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([(os.getpid(), 3_000)]))

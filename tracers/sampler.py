@@ -79,9 +79,12 @@ class DeviceSampler:
         if self._samples % self.procs_every == 0 and not self._procs_refused:
             self._procs = self._read_procs()
         self._samples += 1
+        return self._as_sample(time.perf_counter_ns() - t0, int(mem.used), int(util))
+
+    def _as_sample(self, t: int, used: int, util: int) -> dict:
+        """One sample's record, with the process list as last read."""
         proc, others = self._procs
-        return {"t": time.perf_counter_ns() - t0, "used": int(mem.used), "proc": proc, "util": int(util),
-                "others": others}
+        return {"t": t, "used": used, "proc": proc, "util": util, "others": others}
 
     def _read_procs(self) -> tuple[int, int]:
         """(this process's bytes on the GPU, how many other processes use it); -1 where unknown."""
@@ -140,9 +143,8 @@ class DeviceSampler:
                 now = time.monotonic()
                 if not self._procs_refused and now - self._procs_read_at >= self.procs_every * self.interval_s:
                     self._procs, self._procs_read_at = self._read_procs(), now
-                proc, others = self._procs
                 for i in range(n):
-                    self.emit({"t": t[i], "used": used[i], "proc": proc, "util": util[i], "others": others})
+                    self.emit(self._as_sample(t[i], used[i], util[i]))
             state = (ctypes.c_int64 * 4)()
             self._lib.kvp_sampler_state(state)
             if state[2]:
