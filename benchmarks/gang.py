@@ -13,6 +13,10 @@ read against untraced's in the same round; per mode the median and spread of tho
 CPU probe over untraced's: host_times' fixed loop on each rollout thread's CPU), and per slot its mean rollout time
 over the round's mean (how much the slots themselves differ).
 
+A mode may be given more than once (`untraced,kvprof,untraced,kvprof` on four GPUs: two pairs a round): its k-th copy
+is read against untraced's k-th (its first where untraced has fewer), and two copies of untraced give, each round,
+the noise floor at the same moment (`untraced_a_a`: the second over the first).
+
 `--budget-s`: no round starts unless the longest round so far still fits (a device call has a limit);
 `--rows-log` keeps each round's rows on disk as they come. Prints JSON: rows, ratios, slots.
 """
@@ -45,31 +49,46 @@ def _probe_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
     return round(statistics.fmean(a) / statistics.fmean(b), 4)
 
 
+def copies(modes: list[str]) -> list[int]:
+    """Each entry's copy number among the entries of its mode (`untraced,kvprof,untraced` -> 0, 0, 1)."""
+    return [modes[:i].count(m) for i, m in enumerate(modes)]
+
+
 def summarize(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
-    """Per mode, its rollout over untraced's of the same round (median, spread, rounds); per slot, its mean rollout
-    over the mean of its round (1.0: a slot no faster or slower than the others)."""
-    by_round: dict[int, dict[str, dict[str, Any]]] = {}
+    """Per mode, its rollouts over untraced's of the same round and copy (median, spread, pairs; `pooled`: the sum of
+    its rollouts over the sum of theirs); untraced's copies against each other (the noise floor); per slot, its mean
+    rollout over the mean of its round (1.0: a slot no faster or slower than the others)."""
+    by_round: dict[int, dict[tuple[str, int], dict[str, Any]]] = {}
     for r in rows:
         if r.get("rollout_wall_s"):
-            by_round.setdefault(r["round"], {})[r["mode"]] = r
+            by_round.setdefault(r["round"], {})[(r["mode"], r.get("copy", 0))] = r
+    bases = modes.count(BASE)
     ratios: dict[str, Any] = {}
-    for mode in modes:
+    for mode in dict.fromkeys(modes):
         if mode == BASE:
             continue
-        both = [rnd for rnd in by_round.values() if mode in rnd and BASE in rnd]
-        vals = [rnd[mode]["rollout_wall_s"] / rnd[BASE]["rollout_wall_s"] for rnd in both]
+        pairs = [(rnd[(mode, c)], rnd[(BASE, min(c, bases - 1))]) for rnd in by_round.values()
+                 for c in range(modes.count(mode)) if (mode, c) in rnd and (BASE, min(c, bases - 1)) in rnd]
+        vals = [a["rollout_wall_s"] / b["rollout_wall_s"] for a, b in pairs]
         ratios[mode] = {"median": statistics.median(vals) if vals else None, "min": min(vals, default=None),
                         "max": max(vals, default=None), "rounds": len(vals), "each": [round(v, 4) for v in vals],
+                        "pooled": round(sum(a["rollout_wall_s"] for a, _ in pairs) /
+                                        sum(b["rollout_wall_s"] for _, b in pairs), 4) if pairs else None,
                         # the same rounds' CPU probes (a fixed loop on the rollout thread's CPU, before and after):
                         # near 1 where both ran on equally fast CPUs, so a slow ratio beside a probe of ~1 is the process
-                        "probe_each": [_probe_ratio(rnd[mode], rnd[BASE]) for rnd in both]}
+                        "probe_each": [_probe_ratio(a, b) for a, b in pairs]}
+    a_a = [rnd[(BASE, 1)]["rollout_wall_s"] / rnd[(BASE, 0)]["rollout_wall_s"] for rnd in by_round.values()
+           if (BASE, 0) in rnd and (BASE, 1) in rnd]
     rel: dict[int, list[float]] = {}
     for rnd in by_round.values():
         mean = statistics.fmean(r["rollout_wall_s"] for r in rnd.values())
         for r in rnd.values():
             rel.setdefault(r["slot"], []).append(r["rollout_wall_s"] / mean)
     slots = {str(s): round(statistics.fmean(v), 4) for s, v in sorted(rel.items())}
-    return {"over_untraced": ratios, "slot_speed": slots, "rounds": len(by_round)}
+    out = {"over_untraced": ratios, "slot_speed": slots, "rounds": len(by_round)}
+    if bases > 1:
+        out["untraced_a_a"] = [round(v, 4) for v in a_a]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", required=True, metavar="A,B,...", help="one mode a GPU each round")
     p.add_argument("--pins", default=None, metavar="A/B/...",
                    help="each GPU's CPU list, in --gpus' order (taskset's notation)")
-    p.add_argument("--modes", required=True, help=f"as many as --gpus, {BASE} among them")
+    p.add_argument("--modes", required=True, help=f"as many as --gpus, {BASE} among them; a mode may repeat")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--budget-s", type=float, default=None, help="start no round the longest so far would not fit in")
     p.add_argument("--mode-timeout", type=float, default=600.0)
@@ -88,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if len(set(gpus)) != len(gpus) or len(gpus) < 2:
         p.error(f"--gpus: two or more different GPU indices (got {args.gpus!r})")
-    if len(modes) != len(gpus) or BASE not in modes or len(set(modes)) != len(modes):
-        p.error(f"--modes: {len(gpus)} different modes, one a GPU, {BASE} among them (got {args.modes!r})")
+    if len(modes) != len(gpus) or BASE not in modes:
+        p.error(f"--modes: {len(gpus)} modes, one a GPU, {BASE} among them (got {args.modes!r})")
     bad = [m for m in modes if not overhead._mode_ok(m)]
     if bad:
         p.error(f"--modes: unknown {', '.join(bad)} (overhead.py's modes and kvprof:PIECE)")
@@ -108,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             break
         t0 = time.monotonic()
         procs = []
-        for i, mode in enumerate(modes):
+        for i, (mode, copy) in enumerate(zip(modes, copies(modes))):
             s = slot_of(i, rnd, len(gpus))
-            procs.append((mode, s, overhead._run_one(mode, shared, gpus[s], pins[s])))
-        got = [overhead._row(proc, mode, args.mode_timeout, gpu=gpus[s], slot=s, round=rnd) for mode, s, proc in procs]
+            procs.append((mode, copy, s, overhead._run_one(mode, shared, gpus[s], pins[s])))
+        got = [overhead._row(proc, mode, args.mode_timeout, gpu=gpus[s], slot=s, round=rnd, copy=copy)
+               for mode, copy, s, proc in procs]
         rows += got
         overhead._log_rows(args.rows_log, got)
         longest = max(longest, time.monotonic() - t0)

@@ -404,60 +404,6 @@ def test_tracker_floor_arithmetic_and_its_cpu_refusal(capsys: pytest.CaptureFixt
         assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
-def test_gang_runs_every_mode_each_round_rotating_their_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    # benchmarks/gang.py: all modes at once, one a GPU; round r puts mode i on slot (i + r) mod N; ratios are read
-    # against untraced of the same round; the slots' own speed is reported; --budget-s stops before a round that
-    # would not fit
-    import json
-
-    from benchmark_scripts import load
-
-    gang = load("gang")
-    oh = gang.overhead
-    started: list[tuple[int, str, str, frozenset]] = []
-    speed = {"untraced": 10.0, "kvprof": 11.0, "kvprof:quiet": 10.2}
-    slow_gpu = {"0": 1.0, "1": 1.0, "2": 1.1}  # GPU 2 is 10 % slower, whoever runs on it
-
-    def run_one(mode: str, shared: list[str], gpu: str | None = None, cpus: set | None = None) -> tuple:
-        started.append((len(started) // 3, mode, gpu, frozenset(cpus or ())))
-        return mode, gpu
-
-    def row(proc: tuple, mode: str, timeout: float, **extra) -> dict:
-        if mode == "kvprof:quiet" and extra["round"] == 1:
-            return {"mode": mode, "failed": ["boom"], **extra}  # a failed run leaves its round's other ratios
-        return {"mode": mode, "rollout_wall_s": speed[mode] * slow_gpu[proc[1]], **extra,
-                "cpu_probe_ms": [10.0 * slow_gpu[proc[1]]] * 2}  # the slow GPU's host cores are slow too, here
-
-    monkeypatch.setattr(oh, "_run_one", run_one)
-    monkeypatch.setattr(oh, "_row", row)
-    log = tmp_path / "rows.jsonl"
-    assert gang.main(["--gpus", "0,1,2", "--pins", "0/1/2-3", "--modes", "untraced,kvprof,kvprof:quiet", "--rounds", "3",
-                      "--rows-log", str(log), "--method", "prq_int4", "--frames", "3"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert [(r, m, g) for r, m, g, _ in started] == [
-        (0, "untraced", "0"), (0, "kvprof", "1"), (0, "kvprof:quiet", "2"),
-        (1, "untraced", "1"), (1, "kvprof", "2"), (1, "kvprof:quiet", "0"),
-        (2, "untraced", "2"), (2, "kvprof", "0"), (2, "kvprof:quiet", "1")]
-    assert {g: c for _, _, g, c in started} == {"0": {0}, "1": {1}, "2": {2, 3}}  # each GPU's processes on its own CPUs
-    ratios = out["summary"]["over_untraced"]
-    # kvprof: 11/10, 12.1/10, 11/11 -> every round's ratio against the untraced run beside it, the slow GPU included
-    assert ratios["kvprof"]["each"] == pytest.approx([1.1, 1.21, 1.0]) and ratios["kvprof"]["median"] == pytest.approx(1.1)
-    assert ratios["kvprof:quiet"]["rounds"] == 2  # round 1 failed
-    # each round's CPU probe over untraced's: kvprof ran on the slow slot in round 1, untraced in round 2
-    assert ratios["kvprof"]["probe_each"] == pytest.approx([1.0, 1.1, 1 / 1.1], abs=1e-4)
-    assert out["summary"]["slot_speed"]["2"] > out["summary"]["slot_speed"]["0"]  # the slow GPU shows as a slot
-    assert len(log.read_text().splitlines()) == 9 and all("round" in json.loads(x) for x in log.read_text().splitlines())
-    # --budget-s: after one round of (stand-in) time, a budget of 0 s starts no second round
-    started.clear()
-    assert gang.main(["--gpus", "0,1", "--modes", "untraced,kvprof", "--rounds", "5", "--budget-s", "0"]) == 0
-    assert len(started) == 2 and "would not fit" in capsys.readouterr().err
-    for bad in (["--gpus", "0", "--modes", "untraced"], ["--gpus", "0,1", "--modes", "kvprof,kvprof:lean"],
-                ["--gpus", "0,1", "--modes", "untraced,kvprof:bogus"], ["--gpus", "0,1", "--modes", "untraced,kvprof", "--pins", "0-1/1"],
-                ["--gpus", "0,1", "--modes", "untraced,kvprof", "--pins", "0"]):
-        with pytest.raises(SystemExit):
-            gang.main(bad)
-
-
 def test_overhead_quiet_lean_and_pysampler_pieces_switch_off_what_they_say(tmp_path: Path) -> None:
     # kvprof:quiet leaves no kvprof thread beside the rollout (no sampler, no drain until recording stops);
     # kvprof:lean leaves nothing on the model's thread but the per-event record (no stages, tags, marks, counters,
