@@ -69,10 +69,9 @@ class RecordLock {
 struct Recorder {
   RecordLock mu;
   std::vector<Entry> buffer;
-  // The buffer the last drain replayed, emptied but with its capacity: the next drain swaps it in, so
-  // the thread that records (inside the allocator's lock) neither regrows a buffer from nothing after
-  // every drain (copies of up to tens of MB) nor touches fresh pages (a fault each 4 KB) once the two
-  // buffers have grown to a drain's worth of events.
+  // The buffer the next drain swaps in, empty, with room for the events of an interval (`ready_spare`): the
+  // thread that records (inside the allocator's lock) neither regrows a buffer (copies of tens of MB) nor touches
+  // fresh pages (a fault each 4 KB) after the first interval. Only the drain touches it (under g_drain_mu).
   std::vector<Entry> spare;
   ClockPair last_pair{0, 0};  // taken when the buffer was last swapped out (or reset)
   std::atomic<int32_t> on{0};
@@ -250,6 +249,19 @@ void replay(const std::vector<Entry>& entries, Replay& p) {
   }
 }
 
+// Make the spare ready for an interval of about `expected` events before a drain swaps it in: kept where it has
+// room for 1.25x that, else replaced by one for 1.5x whose pages are written here, on the drain's thread (the
+// faults and the zeroing taken there, not by the thread that records; std::vector's reserve alone touches nothing).
+void ready_spare(size_t expected) {
+  const size_t keep = expected + expected / 4, want = expected + expected / 2;
+  if (expected == 0 || g_rec.spare.capacity() >= keep) return;
+  std::vector<Entry> fresh;
+  fresh.reserve(want);
+  fresh.resize(want);  // value-initialized: every page written
+  fresh.clear();       // keeps the capacity
+  g_rec.spare.swap(fresh);
+}
+
 template <typename T>
 void copy_out(const std::vector<T>& from, T* to) {
   if (to != nullptr && !from.empty()) std::copy(from.begin(), from.end(), to);
@@ -410,6 +422,12 @@ void kvp_stats(int64_t* out) {
 // first allocation id. The columns stay until the next drain; kvp_take copies them out.
 void kvp_drain(int64_t* counts) {
   std::lock_guard<std::mutex> drain_guard(g_drain_mu);  // one drain at a time: the spare is the drain's
+  size_t pending;
+  {
+    std::lock_guard<RecordLock> guard(g_rec.mu);
+    pending = g_rec.buffer.size();  // this interval's events so far: the next one's likely count
+  }
+  ready_spare(pending);  // outside the record lock: the recording thread goes on meanwhile
   std::vector<Entry> entries;
   entries.swap(g_rec.spare);  // g_rec.spare is only touched under g_drain_mu
   ClockPair from, to;
