@@ -81,6 +81,13 @@ def test_after_the_first_drain_recording_neither_regrows_a_buffer_nor_faults_in_
     drain_columns(lib)
     assert _capacity(lib)[0] == 3 * N + 3 * N // 2
 
+    # the last drain of a trace, recording stopped: no buffer is made ready for events that will not come
+    _record(lib, 5 << 30, 8_000_000, 4 * N)
+    lib.kvp_set_recording(0)
+    held = _capacity(lib)[1]
+    drain_columns(lib)
+    assert _capacity(lib)[0] == held  # the spare swapped in as it was, not one for 6N
+
 
 def test_a_reset_releases_both_buffers(lib):
     _record(lib, 1 << 30, 0)

@@ -252,9 +252,11 @@ void replay(const std::vector<Entry>& entries, Replay& p) {
 // Make the spare ready for an interval of about `expected` events before a drain swaps it in: kept where it has
 // room for 1.25x that, else replaced by one for 1.5x whose pages are written here, on the drain's thread (the
 // faults and the zeroing taken there, not by the thread that records; std::vector's reserve alone touches nothing).
+// Not while recording is off: the last drain of a trace (or one after a recording that was never drained) would
+// write a buffer nobody records into.
 void ready_spare(size_t expected) {
   const size_t keep = expected + expected / 4, want = expected + expected / 2;
-  if (expected == 0 || g_rec.spare.capacity() >= keep) return;
+  if (expected == 0 || !g_rec.on.load(std::memory_order_relaxed) || g_rec.spare.capacity() >= keep) return;
   std::vector<Entry> fresh;
   fresh.reserve(want);
   fresh.resize(want);  // value-initialized: every page written
