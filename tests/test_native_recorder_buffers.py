@@ -51,11 +51,9 @@ def test_after_the_first_drain_recording_neither_regrows_a_buffer_nor_faults_in_
     # the thread that records does so inside the allocator's lock: a regrown buffer (a copy of tens of MB) or fresh
     # pages (a fault each 4 KB) stall the model there. Each drain makes the next buffer ready on its own thread,
     # with room for 1.5x the interval it drains, its pages written
-    entry = 40  # bytes of one recorded event
-    first_faults = _faults_recording(lib, 1 << 30, 1_000)
+    _record(lib, 1 << 30, 1_000)  # the first interval grows a buffer from nothing (faults or not: malloc may reuse)
     first, spare = _capacity(lib)
     assert first >= N and spare == 0
-    assert first_faults >= N * entry // 4096 // 2  # the first interval grows a buffer from nothing: its pages fault
 
     batch = drain_columns(lib)[0]
     assert batch.entries == N and batch.first_id == 1
