@@ -2,12 +2,14 @@
 priority); at the end the sweep says how much of its cells' time passed outside their traces."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from kvprof.cli import main
 from kvprof.read import manifest as mf
+from kvprof.sweep import run as task
 
 pytest.importorskip("distributed")
 
@@ -73,3 +75,11 @@ def test_the_sweep_says_where_its_cells_time_went():
                                          "processes' start-up (11 s: interpreter, imports, CUDA) and exit (14 s: "
                                          "tables, summary)")
     assert where_time_went({"cells": cells[3:]}) is None and mf.phase_seconds([]) is None
+
+
+def test_phases_of_a_cell_from_its_meta(tmp_path):
+    for born, want in ((10 * 10**9, {"startup_s": 15.0, "trace_s": 30.0, "after_s": 2.5}), (None, None)):  # None: no /proc
+        meta = {"environment": {"process_started_unix_ns": born}, "started_unix_ns": 25 * 10**9, "ended_unix_ns": 55 * 10**9}
+        (tmp_path / "meta.json").write_text(json.dumps(meta))
+        assert task.phases_of(tmp_path, finished=57.5) == want
+    assert task.phases_of(tmp_path / "nowhere", 1.0) is None
