@@ -23,7 +23,7 @@ pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = "bf16,rtn_int4,kivi_int4,qaq_int4"
+METHODS = "bf16,rtn_int4"  # x study, staged: 4 cells, 2 workers
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -389,21 +389,21 @@ def test_sweep_survives_a_lost_worker_and_a_lost_client_then_resumes(tmp_path):
                                            300, "a worker tracing")
         worker.send_signal(signal.SIGKILL)
         wait_until(lambda: _gone(trace), 60, "the lost worker's trace process to end with it")
-        wait_until(lambda: len(cells_with(out, "complete")) >= 4, 300, "4 complete cells")
+        wait_until(lambda: len(cells_with(out, "complete")) >= 2, 300, "2 complete cells")
     finally:  # the client, its cluster and their traces all killed at once
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                for p in psutil.process_iter() if _in_group(p, proc.pid)), 60, "the sweep's processes to end")
     before = cells_with(out, "complete")
-    assert 4 <= len(before) < 8
+    assert 2 <= len(before) < 4
     stamps = {c["run_id"]: (out / "traces" / c["run_id"] / "meta.json").stat().st_mtime_ns for c in before.values()}
 
     done = subprocess.run(sweep_cmd(out, "--resume", "--json"), env=env(), cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     m = mf.read_manifest(out)
-    assert json.loads(done.stdout)["counts"] == {"complete": 8} == mf.counts(m)
+    assert json.loads(done.stdout)["counts"] == {"complete": 4} == mf.counts(m)
     after = {c["id"]: c for c in m["cells"]}
     for cid, c in before.items():  # finished cells were not run again
         assert after[cid]["run_id"] == c["run_id"] and after[cid]["finished"] == c["finished"]
@@ -412,7 +412,7 @@ def test_sweep_survives_a_lost_worker_and_a_lost_client_then_resumes(tmp_path):
     assert cell_of_killed["run_id"] != killed
     assert {"run_id": killed, "status": "running"} in cell_of_killed["torn"]  # its writer died: torn, not a result
     results = mf.result_traces(out)
-    assert len(results) == 8 and killed not in {p.name for p in results}
+    assert len(results) == 4 and killed not in {p.name for p in results}
     assert {json.loads((p / "meta.json").read_text())["status"] for p in results} == {"complete"}
     assert len(m["runs"]) == 2 and m["cluster"]["workers"] == 2 and {c["worker_name"] for c in m["cells"]} <= {"cpu0", "cpu1"}
     _readers_open_the_sweep(out, results, tmp_path)
@@ -426,7 +426,7 @@ def _in_group(p: Any, pgid: int) -> bool:
 
 
 def _readers_open_the_sweep(out: Path, results: list[Path], tmp_path: Path) -> None:
-    """compare, report (md) and tui open the sweep as its 8 result traces."""
+    """compare, report (md) and tui open the sweep as its 4 result traces."""
     import asyncio
     import contextlib
     import io
@@ -467,7 +467,7 @@ def _readers_open_the_sweep(out: Path, results: list[Path], tmp_path: Path) -> N
             while app.current_view() is None:
                 assert time.monotonic() < deadline, "the TUI did not open the sweep's first trace"
                 await pilot.pause(0.05)
-            assert len(app.sources) == 8 and app.sources[0].error is None
+            assert len(app.sources) == 4 and app.sources[0].error is None
 
     asyncio.run(browse())
 
