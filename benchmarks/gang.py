@@ -67,8 +67,8 @@ def summarize(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
     for mode in dict.fromkeys(modes):
         if mode == BASE:
             continue
-        pairs = [(rnd[(mode, c)], rnd[(BASE, min(c, bases - 1))]) for rnd in by_round.values()
-                 for c in range(modes.count(mode)) if (mode, c) in rnd and (BASE, min(c, bases - 1)) in rnd]
+        keys = [((mode, c), (BASE, min(c, bases - 1))) for c in range(modes.count(mode))]  # copy c beside untraced's
+        pairs = [(rnd[a], rnd[b]) for rnd in by_round.values() for a, b in keys if a in rnd and b in rnd]
         vals = [a["rollout_wall_s"] / b["rollout_wall_s"] for a, b in pairs]
         ratios[mode] = {"median": statistics.median(vals) if vals else None, "min": min(vals, default=None),
                         "max": max(vals, default=None), "rounds": len(vals), "each": [round(v, 4) for v in vals],

@@ -138,8 +138,8 @@ def _switch_off(piece: str) -> None:
         from tracers.alloc_parts import AllocationParts
 
         AllocationParts.append = lambda self, columns: None  # type: ignore[method-assign]
-    if _drain_every(piece) is not None:
-        _with_options(NativeCudaTracker, interval_s=float(_drain_every(piece)))
+    if (every := _drain_every(piece)) is not None:
+        _with_options(NativeCudaTracker, interval_s=float(every))
     if piece == "rawparts":
         import pyarrow.parquet as pq
 
